@@ -1,0 +1,108 @@
+"""The backend seam: the only place that knows how a command reaches a node.
+
+One small interface, one class per transport (local, ssh, ray); callers never branch on the
+transport. Every method takes the node's config so the same backend object serves all nodes.
+"""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from magpie_trace.config import NodeConfig
+
+
+@dataclass
+class ProcessHandle:
+    """A process (and its whole process group) started on a node.
+
+    It is plain data so a run can persist it (state.json) and a later `magpie-trace stop`, in
+    another process, can stop exactly what was started: never kill by name pattern.
+    """
+
+    node: str
+    pid: int
+    pgid: int
+    log_path: str
+    backend: str
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "ProcessHandle":
+        return cls(**data)
+
+
+@dataclass
+class CommandResult:
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+@dataclass
+class RemoteFile:
+    path: str
+    size: int
+    mtime: float
+
+
+class Backend(abc.ABC):
+    """Run commands and move files on nodes.
+
+    Implementations raise NodeError (naming the node) for transport failures: unreachable host,
+    authentication refused, Ray node gone.
+    """
+
+    name: str = "base"
+
+    @abc.abstractmethod
+    def start(
+        self,
+        node: NodeConfig,
+        argv: list[str],
+        env: dict[str, str],
+        log_path: str,
+        cwd: str | None = None,
+    ) -> ProcessHandle:
+        """Start argv detached in a new process group (session); stdout+stderr to log_path on the node."""
+
+    @abc.abstractmethod
+    def alive(self, node: NodeConfig, handle: ProcessHandle) -> bool:
+        """Is the started process still running?"""
+
+    @abc.abstractmethod
+    def exit_code(self, node: NodeConfig, handle: ProcessHandle) -> int | None:
+        """The exit code once it has ended (None while running or when it cannot be known)."""
+
+    @abc.abstractmethod
+    def stop(self, node: NodeConfig, handle: ProcessHandle, grace_s: float = 10.0) -> None:
+        """SIGTERM the whole process group, wait up to grace_s, then SIGKILL. No orphans."""
+
+    @abc.abstractmethod
+    def run(
+        self, node: NodeConfig, argv: list[str], timeout_s: float = 60.0, input: bytes | None = None
+    ) -> CommandResult:
+        """Run argv to completion on the node and return its output."""
+
+    @abc.abstractmethod
+    def fetch(self, node: NodeConfig, remote_path: str, local_path: str) -> None:
+        """Copy one file from the node to this machine (local_path is written atomically)."""
+
+    @abc.abstractmethod
+    def listdir(self, node: NodeConfig, directory: str, pattern: str = "*") -> list[RemoteFile]:
+        """Files in directory on the node matching the glob pattern (non-recursive)."""
+
+    def tail(self, node: NodeConfig, path: str, lines: int = 20) -> str:
+        """The last lines of a file on the node (for error messages); empty if unreadable."""
+        try:
+            result = self.run(node, ["tail", "-n", str(lines), path], timeout_s=15.0)
+        except Exception:  # noqa: BLE001 - best effort, only used to decorate another error
+            return ""
+        return result.stdout if result.returncode == 0 else ""
+
+    def close(self) -> None:
+        """Release connections (ssh control masters, Ray actors)."""

@@ -1,0 +1,95 @@
+"""`magpie-trace`: a thin command line over the library (parse, call, print)."""
+
+from __future__ import annotations
+
+import functools
+import shlex
+import sys
+from typing import Any, Callable
+
+import click
+import orjson
+
+from magpie_trace.config import Config, load_config
+from magpie_trace.errors import MagpieError
+
+
+def _fail(message: str, code: int) -> None:
+    click.echo(f"error: {message}", err=True)
+    sys.exit(code)
+
+
+def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """User-facing failures become one line on stderr and the error's exit code; Ctrl-C exits 130."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except MagpieError as exc:
+            _fail(str(exc), exc.exit_code)
+        except KeyboardInterrupt:
+            _fail("interrupted", 130)
+
+    return wrapper
+
+
+def print_json(data: Any) -> None:
+    click.echo(orjson.dumps(data, option=orjson.OPT_INDENT_2 | orjson.OPT_NON_STR_KEYS).decode())
+
+
+config_argument = click.argument("config_path", metavar="CONFIG", type=click.Path(dir_okay=False))
+set_option = click.option(
+    "--set",
+    "overrides",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Override a config key, e.g. --set server.tp=16 (repeatable).",
+)
+json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON for tools.")
+
+
+def read_config(config_path: str, overrides: tuple[str, ...]) -> Config:
+    return load_config(config_path, list(overrides))
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="magpie-trace")
+def main() -> None:
+    """Launch, benchmark, profile and merge traces of multi-node vLLM / SGLang servers."""
+
+
+@main.command("plan")
+@config_argument
+@set_option
+@json_option
+@handle_errors
+def plan_command(config_path: str, overrides: tuple[str, ...], as_json: bool) -> None:
+    """Show, per node, the role, ranks, command and env that `launch` would use."""
+    from magpie_trace.plan import make_plan
+
+    plan = make_plan(read_config(config_path, overrides))
+    if as_json:
+        print_json(plan.to_dict())
+        return
+    layout = plan.layout
+    click.echo(
+        f"{plan.engine} on {layout.nnodes} node(s) via {plan.backend}: TP{layout.tp} PP{layout.pp} "
+        f"DP{layout.dp} EP{layout.ep} = {layout.world_size} ranks; endpoint {plan.head_url}"
+    )
+    for node in plan.nodes:
+        info = node.to_dict()
+        ranks = ", ".join(
+            f"{r.global_rank}(tp{r.tp} pp{r.pp} dp{r.dp}" + (f" ep{r.ep})" if layout.ep > 1 else ")")
+            for r in node.ranks
+        )
+        click.echo(f"\n[{node.name}] host={node.host} address={node.address} role={node.role}")
+        click.echo(f"  ranks: {ranks}")
+        argv = info["argv"]
+        click.echo("  command: " + (shlex.join(argv) if argv else "(nothing: placed by the head)"))
+        for key, value in sorted(info["env"].items()):
+            click.echo(f"  env: {key}={value}")
+
+
+if __name__ == "__main__":
+    main()

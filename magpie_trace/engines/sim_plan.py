@@ -1,0 +1,59 @@
+"""The built-in simulator's command line (the server itself is magpie_trace.engines.sim).
+
+It is laid out like vLLM's mp executor: the head serves HTTP and the rendezvous; the other nodes are
+headless. Fixed latencies, per-node clock offsets and failure injection come from server.sim.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from magpie_trace.engines.base import Engine, NodeContext
+
+
+def _number(value: float) -> str:
+    return f"{value:g}"
+
+
+class SimEngine(Engine):
+    name = "sim"
+    default_port = 8000
+    default_rendezvous_port = 29501
+    health_path = "/health"
+
+    def default_command(self) -> list[str]:
+        return [sys.executable, "-m", "magpie_trace.engines.sim"]
+
+    def node_args(self, ctx: NodeContext) -> list[str]:
+        server = ctx.config.server
+        sim = server.sim
+        layout = ctx.layout
+        args = [
+            "serve",
+            "--model", server.model,
+            "--node-rank", str(ctx.index),
+            "--nnodes", str(layout.nnodes),
+            "--ranks", ",".join(str(rank.global_rank) for rank in ctx.ranks),
+            "--tp", str(layout.tp),
+            "--pp", str(layout.pp),
+            "--dp", str(layout.dp),
+            "--ep", str(layout.ep),
+            "--rendezvous", f"{ctx.head.address}:{ctx.rendezvous_port}",
+        ]
+        if ctx.is_head:
+            args += ["--host", server.host, "--port", str(ctx.port)]
+        else:
+            args.append("--headless")
+        args += [
+            "--ttft-ms", _number(sim.ttft_ms),
+            "--itl-ms", _number(sim.itl_ms),
+            "--startup-s", _number(sim.startup_s),
+            "--layers", str(sim.layers),
+        ]
+        if ctx.index in sim.clock_offset_ms:
+            args += ["--clock-offset-ms", _number(sim.clock_offset_ms[ctx.index])]
+        if ctx.index in sim.die_after_s:
+            args += ["--die-after-s", _number(sim.die_after_s[ctx.index])]
+        if ctx.trace_dir is not None:
+            args += ["--profile-dir", ctx.trace_dir]
+        return args + list(server.extra_args)

@@ -1,0 +1,4 @@
+"""Shared test fixtures. Each fixture module registers itself in pytest_plugins below."""
+
+pytest_plugins: list[str] = [
+]

@@ -1,0 +1,83 @@
+"""`magpie-trace plan` on every example, and bad input through the real command line."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from click.testing import CliRunner
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from magpie_trace.cli import main
+
+EXAMPLES = sorted((Path(__file__).resolve().parents[2] / "examples").glob("*.yaml"))
+
+
+def test_there_are_examples():
+    assert len(EXAMPLES) >= 6
+
+
+@pytest.mark.parametrize("example", EXAMPLES, ids=lambda p: p.name)
+def test_every_example_plans(example):
+    result = CliRunner().invoke(main, ["plan", str(example), "--json"])
+    assert result.exit_code == 0, result.output
+    plan = json.loads(result.output)
+    assert plan["schema"] == "magpie-trace/plan/1"
+    assert plan["nodes"][0]["role"] == "head"
+    ranks = [r["global_rank"] for node in plan["nodes"] for r in node["ranks"]]
+    assert sorted(ranks) == list(range(plan["layout"]["world_size"]))
+
+
+def test_plan_prints_per_node_host_role_ranks_command_env():
+    result = CliRunner().invoke(main, ["plan", str(EXAMPLES[0].parent / "vllm-tp16-2node.yaml")])
+    assert result.exit_code == 0
+    assert "[node1] host=gpu-node-1 address=10.0.0.2 role=worker" in result.output
+    assert "--headless" in result.output and "env: VLLM_HOST_IP=10.0.0.2" in result.output
+
+
+def test_cli_error_is_one_line_exit_2(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("scheduler: {nodes: [a]}\nserver: {model: m, tp: 12, gpus: 1}\n")
+    proc = subprocess.run(
+        [sys.executable, "-m", "magpie_trace.cli", "plan", str(bad)],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == f"error: {bad}: server.gpus: unknown key"
+    assert "Traceback" not in proc.stderr
+
+
+def test_set_override_from_the_command_line():
+    example = str(EXAMPLES[0].parent / "vllm-tp16-2node.yaml")
+    result = CliRunner().invoke(main, ["plan", example, "--json", "--set", "server.tp=8", "--set", "server.pp=2"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output)["layout"]["pp"] == 2
+
+
+leaf = st.one_of(
+    st.none(), st.booleans(), st.integers(-3, 40), st.floats(allow_nan=False, allow_infinity=False),
+    st.text(max_size=6), st.lists(st.integers(0, 9), max_size=3),
+)
+keys = st.sampled_from(
+    ["scheduler", "server", "profile", "benchmark", "output", "nodes", "tp", "pp", "dp", "ep", "model",
+     "engine", "backend", "head_node", "worker_nodes", "gpus_per_node", "host", "port", "env", "x"]
+)
+tree = st.recursive(leaf, lambda children: st.dictionaries(keys, children, max_size=5), max_leaves=20)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(raw=tree)
+def test_random_configs_never_traceback(tmp_path_factory, raw):
+    path = tmp_path_factory.mktemp("cfg") / "c.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    result = CliRunner().invoke(main, ["plan", str(path), "--json"])
+    assert result.exception is None or isinstance(result.exception, SystemExit), repr(result.exception)
+    assert result.exit_code in (0, 2), result.output
+    if result.exit_code == 2:
+        lines = result.output.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("error: ")
