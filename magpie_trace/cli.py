@@ -91,5 +91,61 @@ def plan_command(config_path: str, overrides: tuple[str, ...], as_json: bool) ->
             click.echo(f"  env: {key}={value}")
 
 
+run_option = click.option(
+    "--run", "run", metavar="RUN", help="A run id under output.dir, or a run folder (default: the latest)."
+)
+
+
+def progress_line(message: str) -> None:
+    click.echo(f"magpie-trace: {message}", err=True)
+
+
+@main.command("launch")
+@config_argument
+@set_option
+@click.option("--no-preflight", is_flag=True, help="Skip the per-node checks before starting.")
+@json_option
+@handle_errors
+def launch_command(
+    config_path: str, overrides: tuple[str, ...], no_preflight: bool, as_json: bool
+) -> None:
+    """Start the server on every node at once and wait until it is ready.
+
+    Ready means the head's health endpoint answers and every node's process is alive. On any
+    failure (or Ctrl-C) every node is stopped again and the failing node is named.
+    """
+    from magpie_trace.launch import launch
+    from magpie_trace.plan import make_plan
+    from magpie_trace.rundir import new_run_dir
+
+    config = read_config(config_path, overrides)
+    plan = make_plan(config)
+    run_dir = new_run_dir(config.output.dir, plan.run_id)
+    state = launch(plan, run_dir, preflight=not no_preflight, progress=progress_line)
+    if as_json:
+        print_json({"run_dir": str(run_dir.root), "url": plan.head_url, **state.to_dict()})
+        return
+    click.echo(f"ready: {plan.head_url}  (run {run_dir.root}; stop with `magpie-trace stop {config_path}`)")
+
+
+@main.command("stop")
+@config_argument
+@set_option
+@run_option
+@handle_errors
+def stop_command(config_path: str, overrides: tuple[str, ...], run: str | None) -> None:
+    """Stop every process the run started, on every node; fetch the node logs."""
+    from magpie_trace.launch import plan_for_run, stop
+    from magpie_trace.rundir import find_run_dir
+
+    config = read_config(config_path, overrides)
+    run_dir = find_run_dir(config.output.dir, run)
+    state = stop(plan_for_run(run_dir), run_dir)
+    if state is None:
+        click.echo(f"nothing to stop in {run_dir.root}")
+    else:
+        click.echo(f"stopped {len(state.handles)} node(s); logs in {run_dir.logs}")
+
+
 if __name__ == "__main__":
     main()

@@ -67,6 +67,7 @@ class Plan:
     head_url: str
     health_path: str
     port: int
+    rendezvous_port: int
     config: Config = field(repr=False)
 
     @property
@@ -156,6 +157,7 @@ def make_plan(config: Config, run_id: str | None = None) -> Plan:
         head_url=f"http://{_url_host(head.address)}:{port}",
         health_path=engine.health_path,
         port=port,
+        rendezvous_port=rendezvous_port,
         config=config,
     )
 

@@ -1,0 +1,235 @@
+"""Start every node's command at once, wait until the server is truly ready, tear it all down.
+
+Ready means the head's health endpoint answers 200 AND every node's process is still alive: a
+worker that died during startup must not hide behind a head that is still loading. Every started
+process group is recorded in state.json before anything else can fail, so `stop` (and Ctrl-C, and
+any failure) ends exactly what was started and nothing else.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import orjson
+import yaml
+
+from magpie_trace.backends import make_backend
+from magpie_trace.backends.base import Backend, ProcessHandle
+from magpie_trace.errors import MagpieError, NodeError
+from magpie_trace.fanout import on_nodes
+from magpie_trace.fsutil import atomic_write_bytes, atomic_write_text
+from magpie_trace.plan import NodePlan, Plan
+from magpie_trace.rundir import RunDir
+
+STATE_SCHEMA = "magpie-trace/state/1"
+Progress = Callable[[str], None]
+
+
+@dataclass
+class LaunchState:
+    """What launch started, persisted so a later `stop` in another process ends exactly that."""
+
+    run_id: str
+    backend: str
+    handles: dict[str, ProcessHandle] = field(default_factory=dict)
+    started_at: float = 0.0
+    ready_at: float | None = None
+    stopped_at: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "schema": STATE_SCHEMA,
+            "run_id": self.run_id,
+            "backend": self.backend,
+            "started_at": self.started_at,
+            "ready_at": self.ready_at,
+            "stopped_at": self.stopped_at,
+            "handles": {name: h.to_dict() for name, h in self.handles.items()},
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "LaunchState":
+        return cls(
+            run_id=data["run_id"],
+            backend=data["backend"],
+            handles={n: ProcessHandle.from_dict(h) for n, h in data.get("handles", {}).items()},
+            started_at=data.get("started_at", 0.0),
+            ready_at=data.get("ready_at"),
+            stopped_at=data.get("stopped_at"),
+        )
+
+
+def save_state(run_dir: RunDir, state: LaunchState) -> None:
+    atomic_write_bytes(run_dir.state, orjson.dumps(state.to_dict(), option=orjson.OPT_INDENT_2))
+
+
+def load_state(run_dir: RunDir) -> LaunchState:
+    try:
+        return LaunchState.from_dict(orjson.loads(run_dir.state.read_bytes()))
+    except FileNotFoundError:
+        raise MagpieError(f"{run_dir.root}: nothing was launched in this run (no state.json)") from None
+    except (orjson.JSONDecodeError, KeyError, TypeError) as exc:
+        raise MagpieError(f"{run_dir.state}: unreadable launch state ({exc})") from None
+
+
+def plan_for_run(run_dir: RunDir) -> Plan:
+    """The plan of an existing run, from the config it was launched with (overrides included)."""
+    from magpie_trace.config import load_config
+    from magpie_trace.plan import make_plan
+
+    return make_plan(load_config(run_dir.config), run_id=run_dir.run_id)
+
+
+def write_run_inputs(run_dir: RunDir, plan: Plan) -> None:
+    """The resolved config and plan, so every later stage and the report read the same inputs."""
+    atomic_write_text(run_dir.config, yaml.safe_dump(plan.config.to_dict(), sort_keys=False))
+    atomic_write_bytes(run_dir.plan, orjson.dumps(plan.to_dict(), option=orjson.OPT_INDENT_2))
+
+
+def launch(
+    plan: Plan,
+    run_dir: RunDir,
+    backend: Backend | None = None,
+    preflight: bool = True,
+    progress: Progress | None = None,
+) -> LaunchState:
+    """Preflight, start every node at once, wait until ready. On any failure everything is stopped."""
+    from magpie_trace.preflight import run_preflight
+
+    say = progress or (lambda _msg: None)
+    backend = backend or make_backend(plan.config.scheduler)
+    write_run_inputs(run_dir, plan)
+    if preflight:
+        say("preflight on every node")
+        run_preflight(plan, backend, run_dir)
+    state = LaunchState(run_id=plan.run_id, backend=plan.backend, started_at=time.time())
+    try:
+        start_nodes(plan, backend, run_dir, state)
+        say(f"started {len(state.handles)} node(s); waiting for {plan.head_url}{plan.health_path}")
+        wait_ready(plan, backend, state, plan.config.server.ready_timeout_s)
+        state.ready_at = time.time()
+        save_state(run_dir, state)
+        say(f"ready after {state.ready_at - state.started_at:.1f} s")
+        return state
+    except BaseException:
+        stop(plan, run_dir, backend, state)
+        raise
+
+
+def start_nodes(plan: Plan, backend: Backend, run_dir: RunDir, state: LaunchState) -> None:
+    """Start every node's command in parallel, recording each handle the moment it exists."""
+    lock = threading.Lock()
+    save_state(run_dir, state)
+
+    def start(node: NodePlan) -> None:
+        argv = node.argv
+        if argv is None:
+            return
+        handle = backend.start(
+            plan.node_config(node.index), argv, node.env, node.log_path, cwd=node.workdir
+        )
+        with lock:
+            state.handles[node.name] = handle
+            save_state(run_dir, state)
+
+    on_nodes(start, plan.nodes)
+
+
+def wait_ready(plan: Plan, backend: Backend, state: LaunchState, timeout_s: float) -> None:
+    """Poll the head's health endpoint and every node's liveness until ready or timeout."""
+    url = plan.head_url + plan.health_path
+    deadline = time.monotonic() + timeout_s
+    last_error = "no answer yet"
+    while True:
+        check_alive(plan, backend, state, during="startup")
+        ok, last_error = http_ok(url)
+        if ok:
+            # One more liveness pass: a node may have died while the head came up.
+            check_alive(plan, backend, state, during="startup")
+            return
+        if time.monotonic() >= deadline:
+            head = plan.head
+            tail = _log_tail(plan, backend, state, head)
+            raise NodeError(
+                head.name,
+                f"not healthy after {timeout_s:g} s ({url}: {last_error})" + tail,
+            )
+        time.sleep(0.5)
+
+
+def check_alive(plan: Plan, backend: Backend, state: LaunchState, during: str) -> None:
+    """Raise NodeError naming the first node whose process has exited, with its code and log."""
+    for node in plan.nodes:
+        handle = state.handles.get(node.name)
+        if handle is None:
+            continue
+        config = plan.node_config(node.index)
+        if backend.alive(config, handle):
+            continue
+        code = backend.exit_code(config, handle)
+        code_text = "unknown code" if code is None else f"code {code}"
+        raise NodeError(
+            node.name,
+            f"process exited with {code_text} during {during}" + _log_tail(plan, backend, state, node),
+        )
+
+
+def http_ok(url: str, timeout_s: float = 2.0) -> tuple[bool, str]:
+    """GET url; (True, "") on 200, else (False, what went wrong)."""
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    try:
+        with opener.open(url, timeout=timeout_s) as response:
+            return response.status == 200, f"HTTP {response.status}"
+    except urllib.error.HTTPError as exc:
+        return False, f"HTTP {exc.code}"
+    except (urllib.error.URLError, OSError) as exc:
+        reason = getattr(exc, "reason", exc)
+        return False, str(reason)
+
+
+def _log_tail(plan: Plan, backend: Backend, state: LaunchState, node: NodePlan) -> str:
+    handle = state.handles.get(node.name)
+    path = handle.log_path if handle else node.log_path
+    text = backend.tail(plan.node_config(node.index), path, lines=5).strip()
+    if not text:
+        return f"; log {path} is empty"
+    lines = [line.strip() for line in text.splitlines() if line.strip()][-3:]
+    return f"; last log lines ({path}): " + " | ".join(lines)
+
+
+def stop(
+    plan: Plan,
+    run_dir: RunDir,
+    backend: Backend | None = None,
+    state: LaunchState | None = None,
+    grace_s: float = 10.0,
+) -> LaunchState | None:
+    """Stop every process group this run started, on every node at once; fetch the logs."""
+    backend = backend or make_backend(plan.config.scheduler)
+    if state is None:
+        if not run_dir.state.exists():
+            return None
+        state = load_state(run_dir)
+    by_name = {node.name: node for node in plan.nodes}
+
+    def stop_one(node: NodePlan) -> None:
+        handle = state.handles.get(node.name)
+        if handle is None:
+            return
+        config = plan.node_config(node.index)
+        backend.stop(config, handle, grace_s=grace_s)
+        try:
+            backend.fetch(config, handle.log_path, str(run_dir.logs / f"{node.name}.log"))
+        except MagpieError:
+            pass  # a node that cannot be reached keeps its log; the stop itself succeeded
+
+    targets = [by_name[name] for name in state.handles if name in by_name]
+    on_nodes(stop_one, targets)
+    state.stopped_at = time.time()
+    save_state(run_dir, state)
+    return state
