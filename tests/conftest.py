@@ -1,4 +1,5 @@
 """Shared test fixtures. Each fixture module registers itself in pytest_plugins below."""
 
 pytest_plugins: list[str] = [
+    "tests.fixtures.sshd",
 ]

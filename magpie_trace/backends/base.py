@@ -7,10 +7,11 @@ transport. Every method takes the node's config so the same backend object serve
 from __future__ import annotations
 
 import abc
+import posixpath
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from magpie_trace.config import NodeConfig
+from magpie_trace.config import NodeConfig, SchedulerConfig
 
 
 @dataclass
@@ -59,6 +60,16 @@ class Backend(abc.ABC):
 
     name: str = "base"
 
+    def __init__(self, scheduler: SchedulerConfig) -> None:
+        self.scheduler = scheduler
+
+    def workdir(self, node: NodeConfig) -> str:
+        """The node's own working directory: node.workdir, else <scheduler.workdir>/<node.name>.
+
+        Per node, so several "nodes" on one machine (local backend, test sshds) never share files.
+        """
+        return node.workdir or posixpath.join(self.scheduler.workdir, node.name)
+
     @abc.abstractmethod
     def start(
         self,
@@ -68,7 +79,11 @@ class Backend(abc.ABC):
         log_path: str,
         cwd: str | None = None,
     ) -> ProcessHandle:
-        """Start argv detached in a new process group (session); stdout+stderr to log_path on the node."""
+        """Start argv detached in its own session and process group; stdout+stderr to log_path.
+
+        log_path is absolute; its directory and cwd (default: workdir(node)) are created. env is
+        added to the node's environment. The exit code is recorded next to the log (exit_path).
+        """
 
     @abc.abstractmethod
     def alive(self, node: NodeConfig, handle: ProcessHandle) -> bool:

@@ -1,0 +1,270 @@
+"""What local and ssh share: every node operation is a fixed POSIX sh script plus argument words.
+
+The scripts are constants; config values (argv, paths, env) only ever travel as separate words, so
+a value cannot become code. The local backend runs the words directly, the ssh backend joins them
+with shlex.quote for the remote shell: one implementation, two transports, identical behaviour
+(exit-code file, process-group stop, listing).
+
+A started command runs under a small wrapper that is the leader of its own session. The wrapper
+reports "pid pgid starttime" (starttime from /proc, so a reused pid is never mistaken for ours),
+waits for the command and writes its exit code to `<log_path>.exit`, so any process can learn the
+outcome later: `magpie-trace stop` after `launch` has exited, on any node.
+"""
+
+from __future__ import annotations
+
+import abc
+import fnmatch
+import math
+import os
+import posixpath
+import re
+import shlex
+import subprocess
+from typing import IO
+
+from magpie_trace import fsutil
+from magpie_trace.backends.base import Backend, CommandResult, ProcessHandle, RemoteFile
+from magpie_trace.config import NodeConfig
+from magpie_trace.errors import NodeError
+
+# Sets state, pgrp and start (clock ticks since boot) for pid $1; fails when there is no such pid.
+_PROC_STAT = r"""
+st() { s=; { read -r s < /proc/$1/stat; } 2>/dev/null || return 1
+  s=${s##*) }; set -- $s; state=$1; pgrp=$3; start=${20}; }
+"""
+
+# $1 = exit file, rest = the command. Runs as the session leader (setsid -f).
+_WRAPPER = _PROC_STAT + r"""
+f=$1; shift
+st $$; echo "$$ $pgrp $start" >&3; exec 3>&-
+trap : TERM INT HUP
+"$@"
+c=$?
+printf '%s\n' "$c" > "$f.tmp" && mv -f -- "$f.tmp" "$f"
+"""
+
+# Read from stdin after the env exports: $1 log, $2 exit file, $3 cwd, rest = the command.
+# setsid -f (not `&`): a background job of a non-interactive shell would start with SIGINT ignored.
+_START = r"""
+log=$1; f=$2; cwd=$3; shift 3
+mkdir -p -- "$cwd" "${log%/*}" || exit 97
+cd -- "$cwd" || exit 97
+rm -f -- "$f" "$f.tmp"
+info=$(setsid -f sh -c "$WRAPPER" sh "$f" "$@" 3>&1 >"$log" 2>&1 </dev/null)
+[ -n "$info" ] || { echo "setsid did not start the command" >&2; exit 98; }
+echo "$info"
+"""
+
+# $1 pid, $2 starttime, $3 exit file -> "exited CODE" | "running" | "gone"
+_STATUS = _PROC_STAT + r"""
+if [ -f "$3" ]; then read -r c < "$3"; echo "exited $c"; exit 0; fi
+if st $1 && [ "$state" != Z ] && [ "$start" = "$2" ]; then echo running; else echo gone; fi
+"""
+
+# $1 pgid, $2 leader starttime, $3 grace in tenths of a second -> "gone" | "stopped" | "killed" |
+# "remaining N". The group is ours unless its leader's pid now belongs to a younger process.
+_STOP = _PROC_STAT + r"""
+G=$1; S=$2
+members() { n=0; for d in /proc/[0-9]*; do st "${d#/proc/}" || continue
+  [ "$pgrp" = "$G" ] && [ "$state" != Z ] && n=$((n + 1)); done; }
+wait_empty() { i=0; while [ $i -lt $1 ]; do members; [ $n -eq 0 ] && return 0
+  sleep 0.1; i=$((i + 1)); done; members; [ $n -eq 0 ]; }
+if st $G && [ "$start" != "$S" ]; then echo gone; exit 0; fi
+members; if [ $n -eq 0 ]; then echo gone; exit 0; fi
+kill -TERM -$G 2>/dev/null
+if wait_empty $3; then echo stopped; exit 0; fi
+kill -KILL -$G 2>/dev/null
+if wait_empty 50; then echo killed; else echo "remaining $n"; fi
+"""
+
+# $1 directory -> NUL-separated "size<TAB>mtime<TAB>name" of regular files; exit 3 if no directory.
+_LIST = r"""
+[ -d "$1" ] || exit 3
+find "$1" -mindepth 1 -maxdepth 1 -type f -printf '%s\t%T@\t%f\0'
+"""
+
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
+_CONTROL_TIMEOUT_S = 30.0
+
+
+def exit_path(log_path: str) -> str:
+    """Where the exit code of the command logging to log_path is written (on its node)."""
+    return log_path + ".exit"
+
+
+def start_script(env: dict[str, str]) -> str:
+    """The start script with env exported first; values are shlex-quoted, names validated."""
+    exports = [f"export {name}={shlex.quote(value)}" for name, value in env.items()]
+    return "\n".join([*exports, f"WRAPPER={shlex.quote(_WRAPPER)}", _START])
+
+
+class PosixBackend(Backend):
+    """A Backend whose node operations are sh scripts; subclasses say how argv reaches the node."""
+
+    @abc.abstractmethod
+    def command(self, node: NodeConfig, argv: list[str]) -> list[str]:
+        """The local argv that runs argv on the node (the words arrive there unchanged)."""
+
+    def transport_error(self, node: NodeConfig, result: CommandResult) -> NodeError | None:
+        """A NodeError when result is a failure of the transport rather than of the command."""
+        return None
+
+    # ---------------------------------------------------------------------------------------
+
+    def run(
+        self, node: NodeConfig, argv: list[str], timeout_s: float = 60.0, input: bytes | None = None
+    ) -> CommandResult:
+        return self._execute(node, argv, timeout_s, input)
+
+    def _execute(
+        self,
+        node: NodeConfig,
+        argv: list[str],
+        timeout_s: float | None,
+        input: bytes | None = None,
+        stdout: IO[bytes] | None = None,
+    ) -> CommandResult:
+        """Run argv on the node; stdout is captured unless a file is given (fetch streams)."""
+        if not argv:
+            raise ValueError("empty argv")
+        local_argv = self.command(node, argv)
+        try:
+            proc = subprocess.run(
+                local_argv,
+                input=input if input is not None else b"",
+                stdout=stdout if stdout is not None else subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                timeout=timeout_s,
+            )
+        except subprocess.TimeoutExpired:
+            raise NodeError(node.name, f"{argv[0]} timed out after {timeout_s:g} s") from None
+        except OSError as exc:
+            if local_argv[0] == argv[0]:  # local: a missing program reads like a shell's 127
+                return CommandResult(127, "", f"{argv[0]}: {exc.strerror or exc}")
+            detail = exc.strerror or exc
+            raise NodeError(node.name, f"cannot run {local_argv[0]}: {detail}") from None
+        result = CommandResult(
+            proc.returncode,
+            (proc.stdout or b"").decode(errors="surrogateescape"),
+            proc.stderr.decode(errors="replace"),
+        )
+        error = self.transport_error(node, result)
+        if error is not None:
+            raise error
+        return result
+
+    def _script(
+        self, node: NodeConfig, script: str, args: list[str], timeout_s: float = _CONTROL_TIMEOUT_S
+    ) -> CommandResult:
+        return self.run(node, ["sh", "-c", script, "sh", *args], timeout_s=timeout_s)
+
+    def start(
+        self,
+        node: NodeConfig,
+        argv: list[str],
+        env: dict[str, str],
+        log_path: str,
+        cwd: str | None = None,
+    ) -> ProcessHandle:
+        if not argv:
+            raise ValueError("start: empty argv")
+        if not posixpath.isabs(log_path):
+            raise ValueError(f"start: log_path must be absolute, got {log_path!r}")
+        for name in env:
+            if not _ENV_NAME.match(name):
+                raise NodeError(node.name, f"env: {name!r} is not a valid variable name")
+        exit_file = exit_path(log_path)
+        workdir = cwd or self.workdir(node)
+        result = self.run(
+            node,
+            ["sh", "-s", "--", log_path, exit_file, workdir, *argv],
+            timeout_s=_CONTROL_TIMEOUT_S,
+            input=start_script(env).encode(),
+        )
+        fields = result.stdout.split()
+        if result.returncode != 0 or len(fields) != 3 or not fields[0].isdigit():
+            detail = _last_line(result.stderr) or f"exit code {result.returncode}"
+            raise NodeError(node.name, f"cannot start {argv[0]}: {detail}")
+        pid, pgid, starttime = int(fields[0]), int(fields[1]), fields[2]
+        if pgid != pid:
+            raise NodeError(node.name, f"{argv[0]} did not get its own process group")
+        return ProcessHandle(
+            node=node.name,
+            pid=pid,
+            pgid=pgid,
+            log_path=log_path,
+            backend=self.name,
+            extra={"starttime": starttime, "exit_path": exit_file},
+        )
+
+    def _status(self, node: NodeConfig, handle: ProcessHandle) -> list[str]:
+        args = [str(handle.pid), str(handle.extra.get("starttime", "")), _exit_file(handle)]
+        result = self._script(node, _STATUS, args)
+        if result.returncode != 0:
+            detail = _last_line(result.stderr)
+            raise NodeError(node.name, f"cannot check pid {handle.pid}: {detail}")
+        return result.stdout.split()
+
+    def alive(self, node: NodeConfig, handle: ProcessHandle) -> bool:
+        return self._status(node, handle) == ["running"]
+
+    def exit_code(self, node: NodeConfig, handle: ProcessHandle) -> int | None:
+        status = self._status(node, handle)
+        if len(status) == 2 and status[0] == "exited" and status[1].lstrip("-").isdigit():
+            return int(status[1])
+        return None
+
+    def stop(self, node: NodeConfig, handle: ProcessHandle, grace_s: float = 10.0) -> None:
+        ticks = max(1, math.ceil(grace_s * 10))
+        args = [str(handle.pgid), str(handle.extra.get("starttime", "")), str(ticks)]
+        result = self._script(node, _STOP, args, timeout_s=grace_s + _CONTROL_TIMEOUT_S)
+        words = result.stdout.split()
+        if result.returncode != 0 or not words:
+            raise NodeError(
+                node.name, f"cannot stop group {handle.pgid}: {_last_line(result.stderr)}"
+            )
+        if words[0] == "remaining":
+            raise NodeError(
+                node.name, f"{words[1]} processes of group {handle.pgid} survived SIGKILL"
+            )
+
+    def fetch(self, node: NodeConfig, remote_path: str, local_path: str) -> None:
+        tmp = fsutil.temp_path_for(local_path)
+        try:
+            with open(tmp, "wb") as out:
+                result = self._execute(node, ["cat", "--", remote_path], None, stdout=out)
+            if result.returncode != 0:
+                raise NodeError(
+                    node.name, f"cannot fetch {remote_path}: {_last_line(result.stderr)}"
+                )
+            os.replace(tmp, local_path)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+
+    def listdir(self, node: NodeConfig, directory: str, pattern: str = "*") -> list[RemoteFile]:
+        """Regular files only; a directory that does not exist (yet) lists as empty."""
+        where = directory if directory.startswith("/") else "./" + directory
+        result = self._script(node, _LIST, [where])
+        if result.returncode == 3:
+            return []
+        if result.returncode != 0:
+            raise NodeError(node.name, f"cannot list {directory}: {_last_line(result.stderr)}")
+        files = []
+        for entry in result.stdout.split("\0"):
+            if not entry:
+                continue
+            size, mtime, name = entry.split("\t", 2)
+            if fnmatch.fnmatchcase(name, pattern):
+                files.append(RemoteFile(posixpath.join(directory, name), int(size), float(mtime)))
+        return sorted(files, key=lambda f: f.path)
+
+
+def _exit_file(handle: ProcessHandle) -> str:
+    return str(handle.extra.get("exit_path") or exit_path(handle.log_path))
+
+
+def _last_line(text: str) -> str:
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    return lines[-1] if lines else ""
