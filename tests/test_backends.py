@@ -6,6 +6,7 @@ The ssh "nodes" are on this machine, so the tests can check /proc and files dire
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import json
 import os
@@ -322,9 +323,27 @@ def test_ssh_close_ends_control_masters(
     ssh_scheduler: Callable[..., SchedulerConfig],
 ) -> None:
     scheduler = ssh_scheduler(1)
-    backend = make_backend(scheduler)
-    backend.run(scheduler.nodes[0], ["true"])
-    control_dir = backend._control_dir  # type: ignore[attr-defined]
-    assert len(os.listdir(control_dir)) == 1  # one master socket for the node
-    backend.close()
-    assert not os.path.exists(control_dir)
+    for forget in (False, True):
+        backend = make_backend(scheduler)
+        backend.run(scheduler.nodes[0], ["true"])
+        control_dir = backend._control_dir  # type: ignore[attr-defined]
+        assert len(os.listdir(control_dir)) == 1  # one master socket for the node
+        assert processes_mentioning(control_dir)  # the master: "ssh: <dir>/<hash> [mux]"
+        if forget:
+            del backend
+            gc.collect()
+        else:
+            backend.close()
+        assert not os.path.exists(control_dir)
+        assert wait_for(lambda: not processes_mentioning(control_dir), timeout_s=3)
+
+
+def processes_mentioning(text: str) -> list[int]:
+    found = []
+    for entry in os.listdir("/proc"):
+        try:
+            if entry.isdigit() and text.encode() in Path(f"/proc/{entry}/cmdline").read_bytes():
+                found.append(int(entry))
+        except OSError:
+            continue
+    return found

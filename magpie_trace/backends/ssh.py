@@ -32,9 +32,12 @@ class SshBackend(PosixBackend):
         super().__init__(scheduler)
         # Short private dir: the control socket path must stay under ~104 bytes.
         self._control_dir = tempfile.mkdtemp(prefix="mt-ssh-")
-        self._used: dict[str, NodeConfig] = {}
+        self._masters: dict[str, list[str]] = {}  # node name -> argv that ends its master
         self._lock = threading.Lock()
-        self._remove_dir = weakref.finalize(self, shutil.rmtree, self._control_dir, True)
+        # Also at interpreter exit, so a forgotten close() leaves no master or directory behind.
+        self._close = weakref.finalize(
+            self, _close_masters, self._control_dir, self._masters, self._lock
+        )
 
     def ssh_argv(self, node: NodeConfig) -> list[str]:
         """`ssh [options] -- host`: user options first (for ssh the first value wins), then ours."""
@@ -66,7 +69,8 @@ class SshBackend(PosixBackend):
 
     def command(self, node: NodeConfig, argv: list[str]) -> list[str]:
         with self._lock:
-            self._used[node.name] = node
+            if node.name not in self._masters:
+                self._masters[node.name] = [*self.ssh_argv(node)[:-2], "-O", "exit", "--", node.host]
         return [*self.ssh_argv(node), " ".join(shlex.quote(word) for word in argv)]
 
     def transport_error(self, node: NodeConfig, result: CommandResult) -> NodeError | None:
@@ -77,18 +81,20 @@ class SshBackend(PosixBackend):
         return NodeError(node.name, f"ssh {node.host}: {detail}")
 
     def close(self) -> None:
-        """Stop the control masters this backend opened and remove their socket directory."""
-        with self._lock:
-            nodes = list(self._used.values())
-            self._used.clear()
-        for node in nodes:
-            try:
-                subprocess.run(
-                    [*self.ssh_argv(node)[:-2], "-O", "exit", "--", node.host],
-                    stdin=subprocess.DEVNULL,
-                    capture_output=True,
-                    timeout=10,
-                )
-            except subprocess.TimeoutExpired:
-                pass  # the master ends by itself after ControlPersist
-        self._remove_dir()
+        """End the control masters this backend opened and remove their sockets' directory.
+
+        The backend is not usable afterwards.
+        """
+        self._close()
+
+
+def _close_masters(control_dir: str, masters: dict[str, list[str]], lock: threading.Lock) -> None:
+    with lock:
+        argvs = list(masters.values())
+        masters.clear()
+    for argv in argvs:
+        try:
+            subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, timeout=10)
+        except (subprocess.TimeoutExpired, OSError):
+            pass  # the master ends by itself after ControlPersist
+    shutil.rmtree(control_dir, ignore_errors=True)
