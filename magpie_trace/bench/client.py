@@ -1,0 +1,192 @@
+"""The streaming client: one aiohttp session, OpenAI completions/chat with SSE, timed at the socket.
+
+Choices that keep the client from being the bottleneck (see the research notes): the connector
+allows at least `concurrency` connections (aiohttp's default of 100 caps throughput silently), a
+10 MiB read buffer (the 64 KiB default collapses long outputs), keep-alive connections reused
+across requests, and each chunk timestamped with perf_counter_ns right where its bytes are read.
+`stream_options.include_usage` makes the server report token counts; a tokenizer, when given,
+counts the text too as a cross-check.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import aiohttp
+import orjson
+
+from magpie_trace.bench.metrics import RequestRecord
+from magpie_trace.bench.workload import Prompt, Tokenizer
+
+READ_BUFSIZE = 10 * 1024 * 1024
+
+
+class Progress:
+    """What the watchdog and the progress bar read: in-flight count and the last token's time."""
+
+    def __init__(self) -> None:
+        self.in_flight = 0
+        self.done = 0
+        self.failed = 0
+        self.last_progress_ns = time.perf_counter_ns()
+
+    def touch(self) -> None:
+        self.last_progress_ns = time.perf_counter_ns()
+
+
+class StreamClient:
+    """Sends prompts to one endpoint; use as `async with StreamClient(...) as client`."""
+
+    def __init__(
+        self,
+        base_url: str,
+        model: str,
+        endpoint: str = "completions",
+        concurrency: int = 1,
+        request_timeout_s: float = 600.0,
+        ignore_eos: bool = True,
+        tokenizer: Tokenizer | None = None,
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.url = self.base_url + ("/v1/chat/completions" if endpoint == "chat" else "/v1/completions")
+        self.chat = endpoint == "chat"
+        self.model = model
+        self.concurrency = concurrency
+        self.timeout = aiohttp.ClientTimeout(total=request_timeout_s)
+        self.ignore_eos = ignore_eos
+        self.tokenizer = tokenizer
+        self.progress = Progress()
+        self.t0_ns = time.perf_counter_ns()
+        self._session: aiohttp.ClientSession | None = None
+
+    async def __aenter__(self) -> "StreamClient":
+        connector = aiohttp.TCPConnector(
+            limit=max(self.concurrency, 1) + 8, limit_per_host=0, keepalive_timeout=60, ttl_dns_cache=300
+        )
+        self._session = aiohttp.ClientSession(
+            connector=connector, timeout=self.timeout, read_bufsize=READ_BUFSIZE, trust_env=False
+        )
+        return self
+
+    async def __aexit__(self, *exc: Any) -> None:
+        if self._session is not None:
+            await self._session.close()
+
+    def body(self, prompt: Prompt) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "model": self.model,
+            "max_tokens": prompt.output_tokens,
+            "temperature": 0.0,
+            "stream": True,
+            "stream_options": {"include_usage": True},
+        }
+        if self.ignore_eos:
+            body["ignore_eos"] = True
+        if self.chat:
+            body["messages"] = prompt.messages()
+        else:
+            body["prompt"] = prompt.text
+        return body
+
+    def now(self) -> int:
+        return time.perf_counter_ns() - self.t0_ns
+
+    async def send(self, prompt: Prompt, record: RequestRecord) -> RequestRecord:
+        """Stream one request into record. Cancellation marks it incomplete and re-raises."""
+        assert self._session is not None, "use StreamClient as an async context manager"
+        progress = self.progress
+        data = orjson.dumps(self.body(prompt))
+        text_parts: list[str] = []
+        progress.in_flight += 1
+        record.sent_ns = self.now()
+        try:
+            async with self._session.post(
+                self.url, data=data, headers={"Content-Type": "application/json"}
+            ) as response:
+                record.http_status = response.status
+                if response.status != 200:
+                    body = (await response.text())[:300].replace("\n", " ")
+                    record.status, record.error = "failed", f"HTTP {response.status}: {body}"
+                    return record
+                done = await self._read_stream(response, record, text_parts)
+            if not record.chunk_ns:
+                record.status = "failed"
+                record.error = record.error or "no chunk with choices in the response"
+            elif not done:
+                record.status = "incomplete"
+                record.error = record.error or "stream ended before [DONE]"
+            else:
+                record.status = "ok"
+        except asyncio.CancelledError:
+            record.status, record.error = "incomplete", "cancelled (run stopped)"
+            raise
+        except (aiohttp.ClientError, asyncio.TimeoutError, OSError, ValueError) as exc:
+            record.status = "incomplete" if record.chunk_ns else "failed"
+            record.error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+        finally:
+            progress.in_flight -= 1
+            if record.status == "ok":
+                progress.done += 1
+                progress.touch()
+            else:
+                progress.failed += 1
+            text = "".join(text_parts)
+            record.output_chars = len(text)
+            if self.tokenizer is not None and record.status == "ok":
+                record.tokenizer_tokens = len(self.tokenizer.encode(text))
+        return record
+
+    async def _read_stream(
+        self, response: aiohttp.ClientResponse, record: RequestRecord, text_parts: list[str]
+    ) -> bool:
+        """Parse SSE `data:` lines as bytes arrive; True once [DONE] was read."""
+        pending = b""
+        done = False
+        async for block in response.content.iter_any():
+            now = self.now()
+            lines = (pending + block).split(b"\n")
+            pending = lines.pop()
+            for line in lines:
+                line = line.strip()
+                if not line.startswith(b"data:"):
+                    continue
+                payload = line[5:].strip()
+                if payload == b"[DONE]":
+                    done = True
+                    continue
+                self._on_event(orjson.loads(payload), now, record, text_parts)
+        return done
+
+    def _on_event(
+        self, event: Any, now: int, record: RequestRecord, text_parts: list[str]
+    ) -> None:
+        if not isinstance(event, dict):
+            return
+        if "error" in event:
+            error = event["error"]
+            record.error = str(error.get("message", error) if isinstance(error, dict) else error)
+        choices = event.get("choices")
+        if choices:
+            choice = choices[0]
+            if self.chat:
+                delta = choice.get("delta") or {}
+                text = delta.get("content") or delta.get("reasoning_content") or delta.get("reasoning") or ""
+            else:
+                text = choice.get("text") or ""
+            if record.first_chunk_ns is None:
+                record.first_chunk_ns = now
+            record.chunk_ns.append(now)
+            if text:
+                text_parts.append(text)
+                record.nonempty_chunks += 1
+            if choice.get("finish_reason"):
+                record.finish_reason = choice["finish_reason"]
+            self.progress.touch()
+        usage = event.get("usage")
+        if isinstance(usage, dict):
+            if usage.get("prompt_tokens") is not None:
+                record.prompt_tokens = int(usage["prompt_tokens"])
+            if usage.get("completion_tokens") is not None:
+                record.completion_tokens = int(usage["completion_tokens"])

@@ -1,0 +1,224 @@
+"""Per-request numbers and their aggregates, with `vllm bench serve`'s definitions and key names.
+
+- TTFT: send -> first SSE chunk that has `choices` (its text may be empty).
+- TPOT: (E2EL - TTFT) / (output_tokens - 1), per request with more than one output token.
+- ITL: every gap between consecutive chunks with `choices`, pooled over requests.
+- E2EL: send -> last chunk with `choices` (the trailing usage chunk and [DONE] do not count).
+- duration: first scheduled send -> all requests finished. Throughputs divide by it.
+Aggregates cover completed requests; failed and incomplete ones are counted, never dropped.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+MS = 1e-6  # ns -> ms
+LATENCIES = ("ttft", "tpot", "itl", "e2el")
+
+
+@dataclass
+class RequestRecord:
+    """One request. Times are ns on the client's perf_counter, relative to the run's start."""
+
+    index: int
+    point: str
+    prompt_tokens_expected: int
+    max_tokens: int
+    scheduled_ns: int = 0
+    sent_ns: int | None = None
+    first_chunk_ns: int | None = None
+    chunk_ns: list[int] = field(default_factory=list)
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    tokenizer_tokens: int | None = None
+    output_chars: int = 0
+    nonempty_chunks: int = 0
+    finish_reason: str | None = None
+    status: str = "pending"  # ok | failed | incomplete | pending (never sent)
+    http_status: int | None = None
+    error: str | None = None
+    queued_ns: int | None = None
+
+    @property
+    def last_chunk_ns(self) -> int | None:
+        return self.chunk_ns[-1] if self.chunk_ns else None
+
+    @property
+    def output_tokens(self) -> int:
+        """Server usage first, then the tokenizer's count, then the number of non-empty chunks."""
+        if self.completion_tokens is not None:
+            return self.completion_tokens
+        if self.tokenizer_tokens is not None:
+            return self.tokenizer_tokens
+        return self.nonempty_chunks
+
+    @property
+    def output_tokens_source(self) -> str:
+        if self.completion_tokens is not None:
+            return "usage"
+        return "tokenizer" if self.tokenizer_tokens is not None else "chunks"
+
+    @property
+    def input_tokens(self) -> int:
+        return self.prompt_tokens if self.prompt_tokens is not None else self.prompt_tokens_expected
+
+    def ttft_ms(self) -> float | None:
+        if self.sent_ns is None or self.first_chunk_ns is None:
+            return None
+        return (self.first_chunk_ns - self.sent_ns) * MS
+
+    def e2el_ms(self) -> float | None:
+        if self.sent_ns is None or not self.chunk_ns:
+            return None
+        return (self.chunk_ns[-1] - self.sent_ns) * MS
+
+    def tpot_ms(self) -> float | None:
+        ttft, e2el, out = self.ttft_ms(), self.e2el_ms(), self.output_tokens
+        if ttft is None or e2el is None or out <= 1:
+            return None
+        return (e2el - ttft) / (out - 1)
+
+    def itls_ms(self) -> list[float]:
+        return [(b - a) * MS for a, b in zip(self.chunk_ns, self.chunk_ns[1:])]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "index": self.index,
+            "point": self.point,
+            "status": self.status,
+            "http_status": self.http_status,
+            "error": self.error,
+            "scheduled_ns": self.scheduled_ns,
+            "queued_ns": self.queued_ns,
+            "sent_ns": self.sent_ns,
+            "first_chunk_ns": self.first_chunk_ns,
+            "last_chunk_ns": self.last_chunk_ns,
+            "chunk_ns": self.chunk_ns,
+            "prompt_tokens": self.prompt_tokens,
+            "prompt_tokens_expected": self.prompt_tokens_expected,
+            "max_tokens": self.max_tokens,
+            "completion_tokens": self.completion_tokens,
+            "tokenizer_tokens": self.tokenizer_tokens,
+            "output_tokens": self.output_tokens,
+            "output_tokens_source": self.output_tokens_source,
+            "output_chars": self.output_chars,
+            "finish_reason": self.finish_reason,
+            "ttft_ms": self.ttft_ms(),
+            "tpot_ms": self.tpot_ms(),
+            "e2el_ms": self.e2el_ms(),
+        }
+
+
+def percentile_key(p: float) -> str:
+    """vLLM's spelling: p99, p99.9."""
+    return f"p{int(p)}" if float(p).is_integer() else f"p{p:g}"
+
+
+def distribution(values: list[float], percentiles: list[float], name: str) -> dict[str, float | None]:
+    """mean_/median_/std_/pNN_<name>_ms; None where there are no samples."""
+    arr = np.asarray(values, dtype=float)
+    has = arr.size > 0
+    out: dict[str, float | None] = {
+        f"mean_{name}_ms": float(arr.mean()) if has else None,
+        f"median_{name}_ms": float(np.median(arr)) if has else None,
+        f"std_{name}_ms": float(arr.std()) if has else None,
+    }
+    for p in percentiles:
+        out[f"{percentile_key(p)}_{name}_ms"] = float(np.percentile(arr, p)) if has else None
+    return out
+
+
+def aggregate(
+    records: list[RequestRecord],
+    duration_s: float,
+    percentiles: list[float],
+    goodput: dict[str, float] | None = None,
+) -> dict[str, Any]:
+    """The summary of one load point, keyed like `vllm bench serve --save-result`."""
+    done = [r for r in records if r.status == "ok"]
+    failed = sum(1 for r in records if r.status == "failed")
+    incomplete = sum(1 for r in records if r.status == "incomplete")
+    not_sent = sum(1 for r in records if r.status == "pending")
+    total_in = sum(r.input_tokens for r in done)
+    total_out = sum(r.output_tokens for r in done)
+    dur = duration_s if duration_s > 0 else math.nan
+    out: dict[str, Any] = {
+        "duration": duration_s,
+        "completed": len(done),
+        "failed": failed,
+        "incomplete": incomplete,
+        "not_sent": not_sent,
+        "total_input_tokens": total_in,
+        "total_output_tokens": total_out,
+        "request_throughput": _finite(len(done) / dur),
+        "input_throughput": _finite(total_in / dur),
+        "output_throughput": _finite(total_out / dur),
+        "total_token_throughput": _finite((total_in + total_out) / dur),
+    }
+    if goodput:
+        good = sum(1 for r in done if _meets(r, goodput))
+        out["request_goodput"] = _finite(good / dur)
+        out["good_requests"] = good
+    out.update(peaks(done))
+    ttfts = [r.ttft_ms() for r in done]
+    tpots = [r.tpot_ms() for r in done]
+    e2els = [r.e2el_ms() for r in done]
+    out.update(distribution([v for v in ttfts if v is not None], percentiles, "ttft"))
+    out.update(distribution([v for v in tpots if v is not None], percentiles, "tpot"))
+    out.update(distribution([v for r in done for v in r.itls_ms()], percentiles, "itl"))
+    out.update(distribution([v for v in e2els if v is not None], percentiles, "e2el"))
+    out.update(_token_check(done))
+    return out
+
+
+def _meets(record: RequestRecord, slo: dict[str, float]) -> bool:
+    """DistServe goodput: every given SLO met (TPOT counts 0 for one-token outputs, as in vLLM)."""
+    values = {
+        "ttft": record.ttft_ms(),
+        "tpot": record.tpot_ms() or 0.0,
+        "e2el": record.e2el_ms(),
+    }
+    return all(values[k] is not None and values[k] <= limit for k, limit in slo.items())
+
+
+def peaks(done: list[RequestRecord]) -> dict[str, float]:
+    """max_output_tokens_per_s (1 s buckets of chunk arrivals) and max_concurrent_requests."""
+    if not done:
+        return {"max_output_tokens_per_s": 0.0, "max_concurrent_requests": 0}
+    start = min(r.sent_ns for r in done if r.sent_ns is not None)
+    end = max(r.chunk_ns[-1] for r in done)
+    seconds = int((end - start) // 1_000_000_000) + 1
+    tokens = np.zeros(seconds)
+    busy = np.zeros(seconds)
+    for r in done:
+        for t in r.chunk_ns:
+            tokens[(t - start) // 1_000_000_000] += 1
+        first = (r.sent_ns - start) // 1_000_000_000
+        last = (r.chunk_ns[-1] - start) // 1_000_000_000
+        busy[first : last + 1] += 1
+    return {"max_output_tokens_per_s": float(tokens.max()), "max_concurrent_requests": int(busy.max())}
+
+
+def _token_check(done: list[RequestRecord]) -> dict[str, Any]:
+    """Tokenizer vs usage: how far the client's count is from the server's (when both exist)."""
+    pairs = [
+        (r.completion_tokens, r.tokenizer_tokens)
+        for r in done
+        if r.completion_tokens is not None and r.tokenizer_tokens is not None
+    ]
+    if not pairs:
+        return {"token_count_checked": 0}
+    diffs = [abs(t - u) / max(u, 1) * 100 for u, t in pairs]
+    return {
+        "token_count_checked": len(pairs),
+        "token_count_mean_diff_pct": float(np.mean(diffs)),
+        "token_count_over_10pct": sum(1 for d in diffs if d > 10),
+    }
+
+
+def _finite(value: float) -> float | None:
+    return None if math.isnan(value) else value

@@ -1,0 +1,378 @@
+"""A whole benchmark: warm up, run every load point under the watchdog, write the results.
+
+Everything that can fail on a node fails the run loudly: the result file is still written (with
+`valid: false`, the reasons and the partial numbers), then RunAborted is raised (exit code 3).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Callable
+
+import aiohttp
+
+from magpie_trace.backends.base import Backend, ProcessHandle
+from magpie_trace.bench.arrivals import LoadPoint, sweep_points
+from magpie_trace.bench.client import StreamClient
+from magpie_trace.bench.load import PointRun, run_point
+from magpie_trace.bench.metrics import RequestRecord, aggregate
+from magpie_trace.bench.plots import write_plots
+from magpie_trace.bench.progressbar import ProgressBar
+from magpie_trace.bench.prometheus import Scrape, deltas, parse_prometheus
+from magpie_trace.bench.results import SCHEMA, masked, point_header, utc_now, versions, write_outputs
+from magpie_trace.bench.telemetry import NodeSampler
+from magpie_trace.bench.watchdog import RunAborted, Trip, Watchdog
+from magpie_trace.bench.workload import build_workload, load_tokenizer
+from magpie_trace.config import Config
+from magpie_trace.errors import MagpieError
+from magpie_trace.plan import Plan
+
+Say = Callable[[str], None]
+WARMUP_MAX_TOKENS = 16
+
+
+@dataclass
+class BenchResult:
+    valid: bool
+    result_path: Path
+    out_dir: Path
+    points: list[dict[str, Any]]
+    invalid_reasons: list[str] = field(default_factory=list)
+    data: dict[str, Any] = field(default_factory=dict)
+
+
+def attribution(plan: Plan | None) -> tuple[str, str]:
+    """How request metrics relate to nodes, and a sentence saying so."""
+    if plan is None:
+        return "endpoint_only", "benchmarked an endpoint without a plan: no per-node view"
+    layout = plan.layout
+    if layout.nnodes == 1:
+        return "single_node", "one node serves every request"
+    if layout.dp > 1 and layout.replicas_per_node > 0:
+        return "engine_label", "data-parallel engines per node: per-engine deltas from the head's /metrics"
+    return (
+        "telemetry_only",
+        "a model replica spans nodes (TP/PP), so every request uses every node: per-node request "
+        "metrics are undefined; per node there is hardware telemetry and liveness only",
+    )
+
+
+def metrics_targets(plan: Plan | None, base_url: str) -> dict[str, str]:
+    """node name -> /metrics URL for every node that serves HTTP."""
+    if plan is None:
+        return {"endpoint": base_url.rstrip("/") + "/metrics"}
+    targets = {}
+    for node in plan.nodes:
+        if node.serves_http:
+            host = f"[{node.address}]" if ":" in node.address else node.address
+            targets[node.name] = f"http://{host}:{plan.port}/metrics"
+    return targets
+
+
+async def _get_text(session: aiohttp.ClientSession, url: str) -> str:
+    async with session.get(url, timeout=aiohttp.ClientTimeout(total=5)) as response:
+        if response.status != 200:
+            raise ValueError(f"HTTP {response.status}")
+        return await response.text()
+
+
+async def scrape_all(session: aiohttp.ClientSession, targets: dict[str, str]) -> dict[str, Scrape | str]:
+    """node -> parsed page, or the error text when the page could not be read."""
+
+    async def one(url: str) -> Scrape | str:
+        try:
+            return parse_prometheus(await _get_text(session, url))
+        except (aiohttp.ClientError, asyncio.TimeoutError, OSError, ValueError) as exc:
+            return f"{url}: {type(exc).__name__}: {exc}"
+
+    pages = await asyncio.gather(*(one(url) for url in targets.values()))
+    return dict(zip(targets, pages))
+
+
+def server_deltas(before: dict[str, Scrape | str], after: dict[str, Scrape | str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for node, page in after.items():
+        start = before.get(node)
+        if isinstance(page, str) or isinstance(start, str) or start is None:
+            out[node] = {"error": page if isinstance(page, str) else start}
+        else:
+            out[node] = deltas(start, page)
+    return out
+
+
+async def engine_version(session: aiohttp.ClientSession, base_url: str) -> str | None:
+    try:
+        import orjson
+
+        return str(orjson.loads(await _get_text(session, base_url.rstrip("/") + "/version")).get("version"))
+    except Exception:  # noqa: BLE001 - the version is informative only
+        return None
+
+
+def run_benchmark(
+    config: Config,
+    plan: Plan | None,
+    out_dir: str | Path,
+    backend: Backend | None = None,
+    handles: dict[str, ProcessHandle] | None = None,
+    url: str | None = None,
+    points: list[LoadPoint] | None = None,
+    say: Say | None = None,
+) -> BenchResult:
+    """Run the configured sweep against plan.head_url (or url); write results under out_dir.
+
+    backend + handles (from launch state) enable the process and telemetry checks of the
+    watchdog; without them only the no-progress check runs. Raises RunAborted (exit 3) after
+    writing an invalid result when a node is lost, MagpieError when warmup fails.
+    """
+    return asyncio.run(
+        run_benchmark_async(config, plan, out_dir, backend, handles, url, points, say)
+    )
+
+
+async def run_benchmark_async(
+    config: Config,
+    plan: Plan | None,
+    out_dir: str | Path,
+    backend: Backend | None = None,
+    handles: dict[str, ProcessHandle] | None = None,
+    url: str | None = None,
+    points: list[LoadPoint] | None = None,
+    say: Say | None = None,
+) -> BenchResult:
+    say = say or (lambda _msg: None)
+    bench = config.benchmark
+    out = Path(out_dir)
+    base_url = url or (plan.head_url if plan else "")
+    if not base_url:
+        raise MagpieError("bench: no endpoint (give a plan or a URL)")
+    points = points or sweep_points(bench)
+    tokenizer, tokenizer_note = load_tokenizer(bench.tokenizer)
+    prompts = build_workload(bench, bench.warmup_requests + bench.num_prompts, tokenizer)
+    warmup, measured = prompts[: bench.warmup_requests], prompts[bench.warmup_requests :]
+    kind, kind_note = attribution(plan)
+    head = plan.head.name if plan else base_url
+    nodes = {plan.nodes[i].name: plan.node_config(i) for i in range(len(plan.nodes))} if plan else {}
+
+    samplers: dict[str, NodeSampler] = {}
+    if backend is not None and plan is not None:
+        samplers = {
+            name: NodeSampler(backend, node, bench.telemetry_interval_s) for name, node in nodes.items()
+        }
+        await asyncio.gather(*(asyncio.to_thread(s.start) for s in samplers.values()))
+    watchdog = Watchdog(
+        head=head,
+        stall_timeout_s=bench.stall_timeout_s,
+        backend=backend,
+        nodes=nodes,
+        handles=dict(handles or {}),
+        samplers=samplers,
+        silence_s=max(10.0, 3 * bench.telemetry_interval_s),
+    )
+    result: dict[str, Any] = {
+        "schema": SCHEMA,
+        "valid": True,
+        "invalid_reasons": [],
+        "warnings": [tokenizer_note] if tokenizer_note else [],
+        "abort": None,
+        "run_id": plan.run_id if plan else None,
+        "started_utc": utc_now(),
+        "ended_utc": None,
+        "target": {
+            "base_url": base_url,
+            "endpoint": bench.endpoint,
+            "model": config.server.model,
+            "engine": config.server.engine if plan else None,
+            "engine_version": None,
+        },
+        "versions": versions(),
+        "config": masked(config.to_dict()),
+        "topology": {
+            "layout": plan.layout.to_dict() if plan else None,
+            "nodes": [
+                {"name": n.name, "role": n.role, "host": n.host, "serves_http": n.serves_http}
+                for n in (plan.nodes if plan else [])
+            ],
+            "attribution": kind,
+            "attribution_note": kind_note,
+            "engine_nodes": _engine_nodes(plan) if kind == "engine_label" else {},
+        },
+        "workload": {
+            "dataset": bench.dataset,
+            "dataset_path": bench.dataset_path,
+            "input_len": bench.input_len,
+            "output_len": bench.output_len,
+            "range_ratio": bench.range_ratio,
+            "ignore_eos": bench.ignore_eos,
+            "num_prompts": bench.num_prompts,
+            "warmup_requests": bench.warmup_requests,
+            "seed": bench.seed,
+            "tokenizer": bench.tokenizer if tokenizer is not None else None,
+        },
+        "points": [],
+        "per_node": {},
+        "artifacts": {},
+    }
+    records: list[RequestRecord] = []
+    targets = metrics_targets(plan, base_url)
+    deadline = time.monotonic() + bench.max_duration_s
+    max_concurrency = max(p.concurrency for p in points)
+    gc.collect()
+    gc.freeze()  # as vLLM does: no full collections of the (large, static) heap mid-run
+    try:
+        async with StreamClient(
+            base_url, config.server.model, bench.endpoint, max_concurrency,
+            bench.request_timeout_s, bench.ignore_eos, tokenizer,
+        ) as client:
+            watchdog.progress = client.progress
+            session = client._session
+            assert session is not None
+            result["target"]["engine_version"] = await engine_version(session, base_url)
+            if warmup:
+                say(f"warmup: {len(warmup)} request(s) to {client.url}")
+                short = [replace(p, output_tokens=min(p.output_tokens, WARMUP_MAX_TOKENS)) for p in warmup]
+                run = PointRun(LoadPoint(len(short)), [], 0)
+                await _watched(watchdog, run_point(client, short, run.point, bench.burstiness, bench.seed, run), deadline)
+                bad = [r for r in run.records if r.status != "ok"]
+                if bad and watchdog.trip is None:
+                    raise MagpieError(
+                        f"bench: warmup: {len(bad)} of {len(run.records)} request(s) to {client.url} "
+                        f"failed: {bad[0].error}"
+                    )
+            for point in points:
+                if watchdog.trip is not None:
+                    break
+                say(f"{point.label}: {len(measured)} request(s), concurrency {point.concurrency}"
+                    + ("" if point.rate is None else f", {point.rate:g} req/s"))
+                before = await scrape_all(session, targets)
+                run = PointRun(point, [], 0)
+                bar = ProgressBar(point.label, len(measured), client.progress)
+                bar_task = asyncio.create_task(bar.run())
+                try:
+                    await _watched(watchdog, run_point(client, measured, point, bench.burstiness, bench.seed, run), deadline)
+                finally:
+                    bar_task.cancel()
+                    await asyncio.gather(bar_task, return_exceptions=True)
+                records.extend(run.records)
+                after = await scrape_all(session, targets) if watchdog.trip is None else {}
+                summary = {
+                    **point_header(point, config.server.model, bench.endpoint, len(measured), bench.burstiness),
+                    **aggregate(run.records, run.duration_s, bench.percentiles, bench.goodput or None),
+                    "started_unix": run.started_unix,
+                    "ended_unix": run.ended_unix,
+                    "server": server_deltas(before, after) if after else {},
+                    "telemetry": {n: s.summary(run.started_unix, run.ended_unix) for n, s in samplers.items()},
+                    "partial": watchdog.trip is not None,
+                }
+                _reconcile(summary, result["warnings"])
+                result["points"].append(summary)
+    finally:
+        gc.unfreeze()
+        for sampler in samplers.values():
+            sampler.stop()
+    trip = watchdog.trip
+    if trip is not None:
+        result["valid"] = False
+        result["invalid_reasons"].append(f"{trip.node}: {trip.reason}")
+        result["abort"] = {"node": trip.node, "reason": trip.reason}
+    for point in result["points"]:
+        if point["failed"] or point["incomplete"]:
+            result["valid"] = False
+            result["invalid_reasons"].append(
+                f"{point['label']}: {point['failed']} failed and {point['incomplete']} incomplete request(s)"
+            )
+    result["ended_utc"] = utc_now()
+    result["per_node"] = _per_node(plan, samplers, watchdog, kind)
+    telemetry = {name: s.samples for name, s in samplers.items()}
+    plots, notes = write_plots(out, result["points"], telemetry)
+    result["warnings"].extend(notes)
+    result["artifacts"] = {
+        "requests": "requests.jsonl",
+        "telemetry": "telemetry.jsonl",
+        "sweep_csv": "sweep.csv",
+        "points": [f"points/{p['label']}.json" for p in result["points"]],
+        "plots": plots,
+    }
+    path = write_outputs(out, result, records, telemetry)
+    if trip is not None:
+        raise RunAborted(trip.node, trip.reason, str(path))
+    return BenchResult(
+        valid=result["valid"], result_path=path, out_dir=out, points=result["points"],
+        invalid_reasons=result["invalid_reasons"], data=result,
+    )
+
+
+async def _watched(watchdog: Watchdog, work: Any, deadline: float) -> None:
+    """Run work under the watchdog; stop it at the deadline. Returns normally when cut short."""
+    task = asyncio.ensure_future(work)
+    guard = asyncio.create_task(watchdog.watch(task))
+    try:
+        remaining = deadline - time.monotonic()
+        done, _ = await asyncio.wait({task}, timeout=max(remaining, 0.0))
+        if not done:
+            watchdog.trip = Trip("benchmark", "benchmark.max_duration_s reached before the load finished")
+            task.cancel()
+        await asyncio.gather(task, return_exceptions=watchdog.trip is not None)
+    except asyncio.CancelledError:
+        if watchdog.trip is None:
+            raise
+    finally:
+        guard.cancel()
+        await asyncio.gather(guard, return_exceptions=True)
+
+
+def _reconcile(summary: dict[str, Any], warnings: list[str]) -> None:
+    """Server-counted generation tokens vs the client's sum (a lost or doubled count shows here)."""
+    total = 0.0
+    seen = False
+    for node in summary["server"].values():
+        tokens = node.get("total", {}).get("generation_tokens") if isinstance(node, dict) else None
+        if tokens is not None:
+            total += tokens
+            seen = True
+    if not seen or not summary["total_output_tokens"]:
+        return
+    error = (total - summary["total_output_tokens"]) / summary["total_output_tokens"] * 100
+    summary["server_generation_tokens"] = total
+    summary["reconciliation_error_pct"] = error
+    if abs(error) > 2:
+        warnings.append(
+            f"{summary['label']}: server counted {total:.0f} generation tokens, client "
+            f"{summary['total_output_tokens']} ({error:+.1f}%)"
+        )
+
+
+def _engine_nodes(plan: Plan | None) -> dict[str, str]:
+    """DP rank (the `engine` label) -> the node that runs it."""
+    if plan is None:
+        return {}
+    return {str(rank.dp): node.name for node in plan.nodes for rank in node.ranks}
+
+
+def _per_node(
+    plan: Plan | None, samplers: dict[str, NodeSampler], watchdog: Watchdog, kind: str
+) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for node in plan.nodes if plan else []:
+        sampler = samplers.get(node.name)
+        entry: dict[str, Any] = {
+            "role": node.role,
+            "request_metrics": "defined" if kind in ("single_node",) else (
+                "per engine (see points[].server)" if kind == "engine_label" else "undefined"
+            ),
+            "lost": watchdog.trip is not None and watchdog.trip.node == node.name,
+        }
+        if sampler is not None:
+            entry["telemetry"] = sampler.summary()
+            entry["liveness"] = {
+                "telemetry_failures": sampler.failures,
+                "seconds_since_last_answer": round(time.monotonic() - sampler.last_ok, 3),
+            }
+        else:
+            entry["telemetry"] = {"source": "none", "note": "no backend given: telemetry not sampled"}
+        out[node.name] = entry
+    return out

@@ -1,0 +1,106 @@
+"""Stop a run the moment a node is lost, instead of reporting degraded numbers as a success.
+
+Three checks, polled every `poll_s` while load runs:
+- a node's process has exited (`backend.alive` on the handle launch recorded);
+- a node's telemetry has not answered for `silence_s` (the node or its transport is gone);
+- no token arrived for `stall_timeout_s` while requests are in flight (a dead TP/PP peer makes the
+  head hang without an error until the NCCL watchdog fires, 10-30 minutes later).
+The first to fire cancels the load and names the node; the runner then writes the result file
+marked invalid and raises RunAborted (exit code 3).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+
+from magpie_trace.backends.base import Backend, ProcessHandle
+from magpie_trace.bench.client import Progress
+from magpie_trace.bench.telemetry import NodeSampler
+from magpie_trace.config import NodeConfig
+from magpie_trace.errors import MagpieError, NodeError
+
+
+class RunAborted(NodeError):
+    """A node was lost during the benchmark; the result file is written and marked invalid."""
+
+    exit_code = 3
+
+    def __init__(self, node: str, reason: str, result_path: str | None = None) -> None:
+        where = f" (partial results, marked invalid: {result_path})" if result_path else ""
+        super().__init__(node, reason + where)
+        self.reason = reason
+        self.result_path = result_path
+
+
+@dataclass
+class Trip:
+    node: str
+    reason: str
+
+
+@dataclass
+class Watchdog:
+    """Owns the checks; `watch(task)` cancels task on the first failure and records why."""
+
+    head: str
+    stall_timeout_s: float
+    progress: Progress | None = None
+    backend: Backend | None = None
+    nodes: dict[str, NodeConfig] = field(default_factory=dict)
+    handles: dict[str, ProcessHandle] = field(default_factory=dict)
+    samplers: dict[str, NodeSampler] = field(default_factory=dict)
+    silence_s: float = 10.0
+    poll_s: float = 0.5
+    trip: Trip | None = None
+
+    def check_processes(self) -> Trip | None:
+        """Blocking (it may ssh): call from a thread."""
+        if self.backend is None:
+            return None
+        for name, handle in self.handles.items():
+            node = self.nodes.get(name)
+            if node is None:
+                continue
+            try:
+                if self.backend.alive(node, handle):
+                    continue
+                code = self.backend.exit_code(node, handle)
+            except MagpieError as exc:
+                return Trip(name, f"cannot check its process: {exc}")
+            code_text = "an unknown code" if code is None else f"code {code}"
+            return Trip(name, f"engine process {handle.pid} exited with {code_text} during the benchmark")
+        return None
+
+    def check_telemetry(self) -> Trip | None:
+        now = time.monotonic()
+        for name, sampler in self.samplers.items():
+            silent = now - sampler.last_ok
+            if silent > self.silence_s:
+                why = f" (last error: {sampler.last_error})" if sampler.last_error else ""
+                return Trip(name, f"telemetry silent for {silent:.0f} s{why}")
+        return None
+
+    def check_progress(self) -> Trip | None:
+        progress = self.progress
+        if progress is None or progress.in_flight == 0:
+            return None
+        idle = (time.perf_counter_ns() - progress.last_progress_ns) / 1e9
+        if idle > self.stall_timeout_s:
+            return Trip(
+                self.head,
+                f"no token progress for {idle:.0f} s with {progress.in_flight} request(s) in flight",
+            )
+        return None
+
+    async def watch(self, task: asyncio.Task[object]) -> None:
+        """Poll until task ends; on a failure record it and cancel task."""
+        while not task.done():
+            trip = await asyncio.to_thread(self.check_processes)
+            trip = trip or self.check_telemetry() or self.check_progress()
+            if trip is not None:
+                self.trip = trip
+                task.cancel()
+                return
+            await asyncio.wait({task}, timeout=self.poll_s)
