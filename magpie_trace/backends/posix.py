@@ -48,7 +48,7 @@ printf '%s\n' "$c" > "$f.tmp" && mv -f -- "$f.tmp" "$f"
 # setsid -f (not `&`): a background job of a non-interactive shell would start with SIGINT ignored.
 _START = r"""
 log=$1; f=$2; cwd=$3; shift 3
-mkdir -p -- "$cwd" "${log%/*}" || exit 97
+mkdir -p -- "$cwd" "${log%/*}/" || exit 97
 cd -- "$cwd" || exit 97
 rm -f -- "$f" "$f.tmp"
 info=$(setsid -f sh -c "$WRAPPER" sh "$f" "$@" 3>&1 >"$log" 2>&1 </dev/null)
