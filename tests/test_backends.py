@@ -25,6 +25,7 @@ from magpie_trace.backends.posix import exit_path
 from magpie_trace.config import NodeConfig, SchedulerConfig
 from magpie_trace.errors import NodeError
 from magpie_trace.fanout import NodesFailed, on_nodes
+from tests.fixtures.sshd import SshdPool
 
 HOSTILE = "it's \"quoted\"; $(touch {canary}) `touch {canary}2` & | > < \\ *\n second line"
 
@@ -347,3 +348,19 @@ def processes_mentioning(text: str) -> list[int]:
         except OSError:
             continue
     return found
+
+
+def test_ssh_session_sees_this_python_and_pool_home(
+    ssh_scheduler: Callable[..., SchedulerConfig], sshd_pool: SshdPool
+) -> None:
+    """The fixture's remote login env: same PATH (same python) as the tests, a light HOME."""
+    scheduler = ssh_scheduler(1)
+    backend = make_backend(scheduler)
+    try:
+        probe = "import os, sys; print(os.environ['HOME']); print(os.environ['PATH'])"
+        result = backend.run(scheduler.nodes[0], ["python3", "-c", probe])
+        home, path = result.stdout.splitlines()
+        assert home == str(sshd_pool.home)
+        assert path == os.environ["PATH"]
+    finally:
+        backend.close()
