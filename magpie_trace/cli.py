@@ -147,5 +147,84 @@ def stop_command(config_path: str, overrides: tuple[str, ...], run: str | None) 
         click.echo(f"stopped {len(state.handles)} node(s); logs in {run_dir.logs}")
 
 
+profile_id_option = click.option(
+    "--profile-id", metavar="ID", help="The capture's id (default: profile: the next <run id>-p<n>; "
+    "collect: the run's latest capture).",
+)
+
+
+@main.command("profile")
+@config_argument
+@set_option
+@run_option
+@profile_id_option
+@click.option("--duration", type=float, metavar="S", help="Seconds to keep the capture open "
+              "(default: profile.duration_s, or until the step window closes when one is set).")
+@json_option
+@handle_errors
+def profile_command(
+    config_path: str, overrides: tuple[str, ...], run: str | None, profile_id: str | None,
+    duration: float | None, as_json: bool,
+) -> None:
+    """Profile every rank of the running server at once and wait for every rank's trace file."""
+    from magpie_trace.backends import make_backend
+    from magpie_trace.launch import plan_for_run
+    from magpie_trace.profile import capture
+    from magpie_trace.rundir import find_run_dir
+
+    run_dir = find_run_dir(read_config(config_path, overrides).output.dir, run)
+    plan = plan_for_run(run_dir)
+    backend = make_backend(plan.config.scheduler)
+    try:
+        record = capture(plan, backend, run_dir, profile_id, duration, progress=progress_line)
+    finally:
+        backend.close()
+    if as_json:
+        print_json(record.to_dict())
+        return
+    ranks = sum(1 for trace in record.traces if trace.kind == "rank")
+    click.echo(f"capture {record.profile_id}: {ranks} rank trace(s) complete on "
+               f"{len(plan.nodes)} node(s); collect with `magpie-trace collect {config_path}`")
+
+
+@main.command("collect")
+@config_argument
+@set_option
+@run_option
+@profile_id_option
+@json_option
+@handle_errors
+def collect_command(
+    config_path: str, overrides: tuple[str, ...], run: str | None, profile_id: str | None,
+    as_json: bool,
+) -> None:
+    """Bring every rank's trace into <run>/traces as node<N>-TP<R>.trace.json.gz + manifest.json."""
+    from magpie_trace.backends import make_backend
+    from magpie_trace.collect import collect, tracelens_command
+    from magpie_trace.launch import plan_for_run
+    from magpie_trace.rundir import find_run_dir
+
+    run_dir = find_run_dir(read_config(config_path, overrides).output.dir, run)
+    plan = plan_for_run(run_dir)
+    backend = make_backend(plan.config.scheduler)
+    try:
+        result = collect(plan, backend, run_dir, profile_id, progress=progress_line)
+    finally:
+        backend.close()
+    command = tracelens_command(result.manifest, result.traces_dir)
+    if as_json:
+        print_json({"traces_dir": str(result.traces_dir), "fetched": result.fetched,
+                    "reused": result.reused, "tracelens_command": command, **result.manifest})
+        return
+    click.echo(f"{len(result.manifest['files'])} trace(s) in {result.traces_dir} "
+               f"({result.fetched} fetched, {result.reused} already there); "
+               f"manifest {result.manifest_path}")
+    if command:
+        click.echo(f"TraceLens collective report: {command}")
+    else:
+        click.echo("TraceLens collective report: TP numbers repeat across DP/PP groups here, so "
+                   "TraceLens cannot rank these files by name; use `magpie-trace merge` output")
+
+
 if __name__ == "__main__":
     main()

@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import abc
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal
 
-from magpie_trace.config import Config, NodeConfig
+from magpie_trace.config import Config, NodeConfig, ProfileConfig
 from magpie_trace.topology import Layout, Rank
+
+if TYPE_CHECKING:
+    from magpie_trace.plan import Plan
 
 
 @dataclass
@@ -32,6 +36,34 @@ class NodeContext:
         return self.layout.nnodes
 
 
+@dataclass(frozen=True)
+class HttpCall:
+    """One request to an engine's API server (path on its base URL, JSON body or none)."""
+
+    method: str
+    path: str
+    body: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class TraceName:
+    """What an engine's trace file name says about the file. None: the name does not say.
+
+    `rank_in_dp` is vLLM's `rank{R}`: the worker's rank inside its DP replica.
+    """
+
+    kind: Literal["rank", "api_server"]
+    profile_id: str | None
+    tp: int | None = None
+    pp: int | None = None
+    dp: int | None = None
+    ep: int | None = None
+    rank_in_dp: int | None = None
+    host: str | None = None
+    pid: int | None = None
+    stage: str | None = None
+
+
 class Engine(abc.ABC):
     name: str = ""
     default_port: int = 8000
@@ -55,3 +87,33 @@ class Engine(abc.ABC):
     def serves_http(self, ctx: NodeContext) -> bool:
         """Does this node run an API server? (Only the head for TP/PP across nodes.)"""
         return ctx.is_head
+
+    # ---- profiling: HTTP calls, which API servers to call, trace file names -----------------
+
+    def profile_urls(self, plan: "Plan") -> list[str]:
+        """Base URLs to send start/stop to: one call through the head arms every rank."""
+        return [plan.head_url]
+
+    @abc.abstractmethod
+    def start_profile_call(self, profile: ProfileConfig, profile_id: str) -> HttpCall:
+        """The request that opens a capture tagged with profile_id (in every rank's file name)."""
+
+    @abc.abstractmethod
+    def stop_profile_call(self) -> HttpCall:
+        """The request that closes the capture (the ranks write their files)."""
+
+    @abc.abstractmethod
+    def has_step_window(self, profile: ProfileConfig) -> bool:
+        """Does the configured step window end the ranks' capture on its own?"""
+
+    def stop_needed(self, profile: ProfileConfig) -> bool:
+        """Must stop be called even after the step window ended the capture?"""
+        return True
+
+    @abc.abstractmethod
+    def trace_patterns(self, profile_id: str) -> list[str]:
+        """Globs (file names in a node's trace dir) that match this capture's traces."""
+
+    @abc.abstractmethod
+    def parse_trace_name(self, name: str) -> TraceName | None:
+        """What the file name says, for every naming scheme the engine has; None: not a trace."""

@@ -9,13 +9,16 @@ from __future__ import annotations
 import sys
 
 from magpie_trace.engines.base import Engine, NodeContext
+from magpie_trace.engines.vllm import VllmStyleProfiling
 
 
 def _number(value: float) -> str:
     return f"{value:g}"
 
 
-class SimEngine(Engine):
+class SimEngine(VllmStyleProfiling, Engine):
+    """Profiles like vLLM: same endpoints, same GPU-worker and API-server trace names."""
+
     name = "sim"
     default_port = 8000
     default_rendezvous_port = 29501

@@ -7,10 +7,38 @@ when a replica fits on a node, and `--nnodes/--node-rank/--master-addr` when it 
 
 from __future__ import annotations
 
+import re
+from typing import TYPE_CHECKING
+
 import orjson
 
 from magpie_trace.config import ProfileConfig
-from magpie_trace.engines.base import Engine, NodeContext
+from magpie_trace.engines.base import Engine, HttpCall, NodeContext, TraceName
+
+if TYPE_CHECKING:
+    from magpie_trace.plan import Plan
+
+# vLLM's profile_prefix: 1-128 of [A-Za-z0-9._-], the first alphanumeric; never an underscore, so
+# the first `_` of a file name ends the prefix.
+_PREFIX = r"(?:(?P<prefix>[A-Za-z0-9][A-Za-z0-9.\-]{0,127})_)?"
+_TAIL = r"\.(?P<ns>\d+)\.pt\.trace\.json\.gz"
+# GPU worker (`get_worker_rank_suffix`), CPU worker (its fallback), API server (AsyncLLM).
+_GPU_WORKER = re.compile(
+    _PREFIX + r"dp(?P<dp>\d+)_pp(?P<pp>\d+)_tp(?P<tp>\d+)_dcp\d+_ep(?P<ep>\d+)_rank(?P<rank>\d+)"
+    + _TAIL + r"\Z"
+)
+_CPU_WORKER = re.compile(_PREFIX + r"rank(?P<rank>\d+)" + _TAIL + r"\Z")
+_API_SERVER = re.compile(_PREFIX + r"(?P<host>.+)_(?P<pid>\d+)\.async_llm" + _TAIL + r"\Z")
+# Flags with which every node runs its own API server, each fronting only its local engines.
+_PER_NODE_API_FLAGS = ("--data-parallel-hybrid-lb", "--data-parallel-external-lb")
+
+
+def _int(value: str | None) -> int | None:
+    return None if value is None else int(value)
+
+
+def _url(address: str, port: int) -> str:
+    return f"http://[{address}]:{port}" if ":" in address else f"http://{address}:{port}"
 
 
 def profiler_config_json(profile: ProfileConfig, trace_dir: str) -> str:
@@ -35,7 +63,47 @@ def profiler_config_json(profile: ProfileConfig, trace_dir: str) -> str:
     return orjson.dumps(cfg, option=orjson.OPT_SORT_KEYS).decode()
 
 
-class VllmEngine(Engine):
+class VllmStyleProfiling:
+    """vLLM's profiler endpoints and trace names (the simulator shares them).
+
+    One POST /start_profile through the head arms every rank of its engine; /stop_profile
+    returns once every worker has written its file (vLLM's collective_rpc waits for all).
+    """
+
+    def start_profile_call(self, profile: ProfileConfig, profile_id: str) -> HttpCall:
+        body: dict[str, object] = {"profile_prefix": profile_id}
+        if profile.delay_iterations:
+            body["delay_iterations"] = profile.delay_iterations
+        if profile.max_iterations:
+            body["max_iterations"] = profile.max_iterations
+        return HttpCall("POST", "/start_profile", body)
+
+    def stop_profile_call(self) -> HttpCall:
+        return HttpCall("POST", "/stop_profile")
+
+    def has_step_window(self, profile: ProfileConfig) -> bool:
+        return profile.max_iterations > 0
+
+    def trace_patterns(self, profile_id: str) -> list[str]:
+        return [f"{profile_id}_*.pt.trace.json.gz"]
+
+    def parse_trace_name(self, name: str) -> TraceName | None:
+        match = _GPU_WORKER.match(name)
+        if match:
+            return TraceName(
+                "rank", match["prefix"], tp=int(match["tp"]), pp=int(match["pp"]),
+                dp=int(match["dp"]), ep=int(match["ep"]), rank_in_dp=int(match["rank"]),
+            )
+        match = _CPU_WORKER.match(name)
+        if match:
+            return TraceName("rank", match["prefix"], rank_in_dp=int(match["rank"]))
+        match = _API_SERVER.match(name)
+        if match:
+            return TraceName("api_server", match["prefix"], host=match["host"], pid=_int(match["pid"]))
+        return None
+
+
+class VllmEngine(VllmStyleProfiling, Engine):
     name = "vllm"
     default_port = 8000
     default_rendezvous_port = 29501
@@ -96,3 +164,11 @@ class VllmEngine(Engine):
 
     def node_env(self, ctx: NodeContext) -> dict[str, str]:
         return {"VLLM_HOST_IP": ctx.node.address}
+
+    def profile_urls(self, plan: "Plan") -> list[str]:
+        """Hybrid and external DP load balancing run an API server per node, and each one's
+        /start_profile reaches only its local engines: call them all."""
+        extra = plan.config.server.extra_args
+        if not any(flag in extra for flag in _PER_NODE_API_FLAGS):
+            return [plan.head_url]
+        return [_url(node.address, plan.port) for node in plan.nodes if node.argv]
