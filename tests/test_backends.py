@@ -235,6 +235,20 @@ def test_hostile_values_arrive_unchanged_and_execute_nothing(
     assert not canary.exists() and not Path(f"{canary}2").exists()
 
 
+def test_env_values_stay_out_of_command_lines(cluster: Cluster) -> None:
+    """Tokens in env reach the process but never any argv (ps shows argv to every user)."""
+    backend, (node,) = cluster(1)
+    secret = "hf_s3cret_value_for_test"
+    log = f"{backend.workdir(node)}/t.log"
+    handle = backend.start(node, ["sleep", "60"], {"HF_TOKEN": secret}, log)
+    try:
+        environ = Path(f"/proc/{handle.pid}/environ").read_bytes()
+        assert f"HF_TOKEN={secret}".encode() in environ
+        assert processes_mentioning(secret) == []
+    finally:
+        backend.stop(node, handle, grace_s=2)
+
+
 def test_bad_env_name_is_refused(cluster: Cluster) -> None:
     backend, (node,) = cluster(1)
     with pytest.raises(NodeError, match=r"^node0: env: 'A;B' is not a valid variable name"):

@@ -93,8 +93,8 @@ def exit_path(log_path: str) -> str:
     return log_path + ".exit"
 
 
-def start_script(env: dict[str, str]) -> str:
-    """The start script with env exported first; values are shlex-quoted, names validated."""
+def _start_script(env: dict[str, str]) -> str:
+    """The start script, env exported first (shlex-quoted values; sent on stdin, never in argv)."""
     exports = [f"export {name}={shlex.quote(value)}" for name, value in env.items()]
     return "\n".join([*exports, f"WRAPPER={shlex.quote(_WRAPPER)}", _START])
 
@@ -180,7 +180,7 @@ class PosixBackend(Backend):
             node,
             ["sh", "-s", "--", log_path, exit_file, workdir, *argv],
             timeout_s=_CONTROL_TIMEOUT_S,
-            input=start_script(env).encode(),
+            input=_start_script(env).encode(),
         )
         fields = result.stdout.split()
         if result.returncode != 0 or len(fields) != 3 or not fields[0].isdigit():

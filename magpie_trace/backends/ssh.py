@@ -70,7 +70,8 @@ class SshBackend(PosixBackend):
     def command(self, node: NodeConfig, argv: list[str]) -> list[str]:
         with self._lock:
             if node.name not in self._masters:
-                self._masters[node.name] = [*self.ssh_argv(node)[:-2], "-O", "exit", "--", node.host]
+                options = self.ssh_argv(node)[:-2]
+                self._masters[node.name] = [*options, "-O", "exit", "--", node.host]
         return [*self.ssh_argv(node), " ".join(shlex.quote(word) for word in argv)]
 
     def transport_error(self, node: NodeConfig, result: CommandResult) -> NodeError | None:
