@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import ctypes
 import ctypes.util
+import math
 import os
 import select
 import selectors
@@ -45,15 +46,33 @@ class _TimerfdSelector(selectors.EpollSelector):
         self._selector.register(self._tfd, select.EPOLLIN)
 
     def select(self, timeout: float | None = None) -> list:
-        if timeout is not None and timeout > 0:
+        # EpollSelector.select, plus arming and draining the timerfd.
+        if timeout is None:
+            timeout = -1
+        elif timeout <= 0:
+            timeout = 0
+        else:
             ns = int(timeout * 1e9)
             self._spec.it_value.tv_sec, self._spec.it_value.tv_nsec = divmod(ns, 1_000_000_000)
             self._settime(self._tfd, 0, ctypes.byref(self._spec), None)
-        ready = super().select(timeout)
+            timeout = math.ceil(timeout * 1e3) * 1e-3  # a fallback; the timerfd fires first
+        ready = []
         try:
-            os.read(self._tfd, 8)
-        except BlockingIOError:
-            pass
+            events = self._selector.poll(timeout, len(self._fd_to_key) + 1)
+        except InterruptedError:
+            return ready
+        for fd, event in events:
+            if fd == self._tfd:
+                try:
+                    os.read(fd, 8)
+                except BlockingIOError:
+                    pass
+                continue
+            key = self._fd_to_key.get(fd)
+            if key:
+                mask = (selectors.EVENT_WRITE if event & ~select.EPOLLIN else 0) | (
+                    selectors.EVENT_READ if event & ~select.EPOLLOUT else 0)
+                ready.append((key, mask & key.events))
         return ready
 
     def close(self) -> None:
