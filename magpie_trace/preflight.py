@@ -39,7 +39,7 @@ print(" ".join(busy))
 _CLOCK_SCRIPT = "import time; print(time.time_ns())"
 _MODEL_SCRIPT = """
 import hashlib, os, sys
-root = sys.argv[1]
+root = os.path.join(sys.argv[2], os.path.expanduser(sys.argv[1]))  # relative: to the node's workdir
 if not os.path.isdir(root):
     print("missing")
     raise SystemExit(0)
@@ -85,7 +85,7 @@ def check_node(plan: Plan, backend: Backend, node: NodePlan) -> NodeCheck:
     check = NodeCheck(node=node.name)
     check.engine_version = _engine_version(plan, backend, node)
     if model_is_path(plan.config.server.model):
-        out = backend.run(config, [python, "-c", _MODEL_SCRIPT, plan.config.server.model], 60).stdout
+        out = backend.run(config, [python, "-c", _MODEL_SCRIPT, plan.config.server.model, node.workdir], 60).stdout
         if out.strip() == "missing":
             check.problems.append(f"model path {plan.config.server.model} does not exist")
         for line in out.splitlines():

@@ -1,0 +1,260 @@
+"""The run report: one Markdown file and one self-contained HTML page, from the run folder alone.
+
+It reads only what the stages wrote (plan.json, preflight.json, bench/, traces/manifest.json,
+merged/), so it can be re-made at any time (`magpie-trace report`) and a missing stage is shown as
+missing rather than breaking the report.
+"""
+
+from __future__ import annotations
+
+import base64
+import csv
+import html
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from magpie_trace.fsutil import atomic_write_text
+from magpie_trace.rundir import RunDir
+
+
+@dataclass
+class Section:
+    title: str
+    lines: list[str] = field(default_factory=list)  # Markdown lines
+    tables: list[tuple[list[str], list[list[Any]]]] = field(default_factory=list)
+    images: list[Path] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+
+def _load_json(path: Path) -> Any:
+    try:
+        return orjson.loads(path.read_bytes())
+    except (OSError, orjson.JSONDecodeError):
+        return None
+
+
+def _fmt(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        if value == 0:
+            return "0"
+        if abs(value) >= 100:
+            return f"{value:,.1f}"
+        return f"{value:.3g}"
+    if isinstance(value, list):
+        return ", ".join(_fmt(v) for v in value)
+    return str(value)
+
+
+def _rel(run_dir: RunDir, path: Path) -> str:
+    return os.path.relpath(path, run_dir.root)
+
+
+def topology_section(run_dir: RunDir) -> Section:
+    plan = _load_json(run_dir.plan)
+    section = Section("Topology and plan")
+    if plan is None:
+        section.notes.append("no plan.json in this run")
+        return section
+    layout = plan["layout"]
+    section.lines.append(
+        f"{plan['engine']} serving `{plan.get('model', '?')}` on {layout['nnodes']} node(s) via "
+        f"{plan['backend']}: TP{layout['tp']} x PP{layout['pp']} x DP{layout['dp']} "
+        f"(EP{layout['ep']}) = {layout['world_size']} ranks; endpoint {plan['head_url']}"
+    )
+    rows = []
+    for node in plan["nodes"]:
+        ranks = [r["global_rank"] for r in node["ranks"]]
+        span = f"{ranks[0]}-{ranks[-1]}" if len(ranks) > 1 else _fmt(ranks)
+        rows.append([node["name"], node["host"], node["address"], node["role"], span,
+                     " ".join(node["argv"] or ["(placed by the head)"])])
+    section.tables.append((["node", "host", "address", "role", "global ranks", "command"], rows))
+    return section
+
+
+def preflight_section(run_dir: RunDir) -> Section:
+    data = _load_json(run_dir.preflight)
+    section = Section("Node health and clocks")
+    if data is None:
+        section.notes.append("no preflight.json (launch ran without preflight, or not at all)")
+        return section
+    rows = [
+        [n["node"], n.get("engine_version"), n.get("gpus") if n.get("gpus") is not None else "none found",
+         n["clock_offset_ns"] / 1e6, n["clock_rtt_ns"] / 1e6]
+        for n in data["nodes"]
+    ]
+    section.tables.append(
+        (["node", "engine version", "GPUs", "clock offset vs head (ms)", "probe RTT (ms)"], rows)
+    )
+    return section
+
+
+def bench_section(run_dir: RunDir) -> Section:
+    section = Section("Benchmark")
+    sweep = run_dir.bench / "sweep.csv"
+    result = _load_json(run_dir.bench / "result.json")
+    if not sweep.exists() and result is None:
+        section.notes.append("no benchmark results in this run")
+        return section
+    if result is not None and result.get("valid") is False:
+        reasons = "; ".join(result.get("invalid_reasons") or ["(no reason recorded)"])
+        section.notes.append(f"INVALID RUN: {reasons}. Numbers below are partial.")
+    if sweep.exists():
+        with sweep.open(newline="") as handle:
+            rows = list(csv.DictReader(handle))
+        wanted = [c for c in (
+            "max_concurrency", "request_rate", "completed", "failed", "request_throughput",
+            "output_throughput", "median_ttft_ms", "p99_ttft_ms", "median_tpot_ms", "p99_tpot_ms",
+            "p99_itl_ms", "valid",
+        ) if rows and c in rows[0]]
+        section.tables.append((wanted, [[_num(row[c]) for c in wanted] for row in rows]))
+    section.images.extend(sorted((run_dir.bench / "plots").glob("*.png")))
+    return section
+
+
+def _num(text: str) -> Any:
+    try:
+        return float(text) if "." in text or "e" in text else int(text)
+    except ValueError:
+        return text
+
+
+def per_node_section(run_dir: RunDir) -> Section:
+    section = Section("Per node during the benchmark")
+    result = _load_json(run_dir.bench / "result.json")
+    per_node = (result or {}).get("per_node")
+    if not per_node:
+        section.notes.append("no per-node figures recorded")
+        return section
+    attribution = (result or {}).get("attribution")
+    if attribution == "telemetry_only":
+        section.notes.append(
+            "TP/PP spans nodes: every request uses every node, so per-node request throughput is "
+            "undefined; below are each node's liveness and GPU telemetry."
+        )
+    rows = []
+    for name, node in per_node.items():
+        gpu = node.get("gpu") or {}
+        rows.append([name, node.get("alive"), node.get("exit_code"), gpu.get("util_pct_mean"),
+                     gpu.get("memory_used_mib_max"), gpu.get("power_w_mean"), node.get("note")])
+    section.tables.append(
+        (["node", "alive", "exit code", "GPU util % (mean)", "GPU mem MiB (max)", "power W (mean)", "note"], rows)
+    )
+    return section
+
+
+def alignment_section(run_dir: RunDir) -> Section:
+    section = Section("Clock alignment")
+    data = _load_json(run_dir.merged / "alignment.json")
+    if data is None:
+        section.notes.append("no merge in this run (merged/alignment.json missing)")
+        return section
+    nodes = data.get("nodes") or []
+    rows = [[n.get("node_name", n.get("node")), n.get("offset_us"), n.get("drift_ppm"), n.get("anchors"),
+             n.get("residual_p50_us"), n.get("residual_p95_us"), n.get("method"), "; ".join(n.get("warnings") or [])]
+            for n in nodes]
+    section.tables.append(
+        (["node", "offset (µs)", "drift (ppm)", "anchors", "residual p50 (µs)", "residual p95 (µs)", "method", "warnings"], rows)
+    )
+    for warning in data.get("warnings") or []:
+        section.notes.append(f"WARNING: {warning}")
+    return section
+
+
+def collectives_section(run_dir: RunDir) -> Section:
+    section = Section("Cross-node collectives")
+    summary = next(iter(sorted(run_dir.merged.glob("*node_summary*.csv"))), None) if run_dir.merged.exists() else None
+    if summary is None:
+        section.notes.append("no collective tables in this run")
+        return section
+    with summary.open(newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    if rows:
+        header = list(rows[0])
+        section.tables.append((header, [[_num(row[c]) for c in header] for row in rows]))
+    section.lines.append(f"Per-collective table: `{_rel(run_dir, summary.parent)}`")
+    return section
+
+
+def files_section(run_dir: RunDir) -> Section:
+    section = Section("Files")
+    for path in (run_dir.config, run_dir.plan, run_dir.preflight, run_dir.logs, run_dir.bench,
+                 run_dir.traces, run_dir.merged):
+        if path.exists():
+            section.lines.append(f"- [`{_rel(run_dir, path)}`]({_rel(run_dir, path)})")
+    return section
+
+
+SECTIONS = (topology_section, preflight_section, bench_section, per_node_section,
+            alignment_section, collectives_section, files_section)
+
+
+def build_sections(run_dir: RunDir) -> list[Section]:
+    return [make(run_dir) for make in SECTIONS]
+
+
+def render_markdown(run_dir: RunDir, sections: list[Section]) -> str:
+    out = [f"# magpie-trace run {run_dir.run_id}", ""]
+    for section in sections:
+        out += [f"## {section.title}", ""]
+        out += [f"> {note}" for note in section.notes]
+        if section.notes:
+            out.append("")
+        out += section.lines
+        if section.lines:
+            out.append("")
+        for header, rows in section.tables:
+            out.append("| " + " | ".join(header) + " |")
+            out.append("|" + "---|" * len(header))
+            out += ["| " + " | ".join(_fmt(v).replace("|", "\\|") for v in row) + " |" for row in rows]
+            out.append("")
+        out += [f"![{p.stem}]({_rel(run_dir, p)})" for p in section.images]
+        if section.images:
+            out.append("")
+    return "\n".join(out)
+
+
+def render_html(run_dir: RunDir, sections: list[Section]) -> str:
+    esc = html.escape
+    body = [f"<h1>magpie-trace run {esc(run_dir.run_id)}</h1>"]
+    for section in sections:
+        body.append(f"<h2>{esc(section.title)}</h2>")
+        body += [f'<p class="note">{esc(note)}</p>' for note in section.notes]
+        for line in section.lines:
+            if line.startswith("- [`"):
+                target = line.split("](", 1)[1].rstrip(")")
+                body.append(f'<p><a href="{esc(target)}">{esc(target)}</a></p>')
+            else:
+                body.append(f"<p>{esc(line.replace('`', ''))}</p>")
+        for header, rows in section.tables:
+            body.append("<table><tr>" + "".join(f"<th>{esc(h)}</th>" for h in header) + "</tr>")
+            body += ["<tr>" + "".join(f"<td>{esc(_fmt(v))}</td>" for v in row) + "</tr>" for row in rows]
+            body.append("</table>")
+        for image in section.images:
+            data = base64.b64encode(image.read_bytes()).decode()
+            body.append(f'<figure><img alt="{esc(image.stem)}" src="data:image/png;base64,{data}">'
+                        f"<figcaption>{esc(image.stem)}</figcaption></figure>")
+    style = (
+        "body{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto;padding:0 1em}"
+        "table{border-collapse:collapse;margin:1em 0;font-size:0.9em}"
+        "td,th{border:1px solid #ccc;padding:4px 8px;text-align:left;vertical-align:top}"
+        "th{background:#f3f3f3}.note{background:#fff4d6;padding:6px 10px}img{max-width:100%}"
+    )
+    return (
+        "<!DOCTYPE html><html><head><meta charset=\"utf-8\">"
+        f"<title>magpie-trace {esc(run_dir.run_id)}</title><style>{style}</style></head><body>"
+        + "\n".join(body) + "</body></html>"
+    )
+
+
+def write_report(run_dir: RunDir) -> tuple[Path, Path]:
+    """Write report.md and report.html into the run folder; return their paths."""
+    sections = build_sections(run_dir)
+    atomic_write_text(run_dir.report_md, render_markdown(run_dir, sections))
+    atomic_write_text(run_dir.report_html, render_html(run_dir, sections))
+    return run_dir.report_md, run_dir.report_html
