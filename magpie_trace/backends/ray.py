@@ -1,0 +1,360 @@
+"""The `ray` backend: each node's command runs in a detached Ray actor pinned to that node.
+
+It joins an existing Ray cluster (`scheduler.ray.address`, `auto` or host:port of the GCS) and
+never starts one. Each config node maps to exactly one alive Ray node: by `ray_node_id`, else by
+`ray_labels` (every pair must be among the Ray node's labels), else by `host` (the Ray node's IP
+or hostname). No match, or more than one, is a NodeError naming the config node and what was seen.
+
+A started command is owned by a named, detached actor (0 CPUs, hard NodeAffinity) whose name is
+derived from the node and the log path, so it outlives `magpie-trace launch` and a later process
+(`magpie-trace stop`) finds it from the ProcessHandle (or from the node and the log path alone).
+The code that runs on the nodes is ray_node.py, shipped by value: nodes need Ray, not
+magpie-trace.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import posixpath
+import socket
+import threading
+from typing import Any
+
+import ray
+from ray import cloudpickle
+from ray.actor import ActorHandle
+from ray.exceptions import GetTimeoutError, RayActorError, RayError, RayTaskError
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+from magpie_trace import fsutil
+from magpie_trace.backends import ray_node
+from magpie_trace.backends.base import Backend, CommandResult, ProcessHandle, RemoteFile
+from magpie_trace.backends.posix import exit_path
+from magpie_trace.config import NodeConfig, SchedulerConfig
+from magpie_trace.errors import MagpieError, NodeError
+
+# Pickle the node-side functions and actor class by value rather than by module reference.
+cloudpickle.register_pickle_by_value(ray_node)
+
+_ProcessAgent = ray.remote(ray_node.ProcessAgent)
+_run_command = ray.remote(ray_node.run_command)
+_read_chunks = ray.remote(ray_node.read_chunks)
+_list_files = ray.remote(ray_node.list_files)
+_read_exit_code = ray.remote(ray_node.read_exit_code)
+
+ACTOR_PREFIX = "magpie-trace"
+CHUNK_BYTES = 8 * 1024 * 1024
+CONNECT_TIMEOUT_S = 10.0
+# A node's first call starts a Ray worker process there (about a second; more on a busy node).
+CONTROL_TIMEOUT_S = 60.0
+_SHOWN_NODES = 8
+
+
+def actor_name(node: NodeConfig, log_path: str) -> str:
+    """The Ray actor name of the command started on node with log_path (one per run and node)."""
+    digest = hashlib.sha256(log_path.encode()).hexdigest()[:16]
+    return f"{ACTOR_PREFIX}:{node.name}:{digest}"
+
+
+class RayBackend(Backend):
+    """Run commands on the nodes of an existing Ray cluster, through Ray only (no ssh)."""
+
+    name = "ray"
+
+    def __init__(self, scheduler: SchedulerConfig) -> None:
+        super().__init__(scheduler)
+        self._lock = threading.Lock()
+        self._checked = False
+        self._connected_here = False
+
+    # -- connection and node mapping ------------------------------------------------------------
+
+    def _connect(self) -> None:
+        """Check the address once, then join the cluster (or reuse this process's connection)."""
+        with self._lock:
+            if self._checked and ray.is_initialized():
+                return
+            address = self.scheduler.ray.address
+            _check_reachable(address)
+            self._checked = True
+            if ray.is_initialized():
+                return
+            try:
+                ray.init(
+                    address=address,
+                    namespace=self.scheduler.ray.namespace,
+                    log_to_driver=False,
+                    logging_level=logging.WARNING,
+                )
+            except (ConnectionError, RuntimeError, ValueError) as exc:
+                raise MagpieError(
+                    f"scheduler.ray.address: cannot join the Ray cluster at {address}: "
+                    f"{_first_line(exc)}"
+                ) from None
+            self._connected_here = True
+
+    def ray_node_id(self, node: NodeConfig) -> str:
+        """The id of the one alive Ray node that node maps to (NodeError otherwise)."""
+        self._connect()
+        nodes = ray.nodes()
+        if node.ray_node_id:
+            rule = f"ray_node_id {node.ray_node_id}"
+            matches = [n for n in nodes if n["NodeID"] == node.ray_node_id]
+        elif node.ray_labels:
+            rule = "ray_labels " + _labels_text(node.ray_labels)
+            matches = [n for n in nodes if _has_labels(n, node.ray_labels)]
+        else:
+            rule = f"host {node.host}"
+            matches = [
+                n
+                for n in nodes
+                if node.host in (n["NodeManagerAddress"], n.get("NodeManagerHostname"))
+            ]
+        alive = [n for n in matches if n["Alive"]]
+        if len(alive) == 1:
+            return str(alive[0]["NodeID"])
+        if alive:
+            raise NodeError(
+                node.name,
+                f"{rule} matches {len(alive)} Ray nodes ({_describe(alive)}); "
+                "set ray_node_id or ray_labels to pick one",
+            )
+        if matches:
+            raise _gone(node, str(matches[0]["NodeID"]))
+        seen = _describe([n for n in nodes if n["Alive"]]) or "none"
+        raise NodeError(node.name, f"no alive Ray node has {rule}; alive Ray nodes: {seen}")
+
+    def _on(self, node_id: str) -> dict[str, Any]:
+        """Task options: 0 CPUs (never waits behind the engine), that node only, no retries."""
+        return {
+            "num_cpus": 0,
+            "max_retries": 0,
+            "scheduling_strategy": NodeAffinitySchedulingStrategy(node_id, soft=False),
+        }
+
+    def _get(self, node: NodeConfig, ref: Any, what: str, timeout_s: float) -> Any:
+        try:
+            return ray.get(ref, timeout=timeout_s)
+        except RayError as exc:
+            raise _node_error(node, what, exc, timeout_s) from None
+
+    def _agent(self, node: NodeConfig, handle: ProcessHandle) -> ActorHandle | None:
+        """The handle's actor; None once it was stopped. NodeError if its Ray node is gone."""
+        name = handle.extra.get("actor")
+        if handle.backend != self.name or not name:
+            raise NodeError(node.name, f"pid {handle.pid} was not started by the ray backend")
+        self._connect()
+        try:
+            return ray.get_actor(name, namespace=handle.extra["namespace"])
+        except ValueError:
+            node_id = str(handle.extra["ray_node_id"])
+            if not any(n["NodeID"] == node_id and n["Alive"] for n in ray.nodes()):
+                raise _gone(node, node_id) from None
+            return None
+
+    # -- Backend --------------------------------------------------------------------------------
+
+    def start(
+        self,
+        node: NodeConfig,
+        argv: list[str],
+        env: dict[str, str],
+        log_path: str,
+        cwd: str | None = None,
+    ) -> ProcessHandle:
+        if not argv:
+            raise ValueError("start: empty argv")
+        if not posixpath.isabs(log_path):
+            raise ValueError(f"start: log_path must be absolute, got {log_path!r}")
+        node_id = self.ray_node_id(node)
+        name = actor_name(node, log_path)
+        namespace = self.scheduler.ray.namespace
+        self._retire(node, name, namespace, log_path)
+        agent = _ProcessAgent.options(
+            name=name,
+            namespace=namespace,
+            lifetime="detached",
+            num_cpus=0,
+            max_restarts=0,
+            scheduling_strategy=NodeAffinitySchedulingStrategy(node_id, soft=False),
+        ).remote()
+        # A Ray driver that the command starts (vLLM's Ray executor) joins this same cluster.
+        full_env = {"RAY_ADDRESS": ray.get_runtime_context().gcs_address, **env}
+        exit_file = exit_path(log_path)
+        workdir = cwd or self.workdir(node)
+        ref = agent.start.remote(argv, full_env, log_path, workdir, exit_file)
+        try:
+            pid = self._get(node, ref, f"cannot start {argv[0]}", CONTROL_TIMEOUT_S)
+        except NodeError:
+            ray.kill(agent)
+            raise
+        return ProcessHandle(
+            node=node.name,
+            pid=pid,
+            pgid=pid,
+            log_path=log_path,
+            backend=self.name,
+            extra={
+                "exit_path": exit_file,
+                "actor": name,
+                "namespace": namespace,
+                "ray_node_id": node_id,
+            },
+        )
+
+    def _retire(self, node: NodeConfig, name: str, namespace: str, log_path: str) -> None:
+        """Free the actor name of an earlier start with the same log; refuse if it still runs."""
+        try:
+            old = ray.get_actor(name, namespace=namespace)
+        except ValueError:
+            return
+        try:
+            code = ray.get(old.returncode.remote(), timeout=CONTROL_TIMEOUT_S)
+        except RayActorError:
+            code = -1  # dying: nothing of it to keep
+        if code is None:
+            raise NodeError(
+                node.name,
+                f"a command logging to {log_path} is still running (Ray actor {name}); stop it first",
+            )
+        ray.kill(old)
+
+    def alive(self, node: NodeConfig, handle: ProcessHandle) -> bool:
+        agent = self._agent(node, handle)
+        if agent is None:
+            return False
+        what = f"cannot check pid {handle.pid}"
+        return self._get(node, agent.returncode.remote(), what, CONTROL_TIMEOUT_S) is None
+
+    def exit_code(self, node: NodeConfig, handle: ProcessHandle) -> int | None:
+        agent = self._agent(node, handle)
+        what = f"cannot check pid {handle.pid}"
+        if agent is not None:
+            return self._get(node, agent.returncode.remote(), what, CONTROL_TIMEOUT_S)
+        node_id = str(handle.extra["ray_node_id"])
+        ref = _read_exit_code.options(**self._on(node_id)).remote(handle.extra["exit_path"])
+        return self._get(node, ref, what, CONTROL_TIMEOUT_S)
+
+    def stop(self, node: NodeConfig, handle: ProcessHandle, grace_s: float = 10.0) -> None:
+        agent = self._agent(node, handle)
+        if agent is None:
+            return  # stopped before
+        what = f"cannot stop group {handle.pgid}"
+        timeout_s = grace_s + ray_node.KILL_WAIT_S + CONTROL_TIMEOUT_S
+        survivors = self._get(node, agent.stop.remote(grace_s), what, timeout_s)
+        if survivors:  # keep the actor, so that a later stop can try again
+            raise NodeError(
+                node.name, f"{len(survivors)} processes of group {handle.pgid} survived SIGKILL"
+            )
+        ray.kill(agent)
+
+    def run(
+        self, node: NodeConfig, argv: list[str], timeout_s: float = 60.0, input: bytes | None = None
+    ) -> CommandResult:
+        if not argv:
+            raise ValueError("empty argv")
+        ref = _run_command.options(**self._on(self.ray_node_id(node))).remote(
+            argv, timeout_s, input
+        )
+        code, out, err = self._get(
+            node, ref, f"cannot run {argv[0]}", timeout_s + CONTROL_TIMEOUT_S
+        )
+        if code is None:
+            raise NodeError(node.name, f"{argv[0]} timed out after {timeout_s:g} s")
+        return CommandResult(code, out.decode(errors="surrogateescape"), err.decode(errors="replace"))
+
+    def fetch(self, node: NodeConfig, remote_path: str, local_path: str) -> None:
+        """Streams the file in chunks (at most two in flight), written to a temp file + rename."""
+        options = self._on(self.ray_node_id(node))
+        chunks = _read_chunks.options(**options, _generator_backpressure_num_objects=2).remote(
+            remote_path, CHUNK_BYTES
+        )
+        what = f"cannot fetch {remote_path}"
+        tmp = fsutil.temp_path_for(local_path)
+        try:
+            with open(tmp, "wb") as out:
+                try:
+                    for ref in chunks:
+                        out.write(self._get(node, ref, what, CONTROL_TIMEOUT_S))
+                except RayError as exc:
+                    raise _node_error(node, what, exc, CONTROL_TIMEOUT_S) from None
+            os.replace(tmp, local_path)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+
+    def listdir(self, node: NodeConfig, directory: str, pattern: str = "*") -> list[RemoteFile]:
+        """Regular files only, sorted by path; a directory that does not exist (yet) is empty."""
+        ref = _list_files.options(**self._on(self.ray_node_id(node))).remote(directory, pattern)
+        entries = self._get(node, ref, f"cannot list {directory}", CONTROL_TIMEOUT_S)
+        return [RemoteFile(path, size, mtime) for path, size, mtime in entries]
+
+    def close(self) -> None:
+        """Leave the cluster if this backend joined it. Started commands keep running."""
+        with self._lock:
+            if self._connected_here:
+                ray.shutdown()
+                self._connected_here = False
+
+
+def _check_reachable(address: str) -> None:
+    """Refuse to start a cluster; fail fast (not after Ray's minutes of retries) on a dead GCS."""
+    if address in ("", "local"):
+        raise MagpieError(
+            f"scheduler.ray.address: {address!r} would start a new Ray instance; "
+            "give 'auto' or host:port of the existing cluster's GCS"
+        )
+    host, sep, port = address.rpartition(":")
+    if address == "auto" or "://" in address or not sep or not port.isdigit():
+        return
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=CONNECT_TIMEOUT_S).close()
+    except OSError as exc:
+        raise MagpieError(
+            f"scheduler.ray.address: cannot reach the Ray cluster at {address}: "
+            f"{exc.strerror or exc}"
+        ) from None
+
+
+def _node_error(node: NodeConfig, what: str, exc: RayError, timeout_s: float) -> NodeError:
+    """One line naming the node for a failure that Ray reported."""
+    if isinstance(exc, RayTaskError):
+        cause = exc.cause
+        reason = cause.strerror if isinstance(cause, OSError) and cause.strerror else cause
+        return NodeError(node.name, f"{what}: {_first_line(reason)}")
+    if isinstance(exc, RayActorError):
+        return NodeError(node.name, f"{what}: its Ray actor is gone (was the Ray node removed?)")
+    if isinstance(exc, GetTimeoutError):
+        return NodeError(node.name, f"{what}: no answer through Ray within {timeout_s:g} s")
+    return NodeError(node.name, f"{what}: {_first_line(exc)}")
+
+
+def _gone(node: NodeConfig, node_id: str) -> NodeError:
+    return NodeError(node.name, f"Ray node {node_id} is gone (not alive in the cluster)")
+
+
+def _has_labels(ray_node: dict[str, Any], labels: dict[str, str]) -> bool:
+    have = ray_node.get("Labels") or {}
+    return all(have.get(key) == value for key, value in labels.items())
+
+
+def _labels_text(labels: dict[str, str]) -> str:
+    return "{" + ", ".join(f"{k}={v}" for k, v in sorted(labels.items())) + "}"
+
+
+def _describe(nodes: list[dict[str, Any]]) -> str:
+    """Ray nodes as `<id> <ip> {user labels}`, for error messages."""
+    parts = []
+    for n in nodes[:_SHOWN_NODES]:
+        labels = {k: v for k, v in (n.get("Labels") or {}).items() if not k.startswith("ray.io/")}
+        parts.append(f"{n['NodeID']} {n['NodeManagerAddress']} {_labels_text(labels)}")
+    if len(nodes) > _SHOWN_NODES:
+        parts.append(f"... {len(nodes) - _SHOWN_NODES} more")
+    return "; ".join(parts)
+
+
+def _first_line(value: object) -> str:
+    lines = [line.strip() for line in str(value).strip().splitlines() if line.strip()]
+    return lines[0] if lines else type(value).__name__

@@ -1,0 +1,198 @@
+"""What the ray backend runs on each Ray node: one actor per started command, plus small tasks.
+
+Standard library only, and shipped to the nodes by value (see backends/ray.py), so a Ray node
+needs Ray but not magpie-trace. It mirrors backends/posix.py: a command runs as the leader of its
+own session, stdout+stderr go to its log, its exit code is written next to the log, and stop
+ends the whole process group, verified from /proc, never anything matched by name.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+import posixpath
+import signal
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+
+KILL_WAIT_S = 5.0
+_POLL_S = 0.05
+# Ray's internal flags of the actor's worker process (ray_constants.RAY_INTERNAL_FLAGS). Not
+# passed on, as Ray's job submission does not, so a Ray driver started by the command (vLLM's
+# Ray executor) is a job of its own.
+RAY_WORKER_FLAGS = ("RAY_JOB_ID", "RAY_RAYLET_PID", "RAY_OVERRIDE_NODE_ID_FOR_TESTING")
+
+
+def _stat_fields(pid: int) -> list[str] | None:
+    """/proc/<pid>/stat after the command name: [state, ppid, pgrp, ...]; None if no such pid."""
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            stat = handle.read()
+    except OSError:
+        return None
+    return stat.rsplit(")", 1)[1].split()
+
+
+def start_time(pid: int) -> str:
+    """The process's start time in clock ticks since boot: with the pid, it names one process."""
+    fields = _stat_fields(pid)
+    return fields[19] if fields else ""
+
+
+def group_members(pgid: int) -> list[int]:
+    """Live (non-zombie) processes of a process group."""
+    members = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            fields = _stat_fields(int(entry))
+            if fields and fields[0] != "Z" and int(fields[2]) == pgid:
+                members.append(int(entry))
+    return members
+
+
+def _wait_empty(pgid: int, timeout_s: float) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while group_members(pgid):
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(_POLL_S)
+    return True
+
+
+def _signal_group(pgid: int, sig: int) -> None:
+    try:
+        os.killpg(pgid, sig)
+    except ProcessLookupError:
+        pass
+
+
+def _write_exit_code(path: str, code: int) -> None:
+    tmp = f"{path}.tmp"
+    with open(tmp, "w") as handle:
+        handle.write(f"{code}\n")
+    os.replace(tmp, path)
+
+
+class ProcessAgent:
+    """Owns one started command on its node: its process group, exit code and stop.
+
+    Runs as a detached, named Ray actor, so it outlives the process that started it and a later
+    `magpie-trace stop` can find it by name.
+    """
+
+    def __init__(self) -> None:
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._started = ""
+        self._waiter: threading.Thread | None = None
+
+    def start(
+        self, argv: list[str], env: dict[str, str], log_path: str, cwd: str, exit_file: str
+    ) -> int:
+        """Start argv in a new session; returns its pid (= its process group id).
+
+        It runs through `sh -c 'exec "$@"'` so a missing program is exit code 127 with the
+        shell's message in the log, as on an ssh node.
+        """
+        os.makedirs(posixpath.dirname(log_path), exist_ok=True)
+        os.makedirs(cwd, exist_ok=True)
+        for stale in (exit_file, f"{exit_file}.tmp"):
+            if os.path.exists(stale):
+                os.unlink(stale)
+        full_env = {k: v for k, v in os.environ.items() if k not in RAY_WORKER_FLAGS}
+        full_env.update(env)
+        with open(log_path, "wb") as log:
+            proc = subprocess.Popen(
+                ["sh", "-c", 'exec "$@"', "sh", *argv],
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd=cwd,
+                env=full_env,
+                start_new_session=True,
+            )
+        self._proc = proc
+        self._started = start_time(proc.pid)
+        self._waiter = threading.Thread(
+            target=lambda: _write_exit_code(exit_file, proc.wait()), daemon=True
+        )
+        self._waiter.start()
+        return proc.pid
+
+    def returncode(self) -> int | None:
+        return None if self._proc is None else self._proc.poll()
+
+    def stop(self, grace_s: float) -> list[int]:
+        """SIGTERM the group, wait up to grace_s, SIGKILL; returns the pids that survived."""
+        if self._proc is None:
+            return []
+        pgid = self._proc.pid
+        if self._proc.poll() is not None and start_time(pgid) not in ("", self._started):
+            return []  # the leader is gone and its pid belongs to a newer process: not ours
+        if group_members(pgid):
+            _signal_group(pgid, signal.SIGTERM)
+            if not _wait_empty(pgid, grace_s):
+                _signal_group(pgid, signal.SIGKILL)
+                _wait_empty(pgid, KILL_WAIT_S)
+        if self._waiter is not None:
+            self._waiter.join(KILL_WAIT_S)  # the exit code is on disk before the actor goes
+        return group_members(pgid)
+
+
+def run_command(
+    argv: list[str], timeout_s: float, input: bytes | None
+) -> tuple[int | None, bytes, bytes]:
+    """(returncode, stdout, stderr); returncode None when it timed out (its group is killed)."""
+    try:
+        proc = subprocess.Popen(
+            argv,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            start_new_session=True,
+        )
+    except OSError as exc:  # a missing program reads like a shell's 127
+        code = 127 if isinstance(exc, FileNotFoundError) else 126
+        return code, b"", f"{argv[0]}: {exc.strerror or exc}".encode()
+    try:
+        out, err = proc.communicate(input or b"", timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        _signal_group(proc.pid, signal.SIGKILL)
+        out, err = proc.communicate()
+        return None, out, err
+    return proc.returncode, out, err
+
+
+def read_chunks(path: str, chunk_size: int) -> Iterator[bytes]:
+    """The file's bytes in order, chunk_size at a time (a Ray streaming generator)."""
+    with open(path, "rb") as handle:
+        while chunk := handle.read(chunk_size):
+            yield chunk
+
+
+def list_files(directory: str, pattern: str) -> list[tuple[str, int, float]]:
+    """(path, size, mtime) of the regular files in directory matching pattern, sorted by path.
+
+    A directory that does not exist (yet) lists as empty.
+    """
+    try:
+        entries = list(os.scandir(directory))
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+    files = []
+    for entry in entries:
+        if entry.is_file(follow_symlinks=False) and fnmatch.fnmatchcase(entry.name, pattern):
+            info = entry.stat(follow_symlinks=False)
+            files.append((posixpath.join(directory, entry.name), info.st_size, info.st_mtime))
+    return sorted(files)
+
+
+def read_exit_code(exit_file: str) -> int | None:
+    """The exit code written next to a log, if the command has ended."""
+    try:
+        with open(exit_file) as handle:
+            text = handle.read().strip()
+    except FileNotFoundError:
+        return None
+    return int(text) if text.lstrip("-").isdigit() else None

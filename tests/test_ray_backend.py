@@ -1,0 +1,303 @@
+"""The ray backend against a real 3-node Ray cluster on loopback (tests/fixtures/ray_cluster.py).
+
+Every Ray node here has IP 127.0.0.1, so config nodes map to Ray nodes by label or id, and each
+node's processes inherit MAGPIE_TEST_NODE=<its label>: a command can say where it ran. The nodes
+share this machine, so the tests check /proc and files directly.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import asdict
+from pathlib import Path
+
+import pytest
+import ray
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+from magpie_trace.backends import ProcessHandle, make_backend
+from magpie_trace.backends.posix import exit_path
+from magpie_trace.backends.ray import RayBackend, actor_name
+from magpie_trace.config import NodeConfig, RayConfig, SchedulerConfig
+from magpie_trace.errors import MagpieError, NodeError
+from tests.fixtures.ray_cluster import ENV, LABEL, RayCluster
+from tests.procs import group_members, wait_for
+
+WHERE = "import os, sys; print(os.environ['MAGPIE_TEST_NODE'], *sys.argv[1:])"
+
+
+@pytest.fixture(scope="module")
+def backend(ray_cluster: RayCluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RayBackend]:
+    scheduler = ray_cluster.scheduler(str(tmp_path_factory.mktemp("ray-nodes")))
+    made = make_backend(scheduler)
+    assert isinstance(made, RayBackend)
+    yield made
+    made.close()
+
+
+def _node(backend: RayBackend, label: str) -> NodeConfig:
+    return next(n for n in backend.scheduler.nodes if n.name == label)
+
+
+def test_commands_land_on_the_right_node(backend: RayBackend, ray_cluster: RayCluster) -> None:
+    for node in backend.scheduler.nodes:
+        assert backend.ray_node_id(node) == ray_cluster.node_ids[node.name]
+        assert backend.run(node, [sys.executable, "-c", WHERE, "run"]).stdout == f"{node.name} run\n"
+    handles = {
+        node.name: backend.start(
+            node, [sys.executable, "-c", WHERE, "start"], {}, f"{backend.workdir(node)}/where.log"
+        )
+        for node in backend.scheduler.nodes
+    }
+    for node in backend.scheduler.nodes:
+        handle = handles[node.name]
+        assert wait_for(lambda: backend.exit_code(node, handle) == 0, timeout_s=10)
+        assert Path(handle.log_path).read_text() == f"{node.name} start\n"
+        backend.stop(node, handle)
+
+    by_id = NodeConfig(host="127.0.0.1", name="by-id", ray_node_id=ray_cluster.node_ids["n2"])
+    assert backend.run(by_id, [sys.executable, "-c", WHERE]).stdout == "n2\n"
+
+
+def test_start_alive_stop_leaves_no_process(backend: RayBackend) -> None:
+    node = _node(backend, "n1")
+    log = f"{backend.workdir(node)}/logs/tree.log"
+    tree = "sleep 60 & sleep 60 & sh -c 'sleep 60' & echo started; wait"
+    began = time.monotonic()
+    handle = backend.start(node, ["sh", "-c", tree], {"MT_VALUE": "x y"}, log)
+    start_s = time.monotonic() - began
+    assert handle.pgid == handle.pid and handle.backend == "ray"
+    assert handle.extra["actor"] == actor_name(node, log)
+    assert handle.extra["ray_node_id"] == backend.ray_node_id(node)
+    assert wait_for(lambda: len(group_members(handle.pgid)) >= 4)  # sh, 3 sleeps
+    assert backend.alive(node, handle)
+    assert backend.exit_code(node, handle) is None
+    assert wait_for(lambda: "started" in Path(log).read_text())
+    assert Path(backend.workdir(node)).is_dir()
+
+    with pytest.raises(NodeError, match=r"^n1: a command logging to .*tree\.log is still running"):
+        backend.start(node, ["true"], {}, log)
+
+    began = time.monotonic()
+    backend.stop(node, handle, grace_s=3)
+    stop_s = time.monotonic() - began
+    assert group_members(handle.pgid) == []
+    with pytest.raises(ValueError):
+        ray.get_actor(handle.extra["actor"], namespace=handle.extra["namespace"])
+    assert not backend.alive(node, handle)
+    assert backend.exit_code(node, handle) == -signal.SIGTERM  # read from the exit file
+    backend.stop(node, handle, grace_s=1)  # stopping twice is harmless
+    print(f"ray start {start_s:.2f} s, stop {stop_s:.2f} s")
+
+
+def test_stop_escalates_to_sigkill(backend: RayBackend) -> None:
+    node = _node(backend, "n2")
+    stubborn = "trap '' TERM; echo armed; while :; do sleep 0.1; done"
+    handle = backend.start(node, ["sh", "-c", stubborn], {}, f"{backend.workdir(node)}/stub.log")
+    assert wait_for(lambda: "armed" in Path(handle.log_path).read_text())
+    started = time.monotonic()
+    backend.stop(node, handle, grace_s=0.5)
+    assert 0.4 < time.monotonic() - started < 5
+    assert group_members(handle.pgid) == []
+    assert Path(exit_path(handle.log_path)).read_text() == f"{-signal.SIGKILL}\n"
+
+
+def test_exit_code_env_and_missing_program(backend: RayBackend, ray_cluster: RayCluster) -> None:
+    node = _node(backend, "n0")
+    script = (
+        "import json, os; print(json.dumps({k: os.environ.get(k) for k in "
+        "('MT_VALUE', 'RAY_ADDRESS', 'RAY_JOB_ID')}), flush=True); raise SystemExit(3)"
+    )
+    log = f"{backend.workdir(node)}/fail.log"
+    value = "it's \"quoted\"; $(touch pwned) & | >"
+    handle = backend.start(node, [sys.executable, "-c", script], {"MT_VALUE": value}, log)
+    assert wait_for(lambda: backend.exit_code(node, handle) is not None, timeout_s=10)
+    assert backend.exit_code(node, handle) == 3
+    assert not backend.alive(node, handle)
+    assert Path(exit_path(log)).read_text().strip() == "3"
+    assert handle.extra["exit_path"] == exit_path(log)
+    seen = json.loads(Path(log).read_text())
+    assert seen == {"MT_VALUE": value, "RAY_ADDRESS": ray_cluster.address, "RAY_JOB_ID": None}
+    backend.stop(node, handle)
+
+    missing = backend.start(node, ["no-such-program-xyz"], {}, f"{backend.workdir(node)}/m.log")
+    assert wait_for(lambda: backend.exit_code(node, missing) == 127, timeout_s=10)
+    assert "no-such-program-xyz" in backend.tail(node, missing.log_path)
+    backend.stop(node, missing)
+
+
+def test_run(backend: RayBackend) -> None:
+    node = _node(backend, "n1")
+    result = backend.run(node, ["sh", "-c", "echo out; echo err >&2; exit 4"])
+    assert (result.returncode, result.stdout, result.stderr) == (4, "out\n", "err\n")
+    assert backend.run(node, ["cat"], input=b"from stdin").stdout == "from stdin"
+    assert backend.run(node, ["no-such-program-xyz"]).returncode == 127
+    started = time.monotonic()
+    with pytest.raises(NodeError, match=r"^n1: sh timed out after 0.5 s"):
+        backend.run(node, ["sh", "-c", "sleep 30 & sleep 30; wait"], timeout_s=0.5)
+    assert time.monotonic() - started < 5
+
+
+def test_fetch_is_exact_and_atomic(backend: RayBackend, tmp_path: Path) -> None:
+    node = _node(backend, "n2")
+    source = Path(backend.workdir(node)) / "rank0.pt.trace.json.gz"
+    source.parent.mkdir(parents=True, exist_ok=True)
+    source.write_bytes(os.urandom(20 * 1024 * 1024 + 7))  # three chunks, the last one short
+    target = tmp_path / "fetched" / "node2-TP0.trace.json.gz"
+    backend.fetch(node, str(source), str(target))
+    digest = hashlib.sha256(source.read_bytes()).hexdigest()
+    assert hashlib.sha256(target.read_bytes()).hexdigest() == digest
+
+    empty = source.with_name("empty.txt")
+    empty.write_bytes(b"")
+    backend.fetch(node, str(empty), str(tmp_path / "fetched" / "empty.txt"))
+    assert (tmp_path / "fetched" / "empty.txt").read_bytes() == b""
+
+    with pytest.raises(NodeError, match=r"^n2: cannot fetch .*/nope\.gz: No such file"):
+        backend.fetch(node, str(source.parent / "nope.gz"), str(tmp_path / "fetched" / "x"))
+    assert sorted(p.name for p in target.parent.iterdir()) == ["empty.txt", target.name]
+
+
+def test_listdir(backend: RayBackend) -> None:
+    node = _node(backend, "n0")
+    folder = Path(backend.workdir(node)) / "traces"
+    (folder / "sub.json.gz").mkdir(parents=True)
+    (folder / "rank 0.json.gz").write_bytes(b"x" * 10)
+    (folder / "rank1.json.gz").write_bytes(b"y" * 20)
+    (folder / "notes.txt").write_text("z")
+    os.symlink(folder / "notes.txt", folder / "link.json.gz")
+    os.utime(folder / "rank1.json.gz", (1_700_000_000.5, 1_700_000_000.5))
+
+    files = backend.listdir(node, str(folder), "*.json.gz")
+    assert [(f.path, f.size) for f in files] == [
+        (f"{folder}/rank 0.json.gz", 10),
+        (f"{folder}/rank1.json.gz", 20),
+    ]
+    assert files[1].mtime == pytest.approx(1_700_000_000.5)
+    assert len(backend.listdir(node, str(folder))) == 3
+    assert backend.listdir(node, str(folder / "not-yet")) == []
+
+
+def test_node_code_is_shipped_by_value(backend: RayBackend, ray_cluster: RayCluster) -> None:
+    """Ray nodes need Ray, not magpie-trace: workers that ran our code never imported it."""
+    node = _node(backend, "n1")
+    backend.run(node, ["true"])
+    backend.listdir(node, "/")
+
+    def imported() -> list[str]:
+        return sorted(name for name in sys.modules if name.startswith("magpie_trace"))
+
+    here = NodeAffinitySchedulingStrategy(ray_cluster.node_ids["n1"], soft=False)
+    task = ray.remote(imported).options(num_cpus=0, scheduling_strategy=here)  # run's workers
+    assert ray.get(task.remote(), timeout=60) == []
+
+
+LAUNCHER = """
+import json, sys
+from magpie_trace.backends import ProcessHandle, make_backend
+from magpie_trace.config import NodeConfig, RayConfig, SchedulerConfig
+raw = json.loads(sys.argv[1])
+raw["nodes"] = [NodeConfig(**n) for n in raw["nodes"]]
+raw["ray"] = RayConfig(**raw["ray"])
+scheduler = SchedulerConfig(**raw)
+backend = make_backend(scheduler)
+node = scheduler.nodes[2]
+wd = backend.workdir(node)
+if sys.argv[2] == "launch":
+    handles = [
+        backend.start(node, ["sh", "-c", "sleep 60 & sleep 60"], {}, wd + "/sleeper.log"),
+        backend.start(node, ["sh", "-c", "exit 5"], {}, wd + "/fails.log"),
+    ]
+    print(json.dumps([h.to_dict() for h in handles]))
+else:
+    handle = ProcessHandle.from_dict(json.loads(sys.argv[3]))
+    backend.stop(node, handle, grace_s=2)
+    print(backend.exit_code(node, handle))
+backend.close()
+"""
+
+
+def _driver(backend: RayBackend, *args: str) -> str:
+    proc = subprocess.run(
+        [sys.executable, "-c", LAUNCHER, json.dumps(asdict(backend.scheduler)), *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout
+
+
+def test_stop_from_a_fresh_driver(backend: RayBackend) -> None:
+    """`launch` starts and exits; `stop`, another process, finds the actors and ends the group."""
+    node = _node(backend, "n2")
+    sleeper, fails = (ProcessHandle.from_dict(d) for d in json.loads(_driver(backend, "launch")))
+    assert sleeper.extra["ray_node_id"] == backend.ray_node_id(node)
+    assert wait_for(lambda: backend.exit_code(node, fails) == 5, timeout_s=10)
+    assert backend.alive(node, sleeper)
+    assert len(group_members(sleeper.pgid)) == 3  # sh and two sleeps
+
+    assert _driver(backend, "stop", json.dumps(sleeper.to_dict())) == f"{-signal.SIGTERM}\n"
+    assert group_members(sleeper.pgid) == []
+    assert not backend.alive(node, sleeper)
+    backend.stop(node, fails)
+
+
+def test_unmatched_and_ambiguous_nodes(backend: RayBackend, ray_cluster: RayCluster) -> None:
+    nowhere = NodeConfig(host="127.0.0.1", name="gpu9", ray_labels={LABEL: "n9"})
+    with pytest.raises(NodeError, match=r"^gpu9: no alive Ray node has ray_labels \{magpie-node=n9\}; "
+                       r"alive Ray nodes: .*127\.0\.0\.1 \{magpie-node=n0\}") as info:
+        backend.run(nowhere, ["true"])
+    assert info.value.node == "gpu9"
+    with pytest.raises(NodeError, match=r"^gpu9: no alive Ray node has host 10\.9\.9\.9"):
+        backend.start(NodeConfig(host="10.9.9.9", name="gpu9"), ["true"], {}, "/tmp/x.log")
+    with pytest.raises(NodeError, match=r"^gpu9: no alive Ray node has ray_node_id abc"):
+        backend.listdir(NodeConfig(host="127.0.0.1", name="gpu9", ray_node_id="abc"), "/")
+    with pytest.raises(NodeError, match=r"^lo: host 127\.0\.0\.1 matches 3 Ray nodes .*ray_labels"):
+        backend.run(NodeConfig(host="127.0.0.1", name="lo"), ["true"])
+
+
+def test_a_node_that_is_gone(backend: RayBackend, ray_cluster: RayCluster) -> None:
+    ray_cluster.add_node("n3")
+    node = NodeConfig(host="127.0.0.1", name="n3", ray_labels={LABEL: "n3"})
+    handle = backend.start(node, ["sleep", "60"], {}, f"{backend.workdir(node)}/s.log")
+    try:
+        assert backend.alive(node, handle)
+        ray_cluster.remove_node("n3")
+        gone = r"^n3: (Ray node \w+ is gone|.*Ray actor is gone)"
+        with pytest.raises(NodeError, match=gone):
+            wait_for(lambda: not backend.alive(node, handle), timeout_s=10)
+        with pytest.raises(NodeError, match=r"^n3: Ray node \w+ is gone"):
+            backend.run(node, ["true"])
+        with pytest.raises(NodeError, match=gone):
+            backend.stop(node, handle)
+    finally:
+        if group_members(handle.pgid):  # the node's raylet is gone; the test ends what is left
+            os.killpg(handle.pgid, signal.SIGKILL)
+
+
+def test_an_address_without_a_cluster_fails_fast(tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    scheduler = SchedulerConfig(
+        backend="ray",
+        nodes=[NodeConfig(host="127.0.0.1", name="n0")],
+        ray=RayConfig(address=f"127.0.0.1:{port}"),
+    )
+    started = time.monotonic()
+    with pytest.raises(MagpieError, match=rf"^scheduler\.ray\.address: cannot reach .*:{port}: "):
+        RayBackend(scheduler).run(scheduler.nodes[0], ["true"])
+    assert time.monotonic() - started < 3
+    scheduler.ray.address = "local"
+    with pytest.raises(MagpieError, match=r"would start a new Ray instance"):
+        RayBackend(scheduler).run(scheduler.nodes[0], ["true"])
