@@ -34,6 +34,7 @@ class NodeConfig:
     ssh_port: int | None = None
     ssh_identity: str | None = None
     ray_node_id: str | None = None
+    ray_labels: dict[str, str] = field(default_factory=dict)
     gpus: int | None = None
     workdir: str | None = None
     env: dict[str, str] = field(default_factory=dict)
