@@ -318,21 +318,32 @@ def _match(plan: Plan, node: NodePlan, seen: _Seen, where: str) -> tuple[Rank | 
 
 
 def judge_node(plan: Plan, node: NodePlan, seen: list[_Seen]) -> NodeScan:
-    """Match one node's files to the ranks the plan puts there; say what is missing or wrong."""
+    """Match one node's files to the ranks the plan puts there; say what is missing or wrong.
+
+    A rank whose file is incomplete or in conflict is reported through that file only, not again
+    as missing."""
     scan = NodeScan(node)
     claimed: dict[object, _Seen] = {}
+    reported: set[Rank] = set()
     for item in seen:
         where = f"{node.name}: {item.path}"
         probe = item.probe
+        named = [r for r in node.ranks if _name_fits(item.parsed, r, plan.layout)]
         if probe is None or not probe.get("complete"):
-            if probe is not None and probe.get("error") not in (None, "missing"):
-                scan.pending.append(f"{where} is {probe['error']}")
-            elif probe is None:
-                scan.pending.append(f"{where} is still being written")
+            if probe is not None and probe.get("error") == "missing":
+                continue  # gone since it was listed: judged as absent
+            state = "still being written" if probe is None else probe["error"]
+            if item.parsed.kind == "api_server":
+                where = f"{node.name}: the API server: {item.path}"
+            elif len(named) == 1:
+                where = f"{node.name}: {rank_label(named[0], plan.layout)}: {item.path}"
+                reported.add(named[0])
+            scan.pending.append(f"{where} is {state}")
             continue
         if item.parsed.stage is not None:
             scan.fatal.append(f"{where} is a per-stage trace ({item.parsed.stage}); "
                               "profile without profile_by_stage")
+            reported.update(named)
             continue
         if item.parsed.kind == "api_server":
             key: object = "api_server"
@@ -341,6 +352,7 @@ def judge_node(plan: Plan, node: NodePlan, seen: list[_Seen]) -> NodeScan:
             rank, problem = _match(plan, node, item, where)
             if problem:
                 scan.fatal.append(problem)
+                reported.update(named)
                 continue
             key = rank
         if key in claimed:
@@ -359,7 +371,7 @@ def judge_node(plan: Plan, node: NodePlan, seen: list[_Seen]) -> NodeScan:
             )
         )
     for rank in node.ranks:
-        if rank not in claimed:
+        if rank not in claimed and rank not in reported:
             scan.pending.append(f"{node.name}: no trace for {rank_label(rank, plan.layout)}")
     return scan
 
