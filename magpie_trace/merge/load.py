@@ -1,0 +1,236 @@
+"""Pass 1 over each trace: check it is a Kineto trace, keep a decompressed copy, pick out the few events
+the merge needs (collectives, process metadata, steps, the profiler span) without building objects for
+the rest.
+
+The decompressed copy goes to a temp file so pass 2 reads plain bytes instead of inflating again
+(inflate is the most expensive step we control). Memory stays near one uncompressed trace.
+"""
+
+from __future__ import annotations
+
+import re
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import numpy as np
+import orjson
+from isal import igzip
+
+from magpie_trace.errors import TraceError
+from magpie_trace.merge import fields
+from magpie_trace.merge.anchors import Anchor, classify
+from magpie_trace.merge.discover import TraceFile
+
+SCAN_STEP = 16 << 20  # bytes of the event array looked at per numpy pass (bounds temp memory)
+_ANCHOR_PREFIXES = (b"gloo:", b"nccl", b"rccl", b"Nccl", b"cross_device_reduce", b"void vllm::cross_device_reduce",
+                    b"void sglang::cross_device_reduce")
+_META_PREFIXES = (b'process_name"', b'process_labels"', b'process_sort_index"')
+_STEP_PREFIXES = (b"ProfilerStep#", b"execute_", b"step[")
+_SPAN_PREFIXES = (b"PyTorch Profiler",)
+_ALL_PREFIXES = _ANCHOR_PREFIXES + _META_PREFIXES + _STEP_PREFIXES + _SPAN_PREFIXES
+_STRING = rb'"(?:[^"\\]|\\.)*"'
+_FLAT = rb"(?:[^{}\"]|" + _STRING + rb")*"
+_EVENT = re.compile(rb"\{" + _FLAT + rb"(?:\{" + _FLAT + rb"\}" + _FLAT + rb")*\}", re.S)
+_STEP_NAME = re.compile(r"^(ProfilerStep#\d+|execute_.*|step\[.*)$")
+
+
+@dataclass
+class Step:
+    name: str
+    start: int  # absolute ns, own clock
+    end: int
+
+
+@dataclass
+class Scanned:
+    """What pass 1 learnt about one file; positions are byte offsets into `temp`."""
+
+    file: TraceFile
+    temp: Path
+    size: int
+    compressed_size: int
+    events: tuple[int, int]  # the traceEvents array, `[` to `]` inclusive
+    top: list[tuple[str, int, int]]  # every top-level key and its value's span, in file order
+    base_ns: int | None  # None: the old absolute-microsecond format
+    distributed_info: dict[str, Any] | None
+    anchors: list[Anchor]
+    meta_cuts: list[tuple[int, int]]  # process_* metadata events (replaced in the merged file)
+    process_names: dict[bytes, str]  # pid token -> its original process name
+    steps: list[Step]
+    span: tuple[int, int] | None  # profiler window (absolute ns, own clock)
+    warnings: list[str] = field(default_factory=list)
+
+
+def decompress(path: Path) -> tuple[bytes, int]:
+    """File bytes, inflated when gzip; the error names the file."""
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise TraceError(f"{path}: cannot read ({exc.strerror})") from None
+    if raw[:2] != b"\x1f\x8b":
+        return raw, len(raw)
+    try:
+        return igzip.decompress(raw), len(raw)
+    except (OSError, EOFError, ValueError, zlib.error) as exc:
+        raise TraceError(f"{path}: truncated or corrupt gzip ({exc})") from None
+
+
+def _address(buf: Any) -> int:
+    return np.frombuffer(buf, dtype=np.uint8).__array_interface__["data"][0] if len(buf) else 0
+
+
+def top_level(path: Path, data: bytes) -> list[tuple[str, int, int]]:
+    """Validate the whole document as JSON (msgspec skips values without building them) and return
+    each top-level key's value span."""
+    try:
+        doc = msgspec.json.decode(data, type=dict[str, msgspec.Raw])
+    except msgspec.ValidationError:
+        raise TraceError(f"{path}: not a trace (the top level is not a JSON object)") from None
+    except msgspec.DecodeError as exc:
+        raise TraceError(f"{path}: not JSON ({exc})") from None
+    if "traceEvents" not in doc:
+        raise TraceError(f"{path}: not a trace (no traceEvents)")
+    base = _address(data)
+    spans = []
+    for key, raw in doc.items():
+        lo = _address(raw) - base
+        spans.append((key, lo, lo + len(raw)))
+    lo, hi = next((lo, hi) for key, lo, hi in spans if key == "traceEvents")
+    if data[lo : lo + 1] != b"[":
+        raise TraceError(f"{path}: not a trace (traceEvents is not a list)")
+    return spans
+
+
+def event_at(data: bytes, pos: int, floor: int) -> tuple[int, int, dict[str, Any]] | None:
+    """The event object that contains byte `pos` (found by walking back over `{`), decoded."""
+    lo = pos
+    for _ in range(64):
+        lo = data.rfind(b"{", floor, lo)
+        if lo < 0:
+            return None
+        m = _EVENT.match(data, lo)
+        if m and m.end() > pos:
+            try:
+                ev = orjson.loads(m.group())
+            except orjson.JSONDecodeError:
+                continue
+            if isinstance(ev, dict) and "ph" in ev:
+                return lo, m.end(), ev
+    return None
+
+
+def _separator_span(data: bytes, lo: int, hi: int, floor: int) -> tuple[int, int]:
+    """The event plus one neighbouring comma, so cutting it leaves a valid array."""
+    j = hi
+    while data[j : j + 1] in (b" ", b"\n", b"\r", b"\t"):
+        j += 1
+    if data[j : j + 1] == b",":
+        j += 1
+        while data[j : j + 1] in (b" ", b"\n", b"\r", b"\t"):
+            j += 1
+        return lo, j
+    k = data.rfind(b",", floor, lo)
+    return (k if k >= 0 else lo), hi
+
+
+def candidate_names(data: bytes, lo: int, hi: int) -> list[int]:
+    """Positions of `"name":` values that start with a prefix we care about (vectorised, in slices)."""
+    found: list[int] = []
+    for c0 in range(lo, hi, SCAN_STEP):
+        c1 = min(hi, c0 + SCAN_STEP)
+        s = max(c0 - 1, 0)  # one byte of context so a key at c0 still sees what precedes it
+        buf = np.frombuffer(data[s : c1 + 64] + b" " * fields.WINDOW, dtype=np.uint8)
+        pos = fields.find_keys(buf, (b"name",))[b"name"]
+        key_start = pos - 7 + s
+        pos = pos[(key_start >= c0) & (key_start < c1)]
+        if not len(pos):
+            continue
+        win = fields._window(buf, pos)
+        start, _ = fields._token_bounds(win)
+        src = np.clip(start[:, None] + 1 + fields._COLS[None, :], 0, fields.WINDOW - 1)
+        text = np.take_along_axis(win, src, axis=1)
+        hit = np.zeros(len(pos), dtype=bool)
+        for prefix in _ALL_PREFIXES:
+            p = np.frombuffer(prefix, dtype=np.uint8)
+            hit |= (text[:, : len(p)] == p).all(axis=1)
+        found.extend((pos[hit] + s).tolist())
+    return found
+
+
+def _ts_ns(value: Any, base: int) -> int:
+    return base + int(round(float(value) * 1000))
+
+
+def scan(tf: TraceFile, temp: Path) -> Scanned:
+    """Pass 1 for one file."""
+    data, csize = decompress(tf.path)
+    top = top_level(tf.path, data)
+    values = {key: (lo, hi) for key, lo, hi in top}
+    base_ns: int | None = None
+    if "baseTimeNanoseconds" in values:
+        lo, hi = values["baseTimeNanoseconds"]
+        try:
+            base_ns = int(data[lo:hi])
+        except ValueError:
+            raise TraceError(f"{tf.path}: baseTimeNanoseconds is not an integer") from None
+    dist = None
+    if "distributedInfo" in values:
+        lo, hi = values["distributedInfo"]
+        parsed = orjson.loads(data[lo:hi])
+        dist = parsed if isinstance(parsed, dict) else None
+    ev_lo, ev_hi = values["traceEvents"]
+    base = base_ns or 0
+    anchors: list[Anchor] = []
+    meta_cuts: list[tuple[int, int]] = []
+    names: dict[bytes, str] = {}
+    steps: list[Step] = []
+    span: tuple[int, int] | None = None
+    for pos in candidate_names(data, ev_lo + 1, ev_hi - 1):
+        found = event_at(data, pos, ev_lo)
+        if found is None:
+            continue
+        lo, hi, ev = found
+        name = ev.get("name")
+        ph = ev.get("ph")
+        if not isinstance(name, str):
+            continue
+        if ph == "M" and name.startswith("process_"):
+            meta_cuts.append(_separator_span(data, lo, hi, ev_lo + 1))
+            if name == "process_name" and isinstance(ev.get("args"), dict):
+                names[orjson.dumps(ev.get("pid"))] = str(ev["args"].get("name", ""))
+            continue
+        if ph != "X" or "ts" not in ev:
+            continue
+        start = _ts_ns(ev["ts"], base)
+        end = start + int(round(float(ev.get("dur") or 0) * 1000))
+        if name.startswith("PyTorch Profiler"):
+            span = (start, end)
+        elif _STEP_NAME.match(name) and (ev.get("cat") in ("user_annotation", None) or name.startswith("ProfilerStep")):
+            steps.append(Step(name, start, end))
+        else:
+            anchor = classify(ev, start, end)
+            if anchor is not None:
+                anchors.append(anchor)
+    if any(a.gpu for a in anchors):
+        anchors = [a for a in anchors if a.gpu]
+    steps.sort(key=lambda s: s.start)
+    meta_cuts = _disjoint(meta_cuts)
+    try:
+        temp.write_bytes(data)
+    except OSError as exc:
+        raise TraceError(f"{temp}: cannot write the decompressed copy ({exc.strerror})") from None
+    return Scanned(tf, temp, len(data), csize, (ev_lo, ev_hi), top, base_ns, dist, anchors, meta_cuts, names,
+                   steps, span)
+
+
+def _disjoint(spans: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    out: list[tuple[int, int]] = []
+    for lo, hi in sorted(spans):
+        if out and lo < out[-1][1]:
+            out[-1] = (out[-1][0], max(out[-1][1], hi))
+        else:
+            out.append((lo, hi))
+    return out

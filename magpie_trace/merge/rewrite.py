@@ -1,0 +1,298 @@
+"""Pass 2: stream one trace's events from its decompressed copy, rewriting values at the byte level,
+into its aligned per-rank file and its part of the merged Perfetto file.
+
+Aligned file: every top-level key kept in order, `baseTimeNanoseconds` set to the common base, every
+`ts` mapped onto the reference clock (and `dur` too when there is drift); pids and ids untouched, so
+TraceLens reads it like the original. Merged part: the same events with dense per-file pids, flow ids
+made unique per file (`id * n_files + index`), the original `process_*` metadata replaced by names
+like `node1-TP3 ...`.
+"""
+
+from __future__ import annotations
+
+import bisect
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import msgspec
+import numpy as np
+import orjson
+from isal import igzip
+
+from magpie_trace.fsutil import temp_path_for
+from magpie_trace.merge import fields
+from magpie_trace.merge.gzipjoin import LEVEL, PartWriter
+
+CHUNK = 8 << 20
+PIDS_PER_FILE = 1000  # merged pids of file i are i*1000+1 ...; more processes in one file is an error
+_WS = b" \n\r\t"
+
+
+@dataclass(frozen=True)
+class Transform:
+    """File timestamp (ns, relative to its own base) -> output timestamp (ns, relative to base_out)."""
+
+    base_in: int
+    base_out: int
+    offset_ns: float = 0.0
+    drift_ppm: float = 0.0
+    t0_ns: int = 0
+
+    def apply(self, rel_ns: np.ndarray) -> np.ndarray:
+        c = rel_ns.astype(np.int64) + self.base_in
+        theta = self.offset_ns + self.drift_ppm * 1e-6 * (c - self.t0_ns).astype(np.float64)
+        return c - np.rint(theta).astype(np.int64) - self.base_out
+
+
+@dataclass
+class RewriteJob:
+    index: int
+    n_files: int
+    label: str
+    temp: Path
+    events: tuple[int, int]
+    top: list[tuple[str, int, int]]
+    has_base: bool
+    transform: Transform
+    meta_cuts: list[tuple[int, int]]
+    process_names: dict[bytes, str]
+    aligned_path: Path | None
+    merged_part: Path | None
+    window: tuple[int, int] | None = None  # output-relative ns
+    alignment_meta: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class RewriteResult:
+    index: int
+    input_bytes: int
+    merged: tuple[Path, int, int] | None  # (part path, crc, length)
+    events_kept: int | None  # only counted when a window is cut
+    spliced: int  # values that did not fit their field
+
+
+class _Light(msgspec.Struct):
+    ph: str = ""
+    name: Any = None
+    ts: float | None = None
+    dur: float | None = None
+
+
+def _cut_point(block: bytes, start: int, cuts: list[tuple[int, int]], cut_starts: list[int]) -> int:
+    """A split position in `block` right before a `,` that separates keys or events and that lies
+    outside every byte range we drop; values never straddle it."""
+    k = len(block)
+    while True:
+        k = block.rfind(b",", 0, k)
+        if k <= 0:
+            return len(block)
+        j = k + 1
+        while j < len(block) and block[j] in _WS:
+            j += 1
+        if j < len(block) and block[j] in b'"{':
+            i = bisect.bisect_right(cut_starts, start + k) - 1
+            if i < 0 or not (cuts[i][0] <= start + k < cuts[i][1]):
+                return k
+
+
+class _Rewriter:
+    def __init__(self, job: RewriteJob) -> None:
+        self.job = job
+        self.pids: dict[bytes, int] = {}
+        self.spliced = 0
+        self.drift = job.transform.drift_ppm != 0.0
+
+    def _pid(self, token: bytes) -> int:
+        if token not in self.pids:
+            if len(self.pids) >= PIDS_PER_FILE - 1:
+                raise ValueError(f"{self.job.label}: more than {PIDS_PER_FILE - 1} processes in one trace")
+            self.pids[token] = self.job.index * PIDS_PER_FILE + len(self.pids) + 1
+        return self.pids[token]
+
+    def _flow_id(self, token: bytes) -> int:
+        try:
+            return int(token) * self.job.n_files + self.job.index
+        except ValueError:
+            return -1
+
+    def chunk(self, chunk: bytes, aligned: bool, merged: bool, cuts: list[tuple[int, int]]) -> tuple[bytes | None, bytes | None]:
+        buf = np.frombuffer(chunk + b" " * fields.WINDOW, dtype=np.uint8)
+        keys = (b"ts",) + ((b"dur",) if self.drift else ()) + ((b"pid", b"id") if merged else ())
+        pos = fields.find_keys(buf, keys)
+        times = fields.Edits()
+        p_ts = pos[b"ts"]
+        vals, width, isnum = fields.read_numbers(buf, p_ts)
+        p_ts, vals, width = p_ts[isnum], vals[isnum], width[isnum]
+        rows, length = fields.format_ns(self.job.transform.apply(vals))
+        times.add(p_ts, width, rows, length)
+        if self.drift and len(pos[b"dur"]):
+            p_dur = pos[b"dur"]
+            dvals, dwidth, dnum = fields.read_numbers(buf, p_dur)
+            owner = np.searchsorted(p_ts, p_dur) - 1
+            ok = dnum & (owner >= 0)
+            start = vals[owner[ok]]
+            new = self.job.transform.apply(start + dvals[ok]) - self.job.transform.apply(start)
+            r, n = fields.format_ns(new)
+            times.add(p_dur[ok], dwidth[ok], r, n)
+        out_aligned = times.apply(chunk) if aligned else None
+        out_merged = None
+        if merged:
+            edits = times.copy()
+            if len(pos[b"pid"]):
+                new_pid, pwidth = fields.map_tokens(buf, pos[b"pid"], self._pid)
+                r, n = fields.format_ints(new_pid)
+                edits.add(pos[b"pid"], pwidth, r, n)
+            if len(pos[b"id"]):
+                new_id, iwidth = fields.map_tokens(buf, pos[b"id"], self._flow_id)
+                keep = new_id >= 0
+                r, n = fields.format_ints(new_id[keep])
+                edits.add(pos[b"id"][keep], iwidth[keep], r, n)
+            out_merged = edits.apply(chunk, cuts)
+            self.spliced += sum(int((ln > w).sum()) for ln, w in zip(edits.length, edits.width))
+        return out_aligned, out_merged
+
+    def stream(self, path: Path, lo: int, hi: int, cuts: list[tuple[int, int]], sinks: tuple[Any, Any]) -> None:
+        """Rewrite bytes [lo, hi) of `path` chunk by chunk into (aligned sink, merged sink)."""
+        aligned_sink, merged_sink = sinks
+        cut_starts = [c[0] for c in cuts]
+        with open(path, "rb") as f:
+            f.seek(lo)
+            pos = lo
+            while pos < hi:
+                block = f.read(min(CHUNK, hi - pos))
+                if not block:
+                    break
+                k = len(block) if pos + len(block) >= hi else _cut_point(block, pos, cuts, cut_starts)
+                chunk = block[:k]
+                f.seek(pos + k)
+                local = [(max(a, pos) - pos, min(b, pos + k) - pos) for a, b in cuts if a < pos + k and b > pos]
+                a_out, m_out = self.chunk(chunk, aligned_sink is not None, merged_sink is not None, local)
+                if aligned_sink is not None:
+                    aligned_sink.write(a_out)
+                if merged_sink is not None:
+                    merged_sink.write(m_out)
+                pos += k
+
+
+def _window_filter(job: RewriteJob, data: bytes) -> tuple[bytes, bytes, int]:
+    """(events for the aligned file, events for the merged file, count kept) inside the window."""
+    lo_ns, hi_ns = job.window  # type: ignore[misc]
+    t = job.transform
+    decoder = msgspec.json.Decoder(_Light)
+    events = msgspec.json.decode(data, type=list[msgspec.Raw])
+    keep_aligned: list[bytes] = []
+    keep_merged: list[bytes] = []
+    for raw in events:
+        ev = decoder.decode(raw)
+        if ev.ph != "M" and ev.ts is not None:
+            start = int(t.apply(np.array([round(ev.ts * 1000)]))[0])
+            end = start + int(round((ev.dur or 0.0) * 1000))
+            if end < lo_ns or start > hi_ns:
+                continue
+        keep_aligned.append(bytes(raw))
+        if not (ev.ph == "M" and isinstance(ev.name, str) and ev.name.startswith("process_")):
+            keep_merged.append(bytes(raw))
+    return b",".join(keep_aligned), b",".join(keep_merged), len(keep_aligned)
+
+
+def _process_events(rw: _Rewriter, job: RewriteJob) -> list[bytes]:
+    """Our process_name / process_sort_index events for every pid seen in the merged part."""
+    out = []
+    for token, pid in rw.pids.items():
+        original = job.process_names.get(token)
+        if original is None:
+            original = token.decode("utf-8", "replace").strip('"') or "markers"
+            original = f"pid {original}" if token[:1] != b'"' else original
+        name = f"{job.label} {original}"
+        out.append(orjson.dumps({"ph": "M", "name": "process_name", "pid": pid, "tid": 0, "args": {"name": name}}))
+        out.append(orjson.dumps({"ph": "M", "name": "process_sort_index", "pid": pid, "tid": 0,
+                                 "args": {"sort_index": pid}}))
+    return out
+
+
+def _header_and_footer(job: RewriteJob, temp: BinaryIO) -> tuple[bytes, bytes]:
+    """The aligned file's bytes before and after the event array content."""
+    before: list[bytes] = []
+    after: list[bytes] = []
+    target = before
+    base = f'"baseTimeNanoseconds": {job.transform.base_out}'.encode()
+    for key, lo, hi in job.top:
+        if key == "magpie_trace":
+            continue
+        if key == "traceEvents":
+            if not job.has_base:
+                before.append(base)
+            before.append(b'"traceEvents": [')
+            target = after
+            continue
+        if key == "baseTimeNanoseconds":
+            target.append(base)
+            continue
+        temp.seek(lo)
+        target.append(orjson.dumps(key) + b": " + temp.read(hi - lo))
+    after.append(b'"magpie_trace": ' + orjson.dumps(job.alignment_meta))
+    head = b"{" + b", ".join(before[:-1]) + (b", " if len(before) > 1 else b"") + before[-1]
+    tail = b"], " + b", ".join(after) + b"}"
+    return head, tail
+
+
+class _Counter:
+    def __init__(self, sink: Any) -> None:
+        self.sink = sink
+        self.empty = True
+
+    def write(self, data: bytes) -> None:
+        if data.strip(_WS):
+            self.empty = False
+        self.sink.write(data)
+
+
+def rewrite(job: RewriteJob) -> RewriteResult:
+    """Write the aligned file and/or merged part of one trace. Runs in a worker process."""
+    rw = _Rewriter(job)
+    ev_lo, ev_hi = job.events
+    aligned_file = merged_part = None
+    tmp_aligned = temp_path_for(job.aligned_path) if job.aligned_path else None
+    kept = None
+    try:
+        with open(job.temp, "rb") as temp:
+            if tmp_aligned is not None:
+                head, tail = _header_and_footer(job, temp)
+                aligned_file = igzip.open(tmp_aligned, "wb", compresslevel=LEVEL)
+                aligned_file.write(head)
+            if job.merged_part is not None:
+                merged_part = PartWriter(job.merged_part)
+            merged_sink = _Counter(merged_part) if merged_part is not None else None
+            if job.window is None:
+                rw.stream(job.temp, ev_lo + 1, ev_hi - 1, job.meta_cuts, (aligned_file, merged_sink))
+            else:
+                temp.seek(ev_lo)
+                a_events, m_events, kept = _window_filter(job, temp.read(ev_hi - ev_lo))
+                for content, sinks in ((a_events, (aligned_file, None)), (m_events, (None, merged_sink))):
+                    if any(s is not None for s in sinks):
+                        side = job.temp.with_suffix(".window")
+                        side.write_bytes(content)
+                        try:
+                            rw.stream(side, 0, len(content), [], sinks)
+                        finally:
+                            side.unlink()
+            if aligned_file is not None:
+                aligned_file.write(tail)
+                aligned_file.close()
+                aligned_file = None
+                os.replace(tmp_aligned, job.aligned_path)  # type: ignore[arg-type]
+            merged = None
+            if merged_part is not None and merged_sink is not None:
+                meta = _process_events(rw, job)
+                merged_part.write((b"" if merged_sink.empty else b",") + b",".join(meta))
+                crc, length = merged_part.close()
+                merged = (job.merged_part, crc, length)
+    except BaseException:
+        if aligned_file is not None:
+            aligned_file.close()
+        if tmp_aligned is not None and tmp_aligned.exists():
+            tmp_aligned.unlink()
+        raise
+    return RewriteResult(job.index, ev_hi - ev_lo, merged, kept, rw.spliced)
