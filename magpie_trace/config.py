@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import posixpath
 import types
 import typing
 from dataclasses import dataclass, field
@@ -69,6 +70,13 @@ class SchedulerConfig:
     workdir: str = "/tmp/magpie-trace"
     ssh: SshConfig = field(default_factory=SshConfig)
     ray: RayConfig = field(default_factory=RayConfig)
+
+    def node_workdir(self, node: NodeConfig) -> str:
+        """The node's own working directory on that node (logs, local traces).
+
+        Per node, so several "nodes" on one machine (local backend, test sshds) never share files.
+        """
+        return node.workdir or posixpath.join(self.workdir, node.name)
 
 
 @dataclass

@@ -100,11 +100,6 @@ def new_run_id() -> str:
     return _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
 
 
-def node_workdir(config: Config, node: NodeConfig) -> str:
-    """Per-node working directory on that node (logs, local traces)."""
-    return node.workdir or posixpath.join(config.scheduler.workdir, node.name)
-
-
 def make_plan(config: Config, run_id: str | None = None) -> Plan:
     """Lay the configured parallel sizes over the nodes and write each node's command."""
     run_id = run_id or config.output.run_id or new_run_id()
@@ -122,7 +117,7 @@ def make_plan(config: Config, run_id: str | None = None) -> Plan:
     head = sched.nodes[0]
     nodes = []
     for index, node in enumerate(sched.nodes):
-        workdir = node_workdir(config, node)
+        workdir = sched.node_workdir(node)
         run_dir = posixpath.join(workdir, run_id)
         trace_dir = _trace_dir(config, node, run_id, run_dir) if config.profile.enabled else None
         ctx = NodeContext(

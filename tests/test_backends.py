@@ -26,36 +26,11 @@ from magpie_trace.config import NodeConfig, SchedulerConfig
 from magpie_trace.errors import NodeError
 from magpie_trace.fanout import NodesFailed, on_nodes
 from tests.fixtures.sshd import SshdPool
+from tests.procs import group_members, wait_for
 
 HOSTILE = "it's \"quoted\"; $(touch {canary}) `touch {canary}2` & | > < \\ *\n second line"
 
 Cluster = Callable[[int], tuple[Backend, list[NodeConfig]]]
-
-
-def group_members(pgid: int) -> list[int]:
-    """Live (non-zombie) processes of a process group, from /proc."""
-    members = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            stat = Path(f"/proc/{entry}/stat").read_text()
-        except OSError:
-            continue
-        fields = stat.rsplit(")", 1)[1].split()
-        if fields[0] != "Z" and int(fields[2]) == pgid:
-            members.append(int(entry))
-    return members
-
-
-def wait_for(predicate: Callable[[], object], timeout_s: float = 5.0) -> object:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    return predicate()
 
 
 @pytest.fixture(params=["local", "ssh"])

@@ -7,7 +7,6 @@ transport. Every method takes the node's config so the same backend object serve
 from __future__ import annotations
 
 import abc
-import posixpath
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -64,11 +63,8 @@ class Backend(abc.ABC):
         self.scheduler = scheduler
 
     def workdir(self, node: NodeConfig) -> str:
-        """The node's own working directory: node.workdir, else <scheduler.workdir>/<node.name>.
-
-        Per node, so several "nodes" on one machine (local backend, test sshds) never share files.
-        """
-        return node.workdir or posixpath.join(self.scheduler.workdir, node.name)
+        """The node's own working directory on the node (SchedulerConfig.node_workdir)."""
+        return self.scheduler.node_workdir(node)
 
     @abc.abstractmethod
     def start(
