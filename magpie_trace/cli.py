@@ -226,5 +226,142 @@ def collect_command(
                    "TraceLens cannot rank these files by name; use `magpie-trace merge` output")
 
 
+
+@main.command("bench")
+@config_argument
+@set_option
+@run_option
+@click.option("--url", metavar="URL", help="Benchmark this already-running endpoint instead of a run.")
+@click.option("--concurrency", "-c", type=int, multiple=True, help="Concurrency (repeat for a sweep).")
+@click.option("--num-prompts", "-n", type=int, help="Requests per load point.")
+@click.option("--request-rate", type=float, help="Requests per second (Poisson unless burstiness is set).")
+@click.option("--out", type=click.Path(file_okay=False), help="Output folder (default: <run>/bench).")
+@json_option
+@handle_errors
+def bench_command(
+    config_path: str, overrides: tuple[str, ...], run: str | None, url: str | None,
+    concurrency: tuple[int, ...], num_prompts: int | None, request_rate: float | None,
+    out: str | None, as_json: bool,
+) -> None:
+    """Benchmark the running server through its endpoint; stop at once if a node is lost."""
+    import dataclasses
+
+    from magpie_trace.bench import run_benchmark
+
+    extra = [f"benchmark.concurrency={list(concurrency)}"] if concurrency else []
+    extra += [f"benchmark.num_prompts={num_prompts}"] if num_prompts is not None else []
+    extra += [f"benchmark.request_rate={request_rate}"] if request_rate is not None else []
+    config = read_config(config_path, (*overrides, *extra))
+    if url:
+        from magpie_trace.plan import new_run_id
+        from magpie_trace.rundir import new_run_dir
+
+        out_dir = out or new_run_dir(config.output.dir, new_run_id()).bench
+        result = run_benchmark(config, None, out_dir, url=url, say=progress_line)
+    else:
+        from magpie_trace.backends import make_backend
+        from magpie_trace.launch import load_state, plan_for_run
+        from magpie_trace.rundir import find_run_dir
+
+        run_dir = find_run_dir(config.output.dir, run)
+        plan = plan_for_run(run_dir)
+        state = load_state(run_dir)
+        config = dataclasses.replace(plan.config, benchmark=config.benchmark)
+        backend = make_backend(plan.config.scheduler)
+        try:
+            result = run_benchmark(
+                config, plan, out or run_dir.bench, backend=backend, handles=state.handles,
+                say=progress_line,
+            )
+        finally:
+            backend.close()
+    if as_json:
+        print_json(result.data)
+        return
+    click.echo(f"{'point':<14}{'done':>6}{'fail':>5}{'req/s':>9}{'out tok/s':>11}"
+               f"{'TTFT p50':>10}{'p99':>9}{'TPOT p50':>10}{'p99':>9}  (ms)")
+    for p in result.points:
+        click.echo(f"{p['label']:<14}{p['completed']:>6}{p['failed'] + p['incomplete']:>5}"
+                   f"{p['request_throughput'] or 0:>9.2f}{p['output_throughput'] or 0:>11.1f}"
+                   f"{p['median_ttft_ms'] or 0:>10.2f}{p['p99_ttft_ms'] or 0:>9.2f}"
+                   f"{p['median_tpot_ms'] or 0:>10.2f}{p['p99_tpot_ms'] or 0:>9.2f}")
+    click.echo(f"results: {result.result_path}")
+
+
+def print_run_summary(result: Any) -> None:
+    """Where everything is, and how to open it in TraceLens and Perfetto."""
+    outputs = result.outputs
+    click.echo(f"\nrun {result.run_id}: {result.run_dir}")
+    for key in ("report.html", "report.md", "bench", "traces", "merged"):
+        if key in outputs:
+            click.echo(f"  {key:<12} {outputs[key]}")
+    perfetto = outputs.get("merged.perfetto")
+    if perfetto:
+        click.echo(f"\nPerfetto:  open https://ui.perfetto.dev and load {perfetto}")
+    tracelens = outputs.get("merged.tracelens_command") or result.tracelens_command
+    if tracelens:
+        click.echo(f"TraceLens: {tracelens}")
+
+
+@main.command("run")
+@config_argument
+@set_option
+@click.option(
+    "--from", "from_stage", type=click.Choice(["launch", "bench", "collect", "merge", "report"]),
+    help="Resume the run (--run, default the latest) from this stage.",
+)
+@run_option
+@json_option
+@handle_errors
+def run_command(
+    config_path: str, overrides: tuple[str, ...], from_stage: str | None, run: str | None, as_json: bool
+) -> None:
+    """The whole job: launch, benchmark with a profile window, collect, merge, report, tear down."""
+    from magpie_trace.run import run as run_all
+
+    result = run_all(
+        read_config(config_path, overrides), from_stage=from_stage, run_ref=run, progress=progress_line
+    )
+    if as_json:
+        print_json(result.to_dict())
+    else:
+        print_run_summary(result)
+
+
+@main.command("demo")
+@click.option("--output", "output", default="magpie-runs", show_default=True, help="Where the run folder goes.")
+@set_option
+@json_option
+@handle_errors
+def demo_command(output: str, overrides: tuple[str, ...], as_json: bool) -> None:
+    """Run the whole flow on this machine: the simulator on two local "nodes" whose clocks differ."""
+    from importlib.resources import files
+
+    from magpie_trace.run import run as run_all
+
+    demo = files("magpie_trace").joinpath("demo.yaml")
+    config = load_config(str(demo), [f"output.dir={output}", *overrides])
+    result = run_all(config, progress=progress_line)
+    if as_json:
+        print_json(result.to_dict())
+    else:
+        print_run_summary(result)
+
+
+@main.command("report")
+@config_argument
+@set_option
+@run_option
+@handle_errors
+def report_command(config_path: str, overrides: tuple[str, ...], run: str | None) -> None:
+    """(Re)write report.md and report.html of a run from its files."""
+    from magpie_trace.report import write_report
+    from magpie_trace.rundir import find_run_dir
+
+    config = read_config(config_path, overrides)
+    md, html = write_report(find_run_dir(config.output.dir, run))
+    click.echo(f"{md}\n{html}")
+
+
 if __name__ == "__main__":
     main()

@@ -74,6 +74,21 @@ class StreamClient:
         if self._session is not None:
             await self._session.close()
 
+    async def open_connections(self, count: int) -> None:
+        """Open `count` keep-alive connections before a load point starts.
+
+        A burst of new TCP connections at t=0 would be charged to the first requests' TTFT; a
+        serving system's clients are connected already, so the connections are made here.
+        """
+        assert self._session is not None
+        session = self._session
+
+        async def one() -> None:
+            async with session.get(self.base_url + "/v1/models") as response:
+                await response.read()
+
+        await asyncio.gather(*(one() for _ in range(count)), return_exceptions=True)
+
     def body(self, prompt: Prompt) -> dict[str, Any]:
         body: dict[str, Any] = {
             "model": self.model,

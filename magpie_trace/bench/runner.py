@@ -25,7 +25,7 @@ from magpie_trace.bench.progressbar import ProgressBar
 from magpie_trace.bench.prometheus import Scrape, deltas, parse_prometheus
 from magpie_trace.bench.results import SCHEMA, masked, point_header, utc_now, versions, write_outputs
 from magpie_trace.bench.telemetry import NodeSampler
-from magpie_trace.bench.watchdog import RunAborted, Trip, Watchdog
+from magpie_trace.bench.watchdog import BenchInvalid, RunAborted, Trip, Watchdog
 from magpie_trace.bench.workload import build_workload, load_tokenizer
 from magpie_trace.config import Config
 from magpie_trace.errors import MagpieError
@@ -126,8 +126,9 @@ def run_benchmark(
     """Run the configured sweep against plan.head_url (or url); write results under out_dir.
 
     backend + handles (from launch state) enable the process and telemetry checks of the
-    watchdog; without them only the no-progress check runs. Raises RunAborted (exit 3) after
-    writing an invalid result when a node is lost, MagpieError when warmup fails.
+    watchdog; without them only the no-progress check runs. The result files are always written;
+    then RunAborted (exit 3) is raised when a node was lost, BenchInvalid (exit 3) when requests
+    failed or were cut short, MagpieError when warmup fails (nothing measured).
     """
     return asyncio.run(
         run_benchmark_async(config, plan, out_dir, backend, handles, url, points, say)
@@ -248,6 +249,7 @@ async def run_benchmark_async(
                     break
                 say(f"{point.label}: {len(measured)} request(s), concurrency {point.concurrency}"
                     + ("" if point.rate is None else f", {point.rate:g} req/s"))
+                await client.open_connections(point.concurrency)
                 before = await scrape_all(session, targets)
                 run = PointRun(point, [], 0)
                 bar = ProgressBar(point.label, len(measured), client.progress)
@@ -300,6 +302,8 @@ async def run_benchmark_async(
     path = write_outputs(out, result, records, telemetry)
     if trip is not None:
         raise RunAborted(trip.node, trip.reason, str(path))
+    if not result["valid"]:
+        raise BenchInvalid(result["invalid_reasons"], str(path))
     return BenchResult(
         valid=result["valid"], result_path=path, out_dir=out, points=result["points"],
         invalid_reasons=result["invalid_reasons"], data=result,

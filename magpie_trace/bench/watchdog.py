@@ -34,6 +34,17 @@ class RunAborted(NodeError):
         self.result_path = result_path
 
 
+class BenchInvalid(MagpieError):
+    """Requests failed or were cut short: the numbers are written but marked invalid."""
+
+    exit_code = 3
+
+    def __init__(self, reasons: list[str], result_path: str) -> None:
+        super().__init__(f"benchmark invalid: {'; '.join(reasons)} (results: {result_path})")
+        self.reasons = reasons
+        self.result_path = result_path
+
+
 @dataclass
 class Trip:
     node: str
@@ -52,7 +63,7 @@ class Watchdog:
     handles: dict[str, ProcessHandle] = field(default_factory=dict)
     samplers: dict[str, NodeSampler] = field(default_factory=dict)
     silence_s: float = 10.0
-    poll_s: float = 0.5
+    poll_s: float = 1.0
     trip: Trip | None = None
 
     def check_processes(self) -> Trip | None:

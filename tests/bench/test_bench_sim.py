@@ -1,0 +1,168 @@
+"""`magpie-trace bench` against the sim engine started by launch on the local backend."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from magpie_trace.backends import make_backend
+from magpie_trace.bench import BenchInvalid, LoadPoint, RunAborted, run_benchmark
+from magpie_trace.config import BenchmarkConfig, SimConfig
+from magpie_trace.launch import launch, stop
+from magpie_trace.plan import make_plan
+from magpie_trace.rundir import new_run_dir
+from tests.launch.simcluster import local_scheduler, sim_config
+from tests.procs import leftover_processes, wait_for
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+class SimRun:
+    """A launched sim cluster; stopped (and checked for leftovers) by the fixture."""
+
+    def __init__(self, tmp_path: Path, nodes: int, sim: SimConfig, bench: BenchmarkConfig) -> None:
+        self.config = sim_config(local_scheduler(tmp_path, nodes), tmp_path, sim=sim)
+        self.config.benchmark = bench
+        self.plan = make_plan(self.config)
+        self.run_dir = new_run_dir(self.config.output.dir, self.plan.run_id)
+        self.backend = make_backend(self.config.scheduler)
+        self.state = launch(self.plan, self.run_dir, self.backend, preflight=False)
+
+    def bench(self, **kwargs: object):
+        return run_benchmark(
+            self.config, self.plan, self.run_dir.bench, backend=self.backend,
+            handles=self.state.handles, **kwargs,
+        )
+
+    def close(self) -> None:
+        pgids = [h.pgid for h in self.state.handles.values()]
+        stop(self.plan, self.run_dir, self.backend, self.state, grace_s=3)
+        assert wait_for(lambda: not leftover_processes(pgids), 10), leftover_processes(pgids)
+
+
+@pytest.fixture
+def sim_run(tmp_path):
+    runs: list[SimRun] = []
+
+    def make(nodes: int, sim: SimConfig, bench: BenchmarkConfig) -> SimRun:
+        runs.append(SimRun(tmp_path, nodes, sim, bench))
+        return runs[-1]
+
+    yield make
+    for run in runs:
+        run.close()
+
+
+def test_sweep_writes_every_output_and_vllm_keys(sim_run):
+    run = sim_run(2, SimConfig(ttft_ms=20, itl_ms=10, startup_s=0.2),
+                  BenchmarkConfig(input_len=16, output_len=6, num_prompts=12, concurrency=[1, 4],
+                                  warmup_requests=1, goodput={"ttft": 500}))
+    result = run.bench()
+    assert result.valid and [p["label"] for p in result.points] == ["c1", "c4"]
+    data = json.loads(result.result_path.read_text())
+    assert data["schema"] == "magpie-trace/bench/1" and data["valid"] is True
+    assert data["topology"]["attribution"] == "telemetry_only"  # TP across the 2 nodes
+    assert data["per_node"]["node1"]["request_metrics"] == "undefined"
+    point = data["points"][1]
+    for key in ("request_throughput", "output_throughput", "total_token_throughput",
+                "mean_ttft_ms", "median_tpot_ms", "p99_itl_ms", "p90_e2el_ms", "request_goodput",
+                "max_output_tokens_per_s", "completed", "failed", "duration"):
+        assert point[key] is not None, key
+    assert point["completed"] == 12 and point["total_output_tokens"] == 72
+    assert point["reconciliation_error_pct"] == 0  # server counted exactly the client's tokens
+    assert point["server"]["node0"]["total"]["requests_finished"] == 12
+    telemetry = data["per_node"]["node1"]["telemetry"]
+    assert telemetry["source"] == "none" and "no nvidia-smi" in telemetry["note"]
+    flat = json.loads((run.run_dir.bench / "points" / "c4.json").read_text())
+    assert flat["max_concurrency"] == 4 and flat["request_rate"] == "inf"
+    lines = (run.run_dir.bench / "requests.jsonl").read_text().splitlines()
+    assert len(lines) == 24 and all(json.loads(x)["status"] == "ok" for x in lines)
+    rows = list(csv.DictReader((run.run_dir.bench / "sweep.csv").open()))
+    assert [r["label"] for r in rows] == ["c1", "c4"]
+    assert sorted(p.name for p in (run.run_dir.bench / "plots").iterdir()) == [
+        "throughput_vs_concurrency.png", "throughput_vs_latency.png",
+        "tpot_vs_concurrency.png", "ttft_vs_concurrency.png",
+    ]
+    assert any("no GPU telemetry" in w for w in data["warnings"])
+
+
+# (concurrency, requests, output tokens, range ratio, request rate): c1 and c64 are closed loops;
+# at 256 streams arrivals are paced evenly so 256 run at once without a 256-request burst at t=0.
+ACCURACY = {
+    1: (1, 30, 6, 0.0, None, 1.0, 1.0),
+    64: (64, 320, 16, 0.5, None, 1.0, 1.0),
+    256: (256, 768, 20, 0.0, 256 / 1.0, 5.0, 5.0),
+}
+
+
+@pytest.mark.parametrize("level", [1, 64, 256])
+def test_measured_ttft_and_tpot_match_the_sim(sim_run, level):
+    concurrency, n, out, ratio, rate, ttft_tol, tpot_tol = ACCURACY[level]
+    ttft_ms, itl_ms = 30.0, 50.0
+    run = sim_run(1, SimConfig(ttft_ms=ttft_ms, itl_ms=itl_ms, startup_s=0.2),
+                  BenchmarkConfig(input_len=16, output_len=out, range_ratio=ratio, num_prompts=n,
+                                  concurrency=[concurrency], request_rate=rate, burstiness=math.inf,
+                                  warmup_requests=2))
+    point = run.bench().points[0]
+    assert point["completed"] == n
+    key = "median" if level < 256 else "p99"
+    measured_ttft, measured_tpot = point[f"{key}_ttft_ms"], point[f"{key}_tpot_ms"]
+    # Never faster than configured (a client that undercounts would), and within the tolerance.
+    assert ttft_ms <= measured_ttft < ttft_ms + ttft_tol, point
+    assert itl_ms - 0.05 <= measured_tpot < itl_ms + tpot_tol, point
+
+
+def test_killed_worker_stops_the_run_naming_it(sim_run, tmp_path):
+    """The worker exits at 4 s; the head then hangs like a TP group that lost a rank."""
+    run = sim_run(2, SimConfig(ttft_ms=20, itl_ms=20, startup_s=0.2, die_after_s={1: 4.0}),
+                  BenchmarkConfig(input_len=16, output_len=200, num_prompts=400, concurrency=[8],
+                                  warmup_requests=1, stall_timeout_s=60))
+    died_at = run.state.started_at + 4.0
+    started = time.time()
+    cli = [sys.executable, "-m", "magpie_trace.cli", "bench", str(run.run_dir.config),
+           "--run", str(run.run_dir.root)]
+    proc = subprocess.run(cli, cwd=REPO, capture_output=True, text=True, timeout=120)
+    ended = time.time()
+    assert proc.returncode == 3, proc.stderr
+    error = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(error) == 1 and error[0].startswith("error: node1: engine process"), proc.stderr
+    assert "marked invalid" in error[0]
+    assert ended - max(died_at, started) < 15
+    data = json.loads((run.run_dir.bench / "result.json").read_text())
+    assert data["valid"] is False and data["abort"]["node"] == "node1"
+    assert data["invalid_reasons"][0].startswith("node1: engine process")
+    point = data["points"][0]
+    assert point["partial"] is True and point["incomplete"] > 0
+    assert point["completed"] + point["incomplete"] + point["not_sent"] + point["failed"] == 400
+
+
+def test_stall_without_handles_is_caught_by_the_no_progress_watchdog(sim_run):
+    """Only the endpoint is known (no process handles): a hung head is caught by no progress."""
+    run = sim_run(2, SimConfig(ttft_ms=20, itl_ms=20, startup_s=0.2, die_after_s={1: 3.0}),
+                  BenchmarkConfig(input_len=16, output_len=500, num_prompts=64, concurrency=[4],
+                                  warmup_requests=1, stall_timeout_s=2.0))
+    started = time.monotonic()
+    with pytest.raises(RunAborted) as caught:
+        run_benchmark(run.config, None, run.run_dir.bench, url=run.plan.head_url)
+    assert time.monotonic() - started < 15
+    assert caught.value.exit_code == 3
+    assert "no token progress for 2 s with 4 request(s) in flight" in str(caught.value)
+    assert json.loads((run.run_dir.bench / "result.json").read_text())["valid"] is False
+
+
+def test_requests_failing_mark_the_result_invalid(sim_run):
+    run = sim_run(1, SimConfig(ttft_ms=5, itl_ms=5, startup_s=0.2),
+                  BenchmarkConfig(input_len=8, output_len=4, num_prompts=6, concurrency=[2],
+                                  warmup_requests=0))
+    run.config.server.model = "not-the-served-model"  # the sim answers 404 for another model
+    with pytest.raises(BenchInvalid, match=r"c2: 6 failed and 0 incomplete"):
+        run.bench(points=[LoadPoint(2)])
+    data = json.loads((run.run_dir.bench / "result.json").read_text())
+    assert data["valid"] is False and data["points"][0]["failed"] == 6
