@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -99,13 +101,24 @@ def test_streaming_usage_errors_and_metrics(sim) -> None:
     assert json.loads(get(url("/v1/models")))["data"][0]["id"] == "sim-model"
     assert "version" in json.loads(get(url("/version")))
 
+    with socket.create_connection(("127.0.0.1", cluster.port), timeout=10) as conn:
+        body = orjson.dumps({"prompt": "a", "max_tokens": 1000, "stream": True})
+        conn.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n%s"
+                     % (len(body), body))
+        received = b""
+        while b'"text"' not in received:
+            received += conn.recv(65536)
+    # The client went away mid-stream: counted as aborted, its tokens so far as generated.
+    wait_for(lambda: 'finished_reason="abort"} 1.0' in get(url("/metrics")).decode(), 5, "abort")
+
     metrics = get(url("/metrics")).decode()
     labels = '{model_name="sim-model",engine="0"}'
-    for line in (f"vllm:generation_tokens_total{labels} 12.0",
-                 f"vllm:prompt_tokens_total{labels} 12.0",
+    generated = int(float(re.search(rf"vllm:generation_tokens_total{labels} (\S+)", metrics)[1]))
+    assert 12 < generated < 1000
+    for line in (f"vllm:prompt_tokens_total{labels} 13.0",
                  f"vllm:num_requests_running{labels} 0.0",
                  f"vllm:num_requests_waiting{labels} 0.0",
-                 f"vllm:time_to_first_token_seconds_count{labels} 3.0",
+                 f"vllm:time_to_first_token_seconds_count{labels} 4.0",
                  'vllm:request_success_total{model_name="sim-model",engine="0",'
                  'finished_reason="length"} 3.0'):
         assert line in metrics.splitlines(), line
@@ -120,6 +133,19 @@ def run_client(url: str, concurrency: int, requests: int, low: int, high: int) -
     return json.loads(result.stdout)
 
 
+def busy_cores(seconds: float) -> float:
+    """How many cores' worth of CPU the whole machine used over the next `seconds`."""
+
+    def sample() -> tuple[int, int]:
+        fields = [int(v) for v in Path("/proc/stat").read_text().split("\n")[0].split()[1:]]
+        return sum(fields), fields[3] + fields[4]  # total, idle + iowait
+
+    total0, idle0 = sample()
+    time.sleep(seconds)
+    total1, idle1 = sample()
+    return (os.cpu_count() or 1) * (1 - (idle1 - idle0) / max(total1 - total0, 1))
+
+
 def test_ttft_and_tpot_are_precise_as_a_client_sees_them(sim) -> None:
     """p50 within 1 ms at concurrency 1 and 64, p99 within 5 ms at 256 (ITL 20 ms there, so
     that a Python client on this 2-core machine can read 256 streams in time)."""
@@ -127,6 +153,9 @@ def test_ttft_and_tpot_are_precise_as_a_client_sees_them(sim) -> None:
     slow = sim(ttft_ms=50, itl_ms=20, profile=False).start()
     fast.wait_ready()
     slow.wait_ready()
+    others = busy_cores(1.0)  # our servers are idle now: this is everyone else
+    if others > 0.5:
+        pytest.skip(f"other processes keep {others:.1f} cores busy: latency is not measurable")
     url = fast.url("/v1/completions")
     for concurrency, requests in ((1, 30), (64, 256)):
         measured = run_client(url, concurrency, requests, 10, 40)
