@@ -20,6 +20,9 @@ WORKER = re.compile(r"(?:(?P<prefix>[^_]+)_)?dp(?P<dp>\d+)_pp(?P<pp>\d+)_tp(?P<t
                     r"ep(?P<ep>\d+)_rank(?P<rank>\d+)\.(?P<ns>\d+)\.pt\.trace\.json\.gz")
 
 
+STEP = re.compile(r"execute_context_(?P<ctx>\d+)\((?P<ctx_tokens>\d+)\)_generation_(?P<gen>\d+)\((?P=gen)\)")
+
+
 def load(path: Path) -> dict:
     return orjson.loads(gzip.decompress(path.read_bytes()))
 
@@ -46,6 +49,7 @@ def test_one_stop_writes_one_file_per_rank_on_every_node_with_the_clock_offset(s
     assert post(cluster.url("/start_profile"), {"profile_prefix": "run1"})[0] == 200
     assert post(cluster.url("/start_profile"))[0] == 409
     load_in_parallel(cluster.url("/v1/completions"), requests=3, max_tokens=20)
+    time.sleep(0.2)  # let the engine run the step that carries the last tokens
     assert post(cluster.url("/stop_profile"))[0] == 200  # returns after every rank has written
 
     traces = {}
@@ -87,8 +91,14 @@ def test_one_stop_writes_one_file_per_rank_on_every_node_with_the_clock_offset(s
     assert sample["args"]["Collective name"] == "allreduce"
     flows = {(e["ph"], e["id"]) for e in traces[2][1]["traceEvents"] if e.get("cat") == "ac2g"}
     assert ("s", sample["args"]["correlation"]) in flows and ("f", sample["args"]["correlation"]) in flows
-    markers = [e["name"] for e in traces[0][1]["traceEvents"] if e.get("cat") == "user_annotation"]
-    assert len(markers) == count // 3 and "execute_context_0(0)_generation_3(3)" in markers
+    markers = [STEP.fullmatch(e["name"]) for e in traces[0][1]["traceEvents"]
+               if e.get("cat") == "user_annotation"]
+    assert len(markers) == count // 3 and all(markers)
+    # Each request's first token is in a context count (with its 3 prompt words), the rest in
+    # generation counts: 3 requests x 19 decode tokens.
+    assert sum(int(m["ctx"]) for m in markers) == 3  # type: ignore[index]
+    assert sum(int(m["ctx_tokens"]) for m in markers) == 9  # type: ignore[index]
+    assert sum(int(m["gen"]) for m in markers) == 57  # type: ignore[index]
 
     ends = {rank: kernel_ends_ns(t) for rank, (_, t) in traces.items()}
     same_node = [abs(a - b) for a, b in zip(ends[0], ends[1])]

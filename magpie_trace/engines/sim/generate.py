@@ -147,13 +147,14 @@ class TokenEngine:
             stream.done.set_result(reason != "abort")
 
     async def run_steps(self) -> None:
-        """One engine step per ITL tick while requests are active; none once hung."""
+        """One engine step per ITL tick while requests are active, ending with the first tick
+        that finds none (it carries the last tokens); no steps at all once hung."""
         loop = asyncio.get_running_loop()
         n = 0
         while not self.hung:
             await self._active.wait()
             end = loop.time()
-            while self.metrics.running and not self.hung:
+            while not self.hung:
                 end += self.itl
                 await asyncio.sleep(end - loop.time())
                 if self.hung:
@@ -166,6 +167,8 @@ class TokenEngine:
                     "gen_reqs": self._gen_reqs,
                 })
                 self._ctx_reqs = self._ctx_tokens = self._gen_reqs = 0
+                if not self.metrics.running:
+                    break
         await loop.create_future()  # hung: no more steps, ever
 
 

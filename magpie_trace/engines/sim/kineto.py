@@ -138,9 +138,12 @@ def rank_trace(
             external += 2
             correlation += 1
             op_args = {"External id": external - 1, "Record function id": 0}
+            # Seq: the process group's collective count, the same on every rank (PyTorch >= 2.12
+            # records it); it lets the merge match collectives exactly despite periodic steps.
+            seq = step.n * layers + layer
             comm_args = {"External id": external, "Record function id": 0,
                          "In msg nelems": tokens * HIDDEN, "Out msg nelems": tokens * HIDDEN,
-                         "Rank": place.global_rank, **group_args}
+                         "Rank": place.global_rank, "Seq": seq, **group_args}
             events += [
                 {"ph": "X", "cat": "cpu_op", "name": "c10d::allreduce_", "pid": pid, "tid": pid,
                  "ts": _us(launch - 5 * unit - base_ns), "dur": _us(launch_dur + 8 * unit),
@@ -158,7 +161,7 @@ def rank_trace(
                           "registers per thread": 96, "shared memory": 103808,
                           "grid": [16, 1, 1], "block": [512, 1, 1],
                           "In msg nelems": tokens * HIDDEN, "Out msg nelems": tokens * HIDDEN,
-                          **group_args}},
+                          "Seq": seq, **group_args}},
                 {"ph": "s", "id": correlation, "pid": pid, "tid": pid, "ts": _us(launch - base_ns),
                  "cat": "ac2g", "name": "ac2g"},
                 {"ph": "f", "id": correlation, "pid": device, "tid": STREAM,
