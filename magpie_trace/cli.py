@@ -295,12 +295,10 @@ def print_run_summary(result: Any) -> None:
     for key in ("report.html", "report.md", "bench", "traces", "merged"):
         if key in outputs:
             click.echo(f"  {key:<12} {outputs[key]}")
-    perfetto = outputs.get("merged.perfetto")
-    if perfetto:
-        click.echo(f"\nPerfetto:  open https://ui.perfetto.dev and load {perfetto}")
-    tracelens = outputs.get("merged.tracelens_command") or result.tracelens_command
-    if tracelens:
-        click.echo(f"TraceLens: {tracelens}")
+    if "perfetto" in outputs:
+        click.echo(f"\nPerfetto:  open https://ui.perfetto.dev and load {outputs['perfetto']}")
+    if result.tracelens_command:
+        click.echo(f"TraceLens: {result.tracelens_command}")
 
 
 @main.command("run")
@@ -328,6 +326,15 @@ def run_command(
         print_run_summary(result)
 
 
+def free_port() -> int:
+    """A TCP port nothing listens on now, so the demo never collides with a server already running."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
 @main.command("demo")
 @click.option("--output", "output", default="magpie-runs", show_default=True, help="Where the run folder goes.")
 @set_option
@@ -340,7 +347,8 @@ def demo_command(output: str, overrides: tuple[str, ...], as_json: bool) -> None
     from magpie_trace.run import run as run_all
 
     demo = files("magpie_trace").joinpath("demo.yaml")
-    config = load_config(str(demo), [f"output.dir={output}", *overrides])
+    ports = [f"server.port={free_port()}", f"server.rendezvous_port={free_port()}"]
+    config = load_config(str(demo), [f"output.dir={output}", *ports, *overrides])
     result = run_all(config, progress=progress_line)
     if as_json:
         print_json(result.to_dict())

@@ -28,6 +28,7 @@ import socket, sys
 busy = []
 for port in sys.argv[1:]:
     s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as servers do: TIME_WAIT is not busy
     try:
         s.bind(("0.0.0.0", int(port)))
     except OSError:
@@ -36,7 +37,8 @@ for port in sys.argv[1:]:
         s.close()
 print(" ".join(busy))
 """
-_CLOCK_SCRIPT = "import time; print(time.time_ns())"
+# `date` starts in about a millisecond; a Python probe's ~150 ms start would swamp the measurement.
+_CLOCK_ARGV = ["date", "+%s%N"]
 _MODEL_SCRIPT = """
 import hashlib, os, sys
 root = os.path.join(sys.argv[2], os.path.expanduser(sys.argv[1]))  # relative: to the node's workdir
@@ -104,7 +106,7 @@ def check_node(plan: Plan, backend: Backend, node: NodePlan) -> NodeCheck:
             check.problems.append(
                 f"has {check.gpus} {check.gpu_vendor} GPUs, the plan puts {len(node.ranks)} ranks here"
             )
-    check.clock_offset_ns, check.clock_rtt_ns = measure_clock_offset(backend, config, python)
+    check.clock_offset_ns, check.clock_rtt_ns = measure_clock_offset(backend, config)
     return check
 
 
@@ -145,12 +147,12 @@ def _count_gpus(backend: Backend, config: Any) -> tuple[str | None, int | None]:
     return None, None
 
 
-def measure_clock_offset(backend: Backend, config: Any, python: str) -> tuple[int, int]:
+def measure_clock_offset(backend: Backend, config: Any) -> tuple[int, int]:
     """(offset_ns, rtt_ns) of the node's wall clock from ours, from the round trip with least RTT."""
     best: tuple[int, int] | None = None
     for _ in range(CLOCK_SAMPLES):
         t0 = time.time_ns()
-        result = backend.run(config, [python, "-c", _CLOCK_SCRIPT], 30)
+        result = backend.run(config, _CLOCK_ARGV, 30)
         t1 = time.time_ns()
         try:
             remote = int(result.stdout.strip().splitlines()[-1])

@@ -126,25 +126,34 @@ def _num(text: str) -> Any:
 
 def per_node_section(run_dir: RunDir) -> Section:
     section = Section("Per node during the benchmark")
-    result = _load_json(run_dir.bench / "result.json")
-    per_node = (result or {}).get("per_node")
+    result = _load_json(run_dir.bench / "result.json") or {}
+    per_node = result.get("per_node")
     if not per_node:
         section.notes.append("no per-node figures recorded")
         return section
-    attribution = (result or {}).get("attribution")
-    if attribution == "telemetry_only":
-        section.notes.append(
-            "TP/PP spans nodes: every request uses every node, so per-node request throughput is "
-            "undefined; below are each node's liveness and GPU telemetry."
-        )
+    note = (result.get("topology") or {}).get("attribution_note")
+    if note:
+        section.notes.append(note)
     rows = []
     for name, node in per_node.items():
-        gpu = node.get("gpu") or {}
-        rows.append([name, node.get("alive"), node.get("exit_code"), gpu.get("util_pct_mean"),
-                     gpu.get("memory_used_mib_max"), gpu.get("power_w_mean"), node.get("note")])
-    section.tables.append(
-        (["node", "alive", "exit code", "GPU util % (mean)", "GPU mem MiB (max)", "power W (mean)", "note"], rows)
-    )
+        telemetry = node.get("telemetry") or {}
+        gpus = telemetry.get("gpus") or {}
+        utils = [g["util_pct_mean"] for g in gpus.values() if g.get("util_pct_mean") is not None]
+        mems = [g["mem_used_mib_max"] for g in gpus.values() if g.get("mem_used_mib_max") is not None]
+        powers = [g["power_w_mean"] for g in gpus.values() if g.get("power_w_mean") is not None]
+        rows.append([
+            name, node.get("role"), "LOST" if node.get("lost") else "alive",
+            len(gpus) or None,
+            sum(utils) / len(utils) if utils else None,
+            max(mems) if mems else None,
+            sum(powers) if powers else None,
+            telemetry.get("note") or telemetry.get("source"),
+        ])
+    section.tables.append((
+        ["node", "role", "state", "GPUs sampled", "GPU util % (mean)", "GPU mem MiB (max)",
+         "power W (sum of means)", "telemetry"],
+        rows,
+    ))
     return section
 
 
@@ -154,22 +163,33 @@ def alignment_section(run_dir: RunDir) -> Section:
     if data is None:
         section.notes.append("no merge in this run (merged/alignment.json missing)")
         return section
-    nodes = data.get("nodes") or []
-    rows = [[n.get("node_name", n.get("node")), n.get("offset_us"), n.get("drift_ppm"), n.get("anchors"),
-             n.get("residual_p50_us"), n.get("residual_p95_us"), n.get("method"), "; ".join(n.get("warnings") or [])]
-            for n in nodes]
-    section.tables.append(
-        (["node", "offset (µs)", "drift (ppm)", "anchors", "residual p50 (µs)", "residual p95 (µs)", "method", "warnings"], rows)
+    section.lines.append(
+        f"Reference node {data.get('reference_node')}; {data.get('collectives')} matched collectives. "
+        "Offsets are what was added to each node's clock to put it on the reference's timeline."
     )
-    for warning in data.get("warnings") or []:
-        section.notes.append(f"WARNING: {warning}")
+    rows = []
+    for name, node in (data.get("nodes") or {}).items():
+        residuals = node.get("residuals") or {}
+        rows.append([
+            name, node.get("offset_ns", 0) / 1000.0, node.get("drift_ppm"), node.get("n_anchors"),
+            node.get("method"), node.get("uncertainty_us"), residuals.get("end_skew_p05_us"),
+            residuals.get("end_skew_median_us"), residuals.get("end_skew_p95_us"),
+            residuals.get("causality_violations"),
+        ])
+        section.notes += [f"{name}: {warning}" for warning in node.get("warnings") or []]
+    section.tables.append((
+        ["node", "offset (µs)", "drift (ppm)", "anchors", "method", "uncertainty (µs)",
+         "end skew p05 (µs)", "end skew p50 (µs)", "end skew p95 (µs)", "causality violations"],
+        rows,
+    ))
+    section.notes += [f"WARNING: {warning}" for warning in data.get("warnings") or []]
     return section
 
 
 def collectives_section(run_dir: RunDir) -> Section:
     section = Section("Cross-node collectives")
-    summary = next(iter(sorted(run_dir.merged.glob("*node_summary*.csv"))), None) if run_dir.merged.exists() else None
-    if summary is None:
+    summary = run_dir.merged / "nodes.csv"
+    if not summary.exists():
         section.notes.append("no collective tables in this run")
         return section
     with summary.open(newline="") as handle:
@@ -177,7 +197,13 @@ def collectives_section(run_dir: RunDir) -> Section:
     if rows:
         header = list(rows[0])
         section.tables.append((header, [[_num(row[c]) for c in header] for row in rows]))
-    section.lines.append(f"Per-collective table: `{_rel(run_dir, summary.parent)}`")
+        waits = max(rows, key=lambda r: float(r.get("wait_time_per_rank_us") or 0))
+        late = max(rows, key=lambda r: float(r.get("times_last_to_arrive") or 0))
+        section.lines.append(
+            f"{waits['node']} waits the most in collectives; {late['node']} arrives last most often "
+            "(the straggler the others wait for)."
+        )
+    section.lines.append(f"Every matched collective, per rank: `{_rel(run_dir, run_dir.merged / 'collectives.csv')}`")
     return section
 
 

@@ -1,0 +1,210 @@
+"""`magpie-trace run`: the whole job, each stage's output on disk, teardown guaranteed.
+
+plan -> launch -> bench (with a profile capture during a steady part of the load) -> stop ->
+collect -> merge -> report. The server is always torn down, on failure and on Ctrl-C too. Every
+stage reads only the files of the stages before it, so `run(config, from_stage=...)` resumes a run
+and each stage also exists as its own command.
+"""
+
+from __future__ import annotations
+
+import shlex
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import orjson
+
+from magpie_trace.backends import make_backend
+from magpie_trace.backends.base import Backend
+from magpie_trace.config import Config
+from magpie_trace.errors import MagpieError
+from magpie_trace.fsutil import atomic_write_bytes
+from magpie_trace.launch import LaunchState, launch, stop
+from magpie_trace.plan import Plan, make_plan
+from magpie_trace.rundir import RunDir, find_run_dir, new_run_dir
+
+RUN_SCHEMA = "magpie-trace/run/1"
+STAGES = ("launch", "bench", "collect", "merge", "report")
+Progress = Callable[[str], None]
+
+
+@dataclass
+class StageRecord:
+    name: str
+    status: str  # ok | failed | skipped
+    seconds: float = 0.0
+    detail: str = ""
+
+
+@dataclass
+class RunResult:
+    """What a run produced; written to <run>/run.json with a versioned schema."""
+
+    run_id: str
+    run_dir: Path
+    url: str
+    ok: bool = True
+    error: str | None = None
+    stages: list[StageRecord] = field(default_factory=list)
+    outputs: dict[str, str] = field(default_factory=dict)
+    bench_valid: bool | None = None
+    tracelens_command: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["schema"] = RUN_SCHEMA
+        data["run_dir"] = str(self.run_dir)
+        return data
+
+
+def run(
+    config: Config,
+    from_stage: str | None = None,
+    run_ref: str | None = None,
+    backend: Backend | None = None,
+    progress: Progress | None = None,
+) -> RunResult:
+    """Run every stage from `from_stage` (default: all) and return what was produced.
+
+    `run_ref` names an existing run folder to resume (default for a resume: the latest). Raises the
+    first stage failure as MagpieError after teardown and after writing run.json and the report.
+    """
+    say = progress or (lambda _msg: None)
+    if from_stage is not None and from_stage not in STAGES:
+        raise MagpieError(f"--from {from_stage}: unknown stage (one of {', '.join(STAGES)})")
+    first = STAGES.index(from_stage) if from_stage else 0
+    if first == 0 and run_ref is None:
+        plan = make_plan(config)
+        run_dir = new_run_dir(config.output.dir, plan.run_id)
+    else:
+        run_dir = find_run_dir(config.output.dir, run_ref)
+        plan = make_plan(config, run_id=run_dir.run_id)
+    backend = backend or make_backend(config.scheduler)
+    result = RunResult(run_id=plan.run_id, run_dir=run_dir.root, url=plan.head_url)
+    wanted = set(STAGES[first:])
+    if not config.profile.enabled:
+        wanted -= {"collect", "merge"}
+    if not config.output.merge:
+        wanted.discard("merge")
+    if not config.benchmark.enabled and not config.profile.enabled:
+        wanted -= {"bench"}
+    state: LaunchState | None = None
+    failure: BaseException | None = None
+    try:
+        if "bench" in wanted or "launch" in wanted:
+            state = _stage(result, "launch", say, lambda: launch(plan, run_dir, backend, progress=say))
+        if "bench" in wanted:
+            _stage(result, "bench", say, lambda: _bench_and_capture(plan, backend, run_dir, state, result, say))
+    except BaseException as exc:  # noqa: BLE001 - re-raised below after teardown
+        failure = exc
+    finally:
+        if state is not None:
+            say("tearing down every node")
+            stop(plan, run_dir, backend, state)
+    try:
+        if failure is None and "collect" in wanted:
+            _stage(result, "collect", say, lambda: _collect(plan, backend, run_dir, result, say))
+        if failure is None and "merge" in wanted:
+            _stage(result, "merge", say, lambda: _merge(plan, run_dir, result))
+    except BaseException as exc:  # noqa: BLE001
+        failure = exc
+    finally:
+        backend.close()
+    if "report" in wanted or failure is not None:
+        _stage(result, "report", say, lambda: _report(run_dir, result))
+    for name in STAGES:
+        if name not in {s.name for s in result.stages}:
+            result.stages.append(StageRecord(name, "skipped"))
+    if failure is not None:
+        result.ok = False
+        result.error = str(failure) or type(failure).__name__
+    atomic_write_bytes(run_dir.root / "run.json", orjson.dumps(result.to_dict(), option=orjson.OPT_INDENT_2))
+    if failure is not None:
+        if isinstance(failure, (MagpieError, KeyboardInterrupt)):
+            raise failure
+        raise MagpieError(f"run failed: {type(failure).__name__}: {failure}") from failure
+    return result
+
+
+def _stage(result: RunResult, name: str, say: Progress, fn: Callable[[], Any]) -> Any:
+    say(f"stage {name}")
+    started = time.monotonic()
+    try:
+        value = fn()
+    except BaseException as exc:
+        result.stages.append(StageRecord(name, "failed", time.monotonic() - started, str(exc)))
+        raise
+    result.stages.append(StageRecord(name, "ok", time.monotonic() - started))
+    return value
+
+
+def _bench_and_capture(
+    plan: Plan, backend: Backend, run_dir: RunDir, state: LaunchState | None, result: RunResult, say: Progress
+) -> None:
+    """The benchmark in this thread; the profile window opened during the load in another."""
+    from magpie_trace.bench import run_benchmark
+    from magpie_trace.profile import capture
+
+    config = plan.config
+    captured: list[BaseException] = []
+
+    def capture_window() -> None:
+        try:
+            time.sleep(config.profile.start_after_s)
+            capture(plan, backend, run_dir, progress=say)
+        except BaseException as exc:  # noqa: BLE001 - raised by the main thread
+            captured.append(exc)
+
+    thread = None
+    if config.profile.enabled:
+        thread = threading.Thread(target=capture_window, name="profile-capture", daemon=True)
+        thread.start()
+    try:
+        if config.benchmark.enabled:
+            bench = run_benchmark(
+                config, plan, run_dir.bench, backend=backend,
+                handles=state.handles if state else None, say=say,
+            )
+            result.bench_valid = bench.valid
+            result.outputs["bench"] = str(bench.result_path)
+    finally:
+        if thread is not None:
+            thread.join(config.profile.timeout_s + config.profile.duration_s + config.profile.start_after_s)
+    if captured:
+        raise captured[0]
+
+
+def _collect(plan: Plan, backend: Backend, run_dir: RunDir, result: RunResult, say: Progress) -> None:
+    from magpie_trace.collect import collect
+
+    collected = collect(plan, backend, run_dir, progress=say)
+    result.outputs["traces"] = str(run_dir.traces)
+    result.tracelens_command = getattr(collected, "tracelens_command", None)
+
+
+def _merge(plan: Plan, run_dir: RunDir, result: RunResult) -> None:
+    from magpie_trace.merge import MergeOptions, merge
+
+    merged = merge(run_dir.traces, run_dir.merged, MergeOptions())
+    result.outputs["merged"] = str(merged.output_dir)
+    if isinstance(merged.outputs.get("merged"), str):
+        result.outputs["perfetto"] = merged.outputs["merged"]
+    if merged.outputs.get("aligned"):
+        # Aligned files are named node<N>-TP<R>-rank<G>: TraceLens's default rank regex finds G.
+        result.tracelens_command = shlex.join([
+            "TraceLens_generate_multi_rank_collective_report_pytorch",
+            "--trace_glob", str(run_dir.merged / "aligned" / "node*-rank*.trace.json.gz"),
+            "--world_size", str(plan.layout.world_size),
+            "--gpus_per_node", str(plan.layout.ranks_per_node),
+        ])
+
+
+def _report(run_dir: RunDir, result: RunResult) -> None:
+    from magpie_trace.report import write_report
+
+    md, html = write_report(run_dir)
+    result.outputs["report.md"] = str(md)
+    result.outputs["report.html"] = str(html)
