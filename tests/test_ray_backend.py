@@ -27,14 +27,17 @@ from magpie_trace.backends.posix import exit_path
 from magpie_trace.backends.ray import RayBackend, actor_name
 from magpie_trace.config import NodeConfig, RayConfig, SchedulerConfig
 from magpie_trace.errors import MagpieError, NodeError
+from magpie_trace.fanout import on_nodes
 from tests.fixtures.ray_cluster import ENV, LABEL, RayCluster
 from tests.procs import group_members, wait_for
 
-WHERE = "import os, sys; print(os.environ['MAGPIE_TEST_NODE'], *sys.argv[1:])"
+WHERE = f"import os, sys; print(os.environ[{ENV!r}], *sys.argv[1:])"
 
 
 @pytest.fixture(scope="module")
-def backend(ray_cluster: RayCluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RayBackend]:
+def backend(
+    ray_cluster: RayCluster, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[RayBackend]:
     scheduler = ray_cluster.scheduler(str(tmp_path_factory.mktemp("ray-nodes")))
     made = make_backend(scheduler)
     assert isinstance(made, RayBackend)
@@ -49,7 +52,9 @@ def _node(backend: RayBackend, label: str) -> NodeConfig:
 def test_commands_land_on_the_right_node(backend: RayBackend, ray_cluster: RayCluster) -> None:
     for node in backend.scheduler.nodes:
         assert backend.ray_node_id(node) == ray_cluster.node_ids[node.name]
-        assert backend.run(node, [sys.executable, "-c", WHERE, "run"]).stdout == f"{node.name} run\n"
+        assert (
+            backend.run(node, [sys.executable, "-c", WHERE, "run"]).stdout == f"{node.name} run\n"
+        )
     handles = {
         node.name: backend.start(
             node, [sys.executable, "-c", WHERE, "start"], {}, f"{backend.workdir(node)}/where.log"
@@ -58,7 +63,7 @@ def test_commands_land_on_the_right_node(backend: RayBackend, ray_cluster: RayCl
     }
     for node in backend.scheduler.nodes:
         handle = handles[node.name]
-        assert wait_for(lambda: backend.exit_code(node, handle) == 0, timeout_s=10)
+        assert wait_for(lambda n=node, h=handle: backend.exit_code(n, h) == 0, timeout_s=10)
         assert Path(handle.log_path).read_text() == f"{node.name} start\n"
         backend.stop(node, handle)
 
@@ -96,6 +101,11 @@ def test_start_alive_stop_leaves_no_process(backend: RayBackend) -> None:
     backend.stop(node, handle, grace_s=1)  # stopping twice is harmless
     print(f"ray start {start_s:.2f} s, stop {stop_s:.2f} s")
 
+    again = backend.start(node, ["sleep", "60"], {}, log)  # the stopped actor's name is free
+    assert again.extra["actor"] == handle.extra["actor"] and backend.alive(node, again)
+    backend.stop(node, again, grace_s=1)
+    assert group_members(again.pgid) == []
+
 
 def test_stop_escalates_to_sigkill(backend: RayBackend) -> None:
     node = _node(backend, "n2")
@@ -116,7 +126,7 @@ def test_exit_code_env_and_missing_program(backend: RayBackend, ray_cluster: Ray
         "('MT_VALUE', 'RAY_ADDRESS', 'RAY_JOB_ID')}), flush=True); raise SystemExit(3)"
     )
     log = f"{backend.workdir(node)}/fail.log"
-    value = "it's \"quoted\"; $(touch pwned) & | >"
+    value = 'it\'s "quoted"; $(touch pwned) & | >'
     handle = backend.start(node, [sys.executable, "-c", script], {"MT_VALUE": value}, log)
     assert wait_for(lambda: backend.exit_code(node, handle) is not None, timeout_s=10)
     assert backend.exit_code(node, handle) == 3
@@ -130,7 +140,9 @@ def test_exit_code_env_and_missing_program(backend: RayBackend, ray_cluster: Ray
     missing = backend.start(node, ["no-such-program-xyz"], {}, f"{backend.workdir(node)}/m.log")
     assert wait_for(lambda: backend.exit_code(node, missing) == 127, timeout_s=10)
     assert "no-such-program-xyz" in backend.tail(node, missing.log_path)
-    backend.stop(node, missing)
+    rerun = backend.start(node, ["sh", "-c", "exit 7"], {}, missing.log_path)  # ended, not stopped
+    assert wait_for(lambda: backend.exit_code(node, rerun) == 7, timeout_s=10)
+    backend.stop(node, rerun)
 
 
 def test_run(backend: RayBackend) -> None:
@@ -199,6 +211,27 @@ def test_node_code_is_shipped_by_value(backend: RayBackend, ray_cluster: RayClus
     assert ray.get(task.remote(), timeout=60) == []
 
 
+def test_fanout_on_8_nodes(backend: RayBackend, ray_cluster: RayCluster) -> None:
+    """8 config nodes over the 3 Ray nodes, started and stopped at once (as launch does)."""
+    labels = ray_cluster.labels
+    nodes = [
+        NodeConfig(host="127.0.0.1", name=f"w{i}", ray_labels={LABEL: labels[i % len(labels)]})
+        for i in range(8)
+    ]
+    began = time.monotonic()
+    handles = on_nodes(
+        lambda n: backend.start(n, ["sleep", "60"], {}, f"{backend.workdir(n)}/s.log"), nodes
+    )
+    start_s = time.monotonic() - began
+    assert len({h.pgid for h in handles.values()}) == 8
+    assert {h.extra["ray_node_id"] for h in handles.values()} == set(ray_cluster.node_ids.values())
+    assert all(on_nodes(lambda n: backend.alive(n, handles[n.name]), nodes).values())
+    began = time.monotonic()
+    on_nodes(lambda n: backend.stop(n, handles[n.name], grace_s=2), nodes)
+    print(f"8 starts {start_s:.2f} s, 8 stops {time.monotonic() - began:.2f} s")
+    assert all(group_members(h.pgid) == [] for h in handles.values())
+
+
 LAUNCHER = """
 import json, sys
 from magpie_trace.backends import ProcessHandle, make_backend
@@ -230,6 +263,7 @@ def _driver(backend: RayBackend, *args: str) -> str:
         capture_output=True,
         text=True,
         timeout=120,
+        check=False,
     )
     assert proc.returncode == 0, proc.stderr
     return proc.stdout
@@ -252,8 +286,11 @@ def test_stop_from_a_fresh_driver(backend: RayBackend) -> None:
 
 def test_unmatched_and_ambiguous_nodes(backend: RayBackend, ray_cluster: RayCluster) -> None:
     nowhere = NodeConfig(host="127.0.0.1", name="gpu9", ray_labels={LABEL: "n9"})
-    with pytest.raises(NodeError, match=r"^gpu9: no alive Ray node has ray_labels \{magpie-node=n9\}; "
-                       r"alive Ray nodes: .*127\.0\.0\.1 \{magpie-node=n0\}") as info:
+    with pytest.raises(
+        NodeError,
+        match=r"^gpu9: no alive Ray node has ray_labels \{magpie-node=n9\}; "
+        r"alive Ray nodes: .*127\.0\.0\.1 \{magpie-node=n0\}",
+    ) as info:
         backend.run(nowhere, ["true"])
     assert info.value.node == "gpu9"
     with pytest.raises(NodeError, match=r"^gpu9: no alive Ray node has host 10\.9\.9\.9"):
@@ -274,7 +311,7 @@ def test_a_node_that_is_gone(backend: RayBackend, ray_cluster: RayCluster) -> No
         gone = r"^n3: (Ray node \w+ is gone|.*Ray actor is gone)"
         with pytest.raises(NodeError, match=gone):
             wait_for(lambda: not backend.alive(node, handle), timeout_s=10)
-        with pytest.raises(NodeError, match=r"^n3: Ray node \w+ is gone"):
+        with pytest.raises(NodeError, match=r"^n3: Ray node \w+ is gone: .+"):
             backend.run(node, ["true"])
         with pytest.raises(NodeError, match=gone):
             backend.stop(node, handle)

@@ -122,7 +122,7 @@ class RayBackend(Backend):
                 "set ray_node_id or ray_labels to pick one",
             )
         if matches:
-            raise _gone(node, str(matches[0]["NodeID"]))
+            raise _gone(node, matches[0])
         seen = _describe([n for n in nodes if n["Alive"]]) or "none"
         raise NodeError(node.name, f"no alive Ray node has {rule}; alive Ray nodes: {seen}")
 
@@ -150,8 +150,9 @@ class RayBackend(Backend):
             return ray.get_actor(name, namespace=handle.extra["namespace"])
         except ValueError:
             node_id = str(handle.extra["ray_node_id"])
-            if not any(n["NodeID"] == node_id and n["Alive"] for n in ray.nodes()):
-                raise _gone(node, node_id) from None
+            known = [n for n in ray.nodes() if n["NodeID"] == node_id]
+            if not known or not known[0]["Alive"]:
+                raise _gone(node, known[0] if known else {"NodeID": node_id}) from None
             return None
 
     # -- Backend --------------------------------------------------------------------------------
@@ -214,6 +215,8 @@ class RayBackend(Backend):
             code = ray.get(old.returncode.remote(), timeout=CONTROL_TIMEOUT_S)
         except RayActorError:
             code = -1  # dying: nothing of it to keep
+        except RayError as exc:
+            raise _node_error(node, f"cannot check {name}", exc, CONTROL_TIMEOUT_S) from None
         if code is None:
             raise NodeError(
                 node.name,
@@ -263,7 +266,9 @@ class RayBackend(Backend):
         )
         if code is None:
             raise NodeError(node.name, f"{argv[0]} timed out after {timeout_s:g} s")
-        return CommandResult(code, out.decode(errors="surrogateescape"), err.decode(errors="replace"))
+        return CommandResult(
+            code, out.decode(errors="surrogateescape"), err.decode(errors="replace")
+        )
 
     def fetch(self, node: NodeConfig, remote_path: str, local_path: str) -> None:
         """Streams the file in chunks (at most two in flight), written to a temp file + rename."""
@@ -276,8 +281,7 @@ class RayBackend(Backend):
         try:
             with open(tmp, "wb") as out:
                 try:
-                    for ref in chunks:
-                        out.write(self._get(node, ref, what, CONTROL_TIMEOUT_S))
+                    out.writelines(self._get(node, ref, what, CONTROL_TIMEOUT_S) for ref in chunks)
                 except RayError as exc:
                     raise _node_error(node, what, exc, CONTROL_TIMEOUT_S) from None
             os.replace(tmp, local_path)
@@ -331,8 +335,9 @@ def _node_error(node: NodeConfig, what: str, exc: RayError, timeout_s: float) ->
     return NodeError(node.name, f"{what}: {_first_line(exc)}")
 
 
-def _gone(node: NodeConfig, node_id: str) -> NodeError:
-    return NodeError(node.name, f"Ray node {node_id} is gone (not alive in the cluster)")
+def _gone(node: NodeConfig, ray_node: dict[str, Any]) -> NodeError:
+    reason = _first_line(ray_node.get("DeathReasonMessage") or "no longer in the cluster")
+    return NodeError(node.name, f"Ray node {ray_node['NodeID']} is gone: {reason}")
 
 
 def _has_labels(ray_node: dict[str, Any], labels: dict[str, str]) -> bool:
