@@ -1,0 +1,121 @@
+"""How fast can our client send while still measuring TTFT right? And `vllm bench serve` beside it.
+
+Starts the sim engine (a separate process, via launch on the local backend) with a fixed TTFT and
+ITL, then for each request rate sends evenly spaced requests with magpie-trace's client and with
+`vllm bench serve` (from the engine venv, when present) against the same server. A rate counts as
+sustained when the achieved request rate is within 5% of the target and the median TTFT is within
+1 ms of the configured TTFT. Prints one table row per rate and the highest sustained rate of each.
+
+    python benchmarks/client_capacity.py [--rates 50,100,200,400] [--seconds 4] [--no-vllm]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import math
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from magpie_trace.backends import make_backend  # noqa: E402
+from magpie_trace.bench.arrivals import LoadPoint  # noqa: E402
+from magpie_trace.bench.client import StreamClient  # noqa: E402
+from magpie_trace.bench.load import PointRun, run_point  # noqa: E402
+from magpie_trace.bench.metrics import aggregate  # noqa: E402
+from magpie_trace.bench.workload import build_workload  # noqa: E402
+from magpie_trace.config import BenchmarkConfig, SimConfig  # noqa: E402
+from magpie_trace.launch import launch, stop  # noqa: E402
+from magpie_trace.plan import make_plan  # noqa: E402
+from magpie_trace.rundir import new_run_dir  # noqa: E402
+from tests.launch.simcluster import local_scheduler, sim_config  # noqa: E402
+
+TTFT_MS, ITL_MS, INPUT_LEN, OUTPUT_LEN = 20.0, 10.0, 16, 4
+
+
+async def ours(url: str, rate: float, count: int) -> dict:
+    prompts = build_workload(BenchmarkConfig(input_len=INPUT_LEN, output_len=OUTPUT_LEN), count)
+    async with StreamClient(url, "sim-model", concurrency=1024) as client:
+        await client.open_connections(min(64, count))
+        run = PointRun(LoadPoint(1024, rate), [], 0)
+        await run_point(client, prompts, run.point, math.inf, 0, run)
+    return aggregate(run.records, run.duration_s, [50, 99])
+
+
+def vllm(url: str, rate: float, count: int, python: Path, tokenizer: Path, out: Path) -> dict:
+    argv = [
+        str(python), str(REPO / "tests/engine/vllm_cli.py"), "bench", "serve", "--backend", "openai",
+        "--base-url", url, "--model", "sim-model", "--tokenizer", str(tokenizer),
+        "--dataset-name", "random", "--random-input-len", str(INPUT_LEN),
+        "--random-output-len", str(OUTPUT_LEN), "--num-prompts", str(count),
+        "--request-rate", str(rate), "--burstiness", "inf", "--ignore-eos",
+        "--percentile-metrics", "ttft,tpot,itl,e2el", "--metric-percentiles", "50,99",
+        "--save-result", "--result-dir", str(out), "--result-filename", f"r{rate:g}.json",
+        "--disable-tqdm",
+    ]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "VLLM_TARGET_DEVICE": "cpu"}
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=600, env=env)
+    if proc.returncode != 0:
+        raise RuntimeError(f"vllm bench serve failed: {proc.stderr[-2000:]}")
+    return json.loads((out / f"r{rate:g}.json").read_text())
+
+
+def sustained(m: dict, rate: float) -> bool:
+    return m["request_throughput"] >= 0.95 * rate and abs(m["median_ttft_ms"] - TTFT_MS) < 1.0
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rates", default="25,50,100,200,400")
+    parser.add_argument("--seconds", type=float, default=4.0)
+    parser.add_argument("--no-vllm", action="store_true")
+    args = parser.parse_args()
+    rates = [float(r) for r in args.rates.split(",")]
+    venv = Path(os.environ.get("MAGPIE_ENGINE_VENV") or Path.home() / ".cache/magpie-trace/engine-venv")
+    python = venv / "bin" / "python"
+    tokenizers = sorted((Path.home() / ".cache/magpie-trace").glob("tiny-llama-*/tokenizer.json"))
+    use_vllm = not args.no_vllm and python.exists() and bool(tokenizers)
+    if not use_vllm and not args.no_vllm:
+        print("vllm bench serve: engine venv or tiny model missing; measuring our client only")
+    with tempfile.TemporaryDirectory() as tmp_name:
+        tmp = Path(tmp_name)
+        config = sim_config(local_scheduler(tmp, 1), tmp, sim=SimConfig(ttft_ms=TTFT_MS, itl_ms=ITL_MS, startup_s=0.2))
+        plan = make_plan(config)
+        run_dir = new_run_dir(config.output.dir, plan.run_id)
+        backend = make_backend(config.scheduler)
+        state = launch(plan, run_dir, backend, preflight=False)
+        best = {"magpie-trace": 0.0, "vllm bench serve": 0.0}
+        try:
+            print(f"sim: TTFT {TTFT_MS:g} ms, ITL {ITL_MS:g} ms, {INPUT_LEN} in / {OUTPUT_LEN} out tokens; "
+                  f"{args.seconds:g} s of evenly spaced requests per rate; cpus={os.cpu_count()}")
+            print("| target req/s | tool | achieved req/s | TTFT p50 (ms) | TTFT p99 (ms) | TPOT p50 (ms) | sustained |")
+            print("|---|---|---|---|---|---|---|")
+            for rate in rates:
+                count = max(10, int(rate * args.seconds))
+                tools = [("magpie-trace", lambda: asyncio.run(ours(plan.head_url, rate, count)))]
+                if use_vllm:
+                    tools.append(("vllm bench serve", lambda: vllm(plan.head_url, rate, count, python, tokenizers[0].parent, tmp)))
+                for name, measure in tools:
+                    m = measure()
+                    ok = sustained(m, rate)
+                    if ok:
+                        best[name] = max(best[name], rate)
+                    print(f"| {rate:g} | {name} | {m['request_throughput']:.1f} | {m['median_ttft_ms']:.2f} | "
+                          f"{m['p99_ttft_ms']:.2f} | {m['median_tpot_ms']:.2f} | {'yes' if ok else 'no'} |", flush=True)
+                    time.sleep(0.5)
+        finally:
+            stop(plan, run_dir, backend, state, grace_s=3)
+    for name, rate in best.items():
+        if name == "magpie-trace" or use_vllm:
+            print(f"highest sustained rate, {name}: {rate:g} req/s")
+
+
+if __name__ == "__main__":
+    main()
