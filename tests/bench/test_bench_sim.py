@@ -20,6 +20,7 @@ from magpie_trace.plan import make_plan
 from magpie_trace.rundir import new_run_dir
 from tests.launch.simcluster import local_scheduler, sim_config
 from tests.procs import leftover_processes, wait_for
+from tests.sim.test_sim_server import busy_cores
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -110,6 +111,9 @@ def test_measured_ttft_and_tpot_match_the_sim(sim_run, level):
                   BenchmarkConfig(input_len=16, output_len=out, range_ratio=ratio, num_prompts=n,
                                   concurrency=[concurrency], request_rate=rate, burstiness=math.inf,
                                   warmup_requests=2))
+    others = busy_cores(1.0)  # the sim is idle now: this is everyone else
+    if others > 0.5:
+        pytest.skip(f"other processes keep {others:.1f} cores busy: latency is not measurable")
     point = run.bench().points[0]
     assert point["completed"] == n
     key = "median" if level < 256 else "p99"

@@ -1,0 +1,103 @@
+"""`magpie-trace bench` against a real vLLM (CPU build, tiny model), TP=2 across two local nodes.
+
+1. Our client and `vllm bench serve` run the same prompts (a JSONL file: our `jsonl` dataset,
+   vLLM's `custom` dataset) at the same concurrency against the same server, one after the other;
+   request throughput and median TTFT / TPOT agree within 10%.
+2. Killing the worker node's engine mid-run stops the benchmark within 15 s naming that node, with
+   exit code 3 and an invalid result file; nothing is left running.
+About 2-4 minutes per launch on 2 cores.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from magpie_trace.backends import make_backend
+from magpie_trace.bench import LoadPoint, RunAborted, run_benchmark
+from magpie_trace.config import BenchmarkConfig
+from magpie_trace.launch import launch, stop
+from magpie_trace.plan import make_plan
+from magpie_trace.rundir import new_run_dir
+from tests.engine.test_launch_real_vllm import vllm_config
+from tests.launch.simcluster import local_scheduler
+from tests.procs import leftover_processes, wait_for
+
+pytestmark = pytest.mark.engine
+
+REPO = Path(__file__).resolve().parents[2]
+PROMPTS, OUTPUT_LEN, CONCURRENCY = 24, 24, 4
+
+
+@pytest.fixture
+def real_vllm(tmp_path, tiny_model, vllm_command, engine_env):
+    config = vllm_config(local_scheduler(tmp_path, 2), tmp_path, tiny_model, vllm_command, engine_env)
+    plan = make_plan(config)
+    run_dir = new_run_dir(config.output.dir, plan.run_id)
+    backend = make_backend(config.scheduler)
+    state = launch(plan, run_dir, backend, preflight=False)
+    pgids = [h.pgid for h in state.handles.values()]
+    try:
+        yield config, plan, run_dir, backend, state
+    finally:
+        stop(plan, run_dir, backend, state, grace_s=5)
+        assert wait_for(lambda: not leftover_processes(pgids), 20), leftover_processes(pgids)
+
+
+def test_our_client_agrees_with_vllm_bench_serve(real_vllm, tmp_path, engine_python, tiny_model, engine_env):
+    config, plan, run_dir, backend, state = real_vllm
+    prompts = tmp_path / "prompts.jsonl"
+    words = "the node rank waits for every tensor in the ring".split()
+    prompts.write_text("".join(
+        json.dumps({"prompt": " ".join(words[(i + k) % len(words)] for k in range(24))}) + "\n"
+        for i in range(PROMPTS)
+    ))
+    config.benchmark = BenchmarkConfig(dataset="jsonl", dataset_path=str(prompts), output_len=OUTPUT_LEN,
+                                       num_prompts=PROMPTS, concurrency=[CONCURRENCY], warmup_requests=1)
+    ours = run_benchmark(config, plan, run_dir.bench, backend=backend, handles=state.handles).points[0]
+    vllm_cmd = [
+        str(engine_python), str(REPO / "tests/engine/vllm_cli.py"), "bench", "serve",
+        "--backend", "openai", "--base-url", plan.head_url, "--model", str(tiny_model),
+        "--tokenizer", str(tiny_model), "--dataset-name", "custom", "--dataset-path", str(prompts),
+        "--custom-output-len", str(OUTPUT_LEN), "--skip-chat-template", "--num-prompts", str(PROMPTS),
+        "--max-concurrency", str(CONCURRENCY), "--ignore-eos", "--save-result",
+        "--result-dir", str(tmp_path), "--result-filename", "vllm.json", "--disable-tqdm",
+    ]
+    proc = subprocess.run(vllm_cmd, capture_output=True, text=True, timeout=600, env=engine_env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    theirs = json.loads((tmp_path / "vllm.json").read_text())
+    record = {k: (ours[k], theirs[k]) for k in ("request_throughput", "median_ttft_ms", "median_tpot_ms")}
+    (run_dir.bench / "vllm_comparison.json").write_text(json.dumps(record, indent=2))
+    assert ours["completed"] == theirs["completed"] == PROMPTS
+    assert ours["total_output_tokens"] == theirs["total_output_tokens"]
+    for key, (a, b) in record.items():
+        assert abs(a - b) <= 0.10 * b, (key, record)
+
+
+def test_killing_the_worker_stops_the_benchmark_naming_it(real_vllm):
+    config, plan, run_dir, backend, state = real_vllm
+    config.benchmark = BenchmarkConfig(input_len=16, output_len=256, num_prompts=400, concurrency=[4],
+                                       warmup_requests=1, stall_timeout_s=60)
+    worker = plan.nodes[1]
+    killed_at: list[float] = []
+
+    def kill_worker() -> None:
+        time.sleep(8)
+        killed_at.append(time.monotonic())
+        backend.stop(plan.node_config(1), state.handles[worker.name], grace_s=0)
+
+    killer = threading.Thread(target=kill_worker)
+    killer.start()
+    with pytest.raises(RunAborted) as caught:
+        run_benchmark(config, plan, run_dir.bench, backend=backend, handles=state.handles)
+    stopped_at = time.monotonic()
+    killer.join()
+    assert caught.value.node == worker.name and caught.value.exit_code == 3
+    assert stopped_at - killed_at[0] < 15
+    data = json.loads((run_dir.bench / "result.json").read_text())
+    assert data["valid"] is False and data["abort"]["node"] == worker.name
