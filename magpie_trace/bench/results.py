@@ -24,7 +24,7 @@ import orjson
 from magpie_trace.bench.arrivals import LoadPoint
 from magpie_trace.bench.metrics import RequestRecord
 from magpie_trace.fsutil import atomic_write_bytes, atomic_write_text
-from magpie_trace.secrets import is_secret
+from magpie_trace.secrets import mask_env
 
 SCHEMA = "magpie-trace/bench/1"
 CSV_KEYS = (
@@ -51,9 +51,9 @@ def utc_now() -> str:
 
 
 def masked(value: Any) -> Any:
-    """A copy of the config with secret-looking keys' values replaced (env, tokens)."""
+    """A copy of the config with secret-looking environment values replaced (every `env` map)."""
     if isinstance(value, dict):
-        return {k: "***" if is_secret(str(k)) and isinstance(v, str) else masked(v) for k, v in value.items()}
+        return {k: mask_env(v) if k == "env" and isinstance(v, dict) else masked(v) for k, v in value.items()}
     if isinstance(value, list):
         return [masked(v) for v in value]
     return value
