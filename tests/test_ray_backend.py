@@ -145,9 +145,26 @@ def test_exit_code_env_and_missing_program(backend: RayBackend, ray_cluster: Ray
     backend.stop(node, rerun)
 
 
+DRIVER = (
+    "import ray; ray.init(logging_level='error'); "
+    f"print(sorted(n['Labels'][{LABEL!r}] for n in ray.nodes() if n['Alive']))"
+)
+
+
+def test_a_started_command_can_drive_the_cluster(backend: RayBackend) -> None:
+    """vLLM's Ray executor: the head's command is itself a Ray driver of the same cluster."""
+    node = _node(backend, "n1")
+    log = f"{backend.workdir(node)}/driver.log"
+    handle = backend.start(node, [sys.executable, "-c", DRIVER], {}, log)
+    assert wait_for(lambda: backend.exit_code(node, handle) is not None, timeout_s=60)
+    assert (backend.exit_code(node, handle), Path(log).read_text()) == (0, "['n0', 'n1', 'n2']\n")
+    backend.stop(node, handle)
+
+
 def test_run(backend: RayBackend) -> None:
     node = _node(backend, "n1")
     result = backend.run(node, ["sh", "-c", "echo out; echo err >&2; exit 4"])
+    assert backend.run(node, ["sh", "-c", "echo ${RAY_JOB_ID-unset}"]).stdout == "unset\n"
     assert (result.returncode, result.stdout, result.stderr) == (4, "out\n", "err\n")
     assert backend.run(node, ["cat"], input=b"from stdin").stdout == "from stdin"
     assert backend.run(node, ["no-such-program-xyz"]).returncode == 127
@@ -333,8 +350,8 @@ def test_an_address_without_a_cluster_fails_fast(tmp_path: Path) -> None:
     )
     started = time.monotonic()
     with pytest.raises(MagpieError, match=rf"^scheduler\.ray\.address: cannot reach .*:{port}: "):
-        RayBackend(scheduler).run(scheduler.nodes[0], ["true"])
+        RayBackend(scheduler)
     assert time.monotonic() - started < 3
     scheduler.ray.address = "local"
     with pytest.raises(MagpieError, match=r"would start a new Ray instance"):
-        RayBackend(scheduler).run(scheduler.nodes[0], ["true"])
+        RayBackend(scheduler)

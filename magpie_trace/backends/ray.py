@@ -64,10 +64,13 @@ class RayBackend(Backend):
     name = "ray"
 
     def __init__(self, scheduler: SchedulerConfig) -> None:
+        """Joins the cluster now, in the caller's thread: Ray wants its first init in the main
+        thread (signal handlers), and a bad address should fail before any node is touched."""
         super().__init__(scheduler)
         self._lock = threading.Lock()
         self._checked = False
         self._connected_here = False
+        self._connect()
 
     # -- connection and node mapping ------------------------------------------------------------
 
@@ -173,14 +176,19 @@ class RayBackend(Backend):
         name = actor_name(node, log_path)
         namespace = self.scheduler.ray.namespace
         self._retire(node, name, namespace, log_path)
-        agent = _ProcessAgent.options(
-            name=name,
-            namespace=namespace,
-            lifetime="detached",
-            num_cpus=0,
-            max_restarts=0,
-            scheduling_strategy=NodeAffinitySchedulingStrategy(node_id, soft=False),
-        ).remote()
+        try:
+            agent = _ProcessAgent.options(
+                name=name,
+                namespace=namespace,
+                lifetime="detached",
+                num_cpus=0,
+                max_restarts=0,
+                scheduling_strategy=NodeAffinitySchedulingStrategy(node_id, soft=False),
+            ).remote()
+        except ValueError:  # another start with this log won the name a moment ago
+            raise NodeError(
+                node.name, f"{log_path} is already the log of a running command (Ray actor {name})"
+            ) from None
         # A Ray driver that the command starts (vLLM's Ray executor) joins this same cluster.
         full_env = {"RAY_ADDRESS": ray.get_runtime_context().gcs_address, **env}
         exit_file = exit_path(log_path)

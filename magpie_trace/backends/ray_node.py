@@ -68,6 +68,13 @@ def _signal_group(pgid: int, sig: int) -> None:
         pass
 
 
+def command_env(extra: dict[str, str]) -> dict[str, str]:
+    """This worker's environment less Ray's worker flags, plus extra."""
+    env = {key: value for key, value in os.environ.items() if key not in RAY_WORKER_FLAGS}
+    env.update(extra)
+    return env
+
+
 def _write_exit_code(path: str, code: int) -> None:
     tmp = f"{path}.tmp"
     with open(tmp, "w") as handle:
@@ -100,8 +107,6 @@ class ProcessAgent:
         for stale in (exit_file, f"{exit_file}.tmp"):
             if os.path.exists(stale):
                 os.unlink(stale)
-        full_env = {k: v for k, v in os.environ.items() if k not in RAY_WORKER_FLAGS}
-        full_env.update(env)
         with open(log_path, "wb") as log:
             proc = subprocess.Popen(
                 ["sh", "-c", 'exec "$@"', "sh", *argv],
@@ -109,7 +114,7 @@ class ProcessAgent:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 cwd=cwd,
-                env=full_env,
+                env=command_env(env),
                 start_new_session=True,
             )
         self._proc = proc
@@ -150,6 +155,7 @@ def run_command(
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
+            env=command_env({}),
             start_new_session=True,
         )
     except OSError as exc:  # a missing program reads like a shell's 127
