@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import shutil
 import threading
+import time
 import urllib.request
 from pathlib import Path
 
@@ -188,3 +189,27 @@ def test_second_start_while_open_is_refused_and_profiling_must_be_armed(tmp_path
     unarmed = make_plan(sim_config(local_scheduler(tmp_path, 2), tmp_path, profile=False))
     with pytest.raises(MagpieError, match="profile.enabled is false"):
         start_profile(unarmed, "one")
+
+
+def test_step_window_closes_the_capture_without_a_duration(tmp_path):
+    """profile.max_iterations set and no duration: capture waits until every rank has written its
+    window, then closes the session (vLLM still wants /stop_profile) and collects the API server's."""
+    config = sim_config(local_scheduler(tmp_path, 2), tmp_path, profile=True)
+    config.profile.max_iterations = 4
+    config.profile.duration_s = 60.0  # would make this test slow if it were used
+    plan = make_plan(config)
+    run_dir = new_run_dir(config.output.dir, plan.run_id)
+    backend = make_backend(config.scheduler)
+    launch(plan, run_dir, backend)
+    try:
+        with Load(plan.head_url):
+            started = time.monotonic()
+            record = capture(plan, backend, run_dir)
+            took = time.monotonic() - started
+        assert took < 20
+        assert sorted(t.kind for t in record.traces) == ["api_server", "rank", "rank"]
+        assert record.stopped_at is not None
+        start_profile(plan, "after-window")  # the session was closed: a new one opens
+        stop_profile(plan)
+    finally:
+        stop(plan, run_dir, backend)
