@@ -51,7 +51,7 @@ def test_cli_rejects_bad_arguments_with_one_line(tmp_path: Path) -> None:
         ("--node-rank", "1", "--ranks", "x", "--tp", "2", "--headless"): "--ranks 'x'",
     }
     for extra, message in cases.items():
-        result = subprocess.run(base + list(extra), capture_output=True, text=True, timeout=30)
+        result = subprocess.run(base + list(extra), check=False, capture_output=True, text=True, timeout=30)
         assert result.returncode == 2
         assert result.stderr.count("\n") == 1 and result.stderr.startswith("error: sim: ")
         assert message in result.stderr
@@ -119,8 +119,8 @@ def test_streaming_usage_errors_and_metrics(sim) -> None:
                  f"vllm:num_requests_running{labels} 0.0",
                  f"vllm:num_requests_waiting{labels} 0.0",
                  f"vllm:time_to_first_token_seconds_count{labels} 4.0",
-                 'vllm:request_success_total{model_name="sim-model",engine="0",'
-                 'finished_reason="length"} 3.0'):
+                 ('vllm:request_success_total{model_name="sim-model",engine="0",'
+                 'finished_reason="length"} 3.0')):
         assert line in metrics.splitlines(), line
     assert "# TYPE vllm:time_to_first_token_seconds histogram" in metrics
 
@@ -128,7 +128,8 @@ def test_streaming_usage_errors_and_metrics(sim) -> None:
 def run_client(url: str, concurrency: int, requests: int, low: int, high: int) -> dict:
     client = Path(__file__).with_name("timing_client.py")
     result = subprocess.run([sys.executable, str(client), url, str(concurrency), str(requests),
-                             str(low), str(high)], capture_output=True, text=True, timeout=120)
+                             str(low), str(high)], check=False, capture_output=True, text=True,
+                            timeout=120)
     assert result.returncode == 0, result.stderr
     return json.loads(result.stdout)
 

@@ -11,7 +11,8 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from magpie_trace.engines.sim import wire
 from magpie_trace.engines.sim.ranks import RankPool

@@ -15,7 +15,8 @@ import asyncio
 import heapq
 import itertools
 import time
-from typing import Any, Callable, Protocol
+from collections.abc import Callable
+from typing import Any, Protocol
 
 from magpie_trace.engines.sim.metrics import Metrics
 
@@ -42,8 +43,17 @@ class Output(Protocol):
 class Stream:
     """One request in generation."""
 
-    __slots__ = ("request_id", "prompt_tokens", "max_tokens", "arrival", "arrival_ns", "first",
-                 "sent", "output", "done")
+    __slots__ = (
+        "arrival",
+        "arrival_ns",
+        "done",
+        "first",
+        "max_tokens",
+        "output",
+        "prompt_tokens",
+        "request_id",
+        "sent",
+    )
 
     def __init__(self, request_id: str, prompt_tokens: int, max_tokens: int, output: Output,
                  arrival: float, arrival_ns: int, done: asyncio.Future[bool]) -> None:
