@@ -62,12 +62,19 @@ def attribution(plan: Plan | None) -> tuple[str, str]:
 
 
 def metrics_targets(plan: Plan | None, base_url: str) -> dict[str, str]:
-    """node name -> /metrics URL for every node that serves HTTP."""
+    """node name -> /metrics URL for every node that serves HTTP.
+
+    SGLang started with `--enable-metrics-for-all-schedulers` serves /metrics on non-head nodes
+    too (sglang PR #7720), so every node is scraped then; a node without the page gets an error
+    entry, not a failed run.
+    """
     if plan is None:
         return {"endpoint": base_url.rstrip("/") + "/metrics"}
+    server = plan.config.server
+    every_node = server.engine == "sglang" and "--enable-metrics-for-all-schedulers" in server.extra_args
     targets = {}
     for node in plan.nodes:
-        if node.serves_http:
+        if node.serves_http or every_node:
             host = f"[{node.address}]" if ":" in node.address else node.address
             targets[node.name] = f"http://{host}:{plan.port}/metrics"
     return targets

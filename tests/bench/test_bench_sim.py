@@ -170,3 +170,24 @@ def test_requests_failing_mark_the_result_invalid(sim_run):
         run.bench(points=[LoadPoint(2)])
     data = json.loads((run.run_dir.bench / "result.json").read_text())
     assert data["valid"] is False and data["points"][0]["failed"] == 6
+
+
+def test_cli_benchmarks_a_url_it_did_not_launch(sim_run, tmp_path):
+    run = sim_run(1, SimConfig(ttft_ms=10, itl_ms=5, startup_s=0.2), BenchmarkConfig())
+    config = tmp_path / "bench.yaml"
+    config.write_text(
+        "scheduler: {nodes: [127.0.0.1]}\nserver: {engine: sim, model: sim-model}\n"
+        "benchmark: {input_len: 8, output_len: 3, warmup_requests: 1}\n"
+    )
+    out = tmp_path / "out"
+    cli = [sys.executable, "-m", "magpie_trace.cli", "bench", str(config), "--url", run.plan.head_url,
+           "-c", "1", "-c", "3", "-n", "6", "--out", str(out)]
+    proc = subprocess.run(cli, cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert lines[0].startswith("point") and lines[1].startswith("c1 ") and lines[2].startswith("c3 ")
+    assert lines[-1] == f"results: {out / 'result.json'}"
+    data = json.loads((out / "result.json").read_text())
+    assert data["topology"]["attribution"] == "endpoint_only"
+    assert [p["completed"] for p in data["points"]] == [6, 6]
+    assert data["points"][0]["server"]["endpoint"]["total"]["generation_tokens"] == 18
