@@ -26,7 +26,13 @@ from magpie_trace.errors import TraceError
 from magpie_trace.fanout import on_nodes
 from magpie_trace.fsutil import atomic_write_bytes, temp_path_for
 from magpie_trace.plan import NodePlan, Plan
-from magpie_trace.profile import FoundTrace, NodeFiles, find_traces, latest_profile_id, rank_label
+from magpie_trace.profile import (
+    FoundTrace,
+    NodeFiles,
+    find_traces,
+    latest_profile_id,
+    rank_label,
+)
 from magpie_trace.rundir import RunDir
 from magpie_trace.topology import Layout
 
@@ -127,9 +133,9 @@ def _refuse_clashes(traces: list[FoundTrace], names: dict[int, str], layout: Lay
 
 def _bring(files: NodeFiles, plan: Plan, node: NodePlan, trace: FoundTrace, dest: Path) -> bool:
     """Put a verified copy of trace at dest; False when an identical one is already there."""
-    if dest.is_file() and dest.stat().st_size == trace.size:
-        if trace_probe.sha256_file(dest) == trace.sha256:
-            return False
+    same_size = dest.is_file() and dest.stat().st_size == trace.size
+    if same_size and trace_probe.sha256_file(dest) == trace.sha256:
+        return False
     staging = temp_path_for(dest)
     try:
         if files.shared:

@@ -90,7 +90,7 @@ class Engine(abc.ABC):
 
     # ---- profiling: HTTP calls, which API servers to call, trace file names -----------------
 
-    def profile_urls(self, plan: "Plan") -> list[str]:
+    def profile_urls(self, plan: Plan) -> list[str]:
         """Base URLs to send start/stop to: one call through the head arms every rank."""
         return [plan.head_url]
 

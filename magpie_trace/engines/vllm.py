@@ -165,7 +165,7 @@ class VllmEngine(VllmStyleProfiling, Engine):
     def node_env(self, ctx: NodeContext) -> dict[str, str]:
         return {"VLLM_HOST_IP": ctx.node.address}
 
-    def profile_urls(self, plan: "Plan") -> list[str]:
+    def profile_urls(self, plan: Plan) -> list[str]:
         """Hybrid and external DP load balancing run an API server per node, and each one's
         /start_profile reaches only its local engines: call them all."""
         extra = plan.config.server.extra_args

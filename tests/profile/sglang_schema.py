@@ -45,7 +45,7 @@ def check(body: dict) -> str:
     import msgspec
 
     namespace = {**vars(typing), "ProfileReqType": int}
-    fields = [(name, eval(annotation, namespace), None)  # noqa: S307 - SGLang's own annotations
+    fields = [(name, eval(annotation, namespace), None)
               for name, annotation in profile_req_fields().items()]
     struct = msgspec.defstruct("ProfileReq", fields, kw_only=True, forbid_unknown_fields=True)
     try:

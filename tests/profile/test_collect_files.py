@@ -17,7 +17,15 @@ import pytest
 from magpie_trace import trace_probe
 from magpie_trace.backends import make_backend
 from magpie_trace.collect import collect
-from magpie_trace.config import Config, NodeConfig, OutputConfig, ProfileConfig, SchedulerConfig, ServerConfig, validate
+from magpie_trace.config import (
+    Config,
+    NodeConfig,
+    OutputConfig,
+    ProfileConfig,
+    SchedulerConfig,
+    ServerConfig,
+    validate,
+)
 from magpie_trace.errors import TraceError
 from magpie_trace.plan import Plan, make_plan
 from magpie_trace.profile import find_traces, wait_for_traces
@@ -168,7 +176,7 @@ def test_duplicate_names_node_and_rank(setup):
 
 
 def test_file_on_the_wrong_node_is_a_conflict(setup):
-    plan, run_dir, backend, sources = setup
+    plan, run_dir, backend, _sources = setup
     stray = place(plan, 0, real("rank1.*"), f"{PID}_rank1.1795388698376534517.pt.trace.json.gz")
     with pytest.raises(TraceError) as info:
         collect(plan, backend, run_dir, PID)
@@ -189,7 +197,7 @@ def test_name_and_distributed_info_disagree(setup):
 
 
 def test_other_captures_are_left_alone(setup):
-    plan, run_dir, backend, _sources = setup
+    plan, _run_dir, backend, _sources = setup
     place(plan, 1, real("rank1.*"), "run1-p10_rank1.1.pt.trace.json.gz")
     place(plan, 1, real("rank1.*"), "rank1.2.pt.trace.json.gz")
     traces = find_traces(plan, backend, PID)

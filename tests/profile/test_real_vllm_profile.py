@@ -24,7 +24,13 @@ import pytest
 from magpie_trace import trace_probe
 from magpie_trace.backends import make_backend
 from magpie_trace.collect import collect, tracelens_command
-from magpie_trace.config import Config, OutputConfig, ProfileConfig, ServerConfig, validate
+from magpie_trace.config import (
+    Config,
+    OutputConfig,
+    ProfileConfig,
+    ServerConfig,
+    validate,
+)
 from magpie_trace.launch import launch, stop
 from magpie_trace.plan import make_plan
 from magpie_trace.profile import capture

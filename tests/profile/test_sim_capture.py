@@ -10,6 +10,7 @@ import threading
 import time
 import urllib.request
 from pathlib import Path
+from typing import Self
 
 import pytest
 
@@ -47,7 +48,7 @@ class Load:
             complete(self.url)
             self.count += 1
 
-    def __enter__(self) -> "Load":
+    def __enter__(self) -> Self:
         self.thread.start()
         return self
 
