@@ -87,3 +87,30 @@ def test_ssh_node_sampled_then_lost_trips_the_watchdog(ssh_scheduler):
         backend.close()
     assert trip is not None and trip.node == node.name
     assert trip.reason.startswith("telemetry silent for") and sampler.failures > 0
+
+
+def test_ray_node_sampled_then_removed_trips_the_watchdog(ray_cluster, tmp_path):
+    from tests.fixtures.ray_cluster import LABEL
+
+    ray_cluster.add_node("bench-n9")
+    node = NodeConfig(host="127.0.0.1", name="bench-n9", ray_labels={LABEL: "bench-n9"})
+    backend = make_backend(ray_cluster.scheduler(str(tmp_path / "ray-nodes"), nodes=[node]))
+    try:
+        sampler = NodeSampler(backend, node, interval_s=0.3)
+        sampler.start()
+        time.sleep(1.0)
+        assert sampler.failures == 0 and time.monotonic() - sampler.last_ok < 1.0
+        assert sampler.source == "none"  # a CPU "node": said plainly
+        assert "no nvidia-smi" in sampler.summary()["note"]
+        ray_cluster.remove_node("bench-n9")
+        watchdog = Watchdog(head="head", stall_timeout_s=30, samplers={node.name: sampler}, silence_s=2.0)
+        trip = None
+        deadline = time.monotonic() + 20
+        while trip is None and time.monotonic() < deadline:
+            trip = watchdog.check_telemetry()
+            time.sleep(0.1)
+        sampler.stop()
+    finally:
+        backend.close()
+    assert trip is not None and trip.node == "bench-n9"
+    assert trip.reason.startswith("telemetry silent for") and "gone" in trip.reason
