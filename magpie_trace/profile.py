@@ -557,7 +557,8 @@ def capture(
 ) -> Capture:
     """Open a capture, keep it open for duration_s (default profile.duration_s) or, when a step
     window is configured and no duration is given, until the window has closed on every rank;
-    close it; wait until every rank's file is complete. Recorded in <run>/captures.json."""
+    close it; wait until every rank's file is complete. Recorded in <run>/captures.json (from
+    the moment it opens)."""
     say = progress or (lambda _msg: None)
     profile = plan.config.profile
     if profile_id is None:
@@ -568,6 +569,8 @@ def capture(
     by_window = duration_s is None and engine.has_step_window(profile)
     urls = start_profile(plan, profile_id)
     record = Capture(profile_id=profile_id, urls=urls, started_at=time.time())
+    if run_dir is not None:  # recorded now, so a failed capture's id is never handed out again
+        record_capture(run_dir, record)
     say(f"capture {profile_id} open on {', '.join(urls)}")
     try:
         if by_window:

@@ -4,6 +4,7 @@ manifest; a broken source (missing, cut short, duplicated) gives one line naming
 
 from __future__ import annotations
 
+import gzip
 import json
 import shutil
 import threading
@@ -212,5 +213,26 @@ def test_step_window_closes_the_capture_without_a_duration(tmp_path):
         assert record.stopped_at is not None
         start_profile(plan, "after-window")  # the session was closed: a new one opens
         stop_profile(plan)
+    finally:
+        stop(plan, run_dir, backend)
+
+
+def test_a_failed_capture_does_not_lend_its_id_to_the_next(tmp_path):
+    config = sim_config(local_scheduler(tmp_path, 2), tmp_path, profile=True)
+    plan = make_plan(config)
+    run_dir = new_run_dir(config.output.dir, plan.run_id)
+    backend = make_backend(config.scheduler)
+    launch(plan, run_dir, backend)
+    try:
+        # A stray file claiming capture p1's rank 1 makes that capture fail (two traces).
+        trace_dir = Path(plan.nodes[1].trace_dir)
+        trace_dir.mkdir(parents=True, exist_ok=True)
+        stray = trace_dir / f"{plan.run_id}-p1_dp0_pp0_tp1_dcp0_ep0_rank1.1.pt.trace.json.gz"
+        stray.write_bytes(gzip.compress(b'{"traceEvents": []}'))
+        with pytest.raises(TraceError, match=r"rank 1 \(TP1\) has two traces"):
+            capture(plan, backend, run_dir, duration_s=0.1)
+        ids = [c["profile_id"] for c in load_captures(run_dir)]
+        assert len(ids) == 1 and ids[0].endswith("-p1")
+        assert capture(plan, backend, run_dir, duration_s=0.1).profile_id.endswith("-p2")
     finally:
         stop(plan, run_dir, backend)
