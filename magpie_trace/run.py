@@ -150,9 +150,16 @@ def _bench_and_capture(
 
     config = plan.config
     captured: list[BaseException] = []
+    load_started = threading.Event()
+    bench_done = threading.Event()
 
     def capture_window() -> None:
+        """Open the window start_after_s into the first measured load point (not the warmup)."""
         try:
+            if config.benchmark.enabled:
+                while not load_started.wait(0.2):
+                    if bench_done.is_set():
+                        return  # the benchmark ended (or failed) before any load: nothing to profile
             time.sleep(config.profile.start_after_s)
             capture(plan, backend, run_dir, progress=say)
         except BaseException as exc:  # noqa: BLE001 - raised by the main thread
@@ -167,10 +174,12 @@ def _bench_and_capture(
             bench = run_benchmark(
                 config, plan, run_dir.bench, backend=backend,
                 handles=state.handles if state else None, say=say,
+                on_point_start=lambda _point: load_started.set(),
             )
             result.bench_valid = bench.valid
             result.outputs["bench"] = str(bench.result_path)
     finally:
+        bench_done.set()
         if thread is not None:
             thread.join(config.profile.timeout_s + config.profile.duration_s + config.profile.start_after_s)
     if captured:

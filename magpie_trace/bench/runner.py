@@ -129,6 +129,7 @@ def run_benchmark(
     url: str | None = None,
     points: list[LoadPoint] | None = None,
     say: Say | None = None,
+    on_point_start: Callable[[LoadPoint], None] | None = None,
 ) -> BenchResult:
     """Run the configured sweep against plan.head_url (or url); write results under out_dir.
 
@@ -136,9 +137,10 @@ def run_benchmark(
     watchdog; without them only the no-progress check runs. The result files are always written;
     then RunAborted (exit 3) is raised when a node was lost, BenchInvalid (exit 3) when requests
     failed or were cut short, MagpieError when warmup fails (nothing measured).
+    on_point_start(point) is called as each measured load point begins (after warmup).
     """
     return asyncio.run(
-        run_benchmark_async(config, plan, out_dir, backend, handles, url, points, say)
+        run_benchmark_async(config, plan, out_dir, backend, handles, url, points, say, on_point_start)
     )
 
 
@@ -151,6 +153,7 @@ async def run_benchmark_async(
     url: str | None = None,
     points: list[LoadPoint] | None = None,
     say: Say | None = None,
+    on_point_start: Callable[[LoadPoint], None] | None = None,
 ) -> BenchResult:
     say = say or (lambda _msg: None)
     bench = config.benchmark
@@ -256,6 +259,8 @@ async def run_benchmark_async(
                     break
                 say(f"{point.label}: {len(measured)} request(s), concurrency {point.concurrency}"
                     + ("" if point.rate is None else f", {point.rate:g} req/s"))
+                if on_point_start is not None:
+                    on_point_start(point)  # e.g. `run` opens its profile window during the load
                 await client.open_connections(point.concurrency)
                 before = await scrape_all(session, targets)
                 run = PointRun(point, [], 0)
