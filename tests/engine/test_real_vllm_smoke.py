@@ -21,6 +21,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.procs import group_members, leftover_processes
+
 pytestmark = pytest.mark.engine
 
 READY_TIMEOUT_S = 420.0
@@ -47,21 +49,6 @@ def _log_tail(path: Path, lines: int = 30) -> str:
     return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
 
 
-def _running_in_group(pgid: int) -> list[int]:
-    """Pids of processes in process group pgid that are not zombies (read from /proc)."""
-    pids = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            text = stat.read_text()
-        except OSError:
-            continue
-        # Fields after the parenthesised command: state ppid pgrp ...
-        state, _ppid, pgrp = text[text.rindex(")") + 2 :].split()[:3]
-        if int(pgrp) == pgid and state != "Z":
-            pids.append(int(stat.parent.name))
-    return pids
-
-
 def _stop_groups(procs: list[subprocess.Popen]) -> None:
     """SIGTERM each group we started, SIGKILL what is left after STOP_TIMEOUT_S, reap our children."""
     for proc in procs:
@@ -70,10 +57,10 @@ def _stop_groups(procs: list[subprocess.Popen]) -> None:
         except ProcessLookupError:
             pass
     deadline = time.monotonic() + STOP_TIMEOUT_S
-    while time.monotonic() < deadline and any(_running_in_group(p.pid) for p in procs):
+    while time.monotonic() < deadline and leftover_processes(p.pid for p in procs):
         time.sleep(0.2)
     for proc in procs:
-        if _running_in_group(proc.pid):
+        if group_members(proc.pid):
             os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(timeout=STOP_TIMEOUT_S)
 
@@ -156,4 +143,4 @@ def test_vllm_tp2_across_two_loopback_nodes_serves_profiles_and_stops(
         assert len(list(trace_dir.glob("*.async_llm.*.pt.trace.json.gz"))) == 1
     finally:
         _stop_groups(list(procs.values()))
-    assert {name: _running_in_group(p.pid) for name, p in procs.items()} == {name: [] for name in procs}
+    assert leftover_processes(p.pid for p in procs.values()) == {}

@@ -24,12 +24,12 @@ CHAT_TEMPLATE = (
     "{{ message['role'] }}: {{ message['content'] }}\n{% endfor %}"
     "{% if add_generation_prompt %}assistant: {% endif %}"
 )
-_WORDS = (
-    "the a one every node rank trace tensor parallel pipeline expert model server token kernel "
-    "clock offset merge profile launch ready health metric request batch prefill decode cache "
-    "gpu cpu host port ring reduce gather scatter send receive fast slow large small first last "
-    "is was runs waits starts stops writes reads aligns measures on in across with after before"
-).split()
+_WORDS = """
+the a one every node rank trace tensor parallel pipeline expert model server token kernel clock
+offset merge profile launch ready health metric request batch prefill decode cache gpu cpu host
+port ring reduce gather scatter send receive fast slow large small first last is was runs waits
+starts stops writes reads aligns measures on in across with after before
+""".split()  # noqa: SIM905
 
 
 def _corpus(n_sentences: int = 4000, seed: int = 0) -> list[str]:

@@ -9,7 +9,7 @@ plays its part. Usage: python tests/engine/vllm_cli.py serve MODEL [ARGS...]
 
 from __future__ import annotations
 
-import importlib.metadata as metadata
+from importlib import metadata
 
 _real_version = metadata.version
 
