@@ -27,7 +27,7 @@ import orjson
 from magpie_trace.errors import MagpieError, TraceError
 from magpie_trace.fsutil import atomic_write_bytes, temp_path_for
 from magpie_trace.merge import gzipjoin, tables
-from magpie_trace.merge.align import ClockFit, solve
+from magpie_trace.merge.align import ClockFit, median_of, solve
 from magpie_trace.merge.anchors import Collective, match
 from magpie_trace.merge.discover import TraceFile, discover, manifest_offsets
 from magpie_trace.merge.load import Scanned, scan
@@ -155,12 +155,10 @@ def _node_reports(fits: dict[str, ClockFit], collectives: list[Collective], file
             if not mine or not ref or node == reference:
                 continue
             n += 1
-            m_end = fit.correct(np.array([a.end for a in mine]))
-            m_start = fit.correct(np.array([a.start for a in mine]))
-            r_end = np.array([a.end for a in ref])
-            r_start = np.array([a.start for a in ref])
-            skews.append(float(np.median(m_end) - np.median(r_end)))
-            if m_end.min() < r_start.max() or r_end.min() < m_start.max():
+            m_end = [a.end - fit.theta(a.end) for a in mine]
+            m_start = [a.start - fit.theta(a.start) for a in mine]
+            skews.append(median_of(m_end) - median_of([a.end for a in ref]))
+            if min(m_end) < max(a.start for a in ref) or min(a.end for a in ref) < max(m_start):
                 violations += 1
         report: dict[str, Any] = {
             "offset_ns": round(fit.offset_ns, 1), "drift_ppm": round(fit.drift_ppm, 4), "t0_ns": fit.t0_ns,

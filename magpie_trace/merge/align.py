@@ -147,6 +147,13 @@ def fit_pair(lower: np.ndarray, upper: np.ndarray, ends: np.ndarray, span_s: flo
     return PairFit(a_v, b_v, method, n, max(margin, 0.0), warnings)
 
 
+def median_of(values: list[int]) -> float:
+    """Median of a few values (plain Python: called once per collective and node)."""
+    values = sorted(values)
+    mid = len(values) // 2
+    return float(values[mid]) if len(values) % 2 else (values[mid - 1] + values[mid]) / 2
+
+
 def pair_rows(collectives: list[Collective], node_of: dict[int, str], n: str, m: str,
               t0: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per collective that both nodes ran: the bounds and end difference on theta_m - theta_n."""
@@ -160,8 +167,8 @@ def pair_rows(collectives: list[Collective], node_of: dict[int, str], n: str, m:
         min_e_m = min(a.end for a in sm)
         low.append((max_s_m, max_s_m - min(a.end for a in sn)))
         up.append((min_e_m, min_e_m - max(a.start for a in sn)))
-        em = float(np.median([a.end for a in sm]))
-        ends.append((em, em - float(np.median([a.end for a in sn]))))
+        em = median_of([a.end for a in sm])
+        ends.append((em, em - median_of([a.end for a in sn])))
 
     def arr(rows: list[tuple[float, float]]) -> np.ndarray:
         out = np.array(rows, dtype=np.float64).reshape(-1, 2)

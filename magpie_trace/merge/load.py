@@ -20,20 +20,16 @@ import orjson
 from isal import igzip
 
 from magpie_trace.errors import TraceError
-from magpie_trace.merge import fields
 from magpie_trace.merge.anchors import Anchor, classify
 from magpie_trace.merge.discover import TraceFile
 
-SCAN_STEP = 16 << 20  # bytes of the event array looked at per numpy pass (bounds temp memory)
-_ANCHOR_PREFIXES = (b"gloo:", b"nccl", b"rccl", b"Nccl", b"cross_device_reduce", b"void vllm::cross_device_reduce",
-                    b"void sglang::cross_device_reduce")
-_META_PREFIXES = (b'process_name"', b'process_labels"', b'process_sort_index"')
-_STEP_PREFIXES = (b"ProfilerStep#", b"execute_", b"step[")
-_SPAN_PREFIXES = (b"PyTorch Profiler",)
-_ALL_PREFIXES = _ANCHOR_PREFIXES + _META_PREFIXES + _STEP_PREFIXES + _SPAN_PREFIXES
-_STRING = rb'"(?:[^"\\]|\\.)*"'
-_FLAT = rb"(?:[^{}\"]|" + _STRING + rb")*"
-_EVENT = re.compile(rb"\{" + _FLAT + rb"(?:\{" + _FLAT + rb"\}" + _FLAT + rb")*\}", re.S)
+# Event names pass 1 looks at: collectives (gloo, NCCL/RCCL kernels, custom all-reduce), process
+# metadata, step annotations (PyTorch, vLLM, SGLang) and the profiler's own span.
+_CANDIDATE = re.compile(
+    rb'"name":\s*"(?:gloo:|nccl|rccl|Nccl|cross_device_reduce|void vllm::cross_device_reduce|'
+    rb'void sglang::cross_device_reduce|process_(?:name|labels|sort_index)"|ProfilerStep#|execute_|step\[|'
+    rb"PyTorch Profiler)"
+)
 _STEP_NAME = re.compile(r"^(ProfilerStep#\d+|execute_.*|step\[.*)$")
 
 
@@ -105,20 +101,25 @@ def top_level(path: Path, data: bytes) -> list[tuple[str, int, int]]:
 
 
 def event_at(data: bytes, pos: int, floor: int) -> tuple[int, int, dict[str, Any]] | None:
-    """The event object that contains byte `pos` (found by walking back over `{`), decoded."""
+    """The event object that contains byte `pos`, decoded: walk back over `{` for its start and
+    forward over `}` for its end until the slice parses as an object with a `ph` (bounded tries)."""
     lo = pos
-    for _ in range(64):
+    for _ in range(16):
         lo = data.rfind(b"{", floor, lo)
         if lo < 0:
             return None
-        m = _EVENT.match(data, lo)
-        if m and m.end() > pos:
+        hi = pos
+        for _ in range(16):
+            hi = data.find(b"}", hi) + 1
+            if hi <= 0:
+                break
             try:
-                ev = orjson.loads(m.group())
+                ev = orjson.loads(data[lo:hi])
             except orjson.JSONDecodeError:
                 continue
             if isinstance(ev, dict) and "ph" in ev:
-                return lo, m.end(), ev
+                return lo, hi, ev
+            break
     return None
 
 
@@ -137,27 +138,9 @@ def _separator_span(data: bytes, lo: int, hi: int, floor: int) -> tuple[int, int
 
 
 def candidate_names(data: bytes, lo: int, hi: int) -> list[int]:
-    """Positions of `"name":` values that start with a prefix we care about (vectorised, in slices)."""
-    found: list[int] = []
-    for c0 in range(lo, hi, SCAN_STEP):
-        c1 = min(hi, c0 + SCAN_STEP)
-        s = max(c0 - 1, 0)  # one byte of context so a key at c0 still sees what precedes it
-        buf = np.frombuffer(data[s : c1 + 64] + b" " * fields.WINDOW, dtype=np.uint8)
-        pos = fields.find_keys(buf, (b"name",))[b"name"]
-        key_start = pos - 7 + s
-        pos = pos[(key_start >= c0) & (key_start < c1)]
-        if not len(pos):
-            continue
-        win = fields._window(buf, pos)
-        start, _ = fields._token_bounds(win)
-        src = np.clip(start[:, None] + 1 + fields._COLS[None, :], 0, fields.WINDOW - 1)
-        text = np.take_along_axis(win, src, axis=1)
-        hit = np.zeros(len(pos), dtype=bool)
-        for prefix in _ALL_PREFIXES:
-            p = np.frombuffer(prefix, dtype=np.uint8)
-            hit |= (text[:, : len(p)] == p).all(axis=1)
-        found.extend((pos[hit] + s).tolist())
-    return found
+    """Positions of `"name":` keys whose value starts with a prefix we care about (one regex pass;
+    only matches become Python objects)."""
+    return [m.start() for m in _CANDIDATE.finditer(data, lo, hi)]
 
 
 def _ts_ns(value: Any, base: int) -> int:

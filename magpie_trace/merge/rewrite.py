@@ -111,46 +111,49 @@ class _Rewriter:
             self.pids[token] = self.job.index * PIDS_PER_FILE + len(self.pids) + 1
         return self.pids[token]
 
-    def _flow_id(self, token: bytes) -> int:
-        try:
-            return int(token) * self.job.n_files + self.job.index
-        except ValueError:
-            return -1
+    def _new_pids(self, buf: np.ndarray, pids: fields.Numbers) -> np.ndarray:
+        new = np.zeros(len(pids.pos), dtype=np.int64)
+        num = np.flatnonzero(pids.isnum)
+        if len(num):
+            uniq, inverse = np.unique(pids.vals[num], return_inverse=True)
+            table = np.array([self._pid(str(int(u)).encode()) for u in uniq], dtype=np.int64)
+            new[num] = table[inverse.ravel()]
+        for i in np.flatnonzero(~pids.isnum):
+            new[i] = self._pid(fields.token(buf, int(pids.pos[i]), int(pids.width[i])))
+        return new
 
     def chunk(self, chunk: bytes, aligned: bool, merged: bool, cuts: list[tuple[int, int]]) -> tuple[bytes | None, bytes | None]:
+        """One chunk rewritten for the aligned file and/or the merged part (`cuts`: ranges to drop there)."""
         buf = np.frombuffer(chunk + b" " * fields.WINDOW, dtype=np.uint8)
         keys = (b"ts",) + ((b"dur",) if self.drift else ()) + ((b"pid", b"id") if merged else ())
         pos = fields.find_keys(buf, keys)
-        times = fields.Edits()
-        p_ts = pos[b"ts"]
-        vals, width, isnum = fields.read_numbers(buf, p_ts)
-        p_ts, vals, width = p_ts[isnum], vals[isnum], width[isnum]
-        rows, length = fields.format_ns(self.job.transform.apply(vals))
-        times.add(p_ts, width, rows, length)
+        a_out = buf.copy() if aligned else None
+        m_out = buf.copy() if merged else None
+        outs = [o for o in (a_out, m_out) if o is not None]
+        ts = fields.read(buf, pos[b"ts"])
+        rows = np.flatnonzero(ts.isnum)
+        starts = ts.vals[rows]
+        common = fields.write(outs, ts, rows, self.job.transform.apply(starts))
         if self.drift and len(pos[b"dur"]):
-            p_dur = pos[b"dur"]
-            dvals, dwidth, dnum = fields.read_numbers(buf, p_dur)
-            owner = np.searchsorted(p_ts, p_dur) - 1
-            ok = dnum & (owner >= 0)
-            start = vals[owner[ok]]
-            new = self.job.transform.apply(start + dvals[ok]) - self.job.transform.apply(start)
-            r, n = fields.format_ns(new)
-            times.add(p_dur[ok], dwidth[ok], r, n)
-        out_aligned = times.apply(chunk) if aligned else None
-        out_merged = None
-        if merged:
-            edits = times.copy()
-            if len(pos[b"pid"]):
-                new_pid, pwidth = fields.map_tokens(buf, pos[b"pid"], self._pid)
-                r, n = fields.format_ints(new_pid)
-                edits.add(pos[b"pid"], pwidth, r, n)
-            if len(pos[b"id"]):
-                new_id, iwidth = fields.map_tokens(buf, pos[b"id"], self._flow_id)
-                keep = new_id >= 0
-                r, n = fields.format_ints(new_id[keep])
-                edits.add(pos[b"id"][keep], iwidth[keep], r, n)
-            out_merged = edits.apply(chunk, cuts)
-            self.spliced += sum(int((ln > w).sum()) for ln, w in zip(edits.length, edits.width))
+            dur = fields.read(buf, pos[b"dur"])
+            owner = np.searchsorted(ts.pos[rows], dur.pos) - 1
+            drows = np.flatnonzero(dur.isnum & (owner >= 0))
+            start = starts[owner[drows]]
+            new = self.job.transform.apply(start + dur.vals[drows]) - self.job.transform.apply(start)
+            common += fields.write(outs, dur, drows, new)
+        self.spliced += len(common)
+        out_aligned = out_merged = None
+        if a_out is not None:
+            out_aligned = fields.splice(a_out[: len(chunk)].tobytes(), common)
+        if m_out is not None:
+            extra = [(lo, hi, b"") for lo, hi in cuts]
+            pids = fields.read(buf, pos[b"pid"], decimals=0)
+            extra += fields.write([m_out], pids, np.arange(len(pids.pos)), self._new_pids(buf, pids))
+            ids = fields.read(buf, pos[b"id"], decimals=0)
+            irows = np.flatnonzero(ids.isnum)
+            extra += fields.write([m_out], ids, irows, ids.vals[irows] * self.job.n_files + self.job.index)
+            self.spliced += len(extra) - len(cuts)
+            out_merged = fields.splice(m_out[: len(chunk)].tobytes(), common + extra)
         return out_aligned, out_merged
 
     def stream(self, path: Path, lo: int, hi: int, cuts: list[tuple[int, int]], sinks: tuple[Any, Any]) -> None:
