@@ -371,5 +371,52 @@ def report_command(config_path: str, overrides: tuple[str, ...], run: str | None
     click.echo(f"{md}\n{html}")
 
 
+def _range(text: str | None, kind: type) -> tuple[Any, Any] | None:
+    if text is None:
+        return None
+    try:
+        lo, hi = text.split(":")
+        return kind(lo), kind(hi)
+    except ValueError:
+        raise click.BadParameter(f"expected START:END, got {text!r}") from None
+
+
+@main.command("merge")
+@click.argument("input_dir", type=click.Path(file_okay=False))
+@click.option("-o", "--output", "output_dir", default=None, help="Output folder [default: INPUT_DIR-merged].")
+@click.option("--window", default=None, metavar="START:END",
+              help="Cut every rank at the same aligned instants: ms from the reference rank's profile start.")
+@click.option("--steps", default=None, metavar="FIRST:LAST", help="Cut to these step annotations of the reference rank.")
+@click.option("--outputs", default="aligned,merged,tables,alignment", show_default=True,
+              help="Comma-separated subset of aligned,merged,tables,alignment.")
+@click.option("--jobs", "-j", default=1, show_default=True, type=click.IntRange(1), help="Worker processes.")
+@click.option("--reference-node", default=None, help="Node whose clock the others are aligned to.")
+@json_option
+@handle_errors
+def merge_command(input_dir: str, output_dir: str | None, window: str | None, steps: str | None, outputs: str,
+                  jobs: int, reference_node: str | None, as_json: bool) -> None:
+    """Align the nodes' clocks; write per-rank traces (TraceLens), one Perfetto trace, tables, alignment.json."""
+    from pathlib import Path
+
+    from magpie_trace.merge import MergeOptions, merge
+
+    options = MergeOptions(
+        outputs=tuple(o.strip() for o in outputs.split(",") if o.strip()), jobs=jobs,
+        window_ms=_range(window, float), steps=_range(steps, int), reference_node=reference_node,
+    )
+    source = Path(input_dir)
+    result = merge(source, Path(output_dir) if output_dir else source.with_name(source.name + "-merged"), options)
+    if as_json:
+        print_json(result.to_dict())
+        return
+    click.echo(f"merged {len(result.files)} file(s), {result.input_bytes / 1e6:.0f} MB, "
+               f"{result.collectives} matched collectives, in {result.seconds:.1f}s -> {result.output_dir}")
+    for node, rep in result.nodes.items():
+        click.echo(f"  {node}: offset {rep['offset_ns'] / 1e3:+.1f} us, drift {rep['drift_ppm']:+.2f} ppm, "
+                   f"{rep['method']}, {rep['n_anchors']} anchors, +-{rep['uncertainty_us']:.1f} us")
+    for warning in result.warnings:
+        click.echo(f"  warning: {warning}")
+
+
 if __name__ == "__main__":
     main()
