@@ -165,7 +165,8 @@ def alignment_section(run_dir: RunDir) -> Section:
         return section
     section.lines.append(
         f"Reference node {data.get('reference_node')}; {data.get('collectives')} matched collectives. "
-        "Offsets are what was added to each node's clock to put it on the reference's timeline."
+        "Offset: how far each node's clock runs ahead of the reference's at the start of the "
+        "capture (drift: how fast that grows); it is taken out of every event of that node."
     )
     rows = []
     for name, node in (data.get("nodes") or {}).items():
