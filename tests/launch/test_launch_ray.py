@@ -13,7 +13,10 @@ import json
 from pathlib import Path
 
 import pytest
+import yaml
+from click.testing import CliRunner
 
+from magpie_trace.cli import main
 from magpie_trace.config import NodeConfig, SchedulerConfig
 from magpie_trace.launch import launch, load_state, stop
 from magpie_trace.plan import make_plan
@@ -75,3 +78,40 @@ def test_launch_ready_serve_stop_over_ray_leaves_nothing(ray_cluster: RayCluster
     assert wait_for(lambda: not leftover_processes(pgids), 10), leftover_processes(pgids)
     assert sorted(p.name for p in run_dir.logs.iterdir()) == sorted(f"{n.name}.log" for n in plan.nodes)
     assert all((run_dir.logs / f"{n.name}.log").stat().st_size > 0 for n in plan.nodes)
+
+
+def test_cli_launch_and_stop_over_ray(ray_cluster: RayCluster, tmp_path):
+    """What docs/backends.md shows: `magpie-trace launch CONFIG`, `magpie-trace stop CONFIG`."""
+    config = sim_config(ray_scheduler(ray_cluster, tmp_path, 2), tmp_path)
+    path = tmp_path / "ray-sim.yaml"
+    path.write_text(yaml.safe_dump(config.to_dict()))
+    runner = CliRunner()
+    result = runner.invoke(main, ["launch", str(path), "--json"])
+    assert result.exit_code == 0, result.output
+    launched = json.loads(result.output[result.output.index("{") :])
+    pgids = [h["pgid"] for h in launched["handles"].values()]
+    try:
+        assert complete(launched["url"])["choices"][0]["text"] is not None
+    finally:
+        result = runner.invoke(main, ["stop", str(path)])
+    assert result.exit_code == 0 and result.output.startswith("stopped 2 node(s)")
+    assert wait_for(lambda: not leftover_processes(pgids), 10), leftover_processes(pgids)
+
+
+@pytest.mark.parametrize("problem", ["no-such-label", "unreachable-cluster"])
+def test_ray_mapping_and_address_failures_are_one_line(ray_cluster: RayCluster, tmp_path, problem):
+    scheduler = ray_scheduler(ray_cluster, tmp_path, 2)
+    if problem == "no-such-label":
+        scheduler.nodes[1].ray_labels = {LABEL: "nope"}
+        expected = "error: node1: no alive Ray node has ray_labels {magpie-node=nope}; alive Ray nodes: "
+    else:
+        scheduler.ray.address = "127.0.0.1:1"  # nothing listens there
+        expected = "error: scheduler.ray.address: cannot reach the Ray cluster at 127.0.0.1:1: "
+    config = sim_config(scheduler, tmp_path)
+    path = tmp_path / "ray-sim.yaml"
+    path.write_text(yaml.safe_dump(config.to_dict()))
+    result = CliRunner().invoke(main, ["launch", str(path)])
+    lines = [line for line in result.output.splitlines() if not line.startswith("magpie-trace:")]
+    assert result.exit_code == 1 and len(lines) == 1 and lines[0].startswith(expected), result.output
+    run_dirs = list((tmp_path / "runs").iterdir())
+    assert not any((d / "state.json").exists() for d in run_dirs)  # refused before anything started
