@@ -119,6 +119,25 @@ def test_stop_escalates_to_sigkill(backend: RayBackend) -> None:
     assert Path(exit_path(handle.log_path)).read_text() == f"{-signal.SIGKILL}\n"
 
 
+def test_commands_get_every_signal(backend: RayBackend) -> None:
+    """Ray's worker threads block SIGINT; the commands they fork must not inherit that."""
+    node = _node(backend, "n0")
+    masks = "grep -E '^Sig(Blk|Ign)' /proc/self/status"
+    assert backend.run(node, ["sh", "-c", masks]).stdout.split() == [
+        "SigBlk:", "0" * 16, "SigIgn:", "0" * 16,
+    ]  # fmt: skip
+    waiting = "import time; print('armed', flush=True); time.sleep(60)"
+    handle = backend.start(
+        node, [sys.executable, "-c", waiting], {}, f"{backend.workdir(node)}/i.log"
+    )
+    assert wait_for(lambda: "armed" in Path(handle.log_path).read_text())
+    os.killpg(handle.pgid, signal.SIGINT)  # as a user's Ctrl-C on that node would
+    assert wait_for(lambda: backend.exit_code(node, handle) is not None)
+    assert backend.exit_code(node, handle) == -signal.SIGINT  # Python re-raises it at exit
+    assert "KeyboardInterrupt" in Path(handle.log_path).read_text()
+    backend.stop(node, handle)
+
+
 def test_exit_code_env_and_missing_program(backend: RayBackend, ray_cluster: RayCluster) -> None:
     node = _node(backend, "n0")
     script = (
@@ -354,4 +373,7 @@ def test_an_address_without_a_cluster_fails_fast(tmp_path: Path) -> None:
     assert time.monotonic() - started < 3
     scheduler.ray.address = "local"
     with pytest.raises(MagpieError, match=r"would start a new Ray instance"):
+        RayBackend(scheduler)
+    scheduler.ray.address = "ray://127.0.0.1:10001"
+    with pytest.raises(MagpieError, match=r"Ray Client addresses are not supported"):
         RayBackend(scheduler)

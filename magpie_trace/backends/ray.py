@@ -312,14 +312,23 @@ class RayBackend(Backend):
 
 
 def _check_reachable(address: str) -> None:
-    """Refuse to start a cluster; fail fast (not after Ray's minutes of retries) on a dead GCS."""
+    """Refuse to start a cluster; fail fast (not after Ray's minutes of retries) on a dead GCS.
+
+    Ray Client (ray://) is refused too: this backend needs a driver on a cluster node (streamed
+    fetch, the GCS address passed to commands).
+    """
     if address in ("", "local"):
         raise MagpieError(
             f"scheduler.ray.address: {address!r} would start a new Ray instance; "
             "give 'auto' or host:port of the existing cluster's GCS"
         )
+    if "://" in address:
+        raise MagpieError(
+            f"scheduler.ray.address: {address}: Ray Client addresses are not supported; run "
+            "magpie-trace on a node of the cluster with 'auto' or the GCS host:port"
+        )
     host, sep, port = address.rpartition(":")
-    if address == "auto" or "://" in address or not sep or not port.isdigit():
+    if address == "auto" or not sep or not port.isdigit():
         return
     try:
         socket.create_connection((host.strip("[]"), int(port)), timeout=CONNECT_TIMEOUT_S).close()

@@ -8,6 +8,7 @@ ends the whole process group, verified from /proc, never anything matched by nam
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
 import os
 import posixpath
@@ -68,6 +69,17 @@ def _signal_group(pgid: int, sig: int) -> None:
         pass
 
 
+@contextlib.contextmanager
+def _all_signals() -> Iterator[None]:
+    """Clear this thread's signal mask around a fork: Ray's worker thread blocks SIGINT, and a
+    child inherits the mask of the thread that forks it (an engine must get every signal)."""
+    blocked = signal.pthread_sigmask(signal.SIG_SETMASK, [])
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
+
+
 def command_env(extra: dict[str, str]) -> dict[str, str]:
     """This worker's environment less Ray's worker flags, plus extra."""
     env = {key: value for key, value in os.environ.items() if key not in RAY_WORKER_FLAGS}
@@ -107,7 +119,7 @@ class ProcessAgent:
         for stale in (exit_file, f"{exit_file}.tmp"):
             if os.path.exists(stale):
                 os.unlink(stale)
-        with open(log_path, "wb") as log:
+        with _all_signals(), open(log_path, "wb") as log:
             proc = subprocess.Popen(
                 ["sh", "-c", 'exec "$@"', "sh", *argv],
                 stdin=subprocess.DEVNULL,
@@ -150,14 +162,15 @@ def run_command(
 ) -> tuple[int | None, bytes, bytes]:
     """(returncode, stdout, stderr); returncode None when it timed out (its group is killed)."""
     try:
-        proc = subprocess.Popen(
-            argv,
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            env=command_env({}),
-            start_new_session=True,
-        )
+        with _all_signals():
+            proc = subprocess.Popen(
+                argv,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                env=command_env({}),
+                start_new_session=True,
+            )
     except OSError as exc:  # a missing program reads like a shell's 127
         code = 127 if isinstance(exc, FileNotFoundError) else 126
         return code, b"", f"{argv[0]}: {exc.strerror or exc}".encode()
