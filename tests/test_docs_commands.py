@@ -15,7 +15,7 @@ from magpie_trace.cli import main
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 EXAMPLE = str(ROOT / "examples" / "vllm-tp16-2node.yaml")
-PLACEHOLDERS = {"CONFIG": EXAMPLE, "run.yaml": EXAMPLE, "DIR": str(ROOT / "tests"), "./traces": str(ROOT / "tests")}
+PLACEHOLDERS = {"CONFIG": EXAMPLE, "run.yaml": EXAMPLE, "DIR": str(ROOT / "tests"), "./traces": str(ROOT / "tests"), "magpie-runs/latest/traces": str(ROOT / "tests")}
 
 
 def documented_commands() -> list[tuple[str, str]]:
