@@ -1,0 +1,81 @@
+"""The byte-level value rewriter against orjson: any event array, any printing of its numbers, gives
+exactly the transformed nanoseconds, and the result is still valid JSON with everything else intact."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from pathlib import Path
+
+import numpy as np
+import orjson
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from magpie_trace.merge import fields
+from magpie_trace.merge.rewrite import RewriteJob, Transform, _Rewriter
+
+SPACES = st.sampled_from(["", " ", "  ", "\n    "])
+
+
+@st.composite
+def number_text(draw: st.DrawFn) -> tuple[str, int]:
+    """A JSON number for a timestamp in microseconds, printed in one of the ways writers do, and its ns."""
+    ns = draw(st.integers(min_value=0, max_value=9 * 10**15))
+    style = draw(st.sampled_from(["kineto", "short", "int", "exp"]))
+    if style == "kineto":
+        return f"{ns // 1000}.{ns % 1000:03d}", ns
+    if style == "int":
+        return str(ns // 1000), ns // 1000 * 1000
+    text = str(Decimal(ns) / 1000)
+    if style == "exp":
+        text = f"{Decimal(ns) / 1000:E}"
+        return text, int((Decimal(text) * 1000).to_integral_value())
+    return text, ns
+
+
+@st.composite
+def event_array(draw: st.DrawFn) -> tuple[bytes, list[int]]:
+    events, stamps = [], []
+    for i in range(draw(st.integers(1, 30))):
+        text, ns = draw(number_text())
+        pid = draw(st.sampled_from(["7", "12345", '"Spans"', '""', "0"]))
+        sp = draw(SPACES)
+        events.append(f'{{"ph": "X", "name": "k{i}, \\"ts\\": 1", "pid":{sp}{pid}, "ts":{sp}{text}, "dur":{sp}1.5,'
+                      f' "args": {{"x": [1, 2]}}}}')
+        stamps.append(ns)
+    return ("[" + ",\n  ".join(events) + "]").encode(), stamps
+
+
+def _job(offset: float, drift: float) -> RewriteJob:
+    return RewriteJob(2, 5, "node1-TP3", Path("unused"), (0, 0), [], True,
+                      Transform(10**9, 0, offset, drift, 5 * 10**15), [], {}, None, None)
+
+
+@settings(max_examples=150, deadline=None)
+@given(event_array(), st.integers(-(10**9), 10**9), st.sampled_from([0.0, 20.0, -7.5]))
+def test_rewritten_timestamps_are_exact(array, offset, drift):
+    data, stamps = array
+    job = _job(float(offset), drift)
+    aligned, merged = _Rewriter(job).chunk(data[1:-1], True, True, [])
+    out = orjson.loads(b"[" + aligned + b"]")
+    src = orjson.loads(data)
+    expected = job.transform.apply(np.array(stamps, dtype=np.int64))
+    for event, want, original in zip(out, expected, src):
+        assert int((Decimal(str(event["ts"])) * 1000).to_integral_value()) == want
+        assert event["name"] == original["name"] and event["args"] == original["args"]
+        assert event["pid"] == original["pid"]
+    pids = [e["pid"] for e in orjson.loads(b"[" + merged + b"]")]
+    assert all(isinstance(p, int) and 2000 < p < 3000 for p in pids)
+    assert len({p for p in pids}) == len({e["pid"] for e in src})
+
+
+def test_find_keys_ignores_keys_inside_strings():
+    buf = np.frombuffer(b'{"name": "a, \\"ts\\": 5", "ts": 7}' + b" " * fields.WINDOW, dtype=np.uint8)
+    (pos,) = fields.find_keys(buf, (b"ts",)).values()
+    assert len(pos) == 1 and bytes(buf[pos[0] : pos[0] + 2]) == b" 7"
+
+
+def test_flow_ids_are_made_unique_per_file():
+    data = b'{"ph": "s", "id": 41, "pid": 1, "ts": 1.000, "cat": "ac2g", "name": "ac2g"}'
+    _, merged = _Rewriter(_job(0.0, 0.0)).chunk(data, False, True, [])
+    assert orjson.loads(merged)["id"] == 41 * 5 + 2
