@@ -31,28 +31,26 @@ _WS = (32, 10, 13, 9)
 def find_keys(buf: np.ndarray, keys: tuple[bytes, ...]) -> dict[bytes, np.ndarray]:
     """Positions just after `"<key>":` for each key (keys of 2+ characters).
 
-    The last four bytes of a key (`ts":`, `id":`) are found by comparing the buffer as uint32 at its
-    four alignments (a few fast passes instead of one Python object per match); the rest of the key
-    is then checked. A key counts only when its opening quote follows `{`, `,` or whitespace: inside a
-    JSON string quotes are escaped, so string content never matches."""
+    Four bytes of the key (`"ts"`, `"id"`, `pid"`) are found by comparing the buffer as uint32 at its
+    four alignments (a few fast passes instead of one Python object per match); the colon and the rest
+    of the key are then checked. A key counts only when its opening quote follows `{`, `,` or
+    whitespace: inside a JSON string quotes are escaped, so string content never matches."""
     n = buf.size
-    tails: dict[bytes, np.ndarray] = {}
     out: dict[bytes, np.ndarray] = {}
     for key in keys:
-        tail = key[-2:] + b'":'
-        if tail not in tails:
-            target = np.frombuffer(tail, dtype=np.uint32)[0]
-            hits = [np.flatnonzero(np.frombuffer(buf, np.uint32, (n - off) // 4, off) == target) * 4 + off
-                    for off in range(4)]
-            tails[tail] = np.sort(np.concatenate(hits))
-        cand = tails[tail]
-        head = b'"' + key[:-2]
-        cand = cand[cand >= len(head) + 1]
+        pattern = b'"' + key + b'":'
+        tail, head = pattern[-5:-1], pattern[:-5]
+        target = np.frombuffer(tail, dtype=np.uint32)[0]
+        hits = [np.flatnonzero(np.frombuffer(buf, np.uint32, (n - off) // 4, off) == target) * 4 + off
+                for off in range(4)]
+        cand = np.sort(np.concatenate(hits))
+        cand = cand[(cand >= len(head) + 1) & (cand + 4 < n)]
+        cand = cand[buf[cand + 4] == _COLON]
         for i, ch in enumerate(reversed(head)):
             cand = cand[buf[cand - 1 - i] == ch]
         before = buf[cand - 1 - len(head)]
         ok = (before == 44) | (before == 123) | (before == 32) | (before == 10) | (before == 9) | (before == 13)
-        out[key] = cand[ok] + 4
+        out[key] = cand[ok] + 5
     return out
 
 
@@ -75,14 +73,13 @@ class _Layout:
         cols += [(f + self.nint + 1 + j, self.nfrac - 1 - j) for j in range(self.nfrac)]
         return cols
 
-    def _block(self, buf: np.ndarray, pos: np.ndarray) -> np.ndarray:
-        return buf[pos[:, None] + np.arange(self.width + 1)[None, :]]
-
-    def match(self, buf: np.ndarray, pos: np.ndarray) -> np.ndarray:
-        block = self._block(buf, pos)
+    def read(self, buf: np.ndarray, pos: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(rows printed in this layout, their values) from one gather of the rows' bytes."""
+        block = buf[pos[:, None] + np.arange(self.width + 1)[None, :]]
         f = len(self.ws)
         cols = np.array([c for c, _ in self.digit_columns()])
-        ok = ((block[:, cols] - np.uint8(48)) < 10).all(axis=1)
+        digits = block[:, cols] - np.uint8(48)
+        ok = (digits < 10).all(axis=1)
         if f:
             ok &= (block[:, :f] == np.frombuffer(self.ws, dtype=np.uint8)[None, :]).all(axis=1)
         if self.nfrac:
@@ -90,13 +87,9 @@ class _Layout:
         if self.nint > 1:
             ok &= block[:, f] != 48  # a leading zero is not this layout
         term = block[:, self.width]
-        return ok & ((term - np.uint8(48)) >= 10) & (term != _DOT) & (term != 101) & (term != 69)
-
-    def parse(self, buf: np.ndarray, pos: np.ndarray) -> np.ndarray:
-        cols = [c for c, _ in self.digit_columns()]
+        ok &= ((term - np.uint8(48)) >= 10) & (term != _DOT) & (term != 101) & (term != 69)
         powers = _POW10[[p for _, p in self.digit_columns()]]
-        digits = buf[pos[:, None] + np.array(cols)[None, :]].astype(np.int64) - 48
-        return digits @ powers
+        return ok, digits[ok].astype(np.int64) @ powers
 
     def fits(self, vals: np.ndarray) -> np.ndarray:
         """Values (same scale as parse) that print in this layout, with leading zeros as spaces."""
@@ -170,9 +163,9 @@ def read(buf: np.ndarray, pos: np.ndarray, decimals: int = 3) -> Numbers:
             odd.append(int(todo[0]))
             todo = todo[1:]
             continue
-        hit = layout.match(buf, pos[todo])
+        hit, parsed = layout.read(buf, pos[todo])
         rows = todo[hit]
-        vals[rows] = layout.parse(buf, pos[rows]) * _POW10[decimals - layout.nfrac]
+        vals[rows] = parsed * _POW10[decimals - layout.nfrac]
         group[rows] = len(layouts)
         width[rows] = layout.width
         layouts.append(layout)

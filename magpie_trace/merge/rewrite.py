@@ -127,9 +127,8 @@ class _Rewriter:
         buf = np.frombuffer(chunk + b" " * fields.WINDOW, dtype=np.uint8)
         keys = (b"ts",) + ((b"dur",) if self.drift else ()) + ((b"pid", b"id") if merged else ())
         pos = fields.find_keys(buf, keys)
-        a_out = buf.copy() if aligned else None
-        m_out = buf.copy() if merged else None
-        outs = [o for o in (a_out, m_out) if o is not None]
+        timed = buf.copy()  # the aligned bytes; the merged ones start from a copy of them
+        outs = [timed]
         ts = fields.read(buf, pos[b"ts"])
         rows = np.flatnonzero(ts.isnum)
         starts = ts.vals[rows]
@@ -143,9 +142,10 @@ class _Rewriter:
             common += fields.write(outs, dur, drows, new)
         self.spliced += len(common)
         out_aligned = out_merged = None
-        if a_out is not None:
-            out_aligned = fields.splice(a_out[: len(chunk)].tobytes(), common)
-        if m_out is not None:
+        if aligned:
+            out_aligned = fields.splice(timed[: len(chunk)].tobytes(), common)
+        if merged:
+            m_out = timed.copy() if aligned else timed
             extra = [(lo, hi, b"") for lo, hi in cuts]
             pids = fields.read(buf, pos[b"pid"], decimals=0)
             extra += fields.write([m_out], pids, np.arange(len(pids.pos)), self._new_pids(buf, pids))
