@@ -383,7 +383,8 @@ def _range(text: str | None, kind: type) -> tuple[Any, Any] | None:
 
 @main.command("merge")
 @click.argument("input_dir", type=click.Path(file_okay=False))
-@click.option("-o", "--output", "output_dir", default=None, help="Output folder [default: INPUT_DIR-merged].")
+@click.option("-o", "--output", "output_dir", default=None,
+              help="Output folder [default: RUN/merged for a run's RUN/traces, else INPUT_DIR-merged].")
 @click.option("--window", default=None, metavar="START:END",
               help="Cut every rank at the same aligned instants: ms from the reference rank's profile start.")
 @click.option("--steps", default=None, metavar="FIRST:LAST", help="Cut to these step annotations of the reference rank.")
@@ -405,7 +406,8 @@ def merge_command(input_dir: str, output_dir: str | None, window: str | None, st
         window_ms=_range(window, float), steps=_range(steps, int), reference_node=reference_node,
     )
     source = Path(input_dir)
-    result = merge(source, Path(output_dir) if output_dir else source.with_name(source.name + "-merged"), options)
+    default = source.with_name("merged" if source.name == "traces" else source.name + "-merged")
+    result = merge(source, Path(output_dir) if output_dir else default, options)
     if as_json:
         print_json(result.to_dict())
         return

@@ -211,7 +211,8 @@ def _merge(files: list[TraceFile], manifest: dict[str, Any] | None, output_dir: 
     priors = manifest_offsets(manifest)
     anchors = {i: scanned[i].anchors for i in ranks}
     group_of = {i: (files[i].dp_rank, files[i].pp_rank) for i in ranks}
-    collectives = match(anchors, group_of, {i: float(priors.get(node_of[i], 0)) for i in ranks})
+    prior = {i: float(priors.get(str(files[i].node), priors.get(files[i].node_name, 0))) for i in ranks}
+    collectives = match(anchors, group_of, prior)
     ref_file = next(i for i in ranks if files[i].node_name == reference)
     ref_anchor_starts = [a.start for a in scanned[ref_file].anchors]
     t0 = min(ref_anchor_starts) if ref_anchor_starts else (scanned[ref_file].span or (0, 0))[0]

@@ -168,12 +168,9 @@ def discover(input_dir: Path) -> tuple[list[TraceFile], dict[str, Any] | None]:
 
 
 def manifest_offsets(manifest: dict[str, Any] | None) -> dict[str, int]:
-    """The launch stage's measured node clock offsets (ns, node clock minus reference), as a prior."""
+    """The launch stage's measured node clock offsets (ns), keyed by node index (as a string) or name;
+    used only as a prior when choosing between equally consistent collective pairings."""
     raw = (manifest or {}).get("clock_offsets_ns") or {}
-    out: dict[str, int] = {}
-    if isinstance(raw, dict):
-        for key, value in raw.items():
-            if isinstance(value, (int, float)):
-                name = f"node{key}" if str(key).isdigit() else str(key)
-                out[name] = int(value)
-    return out
+    if not isinstance(raw, dict):
+        return {}
+    return {str(key): int(value) for key, value in raw.items() if isinstance(value, (int, float))}

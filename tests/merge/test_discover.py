@@ -47,7 +47,7 @@ def test_manifest_wins_over_names_and_gives_clock_priors(tmp_path):
     files, loaded = discover(tmp_path)
     assert [(f.path.name, f.node_name, f.global_rank, f.from_manifest) for f in files] == [
         ("a.trace.json.gz", "node1", 9, True), ("node7-TP0.trace.json.gz", "node7", None, False)]
-    assert manifest_offsets(loaded) == {"node1": 2500}
+    assert manifest_offsets(loaded) == {"1": 2500}
     assert files[0].output_name() == "node1-TP1-rank9.trace.json.gz"
 
 
