@@ -1,0 +1,23 @@
+"""benchmarks/launch_fanout.py runs as docs/performance.md shows (smallest case: 1 local node)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "launch_fanout.py"
+
+
+def test_fanout_benchmark_prints_its_table():
+    result = subprocess.run(
+        [sys.executable, str(SCRIPT), "--nodes", "1", "--backends", "local", "--repeat", "1"],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    header, row = result.stdout.splitlines()
+    assert header.split() == ["backend", "nodes", "preflight", "s", "start->ready", "s", "launch", "s", "stop", "s"]
+    fields = row.split()
+    assert fields[:2] == ["local", "1"]
+    preflight, ready, total, stop = map(float, fields[2:])
+    assert 0 < ready <= total and abs(preflight + ready - total) < 0.02 and stop > 0
