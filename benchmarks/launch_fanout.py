@@ -28,17 +28,18 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-# Before anything imports ray: keep the loopback cluster's driver on 127.0.0.1 (see the fixture).
-from tests.fixtures import ray_cluster as ray_fixture  # noqa: E402
+from magpie_trace.backends import make_backend
+from magpie_trace.config import SchedulerConfig
+from magpie_trace.launch import launch, stop
+from magpie_trace.plan import make_plan
+from magpie_trace.rundir import new_run_dir
 
-from magpie_trace.backends import make_backend  # noqa: E402
-from magpie_trace.config import SchedulerConfig  # noqa: E402
-from magpie_trace.launch import launch, stop  # noqa: E402
-from magpie_trace.plan import make_plan  # noqa: E402
-from magpie_trace.rundir import new_run_dir  # noqa: E402
-from tests.fixtures.sshd import SshdPool  # noqa: E402
-from tests.launch.simcluster import local_scheduler, sim_config  # noqa: E402
-from tests.launch.test_launch_ray import ray_scheduler  # noqa: E402
+# Importing the fixture module sets what keeps a loopback cluster's driver on 127.0.0.1; ray itself
+# is imported later, in ray_nodes().
+from tests.fixtures import ray_cluster as ray_fixture
+from tests.fixtures.sshd import SshdPool
+from tests.launch.simcluster import local_scheduler, sim_config
+from tests.launch.test_launch_ray import ray_scheduler
 
 SchedulerFor = Callable[[Path, int], SchedulerConfig]
 
@@ -108,7 +109,7 @@ def main() -> None:
         root = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="mt-fanout-")))
         for name in args.backends:
             if name == "local":
-                scheduler_for: SchedulerFor = lambda tmp, n: local_scheduler(tmp, n)  # noqa: E731
+                scheduler_for: SchedulerFor = lambda tmp, n: local_scheduler(tmp, n)
             elif name == "ssh":
                 (root / "sshd").mkdir()
                 scheduler_for = stack.enter_context(ssh_nodes(root / "sshd"))

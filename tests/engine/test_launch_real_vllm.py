@@ -18,7 +18,13 @@ from pathlib import Path
 
 import pytest
 
-from magpie_trace.config import Config, OutputConfig, SchedulerConfig, ServerConfig, validate
+from magpie_trace.config import (
+    Config,
+    OutputConfig,
+    SchedulerConfig,
+    ServerConfig,
+    validate,
+)
 from magpie_trace.launch import launch, stop
 from magpie_trace.plan import make_plan
 from magpie_trace.rundir import new_run_dir

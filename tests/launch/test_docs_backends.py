@@ -12,7 +12,7 @@ from magpie_trace.config import config_from_dict
 from magpie_trace.plan import make_plan
 
 DOCS = Path(__file__).resolve().parents[2] / "docs"
-BLOCK = re.compile(r"^```yaml\n(.*?)^```", re.S | re.M)
+BLOCK = re.compile(r"^```yaml\n(.*?)^```", re.DOTALL | re.MULTILINE)
 SNIPPETS = [
     pytest.param(text, id=f"{name}-{i}")
     for name in ("backends.md", "troubleshooting.md")

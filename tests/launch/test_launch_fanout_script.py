@@ -12,7 +12,7 @@ SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "launch_fanout.py"
 def test_fanout_benchmark_prints_its_table():
     result = subprocess.run(
         [sys.executable, str(SCRIPT), "--nodes", "1", "--backends", "local", "--repeat", "1"],
-        capture_output=True, text=True, timeout=120,
+        capture_output=True, text=True, timeout=120, check=False,
     )
     assert result.returncode == 0, result.stderr[-2000:]
     header, row = result.stdout.splitlines()
