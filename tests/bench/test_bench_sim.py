@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 import math
 import subprocess
 import sys
@@ -157,7 +158,8 @@ def test_stall_without_handles_is_caught_by_the_no_progress_watchdog(sim_run):
         run_benchmark(run.config, None, run.run_dir.bench, url=run.plan.head_url)
     assert time.monotonic() - started < 15
     assert caught.value.exit_code == 3
-    assert "no token progress for 2 s with 4 request(s) in flight" in str(caught.value)
+    # At least the 2 s threshold (more when the machine is busy and the check runs late).
+    assert re.search(r"no token progress for [2-9] s with 4 request\(s\) in flight", str(caught.value))
     assert json.loads((run.run_dir.bench / "result.json").read_text())["valid"] is False
 
 
