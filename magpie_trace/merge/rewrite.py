@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import bisect
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -22,7 +23,8 @@ import orjson
 from isal import igzip
 
 from magpie_trace.fsutil import temp_path_for
-from magpie_trace.merge import fields
+from magpie_trace.errors import TraceError
+from magpie_trace.merge import bytescan
 from magpie_trace.merge.gzipjoin import LEVEL, PartWriter
 
 CHUNK = 8 << 20
@@ -70,7 +72,6 @@ class RewriteResult:
     input_bytes: int
     merged: tuple[Path, int, int] | None  # (part path, crc, length)
     events_kept: int | None  # only counted when a window is cut
-    spliced: int  # values that did not fit their field
 
 
 class _Light(msgspec.Struct):
@@ -80,81 +81,49 @@ class _Light(msgspec.Struct):
     dur: float | None = None
 
 
+_KEY_AHEAD = re.compile(rb'\s*"[^"\\]{1,64}"\s*:')
+
+
 def _cut_point(block: bytes, start: int, cuts: list[tuple[int, int]], cut_starts: list[int]) -> int:
-    """A split position in `block` right before a `,` that separates keys or events and that lies
-    outside every byte range we drop; values never straddle it."""
+    """A split position in `block`: right before a `,` that is followed by an object key (so the
+    split is outside every string and value) and outside every byte range we drop."""
     k = len(block)
     while True:
         k = block.rfind(b",", 0, k)
         if k <= 0:
             return len(block)
-        j = k + 1
-        while j < len(block) and block[j] in _WS:
-            j += 1
-        if j < len(block) and block[j] in b'"{':
+        if _KEY_AHEAD.match(block, k + 1):
             i = bisect.bisect_right(cut_starts, start + k) - 1
             if i < 0 or not (cuts[i][0] <= start + k < cuts[i][1]):
                 return k
 
 
 class _Rewriter:
+    """Rewrites one file's chunks; keeps the file's pid mapping across chunks."""
+
     def __init__(self, job: RewriteJob) -> None:
         self.job = job
-        self.pids: dict[bytes, int] = {}
-        self.spliced = 0
-        self.drift = job.transform.drift_ppm != 0.0
-
-    def _pid(self, token: bytes) -> int:
-        if token not in self.pids:
-            if len(self.pids) >= PIDS_PER_FILE - 1:
-                raise ValueError(f"{self.job.label}: more than {PIDS_PER_FILE - 1} processes in one trace")
-            self.pids[token] = self.job.index * PIDS_PER_FILE + len(self.pids) + 1
-        return self.pids[token]
-
-    def _new_pids(self, buf: np.ndarray, pids: fields.Numbers) -> np.ndarray:
-        new = np.zeros(len(pids.pos), dtype=np.int64)
-        num = np.flatnonzero(pids.isnum)
-        if len(num):
-            uniq, inverse = np.unique(pids.vals[num], return_inverse=True)
-            table = np.array([self._pid(str(int(u)).encode()) for u in uniq], dtype=np.int64)
-            new[num] = table[inverse.ravel()]
-        for i in np.flatnonzero(~pids.isnum):
-            new[i] = self._pid(fields.token(buf, int(pids.pos[i]), int(pids.width[i])))
-        return new
+        self.pids: dict[bytes, int] = {}  # original pid token -> merged pid
+        self.pid_num, self.pid_str = bytescan.pid_maps()
+        self.pid_next = np.array([job.index * PIDS_PER_FILE], dtype=np.int64)
+        self.new_pids = np.zeros((bytescan.NEW_PID_CAP, 4), dtype=np.int64)
 
     def chunk(self, chunk: bytes, aligned: bool, merged: bool, cuts: list[tuple[int, int]]) -> tuple[bytes | None, bytes | None]:
         """One chunk rewritten for the aligned file and/or the merged part (`cuts`: ranges to drop there)."""
-        buf = np.frombuffer(chunk + b" " * fields.WINDOW, dtype=np.uint8)
-        keys = (b"ts",) + ((b"dur",) if self.drift else ()) + ((b"pid", b"id") if merged else ())
-        pos = fields.find_keys(buf, keys)
-        timed = buf.copy()  # the aligned bytes; the merged ones start from a copy of them
-        outs = [timed]
-        ts = fields.read(buf, pos[b"ts"])
-        rows = np.flatnonzero(ts.isnum)
-        starts = ts.vals[rows]
-        common = fields.write(outs, ts, rows, self.job.transform.apply(starts))
-        if self.drift and len(pos[b"dur"]):
-            dur = fields.read(buf, pos[b"dur"])
-            owner = np.searchsorted(ts.pos[rows], dur.pos) - 1
-            drows = np.flatnonzero(dur.isnum & (owner >= 0))
-            start = starts[owner[drows]]
-            new = self.job.transform.apply(start + dur.vals[drows]) - self.job.transform.apply(start)
-            common += fields.write(outs, dur, drows, new)
-        self.spliced += len(common)
-        out_aligned = out_merged = None
-        if aligned:
-            out_aligned = fields.splice(timed[: len(chunk)].tobytes(), common)
-        if merged:
-            m_out = timed.copy() if aligned else timed
-            extra = [(lo, hi, b"") for lo, hi in cuts]
-            pids = fields.read(buf, pos[b"pid"], decimals=0)
-            extra += fields.write([m_out], pids, np.arange(len(pids.pos)), self._new_pids(buf, pids))
-            ids = fields.read(buf, pos[b"id"], decimals=0)
-            irows = np.flatnonzero(ids.isnum)
-            extra += fields.write([m_out], ids, irows, ids.vals[irows] * self.job.n_files + self.job.index)
-            self.spliced += len(extra) - len(cuts)
-            out_merged = fields.splice(m_out[: len(chunk)].tobytes(), common + extra)
-        return out_aligned, out_merged
+        src = np.frombuffer(chunk, dtype=np.uint8)
+        cap = 4 * len(chunk) + 1024  # a value grows by at most ~20 bytes and takes at least 6 with its key
+        out_a = np.empty(cap if aligned else 0, dtype=np.uint8)
+        out_m = np.empty(cap if merged else 0, dtype=np.uint8)
+        t = self.job.transform
+        cut_rows = np.array(cuts, dtype=np.int64).reshape(-1, 2)
+        la, lm, n_new = bytescan.rewrite(
+            src, out_a, out_m, aligned, merged, t.base_in, t.base_out, t.offset_ns, t.drift_ppm * 1e-6, t.t0_ns,
+            cut_rows, self.pid_num, self.pid_str, self.pid_next, self.new_pids, self.job.n_files, self.job.index)
+        if n_new < 0 or self.pid_next[0] >= (self.job.index + 1) * PIDS_PER_FILE:
+            raise TraceError(f"{self.job.label}: more than {PIDS_PER_FILE - 1} processes in one trace")
+        for new_pid, kind, a, b in self.new_pids[:n_new].tolist():
+            self.pids[chunk[a:b] if kind else str(a).encode()] = new_pid
+        return (out_a[:la].tobytes() if aligned else None), (out_m[:lm].tobytes() if merged else None)
 
     def stream(self, path: Path, lo: int, hi: int, cuts: list[tuple[int, int]], sinks: tuple[Any, Any]) -> None:
         """Rewrite bytes [lo, hi) of `path` chunk by chunk into (aligned sink, merged sink)."""
@@ -298,4 +267,4 @@ def rewrite(job: RewriteJob) -> RewriteResult:
         if tmp_aligned is not None and tmp_aligned.exists():
             tmp_aligned.unlink()
         raise
-    return RewriteResult(job.index, ev_hi - ev_lo, merged, kept, rw.spliced)
+    return RewriteResult(job.index, ev_hi - ev_lo, merged, kept)

@@ -1,5 +1,5 @@
-"""The byte-level value rewriter against orjson: any event array, any printing of its numbers, gives
-exactly the transformed nanoseconds, and the result is still valid JSON with everything else intact."""
+"""The compiled byte scanner against a Decimal-exact JSON parser: any event array, any printing of its
+numbers, gives exactly the transformed nanoseconds, and valid JSON with everything else intact."""
 
 from __future__ import annotations
 
@@ -12,7 +12,6 @@ import orjson
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from magpie_trace.merge import fields
 from magpie_trace.merge.rewrite import RewriteJob, Transform, _Rewriter
 
 SPACES = st.sampled_from(["", " ", "  ", "\n    "])
@@ -70,10 +69,22 @@ def test_rewritten_timestamps_are_exact(array, offset, drift):
     assert len({p for p in pids}) == len({e["pid"] for e in src})
 
 
-def test_find_keys_ignores_keys_inside_strings():
-    buf = np.frombuffer(b'{"name": "a, \\"ts\\": 5", "ts": 7}' + b" " * fields.WINDOW, dtype=np.uint8)
-    (pos,) = fields.find_keys(buf, (b"ts",)).values()
-    assert len(pos) == 1 and bytes(buf[pos[0] : pos[0] + 2]) == b" 7"
+def test_keys_inside_strings_are_left_alone():
+    data = b'{"name": "a, \\"ts\\": 5", "ts": 7, "args": {"s": "\\\\"}, "dur": 2}'
+    aligned, _ = _Rewriter(_job(0.0, 0.0)).chunk(data, True, False, [])
+    doc = orjson.loads(aligned)
+    assert doc["name"] == orjson.loads(data)["name"] and doc["args"] == {"s": "\\"}
+    assert round(doc["ts"] * 1000) == 7000 + 10**9 and doc["dur"] == 2
+
+
+def test_merged_output_drops_the_cut_ranges_and_names_every_pid():
+    data = b'{"pid": "Spans", "ts": 1}, {"pid": 12345, "ts": 2}, {"pid": 3, "ts": 3}'
+    rw = _Rewriter(_job(0.0, 0.0))
+    cut = (data.index(b', {"pid": 3'), len(data))
+    _, merged = rw.chunk(data, False, True, [cut])
+    events = orjson.loads(b"[" + merged + b"]")
+    assert [e["pid"] for e in events] == [2001, 2002]
+    assert rw.pids == {b'"Spans"': 2001, b"12345": 2002}
 
 
 def test_flow_ids_are_made_unique_per_file():

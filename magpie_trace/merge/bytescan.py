@@ -1,0 +1,299 @@
+"""One compiled pass over a chunk of a Kineto event array that writes its aligned and merged versions.
+
+Why compiled: the merge touches every event (its `ts`, and in the merged file its `pid`), millions per
+file; Python objects per event, or even numpy passes per key, cost 10x the rest of the pipeline. This
+scanner (numba, cached on disk after the first run) walks the bytes once, knows when it is inside a
+JSON string, and rewrites the values of the keys `ts`, `dur` (when there is drift), `pid` and `id`:
+
+- aligned output: `ts` mapped onto the reference clock, `dur` so that the end maps like the start;
+  everything else byte-for-byte;
+- merged output: the same, plus every pid replaced by a dense per-file integer (numbers and strings
+  alike), flow ids made unique per file, and the given byte ranges (the file's own process metadata)
+  left out.
+
+Numbers are handled as exact integers (ns for timestamps): `ts`/`dur` are written like Kineto does,
+microseconds with three decimals.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+from numba.core import types
+from numba.typed import Dict
+
+_KEY_TS, _KEY_DUR, _KEY_PID, _KEY_ID = 1, 2, 3, 4
+NEW_PID_CAP = 4096  # distinct pids one chunk may introduce
+
+
+def pid_maps() -> tuple[Dict, Dict]:
+    """(numeric pid -> new pid, string-pid hash -> new pid), kept across the chunks of one file."""
+    return (Dict.empty(key_type=types.int64, value_type=types.int64),
+            Dict.empty(key_type=types.int64, value_type=types.int64))
+
+
+@njit(cache=True, nogil=True)
+def _is_ws(c: int) -> bool:
+    return c == 32 or c == 10 or c == 13 or c == 9
+
+
+@njit(cache=True, nogil=True)
+def _key_before(src: np.ndarray, i: int) -> int:
+    """Which rewritten key ends at the colon src[i] (0: none). A key must be `"ts"`, `"dur"`, `"pid"`
+    or `"id"` (optionally followed by whitespace) whose opening quote follows `{`, `,` or whitespace.
+    Inside a JSON string a quote is escaped, so string content never looks like this."""
+    k = i - 1
+    while k > 0 and _is_ws(src[k]):
+        k -= 1
+    if k < 4 or src[k] != 34:
+        return 0
+    if src[k - 1] == 115 and src[k - 2] == 116 and src[k - 3] == 34:  # "ts"
+        code, q = _KEY_TS, k - 3
+    elif src[k - 1] == 100 and src[k - 2] == 105 and src[k - 3] == 34:  # "id"
+        code, q = _KEY_ID, k - 3
+    elif src[k - 1] == 100 and src[k - 2] == 105 and src[k - 3] == 112 and src[k - 4] == 34:  # "pid"
+        code, q = _KEY_PID, k - 4
+    elif src[k - 1] == 114 and src[k - 2] == 117 and src[k - 3] == 100 and src[k - 4] == 34:  # "dur"
+        code, q = _KEY_DUR, k - 4
+    else:
+        return 0
+    if q == 0:
+        return code
+    before = src[q - 1]
+    return code if (before == 123 or before == 44 or _is_ws(before)) else 0
+
+
+@njit(cache=True, nogil=True)
+def _parse(src: np.ndarray, j: int, n: int, scale: int) -> tuple[bool, int, int]:
+    """JSON number at j -> (ok, value * 10**scale rounded half up, end)."""
+    k = j
+    neg = False
+    if k < n and src[k] == 45:
+        neg = True
+        k += 1
+    m = 0
+    nd = 0
+    e = 0
+    first = k
+    while k < n and 48 <= src[k] <= 57:
+        if nd < 18:
+            m = m * 10 + (src[k] - 48)
+            nd += 1
+        else:
+            e += 1
+        k += 1
+    if k == first:
+        return False, 0, j
+    if k < n and src[k] == 46:
+        k += 1
+        f0 = k
+        while k < n and 48 <= src[k] <= 57:
+            if nd < 18:
+                m = m * 10 + (src[k] - 48)
+                nd += 1
+                e -= 1
+            k += 1
+        if k == f0:
+            return False, 0, j
+    if k < n and (src[k] == 101 or src[k] == 69):
+        k += 1
+        eneg = False
+        if k < n and (src[k] == 43 or src[k] == 45):
+            eneg = src[k] == 45
+            k += 1
+        ev = 0
+        e0 = k
+        while k < n and 48 <= src[k] <= 57:
+            ev = ev * 10 + (src[k] - 48)
+            k += 1
+        if k == e0:
+            return False, 0, j
+        e += -ev if eneg else ev
+    p = e + scale
+    if p >= 0:
+        for _ in range(p):
+            m *= 10
+    elif p > -19:
+        div = 1
+        for _ in range(-p):
+            div *= 10
+        q = m // div
+        if 2 * (m % div) >= div:
+            q += 1
+        m = q
+    else:
+        m = 0
+    return True, -m if neg else m, k
+
+
+@njit(cache=True, nogil=True)
+def _copy(out: np.ndarray, o: int, src: np.ndarray, lo: int, hi: int) -> int:
+    """src[lo:hi] -> out[o:] (a block copy; the spans between edits are long)."""
+    if hi <= lo:
+        return o
+    out[o : o + hi - lo] = src[lo:hi]
+    return o + hi - lo
+
+
+@njit(cache=True, nogil=True)
+def _flush(out: np.ndarray, o: int, src: np.ndarray, last: int, upto: int, cuts: np.ndarray,
+           cm: int) -> tuple[int, int, int]:
+    """Copy src[last:upto] to out, leaving out the cut ranges; returns (o, last, next cut index)."""
+    while cm < cuts.shape[0] and cuts[cm, 0] < upto:
+        o = _copy(out, o, src, last, cuts[cm, 0])
+        last = max(last, cuts[cm, 1])
+        cm += 1
+    o = _copy(out, o, src, last, upto)
+    return o, max(last, upto), cm
+
+
+@njit(cache=True, nogil=True)
+def _put_int(out: np.ndarray, o: int, v: int) -> int:
+    if v < 0:
+        out[o] = 45
+        o += 1
+        v = -v
+    d = 1
+    t = v
+    while t >= 10:
+        t //= 10
+        d += 1
+    p = o + d - 1
+    while True:
+        out[p] = 48 + v % 10
+        v //= 10
+        p -= 1
+        if v == 0:
+            break
+    return o + d
+
+
+@njit(cache=True, nogil=True)
+def _put_ns(out: np.ndarray, o: int, v: int) -> int:
+    """ns -> `[-]us.fff`, as Kineto prints."""
+    if v < 0:
+        out[o] = 45
+        o += 1
+        v = -v
+    o = _put_int(out, o, v // 1000)
+    f = v % 1000
+    out[o] = 46
+    out[o + 1] = 48 + f // 100
+    out[o + 2] = 48 + (f // 10) % 10
+    out[o + 3] = 48 + f % 10
+    return o + 4
+
+
+@njit(cache=True, nogil=True)
+def _to_output(v: int, base_in: int, base_out: int, offset: float, drift: float, t0: int) -> int:
+    c = v + base_in
+    return c - np.int64(np.rint(offset + drift * float(c - t0))) - base_out
+
+
+@njit(cache=True, nogil=True)
+def _string_end(src: np.ndarray, i: int, n: int) -> int:
+    """Index after the string that opens at i."""
+    k = i + 1
+    while k < n and src[k] != 34:
+        k += 2 if src[k] == 92 else 1
+    return min(k + 1, n)
+
+
+@njit(cache=True, nogil=True)
+def rewrite(src: np.ndarray, out_a: np.ndarray, out_m: np.ndarray, want_a: bool, want_m: bool,
+            base_in: int, base_out: int, offset: float, drift: float, t0: int, cuts: np.ndarray,
+            pid_num: Dict, pid_str: Dict, pid_next: np.ndarray, new_pids: np.ndarray,
+            flow_mul: int, flow_add: int) -> tuple[int, int, int]:
+    """Rewrite src into out_a (aligned) and/or out_m (merged); returns their lengths and how many
+    rows of new_pids ([new pid, 0 number | 1 string, value | start, end]) were filled (-1: too many).
+    `drift` is ppm * 1e-6; cuts are sorted, disjoint [start, end) rows left out of out_m.
+
+    The scan only finds the values to change; the bytes between them are block-copied."""
+    n = src.size
+    i = 0
+    oa = om = 0
+    last_a = last_m = 0
+    ci = cm = 0
+    ncut = cuts.shape[0]
+    n_new = 0
+    last_ts = 0
+    fix_dur = drift != 0.0
+    while i < n:
+        if src[i] != 58:  # look only at colons: every key ends with one
+            i += 1
+            continue
+        code = _key_before(src, i)
+        j = i + 1
+        if code == 0:
+            i = j
+            continue
+        while j < n and _is_ws(src[j]):
+            j += 1
+        i = j
+        while ci < ncut and cuts[ci, 1] <= i:
+            ci += 1
+        m_on = want_m and not (ci < ncut and cuts[ci, 0] <= i)
+        if code == _KEY_PID and i < n and src[i] == 34:  # a string pid, e.g. "Spans"
+            end = _string_end(src, i, n)
+            if m_on:
+                h = np.int64(1469598103934665603)
+                for q in range(i, end):
+                    h = (h ^ np.int64(src[q])) * np.int64(1099511628211)
+                if h not in pid_str:
+                    if n_new == new_pids.shape[0]:
+                        return oa, om, -1
+                    pid_next[0] += 1
+                    pid_str[h] = pid_next[0]
+                    new_pids[n_new, 0] = pid_next[0]
+                    new_pids[n_new, 1] = 1
+                    new_pids[n_new, 2] = i
+                    new_pids[n_new, 3] = end
+                    n_new += 1
+                om, last_m, cm = _flush(out_m, om, src, last_m, i, cuts, cm)
+                om = _put_int(out_m, om, pid_str[h])
+                last_m = end
+            i = end
+            continue
+        scale = 3 if code <= _KEY_DUR else 0
+        ok, v, end = _parse(src, i, n, scale)
+        if not ok:  # null, a string, ...: left as it is
+            i += 1
+            continue
+        if code == _KEY_TS or (code == _KEY_DUR and fix_dur):
+            if code == _KEY_TS:
+                last_ts = v
+                new = _to_output(v, base_in, base_out, offset, drift, t0)
+            else:
+                new = (_to_output(last_ts + v, base_in, base_out, offset, drift, t0)
+                       - _to_output(last_ts, base_in, base_out, offset, drift, t0))
+            if want_a:
+                oa = _copy(out_a, oa, src, last_a, i)
+                oa = _put_ns(out_a, oa, new)
+                last_a = end
+            if m_on:
+                om, last_m, cm = _flush(out_m, om, src, last_m, i, cuts, cm)
+                om = _put_ns(out_m, om, new)
+                last_m = end
+        elif m_on and (code == _KEY_PID or code == _KEY_ID):
+            if code == _KEY_PID:
+                if v not in pid_num:
+                    if n_new == new_pids.shape[0]:
+                        return oa, om, -1
+                    pid_next[0] += 1
+                    pid_num[v] = pid_next[0]
+                    new_pids[n_new, 0] = pid_next[0]
+                    new_pids[n_new, 1] = 0
+                    new_pids[n_new, 2] = v
+                    n_new += 1
+                new = pid_num[v]
+            else:
+                new = v * flow_mul + flow_add
+            om, last_m, cm = _flush(out_m, om, src, last_m, i, cuts, cm)
+            om = _put_int(out_m, om, new)
+            last_m = end
+        i = end
+    if want_a:
+        oa = _copy(out_a, oa, src, last_a, n)
+    if want_m:
+        om, last_m, cm = _flush(out_m, om, src, last_m, n, cuts, cm)
+    return oa, om, n_new
