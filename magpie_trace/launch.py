@@ -163,14 +163,19 @@ def wait_ready(plan: Plan, backend: Backend, state: LaunchState, timeout_s: floa
 
 
 def check_alive(plan: Plan, backend: Backend, state: LaunchState, during: str) -> None:
-    """Raise NodeError naming the first node whose process has exited, with its code and log."""
-    for node in plan.nodes:
-        handle = state.handles.get(node.name)
-        if handle is None:
+    """Raise NodeError naming the first node whose process has exited, with its code and log.
+
+    Every node is asked at once: one round trip per pass, however many nodes there are.
+    """
+    started = [node for node in plan.nodes if node.name in state.handles]
+    alive = on_nodes(
+        lambda node: backend.alive(plan.node_config(node.index), state.handles[node.name]), started
+    )
+    for node in started:
+        if alive[node.name]:
             continue
         config = plan.node_config(node.index)
-        if backend.alive(config, handle):
-            continue
+        handle = state.handles[node.name]
         code = backend.exit_code(config, handle)
         code_text = "unknown code" if code is None else f"code {code}"
         raise NodeError(

@@ -21,6 +21,7 @@ from magpie_trace.fanout import on_nodes
 from magpie_trace.fsutil import atomic_write_bytes
 from magpie_trace.plan import NodePlan, Plan
 from magpie_trace.rundir import RunDir
+from magpie_trace.secrets import is_secret
 
 # Constant scripts; config values only ever travel as separate argv words.
 _PORTS_SCRIPT = """
@@ -117,7 +118,10 @@ def _engine_version(plan: Plan, backend: Backend, node: NodePlan) -> str | None:
         "sglang": [python_of(plan), "-c", "import sglang; print(sglang.__version__)"],
         "sim": [python_of(plan), "-c", "import magpie_trace; print(magpie_trace.__version__)"],
     }
-    result = backend.run(plan.node_config(node.index), probes[plan.engine], 120)
+    # The engine may need the node's env to start at all (PATH, LD_LIBRARY_PATH, ...). Values
+    # travel as argv words here, so secret-looking ones stay out (they do not affect an import).
+    env = [f"{key}={value}" for key, value in node.env.items() if not is_secret(key)]
+    result = backend.run(plan.node_config(node.index), ["env", *env, *probes[plan.engine]], 120)
     lines = [line.strip() for line in result.stdout.splitlines() if line.strip()]
     if result.returncode != 0 or not lines:
         return None
@@ -128,8 +132,8 @@ def _planned_ports(plan: Plan, node: NodePlan) -> list[int]:
     ports = []
     if node.serves_http or plan.engine == "sglang":
         ports.append(plan.port)  # SGLang's worker nodes bind it too, for their dummy /health
-    if node.index == 0 and node.argv is not None:
-        ports.append(plan.rendezvous_port)
+    if node.index == 0 and node.argv is not None and plan.config.server.executor != "ray":
+        ports.append(plan.rendezvous_port)  # vLLM's Ray executor rendezvouses through Ray
     return ports
 
 

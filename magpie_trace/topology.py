@@ -122,23 +122,28 @@ def place_ranks(engine: str, layout: Layout) -> list[list[Rank]]:
     return _place_vllm(layout)
 
 
-def _ep_rank(engine: str, layout: Layout, tp: int, dp: int) -> int:
+def vllm_coordinates(global_rank: int, tp: int, pp: int, ep: int) -> tuple[int, int, int, int]:
+    """(tp, pp, dp, ep) ranks of a global rank in vLLM's order: global = dp*(tp*pp) + pp*tp + tp.
+
+    The EP rank is the rank in vLLM's EP group (DP x TP within a PP stage) when EP is on, else 0.
+    """
+    dp_rank, rest = divmod(global_rank, tp * pp)
+    pp_rank, tp_rank = divmod(rest, tp)
+    return tp_rank, pp_rank, dp_rank, (dp_rank * tp + tp_rank if ep > 1 else 0)
+
+
+def _sglang_ep_rank(layout: Layout, tp: int, dp: int) -> int:
     if layout.ep <= 1:
         return 0
-    if engine == "vllm":
-        return dp * layout.tp + tp
     return (dp * layout.tp + tp) // (layout.tp * layout.dp // layout.ep)
 
 
 def _place_vllm(layout: Layout) -> list[list[Rank]]:
     nodes: list[list[Rank]] = [[] for _ in range(layout.nnodes)]
     for global_rank in range(layout.world_size):
-        dp, rest = divmod(global_rank, layout.replica_size)
-        pp, tp = divmod(rest, layout.tp)
+        tp, pp, dp, ep = vllm_coordinates(global_rank, layout.tp, layout.pp, layout.ep)
         node, local = divmod(global_rank, layout.ranks_per_node)
-        nodes[node].append(
-            Rank(global_rank, node, local, tp, pp, dp, _ep_rank("vllm", layout, tp, dp))
-        )
+        nodes[node].append(Rank(global_rank, node, local, tp, pp, dp, ep))
     return nodes
 
 
@@ -165,6 +170,6 @@ def _place_sglang(layout: Layout) -> list[list[Rank]]:
                     global_rank = dp * layout.replica_size + pp * layout.tp + tp
                     nodes[node].append(
                         Rank(global_rank, node, len(nodes[node]), tp, pp, dp,
-                             _ep_rank("sglang", layout, tp, dp))
+                             _sglang_ep_rank(layout, tp, dp))
                     )
     return nodes

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from magpie_trace.topology import vllm_coordinates
+
 
 @dataclass(frozen=True)
 class Layout:
@@ -38,14 +40,9 @@ class RankPlace:
 
 
 def place(layout: Layout, global_rank: int) -> RankPlace:
-    """vLLM ordering: global = dp * (tp * pp) + pp_rank * tp + tp_rank.
-
-    The EP rank is the rank in vLLM's EP group (DP x TP within a PP stage) when EP is on, else 0.
-    """
-    dp, rank_in_dp = divmod(global_rank, layout.replica_size)
-    pp, tp = divmod(rank_in_dp, layout.tp)
-    ep = dp * layout.tp + tp if layout.ep > 1 else 0
-    return RankPlace(global_rank, dp, pp, tp, ep, rank_in_dp)
+    """The rank's coordinates in vLLM's order (the planner's rule, topology.vllm_coordinates)."""
+    tp, pp, dp, ep = vllm_coordinates(global_rank, layout.tp, layout.pp, layout.ep)
+    return RankPlace(global_rank, dp, pp, tp, ep, global_rank % layout.replica_size)
 
 
 @dataclass(frozen=True)
