@@ -4,8 +4,9 @@ Choices that keep the client from being the bottleneck (see the research notes):
 allows at least `concurrency` connections (aiohttp's default of 100 caps throughput silently), a
 10 MiB read buffer (the 64 KiB default collapses long outputs), keep-alive connections reused
 across requests, and each chunk timestamped with perf_counter_ns right where its bytes are read.
-`stream_options.include_usage` makes the server report token counts; a tokenizer, when given,
-counts the text too as a cross-check.
+A request's start is stamped when its body is written (aiohttp's trace hook), so the client's own
+backlog is not counted as server latency; it is kept as send lag. `stream_options.include_usage`
+makes the server report token counts; a tokenizer, when given, counts the text too.
 """
 
 from __future__ import annotations
@@ -65,14 +66,22 @@ class StreamClient:
         connector = aiohttp.TCPConnector(
             limit=max(self.concurrency, 1) + 8, limit_per_host=0, keepalive_timeout=60, ttl_dns_cache=300
         )
+        tracing = aiohttp.TraceConfig()
+        tracing.on_request_chunk_sent.append(self._body_written)
         self._session = aiohttp.ClientSession(
-            connector=connector, timeout=self.timeout, read_bufsize=READ_BUFSIZE, trust_env=False
+            connector=connector, timeout=self.timeout, read_bufsize=READ_BUFSIZE, trust_env=False,
+            trace_configs=[tracing],
         )
         return self
 
     async def __aexit__(self, *exc: Any) -> None:
         if self._session is not None:
             await self._session.close()
+
+    async def _body_written(self, session: Any, context: Any, params: Any) -> None:
+        record = context.trace_request_ctx
+        if isinstance(record, RequestRecord) and record.wire_ns is None:
+            record.wire_ns = self.now()
 
     async def open_connections(self, count: int) -> None:
         """Open `count` keep-alive connections before a load point starts.
@@ -118,7 +127,8 @@ class StreamClient:
         record.sent_ns = self.now()
         try:
             async with self._session.post(
-                self.url, data=data, headers={"Content-Type": "application/json"}
+                self.url, data=data, headers={"Content-Type": "application/json"},
+                trace_request_ctx=record,
             ) as response:
                 record.http_status = response.status
                 if response.status != 200:

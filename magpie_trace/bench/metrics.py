@@ -1,6 +1,10 @@
 """Per-request numbers and their aggregates, with `vllm bench serve`'s definitions and key names.
 
-- TTFT: send -> first SSE chunk that has `choices` (its text may be empty).
+- TTFT: send -> first SSE chunk that has `choices` (its text may be empty). "Send" is when the
+  request body is written to the socket (vLLM stamps just before `session.post`; on Python < 3.12
+  aiohttp writes the body from a task that runs after every other ready callback, so that stamp
+  would count the client's own backlog as server latency). The backlog is reported on its own as
+  `send_lag` (issue -> written), the client's self-check.
 - TPOT: (E2EL - TTFT) / (output_tokens - 1), per request with more than one output token.
 - ITL: every gap between consecutive chunks with `choices`, pooled over requests.
 - E2EL: send -> last chunk with `choices` (the trailing usage chunk and [DONE] do not count).
@@ -30,6 +34,7 @@ class RequestRecord:
     max_tokens: int
     scheduled_ns: int = 0
     sent_ns: int | None = None
+    wire_ns: int | None = None
     first_chunk_ns: int | None = None
     chunk_ns: list[int] = field(default_factory=list)
     prompt_tokens: int | None = None
@@ -66,15 +71,25 @@ class RequestRecord:
     def input_tokens(self) -> int:
         return self.prompt_tokens if self.prompt_tokens is not None else self.prompt_tokens_expected
 
+    @property
+    def start_ns(self) -> int | None:
+        """When the request left: body written (wire_ns), else issued (sent_ns)."""
+        return self.wire_ns if self.wire_ns is not None else self.sent_ns
+
     def ttft_ms(self) -> float | None:
-        if self.sent_ns is None or self.first_chunk_ns is None:
+        if self.start_ns is None or self.first_chunk_ns is None:
             return None
-        return (self.first_chunk_ns - self.sent_ns) * MS
+        return (self.first_chunk_ns - self.start_ns) * MS
 
     def e2el_ms(self) -> float | None:
-        if self.sent_ns is None or not self.chunk_ns:
+        if self.start_ns is None or not self.chunk_ns:
             return None
-        return (self.chunk_ns[-1] - self.sent_ns) * MS
+        return (self.chunk_ns[-1] - self.start_ns) * MS
+
+    def send_lag_ms(self) -> float | None:
+        if self.sent_ns is None or self.wire_ns is None:
+            return None
+        return (self.wire_ns - self.sent_ns) * MS
 
     def tpot_ms(self) -> float | None:
         ttft, e2el, out = self.ttft_ms(), self.e2el_ms(), self.output_tokens
@@ -95,6 +110,7 @@ class RequestRecord:
             "scheduled_ns": self.scheduled_ns,
             "queued_ns": self.queued_ns,
             "sent_ns": self.sent_ns,
+            "wire_ns": self.wire_ns,
             "first_chunk_ns": self.first_chunk_ns,
             "last_chunk_ns": self.last_chunk_ns,
             "chunk_ns": self.chunk_ns,
@@ -171,6 +187,8 @@ def aggregate(
     out.update(distribution([v for v in tpots if v is not None], percentiles, "tpot"))
     out.update(distribution([v for r in done for v in r.itls_ms()], percentiles, "itl"))
     out.update(distribution([v for v in e2els if v is not None], percentiles, "e2el"))
+    lags = [r.send_lag_ms() for r in done]
+    out.update(distribution([v for v in lags if v is not None], percentiles, "send_lag"))
     out.update(_token_check(done))
     return out
 
@@ -189,7 +207,7 @@ def peaks(done: list[RequestRecord]) -> dict[str, float]:
     """max_output_tokens_per_s (1 s buckets of chunk arrivals) and max_concurrent_requests."""
     if not done:
         return {"max_output_tokens_per_s": 0.0, "max_concurrent_requests": 0}
-    start = min(r.sent_ns for r in done if r.sent_ns is not None)
+    start = min(r.start_ns for r in done if r.start_ns is not None)
     end = max(r.chunk_ns[-1] for r in done)
     seconds = int((end - start) // 1_000_000_000) + 1
     tokens = np.zeros(seconds)
@@ -197,7 +215,7 @@ def peaks(done: list[RequestRecord]) -> dict[str, float]:
     for r in done:
         for t in r.chunk_ns:
             tokens[(t - start) // 1_000_000_000] += 1
-        first = (r.sent_ns - start) // 1_000_000_000
+        first = (r.start_ns - start) // 1_000_000_000
         last = (r.chunk_ns[-1] - start) // 1_000_000_000
         busy[first : last + 1] += 1
     return {"max_output_tokens_per_s": float(tokens.max()), "max_concurrent_requests": int(busy.max())}
