@@ -75,7 +75,7 @@ def test_sweep_writes_every_output_and_vllm_keys(sim_run):
     point = data["points"][1]
     for key in ("request_throughput", "output_throughput", "total_token_throughput",
                 "mean_ttft_ms", "median_tpot_ms", "p99_itl_ms", "p90_e2el_ms", "request_goodput",
-                "max_output_tokens_per_s", "completed", "failed", "duration"):
+                "max_output_tokens_per_s", "completed", "failed", "duration", "median_send_lag_ms"):
         assert point[key] is not None, key
     assert point["completed"] == 12 and point["total_output_tokens"] == 72
     assert point["reconciliation_error_pct"] == 0  # server counted exactly the client's tokens
