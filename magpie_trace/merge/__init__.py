@@ -98,10 +98,6 @@ def _run(fn: Callable[[T], R], items: Iterable[T], jobs: int) -> list[R]:
         return list(pool.map(fn, items))
 
 
-def _scan(args: tuple[TraceFile, Path]) -> Scanned:
-    return scan(*args)
-
-
 def _resolve_ranks(scanned: list[Scanned]) -> None:
     """Fill global ranks from distributedInfo and refuse two files that claim one rank."""
     owners: dict[int, Path] = {}
@@ -195,7 +191,7 @@ def merge(input_dir: Path, output_dir: Path, options: MergeOptions | None = None
 
 def _merge(files: list[TraceFile], manifest: dict[str, Any] | None, output_dir: Path, work: Path,
            opts: MergeOptions, started: float) -> MergeResult:
-    scanned = _run(_scan, [(tf, work / f"{i}.json") for i, tf in enumerate(files)], opts.jobs)
+    scanned = _run(scan, files, opts.jobs)
     files = [sc.file for sc in scanned]  # workers return their own (updated) copies
     _resolve_ranks(scanned)
     warnings: list[str] = [f"{tf.path.name}: {note}" for tf in files for note in tf.notes]
@@ -246,7 +242,8 @@ def _merge(files: list[TraceFile], manifest: dict[str, Any] | None, output_dir: 
                 "clock_offset_ns": round(fit.offset_ns, 1), "clock_drift_ppm": fit.drift_ppm, "t0_ns": fit.t0_ns,
                 "method": fit.method, "reference_node": reference}
         jobs.append(RewriteJob(
-            index=k, n_files=len(order), label=tf.label, temp=sc.temp, events=sc.events, top=sc.top,
+            index=k, n_files=len(order), label=tf.label, source=tf.path, events=sc.events, top=sc.top,
+            values=sc.values,
             has_base=sc.base_ns is not None,
             transform=Transform(sc.base_ns or 0, base_out, fit.offset_ns, fit.drift_ppm, fit.t0_ns),
             meta_cuts=sc.meta_cuts, process_names=sc.process_names,

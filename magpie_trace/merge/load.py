@@ -1,18 +1,19 @@
-"""Pass 1 over each trace: check it is a Kineto trace, keep a decompressed copy, pick out the few events
-the merge needs (collectives, process metadata, steps, the profiler span) without building objects for
-the rest.
+"""Pass 1 over each trace: check it is a Kineto trace and pick out the few events the merge needs
+(collectives, process metadata, steps, the profiler span) without building objects for the rest.
 
-The decompressed copy goes to a temp file so pass 2 reads plain bytes instead of inflating again
-(inflate is the most expensive step we control). Memory stays near one uncompressed trace.
+The file is inflated once into a buffer of its exact size (gzip records it), so memory stays at one
+uncompressed trace; pass 2 inflates it again as a stream, which is cheaper than writing and reading
+back a decompressed copy.
 """
 
 from __future__ import annotations
 
+import io
 import re
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import msgspec
 import numpy as np
@@ -42,14 +43,14 @@ class Step:
 
 @dataclass
 class Scanned:
-    """What pass 1 learnt about one file; positions are byte offsets into `temp`."""
+    """What pass 1 learnt about one file; positions are byte offsets into the uncompressed file."""
 
     file: TraceFile
-    temp: Path
     size: int
     compressed_size: int
     events: tuple[int, int]  # the traceEvents array, `[` to `]` inclusive
     top: list[tuple[str, int, int]]  # every top-level key and its value's span, in file order
+    values: dict[str, bytes]  # the raw values of the top-level keys other than traceEvents
     base_ns: int | None  # None: the old absolute-microsecond format
     distributed_info: dict[str, Any] | None
     anchors: list[Anchor]
@@ -60,18 +61,46 @@ class Scanned:
     warnings: list[str] = field(default_factory=list)
 
 
-def decompress(path: Path) -> tuple[bytes, int]:
-    """File bytes, inflated when gzip; the error names the file."""
+def decompress(path: Path) -> tuple[bytes | bytearray, int]:
+    """The file's bytes, inflated when gzip straight into a buffer of the size the gzip trailer
+    records (no second copy); the error names the file."""
     try:
         raw = path.read_bytes()
     except OSError as exc:
         raise TraceError(f"{path}: cannot read ({exc.strerror})") from None
     if raw[:2] != b"\x1f\x8b":
         return raw, len(raw)
+    out = bytearray(int.from_bytes(raw[-4:], "little") if len(raw) >= 18 else 0)
     try:
-        return igzip.decompress(raw), len(raw)
+        with igzip.IGzipFile(fileobj=io.BytesIO(raw)) as f:
+            raw_size = len(raw)
+            del raw
+            view = memoryview(out)
+            filled = 0
+            while True:
+                if filled == len(out):  # the trailer size was short (>4 GiB or several members)
+                    view.release()
+                    out.extend(bytes(max(len(out), 1 << 20)))
+                    view = memoryview(out)
+                got = f.readinto(view[filled:])
+                if not got:
+                    break
+                filled += got
+            view.release()
+        del out[filled:]
+        return out, raw_size
     except (OSError, EOFError, ValueError, zlib.error) as exc:
         raise TraceError(f"{path}: truncated or corrupt gzip ({exc})") from None
+
+
+def open_text(path: Path) -> BinaryIO:
+    """The file's uncompressed bytes as a stream (pass 2)."""
+    f = open(path, "rb")
+    if f.read(2) == b"\x1f\x8b":
+        f.seek(0)
+        return igzip.IGzipFile(fileobj=f)  # type: ignore[return-value]
+    f.seek(0)
+    return f
 
 
 def _address(buf: Any) -> int:
@@ -147,7 +176,7 @@ def _ts_ns(value: Any, base: int) -> int:
     return base + int(round(float(value) * 1000))
 
 
-def scan(tf: TraceFile, temp: Path) -> Scanned:
+def scan(tf: TraceFile) -> Scanned:
     """Pass 1 for one file."""
     data, csize = decompress(tf.path)
     top = top_level(tf.path, data)
@@ -201,11 +230,8 @@ def scan(tf: TraceFile, temp: Path) -> Scanned:
         anchors = [a for a in anchors if a.gpu]
     steps.sort(key=lambda s: s.start)
     meta_cuts = _disjoint(meta_cuts)
-    try:
-        temp.write_bytes(data)
-    except OSError as exc:
-        raise TraceError(f"{temp}: cannot write the decompressed copy ({exc.strerror})") from None
-    return Scanned(tf, temp, len(data), csize, (ev_lo, ev_hi), top, base_ns, dist, anchors, meta_cuts, names,
+    kept = {key: bytes(data[lo:hi]) for key, lo, hi in top if key != "traceEvents"}
+    return Scanned(tf, len(data), csize, (ev_lo, ev_hi), top, kept, base_ns, dist, anchors, meta_cuts, names,
                    steps, span)
 
 

@@ -1,5 +1,5 @@
-"""Pass 2: stream one trace's events from its decompressed copy, rewriting values at the byte level,
-into its aligned per-rank file and its part of the merged Perfetto file.
+"""Pass 2: stream one trace's events (inflating it again), rewriting values at the byte level, into
+its aligned per-rank file and its part of the merged Perfetto file.
 
 Aligned file: every top-level key kept in order, `baseTimeNanoseconds` set to the common base, every
 `ts` mapped onto the reference clock (and `dur` too when there is drift); pids and ids untouched, so
@@ -11,6 +11,7 @@ like `node1-TP3 ...`.
 from __future__ import annotations
 
 import bisect
+import io
 import os
 import re
 from dataclasses import dataclass, field
@@ -53,9 +54,10 @@ class RewriteJob:
     index: int
     n_files: int
     label: str
-    temp: Path
+    source: Path
     events: tuple[int, int]
     top: list[tuple[str, int, int]]
+    values: dict[str, bytes]
     has_base: bool
     transform: Transform
     meta_cuts: list[tuple[int, int]]
@@ -123,29 +125,37 @@ class _Rewriter:
             raise TraceError(f"{self.job.label}: more than {PIDS_PER_FILE - 1} processes in one trace")
         for new_pid, kind, a, b in self.new_pids[:n_new].tolist():
             self.pids[chunk[a:b] if kind else str(a).encode()] = new_pid
-        return (out_a[:la].tobytes() if aligned else None), (out_m[:lm].tobytes() if merged else None)
+        return (memoryview(out_a[:la]) if aligned else None), (memoryview(out_m[:lm]) if merged else None)
 
-    def stream(self, path: Path, lo: int, hi: int, cuts: list[tuple[int, int]], sinks: tuple[Any, Any]) -> None:
-        """Rewrite bytes [lo, hi) of `path` chunk by chunk into (aligned sink, merged sink)."""
+    def stream(self, source: BinaryIO, lo: int, hi: int, cuts: list[tuple[int, int]], sinks: tuple[Any, Any]) -> None:
+        """Rewrite bytes [lo, hi) of the uncompressed stream (positioned at 0) chunk by chunk into
+        (aligned sink, merged sink); output buffers go to the compressors without extra copies."""
         aligned_sink, merged_sink = sinks
         cut_starts = [c[0] for c in cuts]
-        with open(path, "rb") as f:
-            f.seek(lo)
-            pos = lo
-            while pos < hi:
-                block = f.read(min(CHUNK, hi - pos))
-                if not block:
-                    break
-                k = len(block) if pos + len(block) >= hi else _cut_point(block, pos, cuts, cut_starts)
-                chunk = block[:k]
-                f.seek(pos + k)
-                local = [(max(a, pos) - pos, min(b, pos + k) - pos) for a, b in cuts if a < pos + k and b > pos]
-                a_out, m_out = self.chunk(chunk, aligned_sink is not None, merged_sink is not None, local)
-                if aligned_sink is not None:
-                    aligned_sink.write(a_out)
-                if merged_sink is not None:
-                    merged_sink.write(m_out)
-                pos += k
+        _skip(source, lo)
+        pos = lo
+        carry = b""
+        while pos < hi:
+            block = carry + source.read(min(CHUNK, hi - pos - len(carry)))
+            if len(block) == len(carry):
+                raise TraceError(f"{self.job.source}: ended early (changed since it was read?)")
+            k = len(block) if pos + len(block) >= hi else _cut_point(block, pos, cuts, cut_starts)
+            chunk, carry = block[:k], block[k:]
+            local = [(max(a, pos) - pos, min(b, pos + k) - pos) for a, b in cuts if a < pos + k and b > pos]
+            a_out, m_out = self.chunk(chunk, aligned_sink is not None, merged_sink is not None, local)
+            if aligned_sink is not None:
+                aligned_sink.write(a_out)
+            if merged_sink is not None:
+                merged_sink.write(m_out)
+            pos += k
+
+
+def _skip(source: BinaryIO, n: int) -> None:
+    while n > 0:
+        got = len(source.read(min(n, CHUNK)))
+        if not got:
+            break
+        n -= got
 
 
 def _window_filter(job: RewriteJob, data: bytes) -> tuple[bytes, bytes, int]:
@@ -184,7 +194,7 @@ def _process_events(rw: _Rewriter, job: RewriteJob) -> list[bytes]:
     return out
 
 
-def _header_and_footer(job: RewriteJob, temp: BinaryIO) -> tuple[bytes, bytes]:
+def _header_and_footer(job: RewriteJob) -> tuple[bytes, bytes]:
     """The aligned file's bytes before and after the event array content."""
     before: list[bytes] = []
     after: list[bytes] = []
@@ -202,8 +212,7 @@ def _header_and_footer(job: RewriteJob, temp: BinaryIO) -> tuple[bytes, bytes]:
         if key == "baseTimeNanoseconds":
             target.append(base)
             continue
-        temp.seek(lo)
-        target.append(orjson.dumps(key) + b": " + temp.read(hi - lo))
+        target.append(orjson.dumps(key) + b": " + job.values[key])
     after.append(b'"magpie_trace": ' + orjson.dumps(job.alignment_meta))
     head = b"{" + b", ".join(before[:-1]) + (b", " if len(before) > 1 else b"") + before[-1]
     tail = b"], " + b", ".join(after) + b"}"
@@ -211,56 +220,55 @@ def _header_and_footer(job: RewriteJob, temp: BinaryIO) -> tuple[bytes, bytes]:
 
 
 class _Counter:
+    """Passes writes on and remembers whether any event (non-whitespace) went through."""
+
     def __init__(self, sink: Any) -> None:
         self.sink = sink
         self.empty = True
 
-    def write(self, data: bytes) -> None:
-        if data.strip(_WS):
+    def write(self, data: bytes | memoryview) -> None:
+        if self.empty and bytes(data).strip(_WS):
             self.empty = False
         self.sink.write(data)
 
 
 def rewrite(job: RewriteJob) -> RewriteResult:
     """Write the aligned file and/or merged part of one trace. Runs in a worker process."""
+    from magpie_trace.merge.load import open_text
+
     rw = _Rewriter(job)
     ev_lo, ev_hi = job.events
     aligned_file = merged_part = None
     tmp_aligned = temp_path_for(job.aligned_path) if job.aligned_path else None
     kept = None
     try:
-        with open(job.temp, "rb") as temp:
-            if tmp_aligned is not None:
-                head, tail = _header_and_footer(job, temp)
-                aligned_file = igzip.open(tmp_aligned, "wb", compresslevel=LEVEL)
-                aligned_file.write(head)
-            if job.merged_part is not None:
-                merged_part = PartWriter(job.merged_part)
-            merged_sink = _Counter(merged_part) if merged_part is not None else None
+        if tmp_aligned is not None:
+            head, tail = _header_and_footer(job)
+            aligned_file = igzip.open(tmp_aligned, "wb", compresslevel=LEVEL)
+            aligned_file.write(head)
+        if job.merged_part is not None:
+            merged_part = PartWriter(job.merged_part)
+        merged_sink = _Counter(merged_part) if merged_part is not None else None
+        with open_text(job.source) as source:
             if job.window is None:
-                rw.stream(job.temp, ev_lo + 1, ev_hi - 1, job.meta_cuts, (aligned_file, merged_sink))
+                rw.stream(source, ev_lo + 1, ev_hi - 1, job.meta_cuts, (aligned_file, merged_sink))
             else:
-                temp.seek(ev_lo)
-                a_events, m_events, kept = _window_filter(job, temp.read(ev_hi - ev_lo))
+                _skip(source, ev_lo)
+                a_events, m_events, kept = _window_filter(job, source.read(ev_hi - ev_lo))
                 for content, sinks in ((a_events, (aligned_file, None)), (m_events, (None, merged_sink))):
                     if any(s is not None for s in sinks):
-                        side = job.temp.with_suffix(".window")
-                        side.write_bytes(content)
-                        try:
-                            rw.stream(side, 0, len(content), [], sinks)
-                        finally:
-                            side.unlink()
-            if aligned_file is not None:
-                aligned_file.write(tail)
-                aligned_file.close()
-                aligned_file = None
-                os.replace(tmp_aligned, job.aligned_path)  # type: ignore[arg-type]
-            merged = None
-            if merged_part is not None and merged_sink is not None:
-                meta = _process_events(rw, job)
-                merged_part.write((b"" if merged_sink.empty else b",") + b",".join(meta))
-                crc, length = merged_part.close()
-                merged = (job.merged_part, crc, length)
+                        rw.stream(io.BytesIO(content), 0, len(content), [], sinks)
+        if aligned_file is not None:
+            aligned_file.write(tail)
+            aligned_file.close()
+            aligned_file = None
+            os.replace(tmp_aligned, job.aligned_path)  # type: ignore[arg-type]
+        merged = None
+        if merged_part is not None and merged_sink is not None:
+            meta = _process_events(rw, job)
+            merged_part.write((b"" if merged_sink.empty else b",") + b",".join(meta))
+            crc, length = merged_part.close()
+            merged = (job.merged_part, crc, length)
     except BaseException:
         if aligned_file is not None:
             aligned_file.close()

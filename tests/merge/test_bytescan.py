@@ -47,8 +47,15 @@ def event_array(draw: st.DrawFn) -> tuple[bytes, list[int]]:
 
 
 def _job(offset: float, drift: float) -> RewriteJob:
-    return RewriteJob(2, 5, "node1-TP3", Path("unused"), (0, 0), [], True,
-                      Transform(10**9, 0, offset, drift, 5 * 10**15), [], {}, None, None)
+    return RewriteJob(index=2, n_files=5, label="node1-TP3", source=Path("unused"), events=(0, 0), top=[], values={},
+                      has_base=True, transform=Transform(10**9, 0, offset, drift, 5 * 10**15), meta_cuts=[],
+                      process_names={}, aligned_path=None, merged_part=None)
+
+
+def _rewrite(job: RewriteJob, data: bytes, aligned: bool, merged: bool,
+             cuts: list[tuple[int, int]] | None = None) -> tuple[bytes, bytes]:
+    a, m = _Rewriter(job).chunk(data, aligned, merged, cuts or [])
+    return bytes(a) if a is not None else b"", bytes(m) if m is not None else b""
 
 
 @settings(max_examples=150, deadline=None)
@@ -56,7 +63,7 @@ def _job(offset: float, drift: float) -> RewriteJob:
 def test_rewritten_timestamps_are_exact(array, offset, drift):
     data, stamps = array
     job = _job(float(offset), drift)
-    aligned, merged = _Rewriter(job).chunk(data[1:-1], True, True, [])
+    aligned, merged = _rewrite(job, data[1:-1], True, True)
     out = json.loads(b"[" + aligned + b"]", parse_float=Decimal)  # exact decimals (floats lose ns)
     src = json.loads(data, parse_float=Decimal)
     expected = job.transform.apply(np.array(stamps, dtype=np.int64))
@@ -71,7 +78,7 @@ def test_rewritten_timestamps_are_exact(array, offset, drift):
 
 def test_keys_inside_strings_are_left_alone():
     data = b'{"name": "a, \\"ts\\": 5", "ts": 7, "args": {"s": "\\\\"}, "dur": 2}'
-    aligned, _ = _Rewriter(_job(0.0, 0.0)).chunk(data, True, False, [])
+    aligned, _ = _rewrite(_job(0.0, 0.0), data, True, False)
     doc = orjson.loads(aligned)
     assert doc["name"] == orjson.loads(data)["name"] and doc["args"] == {"s": "\\"}
     assert round(doc["ts"] * 1000) == 7000 + 10**9 and doc["dur"] == 2
@@ -82,12 +89,12 @@ def test_merged_output_drops_the_cut_ranges_and_names_every_pid():
     rw = _Rewriter(_job(0.0, 0.0))
     cut = (data.index(b', {"pid": 3'), len(data))
     _, merged = rw.chunk(data, False, True, [cut])
-    events = orjson.loads(b"[" + merged + b"]")
+    events = orjson.loads(b"[" + bytes(merged) + b"]")
     assert [e["pid"] for e in events] == [2001, 2002]
     assert rw.pids == {b'"Spans"': 2001, b"12345": 2002}
 
 
 def test_flow_ids_are_made_unique_per_file():
     data = b'{"ph": "s", "id": 41, "pid": 1, "ts": 1.000, "cat": "ac2g", "name": "ac2g"}'
-    _, merged = _Rewriter(_job(0.0, 0.0)).chunk(data, False, True, [])
+    _, merged = _rewrite(_job(0.0, 0.0), data, False, True)
     assert orjson.loads(merged)["id"] == 41 * 5 + 2
