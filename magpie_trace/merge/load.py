@@ -18,7 +18,7 @@ from typing import Any, BinaryIO
 import msgspec
 import numpy as np
 import orjson
-from isal import igzip
+from isal import igzip, isal_zlib
 
 from magpie_trace.errors import TraceError
 from magpie_trace.merge.anchors import Anchor, classify
@@ -31,6 +31,7 @@ _CANDIDATE = re.compile(
     rb'void sglang::cross_device_reduce|process_(?:name|labels|sort_index)"|ProfilerStep#|execute_|step\[|'
     rb"PyTorch Profiler)"
 )
+_FEED, _PIECE = 1 << 20, 8 << 20  # compressed bytes fed / uncompressed bytes taken at a time
 _STEP_NAME = re.compile(r"^(ProfilerStep#\d+|execute_.*|step\[.*)$")
 
 
@@ -62,8 +63,8 @@ class Scanned:
 
 
 def decompress(path: Path) -> tuple[bytes | bytearray, int]:
-    """The file's bytes, inflated when gzip straight into a buffer of the size the gzip trailer
-    records (no second copy); the error names the file."""
+    """The file's bytes, inflated when gzip piece by piece into a buffer of the size the gzip trailer
+    records (never a second whole copy); the error names the file."""
     try:
         raw = path.read_bytes()
     except OSError as exc:
@@ -71,26 +72,36 @@ def decompress(path: Path) -> tuple[bytes | bytearray, int]:
     if raw[:2] != b"\x1f\x8b":
         return raw, len(raw)
     out = bytearray(int.from_bytes(raw[-4:], "little") if len(raw) >= 18 else 0)
+    filled = 0
+    view = memoryview(raw)
+    pos = 0
+    pending: bytes | memoryview = b""
+    inflater = isal_zlib.decompressobj(wbits=31)
     try:
-        with igzip.IGzipFile(fileobj=io.BytesIO(raw)) as f:
-            raw_size = len(raw)
-            del raw
-            view = memoryview(out)
-            filled = 0
-            while True:
-                if filled == len(out):  # the trailer size was short (>4 GiB or several members)
-                    view.release()
-                    out.extend(bytes(max(len(out), 1 << 20)))
-                    view = memoryview(out)
-                got = f.readinto(view[filled:])
-                if not got:
+        while True:
+            if inflater.eof:  # a member ended: another may follow
+                pending = inflater.unused_data if inflater.unused_data else view[pos : pos + _FEED]
+                if not pending:
                     break
-                filled += got
-            view.release()
-        del out[filled:]
-        return out, raw_size
-    except (OSError, EOFError, ValueError, zlib.error) as exc:
+                if not inflater.unused_data:
+                    pos += _FEED
+                inflater = isal_zlib.decompressobj(wbits=31)
+            elif not pending:
+                if pos >= len(raw):
+                    raise EOFError("compressed data ended before the end of the stream")
+                pending = view[pos : pos + _FEED]
+                pos += _FEED
+            piece = inflater.decompress(pending, _PIECE)
+            pending = inflater.unconsumed_tail
+            end = filled + len(piece)
+            if end > len(out):  # the trailer's size was short (>4 GiB, or several members)
+                out.extend(bytes(end - len(out)))
+            out[filled:end] = piece
+            filled = end
+    except (OSError, EOFError, ValueError, isal_zlib.error) as exc:
         raise TraceError(f"{path}: truncated or corrupt gzip ({exc})") from None
+    del out[filled:]
+    return out, len(raw)
 
 
 def open_text(path: Path) -> BinaryIO:
