@@ -27,8 +27,8 @@ import orjson
 from magpie_trace.errors import MagpieError, TraceError
 from magpie_trace.fsutil import atomic_write_bytes, temp_path_for
 from magpie_trace.merge import gzipjoin, tables
-from magpie_trace.merge.align import ClockFit, median_of, solve
-from magpie_trace.merge.anchors import Collective, match
+from magpie_trace.merge.align import ClockFit, NodeTimes, residuals, solve
+from magpie_trace.merge.anchors import match
 from magpie_trace.merge.discover import TraceFile, discover, manifest_offsets
 from magpie_trace.merge.load import Scanned, scan
 from magpie_trace.merge.rewrite import RewriteJob, RewriteResult, Transform, rewrite
@@ -139,37 +139,19 @@ def _window(scanned: list[Scanned], ref: Scanned, fit: ClockFit, base: int, opts
     return None
 
 
-def _node_reports(fits: dict[str, ClockFit], collectives: list[Collective], files: list[TraceFile],
-                  reference: str) -> dict[str, dict[str, Any]]:
-    """Per node: the fit, plus end skew and causality violations against the reference after correction."""
+def _node_reports(fits: dict[str, ClockFit], times: NodeTimes, reference: str) -> dict[str, dict[str, Any]]:
+    """Per node: the fit, plus residuals against the reference after correction."""
     out: dict[str, dict[str, Any]] = {}
     for node, fit in fits.items():
-        skews, violations, n = [], 0, 0
-        for c in collectives:
-            mine = [a for f, a in c.members.items() if files[f].node_name == node]
-            ref = [a for f, a in c.members.items() if files[f].node_name == reference]
-            if not mine or not ref or node == reference:
-                continue
-            n += 1
-            m_end = [a.end - fit.theta(a.end) for a in mine]
-            m_start = [a.start - fit.theta(a.start) for a in mine]
-            skews.append(median_of(m_end) - median_of([a.end for a in ref]))
-            if min(m_end) < max(a.start for a in ref) or min(a.end for a in ref) < max(m_start):
-                violations += 1
-        report: dict[str, Any] = {
+        out[node] = {
             "offset_ns": round(fit.offset_ns, 1), "drift_ppm": round(fit.drift_ppm, 4), "t0_ns": fit.t0_ns,
             "method": fit.method, "n_anchors": fit.n_anchors, "uncertainty_us": round(fit.uncertainty_ns / 1e3, 3),
             "reference": fit.reference, "warnings": fit.warnings,
         }
-        if skews:
-            s = np.array(skews)
-            report["residuals"] = {
-                "collectives": n, "end_skew_median_us": round(float(np.median(s)) / 1e3, 3),
-                "end_skew_p05_us": round(float(np.percentile(s, 5)) / 1e3, 3),
-                "end_skew_p95_us": round(float(np.percentile(s, 95)) / 1e3, 3),
-                "causality_violations": violations,
-            }
-        out[node] = report
+        if node in times.nodes:
+            found = residuals(times, fit, reference)
+            if found:
+                out[node]["residuals"] = found
     return out
 
 
@@ -212,7 +194,8 @@ def _merge(files: list[TraceFile], manifest: dict[str, Any] | None, output_dir: 
     ref_file = next(i for i in ranks if files[i].node_name == reference)
     ref_anchor_starts = [a.start for a in scanned[ref_file].anchors]
     t0 = min(ref_anchor_starts) if ref_anchor_starts else (scanned[ref_file].span or (0, 0))[0]
-    fits, _pairs, missing = solve(collectives, node_of, nodes, reference, t0)
+    times = NodeTimes.build(collectives, node_of, nodes, t0)
+    fits, _pairs, missing = solve(times, reference, t0)
     if missing:
         lonely = next(i for i in ranks if files[i].node_name == missing[0])
         raise TraceError(f"{files[lonely].path}: shares no collective with {files[ref_file].path.name} "
@@ -230,7 +213,7 @@ def _merge(files: list[TraceFile], manifest: dict[str, Any] | None, output_dir: 
         first = min((sc.span[0] for sc in scanned if sc.span), default=t0)
         base_out = (first // TRIMONTH_NS) * TRIMONTH_NS
     window = _window(scanned, scanned[ref_file], fits[reference], base_out, opts)
-    node_reports = _node_reports(fits, collectives, files, reference)
+    node_reports = _node_reports(fits, times, reference)
 
     aligned_dir = output_dir / "aligned"
     if "aligned" in opts.outputs:

@@ -147,6 +147,70 @@ def fit_pair(lower: np.ndarray, upper: np.ndarray, ends: np.ndarray, span_s: flo
     return PairFit(a_v, b_v, method, n, max(margin, 0.0), warnings)
 
 
+@dataclass
+class NodeTimes:
+    """Per collective (rows) and node (columns): the extremes and median of its ranks' start and end
+    times (own clock, ns after t0, so float64 keeps every ns; NaN where the node did not take part),
+    computed once for all node pairs."""
+
+    nodes: list[str]
+    max_start: np.ndarray
+    min_start: np.ndarray
+    max_end: np.ndarray
+    min_end: np.ndarray
+    mid_end: np.ndarray
+
+    @classmethod
+    def build(cls, collectives: list[Collective], node_of: dict[int, str], nodes: list[str], t0: int) -> NodeTimes:
+        col = {n: k for k, n in enumerate(nodes)}
+        shape = (len(collectives), len(nodes))
+        arrays = [np.full(shape, np.nan) for _ in range(5)]
+        for r, c in enumerate(collectives):
+            per: dict[int, list[tuple[int, int]]] = {}
+            for f, a in c.members.items():
+                per.setdefault(col[node_of[f]], []).append((a.start - t0, a.end - t0))
+            for k, items in per.items():
+                starts = [x for x, _ in items]
+                ends = [y for _, y in items]
+                arrays[0][r, k], arrays[1][r, k] = max(starts), min(starts)
+                arrays[2][r, k], arrays[3][r, k] = max(ends), min(ends)
+                arrays[4][r, k] = median_of(ends)
+        return cls(nodes, *arrays)
+
+    def pair(self, n: str, m: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Rows (x in s since t0, y in ns) bounding theta_m - theta_n from below and above, and the
+        end differences, for the collectives both nodes ran."""
+        i, j = self.nodes.index(n), self.nodes.index(m)
+        both = ~np.isnan(self.max_start[:, i]) & ~np.isnan(self.max_start[:, j])
+        ms_m, me_m, mid_m = self.max_start[both, j], self.min_end[both, j], self.mid_end[both, j]
+        lower = np.stack([ms_m / 1e9, ms_m - self.min_end[both, i]], axis=1)
+        upper = np.stack([me_m / 1e9, me_m - self.max_start[both, i]], axis=1)
+        ends = np.stack([mid_m / 1e9, mid_m - self.mid_end[both, i]], axis=1)
+        return lower, upper, ends
+
+
+def residuals(times: NodeTimes, fit: ClockFit, reference: str) -> dict[str, Any]:
+    """After correcting `fit.node`, against the reference node: end skew percentiles and how many
+    collectives still violate causality (end on one node before the start on the other)."""
+    i, j = times.nodes.index(reference), times.nodes.index(fit.node)
+    both = ~np.isnan(times.max_start[:, i]) & ~np.isnan(times.max_start[:, j])
+    if fit.node == reference or not both.any():
+        return {}
+
+    def corrected(x: np.ndarray) -> np.ndarray:  # x: ns after t0 on the node's clock
+        return x - (fit.offset_ns + fit.drift_ppm * 1e-6 * x)
+
+    skew = corrected(times.mid_end[both, j]) - times.mid_end[both, i]
+    bad = (corrected(times.min_end[both, j]) < times.max_start[both, i]) | (
+        times.min_end[both, i] < corrected(times.max_start[both, j]))
+    return {
+        "collectives": int(both.sum()), "end_skew_median_us": round(float(np.median(skew)) / 1e3, 3),
+        "end_skew_p05_us": round(float(np.percentile(skew, 5)) / 1e3, 3),
+        "end_skew_p95_us": round(float(np.percentile(skew, 95)) / 1e3, 3),
+        "causality_violations": int(bad.sum()),
+    }
+
+
 def median_of(values: list[int]) -> float:
     """Median of a few values (plain Python: called once per collective and node)."""
     values = sorted(values)
@@ -154,38 +218,14 @@ def median_of(values: list[int]) -> float:
     return float(values[mid]) if len(values) % 2 else (values[mid - 1] + values[mid]) / 2
 
 
-def pair_rows(collectives: list[Collective], node_of: dict[int, str], n: str, m: str,
-              t0: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Per collective that both nodes ran: the bounds and end difference on theta_m - theta_n."""
-    low, up, ends = [], [], []
-    for c in collectives:
-        sn = [a for f, a in c.members.items() if node_of[f] == n]
-        sm = [a for f, a in c.members.items() if node_of[f] == m]
-        if not sn or not sm:
-            continue
-        max_s_m = max(a.start for a in sm)
-        min_e_m = min(a.end for a in sm)
-        low.append((max_s_m, max_s_m - min(a.end for a in sn)))
-        up.append((min_e_m, min_e_m - max(a.start for a in sn)))
-        em = median_of([a.end for a in sm])
-        ends.append((em, em - median_of([a.end for a in sn])))
-
-    def arr(rows: list[tuple[float, float]]) -> np.ndarray:
-        out = np.array(rows, dtype=np.float64).reshape(-1, 2)
-        out[:, 0] = (out[:, 0] - t0) / 1e9
-        return out
-
-    return arr(low), arr(up), arr(ends)
-
-
-def solve(collectives: list[Collective], node_of: dict[int, str], nodes: list[str], reference: str,
-          t0: int) -> tuple[dict[str, ClockFit], dict[tuple[str, str], PairFit], list[str]]:
-    """Node clock fits relative to `reference`; nodes that share no collective with the rest are
-    returned in the third value (the caller decides whether that is an error)."""
+def solve(times: NodeTimes, reference: str, t0: int) -> tuple[dict[str, ClockFit], dict[tuple[str, str], PairFit], list[str]]:
+    """Node clock fits relative to `reference` (t0: the time origin `times` was built with); nodes
+    that share no collective with the rest are returned in the third value."""
     pairs: dict[tuple[str, str], PairFit] = {}
+    nodes = times.nodes
     for i, n in enumerate(nodes):
         for m in nodes[i + 1 :]:
-            low, up, ends = pair_rows(collectives, node_of, n, m, t0)
+            low, up, ends = times.pair(n, m)
             if len(ends):
                 span = float(max(low[:, 0].max(), up[:, 0].max()) - min(low[:, 0].min(), up[:, 0].min()))
                 pairs[(n, m)] = fit_pair(low, up, ends, span, f"{n}<->{m}")
