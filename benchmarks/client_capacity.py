@@ -5,6 +5,7 @@ ITL, then for each request rate sends evenly spaced requests with magpie-trace's
 `vllm bench serve` (from the engine venv, when present) against the same server. A rate counts as
 sustained when the achieved request rate is within 5% of the target and the median TTFT is within
 1 ms of the configured TTFT. Prints one table row per rate and the highest sustained rate of each.
+Send lag (ours only) is the client's own backlog: request issued -> body written to the socket.
 
     python benchmarks/client_capacity.py [--rates 50,100,200,400] [--seconds 4] [--no-vllm]
 """
@@ -95,8 +96,8 @@ def main() -> None:
         try:
             print(f"sim: TTFT {TTFT_MS:g} ms, ITL {ITL_MS:g} ms, {INPUT_LEN} in / {OUTPUT_LEN} out tokens; "
                   f"{args.seconds:g} s of evenly spaced requests per rate; cpus={os.cpu_count()}")
-            print("| target req/s | tool | achieved req/s | TTFT p50 (ms) | TTFT p99 (ms) | TPOT p50 (ms) | sustained |")
-            print("|---|---|---|---|---|---|---|")
+            print("| target req/s | tool | achieved req/s | TTFT p50 (ms) | TTFT p99 (ms) | TPOT p50 (ms) | send lag p99 (ms) | sustained |")
+            print("|---|---|---|---|---|---|---|---|")
             for rate in rates:
                 count = max(10, int(rate * args.seconds))
                 tools = [("magpie-trace", lambda: asyncio.run(ours(plan.head_url, rate, count)))]
@@ -107,8 +108,11 @@ def main() -> None:
                     ok = sustained(m, rate)
                     if ok:
                         best[name] = max(best[name], rate)
+                    lag = m.get("p99_send_lag_ms")
+                    lag_text = "-" if lag is None else f"{lag:.2f}"
                     print(f"| {rate:g} | {name} | {m['request_throughput']:.1f} | {m['median_ttft_ms']:.2f} | "
-                          f"{m['p99_ttft_ms']:.2f} | {m['median_tpot_ms']:.2f} | {'yes' if ok else 'no'} |", flush=True)
+                          f"{m['p99_ttft_ms']:.2f} | {m['median_tpot_ms']:.2f} | {lag_text} | "
+                          f"{'yes' if ok else 'no'} |", flush=True)
                     time.sleep(0.5)
         finally:
             stop(plan, run_dir, backend, state, grace_s=3)

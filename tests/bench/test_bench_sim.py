@@ -139,6 +139,8 @@ def test_killed_worker_stops_the_run_naming_it(sim_run, tmp_path):
     error = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
     assert len(error) == 1 and error[0].startswith("error: node1: engine process"), proc.stderr
     assert "marked invalid" in error[0]
+    print(f"bench stopped {ended - max(died_at, started):.1f} s after the worker died "
+          f"({ended - started:.1f} s after the command started)")
     assert ended - max(died_at, started) < 15
     data = json.loads((run.run_dir.bench / "result.json").read_text())
     assert data["valid"] is False and data["abort"]["node"] == "node1"
