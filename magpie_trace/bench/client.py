@@ -78,6 +78,12 @@ class StreamClient:
         if self._session is not None:
             await self._session.close()
 
+    @property
+    def session(self) -> aiohttp.ClientSession:
+        """The shared session (for side requests: /metrics, /version)."""
+        assert self._session is not None, "use StreamClient as an async context manager"
+        return self._session
+
     async def _body_written(self, session: Any, context: Any, params: Any) -> None:
         record = context.trace_request_ctx
         if isinstance(record, RequestRecord) and record.wire_ns is None:

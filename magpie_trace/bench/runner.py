@@ -240,8 +240,7 @@ async def run_benchmark_async(
             bench.request_timeout_s, bench.ignore_eos, tokenizer,
         ) as client:
             watchdog.progress = client.progress
-            session = client._session
-            assert session is not None
+            session = client.session
             result["target"]["engine_version"] = await engine_version(session, base_url)
             if warmup:
                 say(f"warmup: {len(warmup)} request(s) to {client.url}")
