@@ -333,8 +333,11 @@ async def _watched(watchdog: Watchdog, work: Any, deadline: float) -> None:
             task.cancel()
         await asyncio.gather(task, return_exceptions=watchdog.trip is not None)
     except asyncio.CancelledError:
+        # Ctrl-C (asyncio.run cancels the main task): stop the load and keep what was measured.
         if watchdog.trip is None:
-            raise
+            watchdog.trip = Trip("benchmark", "interrupted before the load finished")
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
     finally:
         guard.cancel()
         await asyncio.gather(guard, return_exceptions=True)

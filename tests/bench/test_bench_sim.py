@@ -6,6 +6,7 @@ import csv
 import json
 import re
 import math
+import signal
 import subprocess
 import sys
 import time
@@ -195,3 +196,31 @@ def test_cli_benchmarks_a_url_it_did_not_launch(sim_run, tmp_path):
     assert data["topology"]["attribution"] == "endpoint_only"
     assert [p["completed"] for p in data["points"]] == [6, 6]
     assert data["points"][0]["server"]["endpoint"]["total"]["generation_tokens"] == 18
+
+
+def test_ctrl_c_keeps_the_partial_result_marked_invalid(sim_run):
+    run = sim_run(1, SimConfig(ttft_ms=10, itl_ms=20, startup_s=0.2),
+                  BenchmarkConfig(input_len=8, output_len=200, num_prompts=50, concurrency=[4],
+                                  warmup_requests=1))
+    cli = [sys.executable, "-m", "magpie_trace.cli", "bench", str(run.run_dir.config),
+           "--run", str(run.run_dir.root)]
+    proc = subprocess.Popen(cli, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stderr is not None
+        seen = []
+        for line in proc.stderr:  # bounded by the process's life and the test timeout
+            seen.append(line)
+            if line.startswith("magpie-trace: c4:"):
+                break
+        time.sleep(1.5)  # into the load: 200 tokens at 20 ms take 4 s
+        proc.send_signal(signal.SIGINT)
+        _, rest = proc.communicate(timeout=30)
+        err = "".join(seen) + rest
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 3
+    assert err.strip().splitlines()[-1].startswith("error: benchmark: interrupted before the load finished")
+    data = json.loads((run.run_dir.bench / "result.json").read_text())
+    assert data["valid"] is False and data["points"][0]["incomplete"] == 4
