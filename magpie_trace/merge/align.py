@@ -54,7 +54,6 @@ class ClockFit:
     uncertainty_ns: float
     reference: bool = False
     warnings: list[str] = field(default_factory=list)
-    residuals: dict[str, Any] = field(default_factory=dict)
 
     def theta(self, c: np.ndarray | float) -> np.ndarray | float:
         return self.offset_ns + self.drift_ppm * 1e-6 * (np.asarray(c, dtype=np.float64) - self.t0_ns)

@@ -147,8 +147,12 @@ def _flush(out: np.ndarray, o: int, src: np.ndarray, last: int, upto: int, cuts:
     return o, max(last, upto), cm
 
 
+_PAIRS = np.frombuffer(b"".join(b"%02d" % k for k in range(100)), dtype=np.uint8)  # "00".."99"
+
+
 @njit(cache=True, nogil=True)
 def _put_int(out: np.ndarray, o: int, v: int) -> int:
+    """Decimal digits of v, two at a time (half the divisions)."""
     if v < 0:
         out[o] = 45
         o += 1
@@ -159,12 +163,17 @@ def _put_int(out: np.ndarray, o: int, v: int) -> int:
         t //= 10
         d += 1
     p = o + d - 1
-    while True:
-        out[p] = 48 + v % 10
-        v //= 10
-        p -= 1
-        if v == 0:
-            break
+    while v >= 100:
+        r = (v % 100) * 2
+        v //= 100
+        out[p] = _PAIRS[r + 1]
+        out[p - 1] = _PAIRS[r]
+        p -= 2
+    if v >= 10:
+        out[p] = _PAIRS[v * 2 + 1]
+        out[p - 1] = _PAIRS[v * 2]
+    else:
+        out[p] = 48 + v
     return o + d
 
 
@@ -200,7 +209,7 @@ def _string_end(src: np.ndarray, i: int, n: int) -> int:
 
 
 @njit(cache=True, nogil=True)
-def rewrite(src: np.ndarray, out_a: np.ndarray, out_m: np.ndarray, want_a: bool, want_m: bool,
+def rewrite(src: np.ndarray, colons: np.ndarray, out_a: np.ndarray, out_m: np.ndarray, want_a: bool, want_m: bool,
             base_in: int, base_out: int, offset: float, drift: float, t0: int, cuts: np.ndarray,
             pid_num: Dict, pid_str: Dict, pid_next: np.ndarray, new_pids: np.ndarray,
             flow_mul: int, flow_add: int) -> tuple[int, int, int]:
@@ -208,7 +217,9 @@ def rewrite(src: np.ndarray, out_a: np.ndarray, out_m: np.ndarray, want_a: bool,
     rows of new_pids ([new pid, 0 number | 1 string, value | start, end]) were filled (-1: too many).
     `drift` is ppm * 1e-6; cuts are sorted, disjoint [start, end) rows left out of out_m.
 
-    The scan only finds the values to change; the bytes between them are block-copied."""
+    `colons` are the positions of every `:` in src (numpy finds them faster than a byte loop): every
+    key ends with one. Only the values to change are looked at; the bytes between them are
+    block-copied."""
     n = src.size
     i = 0
     oa = om = 0
@@ -218,15 +229,13 @@ def rewrite(src: np.ndarray, out_a: np.ndarray, out_m: np.ndarray, want_a: bool,
     n_new = 0
     last_ts = 0
     fix_dur = drift != 0.0
-    while i < n:
-        if src[i] != 58:  # look only at colons: every key ends with one
-            i += 1
+    for colon in colons:
+        if colon < i:  # inside a value already handled
             continue
-        code = _key_before(src, i)
-        j = i + 1
+        code = _key_before(src, colon)
         if code == 0:
-            i = j
             continue
+        j = colon + 1
         while j < n and _is_ws(src[j]):
             j += 1
         i = j
@@ -257,7 +266,6 @@ def rewrite(src: np.ndarray, out_a: np.ndarray, out_m: np.ndarray, want_a: bool,
         scale = 3 if code <= _KEY_DUR else 0
         ok, v, end = _parse(src, i, n, scale)
         if not ok:  # null, a string, ...: left as it is
-            i += 1
             continue
         if code == _KEY_TS or (code == _KEY_DUR and fix_dur):
             if code == _KEY_TS:
@@ -297,3 +305,47 @@ def rewrite(src: np.ndarray, out_a: np.ndarray, out_m: np.ndarray, want_a: bool,
     if want_m:
         om, last_m, cm = _flush(out_m, om, src, last_m, n, cuts, cm)
     return oa, om, n_new
+
+
+def prefix_table(prefixes: tuple[bytes, ...]) -> tuple[np.ndarray, np.ndarray]:
+    """Prefixes as a zero-padded matrix and their lengths, for `find_names`."""
+    width = max(len(p) for p in prefixes)
+    table = np.zeros((len(prefixes), width), dtype=np.uint8)
+    for k, p in enumerate(prefixes):
+        table[k, : len(p)] = np.frombuffer(p, dtype=np.uint8)
+    return table, np.array([len(p) for p in prefixes], dtype=np.int64)
+
+
+@njit(cache=True, nogil=True)
+def find_names(src: np.ndarray, colons: np.ndarray, hi: int, table: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """Those of `colons` that end a `"name":` key whose string value starts with one of the prefixes
+    (pass 1's candidates)."""
+    found = np.empty(colons.size, dtype=np.int64)
+    count = 0
+    for i in colons:
+        k = i - 1
+        while k > 5 and _is_ws(src[k]):
+            k -= 1
+        if k < 6 or not (src[k] == 34 and src[k - 1] == 101 and src[k - 2] == 109 and src[k - 3] == 97
+                         and src[k - 4] == 110 and src[k - 5] == 34):
+            continue
+        j = i + 1
+        while j < hi and _is_ws(src[j]):
+            j += 1
+        if j >= hi or src[j] != 34:
+            continue
+        j += 1
+        for p in range(table.shape[0]):
+            size = lengths[p]
+            if j + size > hi:
+                continue
+            same = True
+            for q in range(size):
+                if src[j + q] != table[p, q]:
+                    same = False
+                    break
+            if same:
+                found[count] = i
+                count += 1
+                break
+    return found[:count]

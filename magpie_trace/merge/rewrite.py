@@ -119,7 +119,7 @@ class _Rewriter:
         t = self.job.transform
         cut_rows = np.array(cuts, dtype=np.int64).reshape(-1, 2)
         la, lm, n_new = bytescan.rewrite(
-            src, out_a, out_m, aligned, merged, t.base_in, t.base_out, t.offset_ns, t.drift_ppm * 1e-6, t.t0_ns,
+            src, np.flatnonzero(src == 58), out_a, out_m, aligned, merged, t.base_in, t.base_out, t.offset_ns, t.drift_ppm * 1e-6, t.t0_ns,
             cut_rows, self.pid_num, self.pid_str, self.pid_next, self.new_pids, self.job.n_files, self.job.index)
         if n_new < 0 or self.pid_next[0] >= (self.job.index + 1) * PIDS_PER_FILE:
             raise TraceError(f"{self.job.label}: more than {PIDS_PER_FILE - 1} processes in one trace")
