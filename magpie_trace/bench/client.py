@@ -153,7 +153,7 @@ class StreamClient:
         except asyncio.CancelledError:
             record.status, record.error = "incomplete", "cancelled (run stopped)"
             raise
-        except (aiohttp.ClientError, asyncio.TimeoutError, OSError, ValueError) as exc:
+        except (TimeoutError, aiohttp.ClientError, OSError, ValueError) as exc:
             record.status = "incomplete" if record.chunk_ns else "failed"
             record.error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
         finally:

@@ -23,7 +23,14 @@ from magpie_trace.bench.metrics import RequestRecord, aggregate
 from magpie_trace.bench.plots import write_plots
 from magpie_trace.bench.progressbar import ProgressBar
 from magpie_trace.bench.prometheus import Scrape, deltas, parse_prometheus
-from magpie_trace.bench.results import SCHEMA, masked, point_header, utc_now, versions, write_outputs
+from magpie_trace.bench.results import (
+    SCHEMA,
+    masked,
+    point_header,
+    utc_now,
+    versions,
+    write_outputs,
+)
 from magpie_trace.bench.telemetry import NodeSampler
 from magpie_trace.bench.watchdog import BenchInvalid, RunAborted, Trip, Watchdog
 from magpie_trace.bench.workload import build_workload, load_tokenizer
@@ -93,7 +100,7 @@ async def scrape_all(session: aiohttp.ClientSession, targets: dict[str, str]) ->
     async def one(url: str) -> Scrape | str:
         try:
             return parse_prometheus(await _get_text(session, url))
-        except (aiohttp.ClientError, asyncio.TimeoutError, OSError, ValueError) as exc:
+        except (TimeoutError, aiohttp.ClientError, OSError, ValueError) as exc:
             return f"{url}: {type(exc).__name__}: {exc}"
 
     pages = await asyncio.gather(*(one(url) for url in targets.values()))

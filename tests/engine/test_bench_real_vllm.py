@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from magpie_trace.backends import make_backend
-from magpie_trace.bench import LoadPoint, RunAborted, run_benchmark
+from magpie_trace.bench import RunAborted, run_benchmark
 from magpie_trace.config import BenchmarkConfig
 from magpie_trace.launch import launch, stop
 from magpie_trace.plan import make_plan
