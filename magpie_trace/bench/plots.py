@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 import matplotlib
+import matplotlib.ticker
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -42,6 +43,15 @@ def write_plots(
     return [f"plots/{name}" for name in written], notes
 
 
+def _concurrency_axis(ax: Any, points: list[dict[str, Any]]) -> None:
+    """Log2 axis labelled with the sweep's own concurrency values (4, 8, 16, not 2^n)."""
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(_x(points))
+    ax.get_xaxis().set_major_formatter(matplotlib.ticker.ScalarFormatter())
+    ax.get_xaxis().set_minor_locator(matplotlib.ticker.NullLocator())
+    ax.set_xlabel("concurrency")
+
+
 def _save(fig: Any, path: Path) -> str:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -53,13 +63,13 @@ def _throughput(plot_dir: Path, points: list[dict[str, Any]]) -> str:
     fig, ax = plt.subplots(figsize=(6, 4))
     ax.plot(_x(points), _series(points, "output_throughput"), "o-", label="output tok/s")
     ax.plot(_x(points), _series(points, "total_token_throughput"), "s--", label="total tok/s")
-    ax.set_xscale("log", base=2)
-    ax.set_xlabel("concurrency")
+    _concurrency_axis(ax, points)
     ax.set_ylabel("tokens / s")
     ax2 = ax.twinx()
     ax2.plot(_x(points), _series(points, "request_throughput"), "^:", color="gray", label="req/s")
     ax2.set_ylabel("requests / s")
-    ax.legend(loc="upper left")
+    handles = ax.get_legend_handles_labels()[0] + ax2.get_legend_handles_labels()[0]
+    ax.legend(handles=handles, loc="upper left")
     ax.set_title("Throughput vs concurrency")
     return _save(fig, plot_dir / "throughput_vs_concurrency.png")
 
@@ -70,8 +80,7 @@ def _latency(plot_dir: Path, points: list[dict[str, Any]], metric: str) -> str:
         key = f"{stat}_{metric}_ms"
         if any(key in p for p in points):
             ax.plot(_x(points), _series(points, key), "o-", label=stat)
-    ax.set_xscale("log", base=2)
-    ax.set_xlabel("concurrency")
+    _concurrency_axis(ax, points)
     ax.set_ylabel(f"{metric.upper()} (ms)")
     ax.legend()
     ax.set_title(f"{metric.upper()} percentiles vs concurrency")

@@ -50,3 +50,29 @@ def test_progress_line_only_on_a_terminal() -> None:
     asyncio.run(draw())
     last = tty.getvalue().rstrip("\n").split("\r")[-1]
     assert last.startswith("c4 [#########") and "3/10 in flight 2, failed 0" in last
+
+
+def test_plots_including_gpu_utilization_from_recorded_samples(tmp_path) -> None:
+    from pathlib import Path
+
+    from magpie_trace.bench.plots import write_plots
+    from magpie_trace.bench.telemetry import parse_nvidia_csv
+
+    gpus = [g.to_dict() for g in parse_nvidia_csv((Path(__file__).parent / "data" / "nvidia-smi-h100.csv").read_text())]
+    telemetry = {"node0": [{"t": 100.0 + i, "gpus": gpus} for i in range(5)], "node1": []}
+    points = [
+        {"max_concurrency": c, "completed": 10, "output_throughput": 100.0 * c, "total_token_throughput": 150.0 * c,
+         "request_throughput": 2.0 * c, "median_ttft_ms": 20.0 + c, "p90_ttft_ms": 22.0 + c, "p99_ttft_ms": 25.0 + c,
+         "median_tpot_ms": 5.0, "p90_tpot_ms": 6.0, "p99_tpot_ms": None}
+        for c in (1, 4, 16)
+    ]
+    written, notes = write_plots(tmp_path, points, telemetry)
+    assert notes == []
+    assert sorted(written) == [f"plots/{n}" for n in (
+        "gpu_utilization.png", "throughput_vs_concurrency.png", "throughput_vs_latency.png",
+        "tpot_vs_concurrency.png", "ttft_vs_concurrency.png")]
+    for name in written:
+        assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    _, notes = write_plots(tmp_path / "none", [{"max_concurrency": 1, "completed": 0}], {"node0": []})
+    assert notes == ["no completed requests: no throughput or latency plots",
+                     "no GPU telemetry on any node: no GPU utilization plot"]
