@@ -20,6 +20,7 @@ from magpie_trace.bench.client import Progress
 from magpie_trace.bench.telemetry import NodeSampler
 from magpie_trace.config import NodeConfig
 from magpie_trace.errors import MagpieError, NodeError
+from magpie_trace.fanout import NodesFailed, on_nodes
 
 
 class RunAborted(NodeError):
@@ -67,22 +68,24 @@ class Watchdog:
     trip: Trip | None = None
 
     def check_processes(self) -> Trip | None:
-        """Blocking (it may ssh): call from a thread."""
+        """Blocking (it may ssh): call from a thread. Every node is checked at once."""
         if self.backend is None:
             return None
-        for name, handle in self.handles.items():
-            node = self.nodes.get(name)
-            if node is None:
-                continue
-            try:
-                if self.backend.alive(node, handle):
-                    continue
-                code = self.backend.exit_code(node, handle)
-            except MagpieError as exc:
-                return Trip(name, f"cannot check its process: {exc}")
-            code_text = "an unknown code" if code is None else f"code {code}"
-            return Trip(name, f"engine process {handle.pid} exited with {code_text} during the benchmark")
-        return None
+        watched = [self.nodes[name] for name in self.handles if name in self.nodes]
+        try:
+            found = on_nodes(self._check_one, watched)
+        except NodesFailed as exc:
+            return Trip(exc.node, f"cannot check its process: {exc.failures.get(exc.node, exc)}")
+        return next((trip for trip in found.values() if trip is not None), None)
+
+    def _check_one(self, node: NodeConfig) -> Trip | None:
+        assert self.backend is not None
+        handle = self.handles[node.name]
+        if self.backend.alive(node, handle):
+            return None
+        code = self.backend.exit_code(node, handle)
+        code_text = "an unknown code" if code is None else f"code {code}"
+        return Trip(node.name, f"engine process {handle.pid} exited with {code_text} during the benchmark")
 
     def check_telemetry(self) -> Trip | None:
         now = time.monotonic()

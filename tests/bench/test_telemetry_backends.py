@@ -69,14 +69,18 @@ def test_ssh_node_sampled_then_lost_trips_the_watchdog(ssh_scheduler):
     scheduler = ssh_scheduler(1)
     backend = make_backend(scheduler)
     node = scheduler.nodes[0]
+    handle = backend.start(node, ["sleep", "60"], {}, f"{backend.workdir(node)}/sleep.log")
+    port = node.ssh_port
     try:
         sampler = NodeSampler(backend, node, interval_s=0.2)
         sampler.start()
         time.sleep(0.6)
         assert sampler.failures == 0 and sampler.source in ("none", "nvidia-smi", "amd-smi")
-        node.ssh_port = 1  # the node's sshd is now unreachable: every sample fails
-        watchdog = Watchdog(head="node0", stall_timeout_s=30, samplers={node.name: sampler},
-                            silence_s=1.5)
+        watchdog = Watchdog(head="node0", stall_timeout_s=30, backend=backend, nodes={node.name: node},
+                            handles={node.name: handle}, samplers={node.name: sampler}, silence_s=1.5)
+        assert watchdog.check_processes() is None  # alive, checked over ssh
+        node.ssh_port = 1  # the node's sshd is now unreachable: every sample and check fails
+        lost = watchdog.check_processes()
         deadline = time.monotonic() + 15
         trip = None
         while trip is None and time.monotonic() < deadline:
@@ -84,7 +88,10 @@ def test_ssh_node_sampled_then_lost_trips_the_watchdog(ssh_scheduler):
             time.sleep(0.1)
         sampler.stop()
     finally:
+        node.ssh_port = port
+        backend.stop(node, handle, grace_s=1)
         backend.close()
+    assert lost is not None and lost.node == node.name and lost.reason.startswith("cannot check its process")
     assert trip is not None and trip.node == node.name
     assert trip.reason.startswith("telemetry silent for") and sampler.failures > 0
 
