@@ -224,3 +224,14 @@ def test_ctrl_c_keeps_the_partial_result_marked_invalid(sim_run):
     assert err.strip().splitlines()[-1].startswith("error: benchmark: interrupted before the load finished")
     data = json.loads((run.run_dir.bench / "result.json").read_text())
     assert data["valid"] is False and data["points"][0]["incomplete"] == 4
+
+
+def test_chat_endpoint_streams_and_counts(sim_run):
+    run = sim_run(1, SimConfig(ttft_ms=10, itl_ms=5, startup_s=0.2),
+                  BenchmarkConfig(endpoint="chat", input_len=8, output_len=5, num_prompts=6,
+                                  concurrency=[2], warmup_requests=1))
+    point = run.bench().points[0]
+    assert point["completed"] == 6 and point["total_output_tokens"] == 30
+    assert point["median_ttft_ms"] >= 10 and point["median_tpot_ms"] >= 5
+    rows = [json.loads(x) for x in (run.run_dir.bench / "requests.jsonl").read_text().splitlines()]
+    assert all(r["output_tokens_source"] == "usage" and r["output_chars"] > 0 for r in rows)
