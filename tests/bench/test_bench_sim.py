@@ -235,3 +235,15 @@ def test_chat_endpoint_streams_and_counts(sim_run):
     assert point["median_ttft_ms"] >= 10 and point["median_tpot_ms"] >= 5
     rows = [json.loads(x) for x in (run.run_dir.bench / "requests.jsonl").read_text().splitlines()]
     assert all(r["output_tokens_source"] == "usage" and r["output_chars"] > 0 for r in rows)
+
+
+def test_max_duration_stops_the_run_and_marks_it_invalid(sim_run):
+    run = sim_run(1, SimConfig(ttft_ms=10, itl_ms=20, startup_s=0.2),
+                  BenchmarkConfig(input_len=8, output_len=500, num_prompts=8, concurrency=[4],
+                                  warmup_requests=0, max_duration_s=2.0))
+    started = time.monotonic()
+    with pytest.raises(RunAborted, match=r"^benchmark: benchmark.max_duration_s reached"):
+        run.bench()
+    assert time.monotonic() - started < 6
+    point = json.loads((run.run_dir.bench / "result.json").read_text())["points"][0]
+    assert point["partial"] and point["incomplete"] == 4 and point["not_sent"] == 4
