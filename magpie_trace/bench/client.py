@@ -145,7 +145,7 @@ class StreamClient:
             if not record.chunk_ns:
                 record.status = "failed"
                 record.error = record.error or "no chunk with choices in the response"
-            elif not done:
+            elif not done or record.error:  # an error event mid-stream cuts the output short
                 record.status = "incomplete"
                 record.error = record.error or "stream ended before [DONE]"
             else:
