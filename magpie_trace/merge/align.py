@@ -12,8 +12,9 @@ node's theta = 0. Two estimators per pair of nodes, and the tighter one wins:
   GPU collective kernels end within microseconds of each other, so this is tighter there.
 
 If the bounds contradict each other (mismatched anchors), the offset stabbed by the most bounds is
-taken and the envelope is refit on the bounds that agree with it, with a warning. Pair results are
-combined into node offsets by weighted least squares over the node graph.
+taken and the envelope is refit on the bounds that agree with it, with a warning. Pairs are fitted
+between each node and the reference (or, failing that, the nodes it shares collectives with) and
+combined into node offsets by weighted least squares.
 """
 
 from __future__ import annotations
@@ -222,12 +223,23 @@ def solve(times: NodeTimes, reference: str, t0: int) -> tuple[dict[str, ClockFit
     that share no collective with the rest are returned in the third value."""
     pairs: dict[tuple[str, str], PairFit] = {}
     nodes = times.nodes
-    for i, n in enumerate(nodes):
-        for m in nodes[i + 1 :]:
-            low, up, ends = times.pair(n, m)
-            if len(ends):
-                span = float(max(low[:, 0].max(), up[:, 0].max()) - min(low[:, 0].min(), up[:, 0].min()))
-                pairs[(n, m)] = fit_pair(low, up, ends, span, f"{n}<->{m}")
+
+    def fit(n: str, m: str) -> None:
+        low, up, ends = times.pair(n, m)
+        if len(ends):
+            span = float(max(low[:, 0].max(), up[:, 0].max()) - min(low[:, 0].min(), up[:, 0].min()))
+            pairs[(n, m)] = fit_pair(low, up, ends, span, f"{n}<->{m}")
+
+    # Every node against the reference (a star); nodes that share nothing with it are linked through
+    # the others, so the fits stay O(nodes) rather than O(nodes^2).
+    for m in nodes:
+        if m != reference:
+            fit(reference, m)
+    for m in nodes:
+        if m != reference and (reference, m) not in pairs:
+            for n in nodes:
+                if n not in (reference, m) and (n, m) not in pairs and (m, n) not in pairs:
+                    fit(n, m)
     connected = {reference}
     grew = True
     while grew:

@@ -212,10 +212,11 @@ def _string_end(src: np.ndarray, i: int, n: int) -> int:
 def rewrite(src: np.ndarray, colons: np.ndarray, out_a: np.ndarray, out_m: np.ndarray, want_a: bool, want_m: bool,
             base_in: int, base_out: int, offset: float, drift: float, t0: int, cuts: np.ndarray,
             pid_num: Dict, pid_str: Dict, pid_next: np.ndarray, new_pids: np.ndarray,
-            flow_mul: int, flow_add: int) -> tuple[int, int, int]:
+            flow_mul: int, flow_add: int, last_ts: np.ndarray) -> tuple[int, int, int]:
     """Rewrite src into out_a (aligned) and/or out_m (merged); returns their lengths and how many
     rows of new_pids ([new pid, 0 number | 1 string, value | start, end]) were filled (-1: too many).
-    `drift` is ppm * 1e-6; cuts are sorted, disjoint [start, end) rows left out of out_m.
+    `drift` is ppm * 1e-6; cuts are sorted, disjoint [start, end) rows left out of out_m;
+    last_ts[0] carries the latest `ts` across chunks (a `dur` may start the next chunk).
 
     `colons` are the positions of every `:` in src (numpy finds them faster than a byte loop): every
     key ends with one. Only the values to change are looked at; the bytes between them are
@@ -227,7 +228,6 @@ def rewrite(src: np.ndarray, colons: np.ndarray, out_a: np.ndarray, out_m: np.nd
     ci = cm = 0
     ncut = cuts.shape[0]
     n_new = 0
-    last_ts = 0
     fix_dur = drift != 0.0
     for colon in colons:
         if colon < i:  # inside a value already handled
@@ -269,11 +269,11 @@ def rewrite(src: np.ndarray, colons: np.ndarray, out_a: np.ndarray, out_m: np.nd
             continue
         if code == _KEY_TS or (code == _KEY_DUR and fix_dur):
             if code == _KEY_TS:
-                last_ts = v
+                last_ts[0] = v
                 new = _to_output(v, base_in, base_out, offset, drift, t0)
             else:
-                new = (_to_output(last_ts + v, base_in, base_out, offset, drift, t0)
-                       - _to_output(last_ts, base_in, base_out, offset, drift, t0))
+                new = (_to_output(last_ts[0] + v, base_in, base_out, offset, drift, t0)
+                       - _to_output(last_ts[0], base_in, base_out, offset, drift, t0))
             if want_a:
                 oa = _copy(out_a, oa, src, last_a, i)
                 oa = _put_ns(out_a, oa, new)

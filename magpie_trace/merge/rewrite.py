@@ -109,6 +109,7 @@ class _Rewriter:
         self.pid_num, self.pid_str = bytescan.pid_maps()
         self.pid_next = np.array([job.index * PIDS_PER_FILE], dtype=np.int64)
         self.new_pids = np.zeros((bytescan.NEW_PID_CAP, 4), dtype=np.int64)
+        self.last_ts = np.zeros(1, dtype=np.int64)
 
     def chunk(self, chunk: bytes, aligned: bool, merged: bool, cuts: list[tuple[int, int]]) -> tuple[bytes | None, bytes | None]:
         """One chunk rewritten for the aligned file and/or the merged part (`cuts`: ranges to drop there)."""
@@ -120,7 +121,8 @@ class _Rewriter:
         cut_rows = np.array(cuts, dtype=np.int64).reshape(-1, 2)
         la, lm, n_new = bytescan.rewrite(
             src, np.flatnonzero(src == 58), out_a, out_m, aligned, merged, t.base_in, t.base_out, t.offset_ns, t.drift_ppm * 1e-6, t.t0_ns,
-            cut_rows, self.pid_num, self.pid_str, self.pid_next, self.new_pids, self.job.n_files, self.job.index)
+            cut_rows, self.pid_num, self.pid_str, self.pid_next, self.new_pids, self.job.n_files, self.job.index,
+            self.last_ts)
         if n_new < 0 or self.pid_next[0] >= (self.job.index + 1) * PIDS_PER_FILE:
             raise TraceError(f"{self.job.label}: more than {PIDS_PER_FILE - 1} processes in one trace")
         for new_pid, kind, a, b in self.new_pids[:n_new].tolist():

@@ -266,3 +266,40 @@ def test_legacy_absolute_timestamps_and_plain_json(tmp_path):
     first = next(e for e in rank0["traceEvents"] if "ts" in e)
     mine = next(e for e in doc["traceEvents"] if "ts" in e)
     assert round(first["ts"] * 1000) == round(mine["ts"] * 1000) + doc["baseTimeNanoseconds"]
+
+
+def test_chunking_does_not_change_the_output(cpu_run, tmp_path, monkeypatch):
+    """Files are streamed in chunks; with tiny chunks (cut between keys, next to dropped metadata,
+    between a `ts` and its `dur`) every output byte is the same."""
+    import sys
+
+    inp, out, _, _ = cpu_run
+    monkeypatch.setattr(sys.modules["magpie_trace.merge.rewrite"], "CHUNK", 1_000)
+    merge(inp, tmp_path / "out", MergeOptions(outputs=("aligned", "merged")))
+    for rel in ("merged.trace.json.gz", "aligned/node1-TP1-rank1.trace.json.gz",
+                "aligned/node0-TP0-rank0.trace.json.gz"):
+        assert gzip.decompress((tmp_path / "out" / rel).read_bytes()) == gzip.decompress((out / rel).read_bytes())
+
+
+def test_three_nodes_each_aligned_to_the_reference(tmp_path):
+    """A third node (a copy of rank 1 as rank 2, on its own clock) is fitted like the second."""
+    rank0, rank1 = load(vllm_rank(0)), load(vllm_rank(1))
+    inp = tmp_path / "in"
+    inp.mkdir()
+    save(rank0, inp / "node0-TP0.trace.json.gz")
+    save(shift(rank1, 700_000, 0.0, span(rank1)[0]), inp / "node1-TP1.trace.json.gz")
+    third = shift(rank1, -2_000_000, 0.0, span(rank1)[0])
+    third["distributedInfo"] = dict(rank1["distributedInfo"], rank=2)
+    save(third, inp / "node2-TP2.trace.json.gz")
+    result = merge(inp, tmp_path / "out", MergeOptions(outputs=("alignment",)))
+    unshifted = merge_offset_of_pair(tmp_path)
+    assert result.nodes["node1"]["offset_ns"] == pytest.approx(700_000 + unshifted, abs=1_000)
+    assert result.nodes["node2"]["offset_ns"] == pytest.approx(-2_000_000 + unshifted, abs=1_000)
+
+
+def merge_offset_of_pair(tmp_path: Path) -> float:
+    inp = tmp_path / "pair"
+    inp.mkdir()
+    for rank in (0, 1):
+        (inp / f"node{rank}-TP{rank}.trace.json.gz").write_bytes(vllm_rank(rank).read_bytes())
+    return merge(inp, tmp_path / "pair-out", MergeOptions(outputs=("alignment",))).nodes["node1"]["offset_ns"]
