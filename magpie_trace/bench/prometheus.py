@@ -8,10 +8,15 @@ request numbers are undefined (the result says so).
 
 from __future__ import annotations
 
+import asyncio
 import math
 import re
 from dataclasses import dataclass, field
 from typing import Any
+
+import aiohttp
+
+from magpie_trace.plan import Plan
 
 # Our name -> the engines' counter names (vLLM first, then SGLang).
 COUNTERS = {
@@ -129,3 +134,53 @@ def deltas(before: Scrape, after: Scrape) -> dict[str, Any]:
             if key in values:
                 total[key] = total.get(key, 0.0) + values[key]
     return {"engines": engines, "total": total}
+
+
+def metrics_targets(plan: Plan | None, base_url: str) -> dict[str, str]:
+    """node name -> /metrics URL for every node that serves HTTP.
+
+    SGLang started with `--enable-metrics-for-all-schedulers` serves /metrics on non-head nodes
+    too (sglang PR #7720), so every node is scraped then; a node without the page gets an error
+    entry, not a failed run.
+    """
+    if plan is None:
+        return {"endpoint": base_url.rstrip("/") + "/metrics"}
+    server = plan.config.server
+    every_node = server.engine == "sglang" and "--enable-metrics-for-all-schedulers" in server.extra_args
+    targets = {}
+    for node in plan.nodes:
+        if node.serves_http or every_node:
+            host = f"[{node.address}]" if ":" in node.address else node.address
+            targets[node.name] = f"http://{host}:{plan.port}/metrics"
+    return targets
+
+
+async def fetch_text(session: aiohttp.ClientSession, url: str) -> str:
+    async with session.get(url, timeout=aiohttp.ClientTimeout(total=5)) as response:
+        if response.status != 200:
+            raise ValueError(f"HTTP {response.status}")
+        return await response.text()
+
+
+async def scrape_all(session: aiohttp.ClientSession, targets: dict[str, str]) -> dict[str, Scrape | str]:
+    """node -> parsed page, or the error text when the page could not be read."""
+
+    async def one(url: str) -> Scrape | str:
+        try:
+            return parse_prometheus(await fetch_text(session, url))
+        except (TimeoutError, aiohttp.ClientError, OSError, ValueError) as exc:
+            return f"{url}: {type(exc).__name__}: {exc}"
+
+    pages = await asyncio.gather(*(one(url) for url in targets.values()))
+    return dict(zip(targets, pages))
+
+
+def server_deltas(before: dict[str, Scrape | str], after: dict[str, Scrape | str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for node, page in after.items():
+        start = before.get(node)
+        if isinstance(page, str) or isinstance(start, str) or start is None:
+            out[node] = {"error": page if isinstance(page, str) else start}
+        else:
+            out[node] = deltas(start, page)
+    return out

@@ -17,12 +17,18 @@ import aiohttp
 
 from magpie_trace.backends.base import Backend, ProcessHandle
 from magpie_trace.bench.arrivals import LoadPoint, sweep_points
+from magpie_trace.bench.attribution import attribution, engine_nodes, per_node
 from magpie_trace.bench.client import StreamClient
 from magpie_trace.bench.load import PointRun, run_point
 from magpie_trace.bench.metrics import RequestRecord, aggregate
 from magpie_trace.bench.plots import write_plots
 from magpie_trace.bench.progressbar import ProgressBar
-from magpie_trace.bench.prometheus import Scrape, deltas, parse_prometheus
+from magpie_trace.bench.prometheus import (
+    fetch_text,
+    metrics_targets,
+    scrape_all,
+    server_deltas,
+)
 from magpie_trace.bench.results import (
     SCHEMA,
     masked,
@@ -52,77 +58,11 @@ class BenchResult:
     data: dict[str, Any] = field(default_factory=dict)
 
 
-def attribution(plan: Plan | None) -> tuple[str, str]:
-    """How request metrics relate to nodes, and a sentence saying so."""
-    if plan is None:
-        return "endpoint_only", "benchmarked an endpoint without a plan: no per-node view"
-    layout = plan.layout
-    if layout.nnodes == 1:
-        return "single_node", "one node serves every request"
-    if layout.dp > 1 and layout.replicas_per_node > 0:
-        return "engine_label", "data-parallel engines per node: per-engine deltas from the head's /metrics"
-    return (
-        "telemetry_only",
-        "a model replica spans nodes (TP/PP), so every request uses every node: per-node request "
-        "metrics are undefined; per node there is hardware telemetry and liveness only",
-    )
-
-
-def metrics_targets(plan: Plan | None, base_url: str) -> dict[str, str]:
-    """node name -> /metrics URL for every node that serves HTTP.
-
-    SGLang started with `--enable-metrics-for-all-schedulers` serves /metrics on non-head nodes
-    too (sglang PR #7720), so every node is scraped then; a node without the page gets an error
-    entry, not a failed run.
-    """
-    if plan is None:
-        return {"endpoint": base_url.rstrip("/") + "/metrics"}
-    server = plan.config.server
-    every_node = server.engine == "sglang" and "--enable-metrics-for-all-schedulers" in server.extra_args
-    targets = {}
-    for node in plan.nodes:
-        if node.serves_http or every_node:
-            host = f"[{node.address}]" if ":" in node.address else node.address
-            targets[node.name] = f"http://{host}:{plan.port}/metrics"
-    return targets
-
-
-async def _get_text(session: aiohttp.ClientSession, url: str) -> str:
-    async with session.get(url, timeout=aiohttp.ClientTimeout(total=5)) as response:
-        if response.status != 200:
-            raise ValueError(f"HTTP {response.status}")
-        return await response.text()
-
-
-async def scrape_all(session: aiohttp.ClientSession, targets: dict[str, str]) -> dict[str, Scrape | str]:
-    """node -> parsed page, or the error text when the page could not be read."""
-
-    async def one(url: str) -> Scrape | str:
-        try:
-            return parse_prometheus(await _get_text(session, url))
-        except (TimeoutError, aiohttp.ClientError, OSError, ValueError) as exc:
-            return f"{url}: {type(exc).__name__}: {exc}"
-
-    pages = await asyncio.gather(*(one(url) for url in targets.values()))
-    return dict(zip(targets, pages))
-
-
-def server_deltas(before: dict[str, Scrape | str], after: dict[str, Scrape | str]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for node, page in after.items():
-        start = before.get(node)
-        if isinstance(page, str) or isinstance(start, str) or start is None:
-            out[node] = {"error": page if isinstance(page, str) else start}
-        else:
-            out[node] = deltas(start, page)
-    return out
-
-
 async def engine_version(session: aiohttp.ClientSession, base_url: str) -> str | None:
     try:
         import orjson
 
-        return str(orjson.loads(await _get_text(session, base_url.rstrip("/") + "/version")).get("version"))
+        return str(orjson.loads(await fetch_text(session, base_url.rstrip("/") + "/version")).get("version"))
     except Exception:  # noqa: BLE001 - the version is informative only
         return None
 
@@ -217,7 +157,7 @@ async def run_benchmark_async(
             ],
             "attribution": kind,
             "attribution_note": kind_note,
-            "engine_nodes": _engine_nodes(plan) if kind == "engine_label" else {},
+            "engine_nodes": engine_nodes(plan) if kind == "engine_label" else {},
         },
         "workload": {
             "dataset": bench.dataset,
@@ -306,7 +246,7 @@ async def run_benchmark_async(
                 f"{point['label']}: {point['failed']} failed and {point['incomplete']} incomplete request(s)"
             )
     result["ended_utc"] = utc_now()
-    result["per_node"] = _per_node(plan, samplers, watchdog, kind)
+    result["per_node"] = per_node(plan, samplers, watchdog.trip, kind)
     telemetry = {name: s.samples for name, s in samplers.items()}
     plots, notes = write_plots(out, result["points"], telemetry)
     result["warnings"].extend(notes)
@@ -369,35 +309,3 @@ def _reconcile(summary: dict[str, Any], warnings: list[str]) -> None:
             f"{summary['label']}: server counted {total:.0f} generation tokens, client "
             f"{summary['total_output_tokens']} ({error:+.1f}%)"
         )
-
-
-def _engine_nodes(plan: Plan | None) -> dict[str, str]:
-    """DP rank (the `engine` label) -> the node that runs it."""
-    if plan is None:
-        return {}
-    return {str(rank.dp): node.name for node in plan.nodes for rank in node.ranks}
-
-
-def _per_node(
-    plan: Plan | None, samplers: dict[str, NodeSampler], watchdog: Watchdog, kind: str
-) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for node in plan.nodes if plan else []:
-        sampler = samplers.get(node.name)
-        entry: dict[str, Any] = {
-            "role": node.role,
-            "request_metrics": "defined" if kind in ("single_node",) else (
-                "per engine (see points[].server)" if kind == "engine_label" else "undefined"
-            ),
-            "lost": watchdog.trip is not None and watchdog.trip.node == node.name,
-        }
-        if sampler is not None:
-            entry["telemetry"] = sampler.summary()
-            entry["liveness"] = {
-                "telemetry_failures": sampler.failures,
-                "seconds_since_last_answer": round(time.monotonic() - sampler.last_ok, 3),
-            }
-        else:
-            entry["telemetry"] = {"source": "none", "note": "no backend given: telemetry not sampled"}
-        out[node.name] = entry
-    return out

@@ -6,8 +6,9 @@ from pathlib import Path
 
 import pytest
 
+from magpie_trace.bench.attribution import attribution, engine_nodes
 from magpie_trace.bench.metrics import RequestRecord, aggregate
-from magpie_trace.bench.runner import _engine_nodes, attribution, metrics_targets
+from magpie_trace.bench.prometheus import metrics_targets
 from magpie_trace.bench.workload import build_workload, load_tokenizer
 from magpie_trace.config import BenchmarkConfig, load_config
 from magpie_trace.plan import make_plan
@@ -29,7 +30,7 @@ def test_attribution_follows_the_layout(example: str, kind: str) -> None:
     assert attribution(plan)[0] == kind
     if kind == "engine_label":
         # DP ranks 0,1 on the head and 2,3 on the worker: the engine label names its node.
-        assert _engine_nodes(plan) == {"0": "node0", "1": "node0", "2": "node1", "3": "node1"}
+        assert engine_nodes(plan) == {"0": "node0", "1": "node0", "2": "node1", "3": "node1"}
     assert attribution(None)[0] == "endpoint_only"
 
 
