@@ -123,7 +123,7 @@ def match(anchors: dict[int, list[Anchor]], group_of: dict[int, Any], priors: di
             else:
                 group = () if a.stream[0] else (group_of.get(f),)
                 streams[(a.stream, *group)][f].append(a)
-    for key, members in keyed.items():
+    for members in keyed.values():
         if len(members) > 1:
             first = next(iter(members.values()))
             out.append(Collective(first.stream, len(out), members))

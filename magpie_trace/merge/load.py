@@ -8,9 +8,7 @@ back a decompressed copy.
 
 from __future__ import annotations
 
-import io
 import re
-import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -135,7 +133,7 @@ def top_level(path: Path, data: bytes) -> list[tuple[str, int, int]]:
     for key, raw in doc.items():
         lo = _address(raw) - base
         spans.append((key, lo, lo + len(raw)))
-    lo, hi = next((lo, hi) for key, lo, hi in spans if key == "traceEvents")
+    lo = next(lo for key, lo, _ in spans if key == "traceEvents")
     if data[lo : lo + 1] != b"[":
         raise TraceError(f"{path}: not a trace (traceEvents is not a list)")
     return spans

@@ -23,8 +23,8 @@ import numpy as np
 import orjson
 from isal import igzip
 
-from magpie_trace.fsutil import temp_path_for
 from magpie_trace.errors import TraceError
+from magpie_trace.fsutil import temp_path_for
 from magpie_trace.merge import bytescan
 from magpie_trace.merge.gzipjoin import LEVEL, PartWriter
 

@@ -15,7 +15,16 @@ import numpy as np
 import pytest
 
 from magpie_trace.merge import MergeOptions, merge
-from tests.merge.traces import NCCL_RANK0, gpu_partner, load, save, shift, span, truth, vllm_rank
+from tests.merge.traces import (
+    NCCL_RANK0,
+    gpu_partner,
+    load,
+    save,
+    shift,
+    span,
+    truth,
+    vllm_rank,
+)
 
 OFFSETS_NS = (500_000, 3_000_000, 50_000_000)
 DRIFTS_PPM = (0.0, 20.0)

@@ -8,7 +8,12 @@ import orjson
 import pytest
 
 from magpie_trace.errors import TraceError
-from magpie_trace.merge.discover import TRACELENS_RANK_REGEX, discover, from_name, manifest_offsets
+from magpie_trace.merge.discover import (
+    TRACELENS_RANK_REGEX,
+    discover,
+    from_name,
+    manifest_offsets,
+)
 
 
 @pytest.mark.parametrize("name,kind,node,tp,rank,label", [

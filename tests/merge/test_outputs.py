@@ -21,7 +21,16 @@ import polars as pl
 import pytest
 
 from magpie_trace.merge import MergeOptions, merge
-from tests.merge.traces import LEGACY, NCCL_RANK0, gpu_partner, load, save, shift, span, vllm_rank
+from tests.merge.traces import (
+    LEGACY,
+    NCCL_RANK0,
+    gpu_partner,
+    load,
+    save,
+    shift,
+    span,
+    vllm_rank,
+)
 
 TRACELENS_RANK_REGEX = re.compile(r"rank[\[\-_/]?(?P<rank>\d+)")
 OFFSET_NS, DRIFT_PPM = 3_000_000, 20.0
@@ -91,7 +100,7 @@ def cpu_run(tmp_path_factory) -> tuple[Path, Path, dict, dict]:
 
 
 def test_aligned_files_load_in_tracelens_with_their_metadata(cpu_run):
-    inp, out, sources, _ = cpu_run
+    _, out, sources, _ = cpu_run
     files = sorted((out / "aligned").glob("*.trace.json.gz"))
     ranks = tracelens_rank_map([f for f in files if "api-server" not in f.name], world_size=2)
     assert [ranks[0].name, ranks[1].name] == ["node0-TP0-rank0.trace.json.gz", "node1-TP1-rank1.trace.json.gz"]
