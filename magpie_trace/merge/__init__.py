@@ -128,6 +128,8 @@ def _window(scanned: list[Scanned], ref: Scanned, fit: ClockFit, base: int, opts
         return int(fit.correct(np.array([c]))[0]) - base
 
     if opts.window_ms is not None:
+        if ref.span is None and not ref.anchors:
+            raise MagpieError(f"{ref.file.path}: no profiler span or collectives to measure the window from")
         origin = ref.span[0] if ref.span else min(a.start for a in ref.anchors)
         lo, hi = opts.window_ms
         return out(origin) + int(lo * 1e6), out(origin) + int(hi * 1e6)
