@@ -72,6 +72,11 @@ def plan_command(config_path: str, overrides: tuple[str, ...], as_json: bool) ->
     if as_json:
         print_json(plan.to_dict())
         return
+    echo_plan(plan)
+
+
+def echo_plan(plan: Any) -> None:
+    """Per node: host, role, ranks, the exact command and env (secrets masked)."""
     layout = plan.layout
     click.echo(
         f"{plan.engine} on {layout.nnodes} node(s) via {plan.backend}: TP{layout.tp} PP{layout.pp} "
@@ -344,11 +349,16 @@ def demo_command(output: str, overrides: tuple[str, ...], as_json: bool) -> None
     """Run the whole flow on this machine: the simulator on two local "nodes" whose clocks differ."""
     from importlib.resources import files
 
+    from magpie_trace.plan import make_plan, new_run_id
     from magpie_trace.run import run as run_all
 
     demo = files("magpie_trace").joinpath("demo.yaml")
     ports = [f"server.port={free_port()}", f"server.rendezvous_port={free_port()}"]
     config = load_config(str(demo), [f"output.dir={output}", *ports, *overrides])
+    config.output.run_id = config.output.run_id or new_run_id()
+    if not as_json:
+        echo_plan(make_plan(config))
+        click.echo("")
     result = run_all(config, progress=progress_line)
     if as_json:
         print_json(result.to_dict())
