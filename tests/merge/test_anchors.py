@@ -1,0 +1,73 @@
+"""Matching one collective across ranks: exact keys when the trace has them, else order on the stream
+with a search over index shifts (profiling windows start at different collectives)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from magpie_trace.merge import MergeOptions, merge
+from magpie_trace.merge.anchors import Anchor, best_shift, classify, family, match
+from tests.merge.traces import load, save, shift, span, vllm_rank
+
+
+@pytest.mark.parametrize("name,expected", [
+    ("ncclDevKernel_AllReduce_Sum_f32_RING_LL(ncclDevKernelArgsStorage<4096ul>)", "allreduce"),
+    ("ncclKernel_Broadcast_RING_LL_Sum_int8_t(ncclDevComm*, unsigned long, ncclWork*)", "broadcast"),
+    ("gloo:all_reduce", "allreduce"), ("_allgather_base", "allgather"),
+    ("void vllm::cross_device_reduce_1stage<float, 8>(...)", "allreduce"),
+])
+def test_family(name, expected):
+    assert family(name) == expected
+
+
+def test_classify_prefers_exact_keys_and_ignores_non_collectives():
+    kernel = {"ph": "X", "cat": "kernel", "name": "ncclDevKernel_AllReduce_Sum_f32_RING_LL",
+              "args": {"Process Group Name": "3", "Seq": 17, "Collective name": "allreduce"}}
+    anchor = classify(kernel, 10, 20)
+    assert anchor is not None and anchor.gpu and anchor.key == ("seq", "3", False, "17")
+    assert classify({"ph": "X", "cat": "cpu_op", "name": "c10d::allreduce_"}, 0, 1) is None
+    assert classify({"ph": "X", "cat": "kernel", "name": "void at::native::elementwise"}, 0, 1) is None
+
+
+def _anchors(starts: np.ndarray, durs: np.ndarray, first_seq: int | None = None) -> list[Anchor]:
+    """Anchors; with first_seq, keyed by (PG "0", Seq first_seq + k)."""
+    return [Anchor(("", "allreduce"), None if first_seq is None else ("seq", "0", False, str(first_seq + k)),
+                   int(s), int(s + d), "x", True)
+            for k, (s, d) in enumerate(zip(starts, durs))]
+
+
+def test_shift_search_finds_a_window_that_started_later():
+    rng = np.random.default_rng(1)
+    starts = np.cumsum(rng.integers(200_000, 3_000_000, 300))
+    durs = rng.integers(20_000, 100_000, 300)
+    ref = _anchors(starts, durs)
+    late = _anchors(starts[7:] + 1_500_000, durs[7:])  # 7 collectives missed, clock 1.5 ms ahead
+    shift_found, consistent = best_shift(ref, late)
+    assert shift_found == -7 and consistent == 293
+
+
+def test_exact_keys_match_out_of_order():
+    starts = np.arange(0, 10_000_000, 1_000_000)
+    durs = np.full(10, 50_000)
+    a = _anchors(starts, durs, first_seq=0)
+    b = list(reversed(_anchors(starts[2:] + 10, durs[2:], first_seq=2)))
+    collectives = match({0: a, 1: b}, {0: None, 1: None}, {})
+    assert len(collectives) == 8
+    assert all(c.members[1].start - c.members[0].start == 10 for c in collectives)
+
+
+def test_real_pair_with_rank1_window_starting_later(tmp_path):
+    """Rank 1 misses its first 5 collectives (and everything before them): still aligned."""
+    rank0, rank1 = load(vllm_rank(0)), load(vllm_rank(1))
+    gloo = sorted((e for e in rank1["traceEvents"] if e.get("name", "").startswith("gloo:")), key=lambda e: e["ts"])
+    cut = gloo[5]["ts"]
+    late = dict(rank1, traceEvents=[e for e in rank1["traceEvents"] if e.get("ph") == "M" or e.get("ts", cut) >= cut])
+    inp = tmp_path / "in"
+    inp.mkdir()
+    save(rank0, inp / "node0-TP0.trace.json.gz")
+    save(shift(late, 3_000_000, 0.0, span(late)[0]), inp / "node1-TP1.trace.json.gz")
+    result = merge(inp, tmp_path / "out", MergeOptions(outputs=("alignment",)))
+    node = result.nodes["node1"]
+    assert node["offset_ns"] == pytest.approx(3_000_000, abs=50_000)
+    assert node["residuals"]["causality_violations"] == 0
