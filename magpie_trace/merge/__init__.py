@@ -4,9 +4,9 @@ trace, collective tables and alignment.json.
     from magpie_trace.merge import MergeOptions, merge
     result = merge(Path("traces"), Path("merged"), MergeOptions(jobs=2))
 
-Two passes, one file at a time per worker: pass 1 (`load`) validates each trace, keeps a decompressed
-copy and extracts the collectives; `anchors` + `align` fit each node's clock; pass 2 (`rewrite`)
-streams every file's bytes into the outputs. Inputs are only read.
+Two passes, one file at a time per worker: pass 1 (`load`) validates each trace and extracts the
+collectives; `anchors` + `align` fit each node's clock; pass 2 (`rewrite`, with the compiled
+`bytescan`) streams every file again into the outputs. Inputs are only read.
 """
 
 from __future__ import annotations
