@@ -55,7 +55,7 @@ def test_our_client_agrees_with_vllm_bench_serve(real_vllm, tmp_path, engine_pyt
     words = "the node rank waits for every tensor in the ring".split()
     prompts.write_text(json.dumps([
         {"conversations": [
-            {"from": "human", "value": " ".join(words[(i + k) % len(words)] for k in range(24))},
+            {"from": "human", "value": " ".join(words[(i + k) % len(words)] for k in range(120))},
             {"from": "gpt", "value": "the ring"},
         ]}
         for i in range(PROMPTS)
@@ -71,7 +71,7 @@ def test_our_client_agrees_with_vllm_bench_serve(real_vllm, tmp_path, engine_pyt
         "--backend", "openai", "--base-url", plan.head_url, "--model", str(tiny_model),
         "--tokenizer", str(tiny_model), "--dataset-name", "sharegpt", "--dataset-path", str(prompts),
         "--sharegpt-output-len", str(OUTPUT_LEN), "--num-prompts", str(PROMPTS),
-        "--max-concurrency", str(CONCURRENCY), "--ignore-eos", "--save-result",
+        "--max-concurrency", str(CONCURRENCY), "--ignore-eos", "--temperature", "0", "--save-result",
         "--result-dir", str(tmp_path), "--result-filename", "vllm.json", "--disable-tqdm",
     ]
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=engine_env)
