@@ -86,15 +86,16 @@ class _Light(msgspec.Struct):
 _KEY_AHEAD = re.compile(rb'\s*"[^"\\]{1,64}"\s*:')
 
 
-def _cut_point(block: bytes, start: int, cuts: list[tuple[int, int]], cut_starts: list[int]) -> int:
-    """A split position in `block`: right before a `,` that is followed by an object key (so the
-    split is outside every string and value) and outside every byte range we drop."""
-    k = len(block)
+def _cut_point(block: bytes | bytearray, start: int, cuts: list[tuple[int, int]], cut_starts: list[int],
+               size: int) -> int:
+    """A split position in `block[:size]`: right before a `,` that is followed by an object key (so
+    the split is outside every string and value) and outside every byte range we drop."""
+    k = size
     while True:
         k = block.rfind(b",", 0, k)
         if k <= 0:
-            return len(block)
-        if _KEY_AHEAD.match(block, k + 1):
+            return size
+        if _KEY_AHEAD.match(block, k + 1, size):
             i = bisect.bisect_right(cut_starts, start + k) - 1
             if i < 0 or not (cuts[i][0] <= start + k < cuts[i][1]):
                 return k
@@ -110,13 +111,19 @@ class _Rewriter:
         self.pid_next = np.array([job.index * PIDS_PER_FILE], dtype=np.int64)
         self.new_pids = np.zeros((bytescan.NEW_PID_CAP, 4), dtype=np.int64)
         self.last_ts = np.zeros(1, dtype=np.int64)
+        self.out_a = self.out_m = np.empty(0, dtype=np.uint8)  # reused: fresh pages cost page faults
 
-    def chunk(self, chunk: bytes, aligned: bool, merged: bool, cuts: list[tuple[int, int]]) -> tuple[bytes | None, bytes | None]:
-        """One chunk rewritten for the aligned file and/or the merged part (`cuts`: ranges to drop there)."""
+    def chunk(self, chunk: bytes | memoryview, aligned: bool, merged: bool,
+              cuts: list[tuple[int, int]]) -> tuple[memoryview | None, memoryview | None]:
+        """One chunk rewritten for the aligned file and/or the merged part (`cuts`: ranges to drop
+        there). The results are views of buffers reused by the next call: consume them first."""
         src = np.frombuffer(chunk, dtype=np.uint8)
         cap = 4 * len(chunk) + 1024  # a value grows by at most ~20 bytes and takes at least 6 with its key
-        out_a = np.empty(cap if aligned else 0, dtype=np.uint8)
-        out_m = np.empty(cap if merged else 0, dtype=np.uint8)
+        if aligned and self.out_a.size < cap:
+            self.out_a = np.empty(cap, dtype=np.uint8)
+        if merged and self.out_m.size < cap:
+            self.out_m = np.empty(cap, dtype=np.uint8)
+        out_a, out_m = self.out_a, self.out_m
         t = self.job.transform
         cut_rows = np.array(cuts, dtype=np.int64).reshape(-1, 2)
         la, lm, n_new = bytescan.rewrite(
@@ -126,7 +133,7 @@ class _Rewriter:
         if n_new < 0 or self.pid_next[0] >= (self.job.index + 1) * PIDS_PER_FILE:
             raise TraceError(f"{self.job.label}: more than {PIDS_PER_FILE - 1} processes in one trace")
         for new_pid, kind, a, b in self.new_pids[:n_new].tolist():
-            self.pids[chunk[a:b] if kind else str(a).encode()] = new_pid
+            self.pids[bytes(chunk[a:b]) if kind else str(a).encode()] = new_pid
         return (memoryview(out_a[:la]) if aligned else None), (memoryview(out_m[:lm]) if merged else None)
 
     def stream(self, source: BinaryIO, lo: int, hi: int, cuts: list[tuple[int, int]], sinks: tuple[Any, Any]) -> None:
@@ -136,19 +143,28 @@ class _Rewriter:
         cut_starts = [c[0] for c in cuts]
         _skip(source, lo)
         pos = lo
-        carry = b""
+        block = bytearray(CHUNK)
+        view = memoryview(block)
+        carried = 0
         while pos < hi:
-            block = carry + source.read(min(CHUNK, hi - pos - len(carry)))
-            if len(block) == len(carry):
-                raise TraceError(f"{self.job.source}: ended early (changed since it was read?)")
-            k = len(block) if pos + len(block) >= hi else _cut_point(block, pos, cuts, cut_starts)
-            chunk, carry = block[:k], block[k:]
+            want = min(CHUNK, hi - pos)
+            got = carried
+            while got < want:
+                n = source.readinto(view[got:want])
+                if not n:
+                    raise TraceError(f"{self.job.source}: ended early (changed since it was read?)")
+                got += n
+            k = got if pos + got >= hi else _cut_point(block, pos, cuts, cut_starts, got)
+            chunk = view[:k]
             local = [(max(a, pos) - pos, min(b, pos + k) - pos) for a, b in cuts if a < pos + k and b > pos]
             a_out, m_out = self.chunk(chunk, aligned_sink is not None, merged_sink is not None, local)
             if aligned_sink is not None:
                 aligned_sink.write(a_out)
             if merged_sink is not None:
                 merged_sink.write(m_out)
+            chunk.release()
+            carried = got - k
+            block[:carried] = block[k:got]
             pos += k
 
 
