@@ -145,7 +145,7 @@ def _bench_and_capture(
     plan: Plan, backend: Backend, run_dir: RunDir, state: LaunchState | None, result: RunResult, say: Progress
 ) -> None:
     """The benchmark in this thread; the profile window opened during the load in another."""
-    from magpie_trace.bench import run_benchmark
+    from magpie_trace.bench import BenchInvalid, RunAborted, run_benchmark
     from magpie_trace.profile import capture
 
     config = plan.config
@@ -171,11 +171,18 @@ def _bench_and_capture(
         thread.start()
     try:
         if config.benchmark.enabled:
-            bench = run_benchmark(
-                config, plan, run_dir.bench, backend=backend,
-                handles=state.handles if state else None, say=say,
-                on_point_start=lambda _point: load_started.set(),
-            )
+            try:
+                bench = run_benchmark(
+                    config, plan, run_dir.bench, backend=backend,
+                    handles=state.handles if state else None, say=say,
+                    on_point_start=lambda _point: load_started.set(),
+                )
+            except (BenchInvalid, RunAborted) as exc:
+                # Partial results were written and marked invalid; the run stops with this error.
+                result.bench_valid = False
+                if exc.result_path:
+                    result.outputs["bench"] = str(exc.result_path)
+                raise
             result.bench_valid = bench.valid
             result.outputs["bench"] = str(bench.result_path)
     finally:

@@ -14,6 +14,7 @@ import pytest
 import yaml
 
 from magpie_trace.config import SimConfig
+from magpie_trace.errors import MagpieError
 from magpie_trace.launch import load_state
 from magpie_trace.rundir import RunDir
 from magpie_trace.run import run
@@ -133,3 +134,28 @@ def test_ctrl_c_mid_run_leaves_no_process(tmp_path):
     assert wait_for(lambda: not leftover_processes(h.pgid for h in state.handles.values()), 10)
     for handle in state.handles.values():
         assert not os.path.exists(f"/proc/{handle.pid}") or leftover_processes([handle.pgid]) == {}
+
+
+def test_a_node_dying_mid_run_stops_it_naming_the_node_and_tears_down(tmp_path):
+    config = small_run_config(local_scheduler(tmp_path, 2), tmp_path, die_after_s={1: 4.0})
+    config.benchmark.num_prompts, config.benchmark.output_len = 400, 100
+    config.profile.enabled = False
+    started = time.monotonic()
+    with pytest.raises(MagpieError) as info:
+        run(config)
+    assert time.monotonic() - started < 60
+    message = str(info.value)
+    assert message.startswith("node1: ") and "exited with code 1" in message
+    assert info.value.exit_code == 3
+    run_dir = RunDir(next(Path(config.output.dir).glob("2*")))
+    run_json = json.loads((run_dir.root / "run.json").read_text())
+    assert run_json["ok"] is False and run_json["bench_valid"] is False
+    assert run_json["error"].startswith("node1: ")
+    stages = {s["name"]: s["status"] for s in run_json["stages"]}
+    assert stages["launch"] == "ok" and stages["bench"] == "failed" and stages["report"] == "ok"
+    result = json.loads((run_dir.bench / "result.json").read_text())
+    assert result["valid"] is False and result["abort"]["node"] == "node1"
+    assert "INVALID RUN" in run_dir.report_md.read_text()
+    state = load_state(run_dir)
+    assert state.stopped_at is not None
+    assert wait_for(lambda: not leftover_processes(h.pgid for h in state.handles.values()), 10)
