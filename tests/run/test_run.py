@@ -16,8 +16,8 @@ import yaml
 from magpie_trace.config import SimConfig
 from magpie_trace.errors import MagpieError
 from magpie_trace.launch import load_state
-from magpie_trace.rundir import RunDir
 from magpie_trace.run import run
+from magpie_trace.rundir import RunDir
 from tests.launch.simcluster import local_scheduler, sim_config
 from tests.launch.test_launch_ray import ray_scheduler
 from tests.procs import leftover_processes, wait_for
