@@ -349,3 +349,40 @@ def find_names(src: np.ndarray, colons: np.ndarray, hi: int, table: np.ndarray, 
                 count += 1
                 break
     return found[:count]
+
+
+@njit(cache=True, nogil=True)
+def event_bounds(src: np.ndarray, positions: np.ndarray, floor: int) -> np.ndarray:
+    """For each position (inside an event), the [start, end) of the innermost JSON object around it
+    that encloses it, found by matching braces outside strings; -1 where none is found quickly."""
+    out = np.full((positions.size, 2), -1, dtype=np.int64)
+    n = src.size
+    for r in range(positions.size):
+        p = positions[r]
+        lo = p
+        for _ in range(16):
+            lo -= 1
+            while lo >= floor and src[lo] != 123:
+                lo -= 1
+            if lo < floor:
+                break
+            depth = 0
+            k = lo
+            while k < n:
+                c = src[k]
+                if c == 34:
+                    k += 1
+                    while k < n and src[k] != 34:
+                        k += 2 if src[k] == 92 else 1
+                elif c == 123:
+                    depth += 1
+                elif c == 125:
+                    depth -= 1
+                    if depth == 0:
+                        break
+                k += 1
+            if k > p and k < n:
+                out[r, 0] = lo
+                out[r, 1] = k + 1
+                break
+    return out

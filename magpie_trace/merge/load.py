@@ -162,6 +162,17 @@ def event_at(data: bytes, pos: int, floor: int) -> tuple[int, int, dict[str, Any
     return None
 
 
+def _decoded(data: bytes | bytearray, lo: int, hi: int) -> tuple[int, int, dict[str, Any]] | None:
+    """The event at [lo, hi) when that slice is one (the fast path of `event_at`)."""
+    if lo < 0:
+        return None
+    try:
+        ev = orjson.loads(data[lo:hi])
+    except orjson.JSONDecodeError:
+        return None
+    return (lo, hi, ev) if isinstance(ev, dict) and "ph" in ev else None
+
+
 def _separator_span(data: bytes, lo: int, hi: int, floor: int) -> tuple[int, int]:
     """The event plus one neighbouring comma, so cutting it leaves a valid array."""
     j = hi
@@ -215,8 +226,10 @@ def scan(tf: TraceFile) -> Scanned:
     names: dict[bytes, str] = {}
     steps: list[Step] = []
     span: tuple[int, int] | None = None
-    for pos in candidate_names(data, ev_lo + 1, ev_hi - 1):
-        found = event_at(data, pos, ev_lo)
+    positions = candidate_names(data, ev_lo + 1, ev_hi - 1)
+    bounds = bytescan.event_bounds(np.frombuffer(data, dtype=np.uint8), np.array(positions, dtype=np.int64), ev_lo)
+    for pos, (lo, hi) in zip(positions, bounds.tolist()):
+        found = _decoded(data, lo, hi) or event_at(data, pos, ev_lo)
         if found is None:
             continue
         lo, hi, ev = found
