@@ -145,7 +145,12 @@ def _bench_and_capture(
     plan: Plan, backend: Backend, run_dir: RunDir, state: LaunchState | None, result: RunResult, say: Progress
 ) -> None:
     """The benchmark in this thread; the profile window opened during the load in another."""
-    from magpie_trace.bench import BenchInvalid, RunAborted, run_benchmark
+    from magpie_trace.bench import (
+        BenchInterrupted,
+        BenchInvalid,
+        RunAborted,
+        run_benchmark,
+    )
     from magpie_trace.profile import capture
 
     config = plan.config
@@ -177,7 +182,7 @@ def _bench_and_capture(
                     handles=state.handles if state else None, say=say,
                     on_point_start=lambda _point: load_started.set(),
                 )
-            except (BenchInvalid, RunAborted) as exc:
+            except (BenchInterrupted, BenchInvalid, RunAborted) as exc:
                 # Partial results were written and marked invalid; the run stops with this error.
                 result.bench_valid = False
                 if exc.result_path:

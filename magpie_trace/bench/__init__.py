@@ -9,10 +9,11 @@ Metric definitions follow `vllm bench serve` (docs/bench.md has the formulas and
 from magpie_trace.bench.arrivals import LoadPoint, send_times, sweep_points
 from magpie_trace.bench.results import SCHEMA, read_result
 from magpie_trace.bench.runner import BenchResult, run_benchmark, run_benchmark_async
-from magpie_trace.bench.watchdog import BenchInvalid, RunAborted
+from magpie_trace.bench.watchdog import BenchInterrupted, BenchInvalid, RunAborted
 
 __all__ = [
     "SCHEMA",
+    "BenchInterrupted",
     "BenchInvalid",
     "BenchResult",
     "LoadPoint",

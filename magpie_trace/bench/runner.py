@@ -38,13 +38,20 @@ from magpie_trace.bench.results import (
     write_outputs,
 )
 from magpie_trace.bench.telemetry import NodeSampler
-from magpie_trace.bench.watchdog import BenchInvalid, RunAborted, Trip, Watchdog
+from magpie_trace.bench.watchdog import (
+    BenchInterrupted,
+    BenchInvalid,
+    RunAborted,
+    Trip,
+    Watchdog,
+)
 from magpie_trace.bench.workload import build_workload, load_tokenizer
 from magpie_trace.config import Config
 from magpie_trace.errors import MagpieError
 from magpie_trace.plan import Plan
 
 Say = Callable[[str], None]
+INTERRUPTED = "interrupted before the load finished"
 WARMUP_MAX_TOKENS = 16
 
 
@@ -258,6 +265,8 @@ async def run_benchmark_async(
         "plots": plots,
     }
     path = write_outputs(out, result, records, telemetry)
+    if trip is not None and trip.reason == INTERRUPTED:
+        raise BenchInterrupted(str(path))
     if trip is not None:
         raise RunAborted(trip.node, trip.reason, str(path))
     if not result["valid"]:
@@ -282,7 +291,7 @@ async def _watched(watchdog: Watchdog, work: Any, deadline: float) -> None:
     except asyncio.CancelledError:
         # Ctrl-C (asyncio.run cancels the main task): stop the load and keep what was measured.
         if watchdog.trip is None:
-            watchdog.trip = Trip("benchmark", "interrupted before the load finished")
+            watchdog.trip = Trip("benchmark", INTERRUPTED)
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
     finally:

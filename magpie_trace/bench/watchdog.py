@@ -35,6 +35,16 @@ class RunAborted(NodeError):
         self.result_path = result_path
 
 
+class BenchInterrupted(MagpieError):
+    """Ctrl-C during the load: what was measured is written, marked invalid; exit like any Ctrl-C."""
+
+    exit_code = 130
+
+    def __init__(self, result_path: str) -> None:
+        super().__init__(f"interrupted (partial results, marked invalid: {result_path})")
+        self.result_path = result_path
+
+
 class BenchInvalid(MagpieError):
     """Requests failed or were cut short: the numbers are written but marked invalid."""
 

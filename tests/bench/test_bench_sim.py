@@ -220,8 +220,8 @@ def test_ctrl_c_keeps_the_partial_result_marked_invalid(sim_run):
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-    assert proc.returncode == 3
-    assert err.strip().splitlines()[-1].startswith("error: benchmark: interrupted before the load finished")
+    assert proc.returncode == 130  # like any Ctrl-C, after writing what was measured
+    assert err.strip().splitlines()[-1].startswith("error: interrupted (partial results, marked invalid: ")
     data = json.loads((run.run_dir.bench / "result.json").read_text())
     assert data["valid"] is False and data["points"][0]["incomplete"] == 4
 
@@ -232,7 +232,8 @@ def test_chat_endpoint_streams_and_counts(sim_run):
                                   concurrency=[2], warmup_requests=1))
     point = run.bench().points[0]
     assert point["completed"] == 6 and point["total_output_tokens"] == 30
-    assert point["median_ttft_ms"] >= 10 and point["median_tpot_ms"] >= 5
+    # The sim may send a chunk up to 0.2 ms early (it batches what is due within 0.2 ms).
+    assert point["median_ttft_ms"] >= 9.8 and point["median_tpot_ms"] >= 4.8
     rows = [json.loads(x) for x in (run.run_dir.bench / "requests.jsonl").read_text().splitlines()]
     assert all(r["output_tokens_source"] == "usage" and r["output_chars"] > 0 for r in rows)
 

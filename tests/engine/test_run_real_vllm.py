@@ -21,10 +21,15 @@ from magpie_trace.config import (
     validate,
 )
 from magpie_trace.launch import load_state
-from magpie_trace.rundir import RunDir
 from magpie_trace.run import run
+from magpie_trace.rundir import RunDir
 from tests.procs import leftover_processes, wait_for
-from tests.profile.test_real_vllm_profile import ENGINE_ENV, FAKETIME_OFFSET_S, free_port, libfaketime
+from tests.profile.test_real_vllm_profile import (
+    ENGINE_ENV,
+    FAKETIME_OFFSET_S,
+    free_port,
+    libfaketime,
+)
 
 pytestmark = pytest.mark.engine
 

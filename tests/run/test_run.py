@@ -128,7 +128,7 @@ def test_ctrl_c_mid_run_leaves_no_process(tmp_path):
         if proc.poll() is None:
             proc.kill()
     assert proc.returncode == 130, err
-    assert "error: interrupted" in err
+    assert "error: interrupted (partial results, marked invalid:" in err
     state = load_state(run_dir)
     assert state.stopped_at is not None
     assert wait_for(lambda: not leftover_processes(h.pgid for h in state.handles.values()), 10)
