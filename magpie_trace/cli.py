@@ -331,15 +331,6 @@ def run_command(
         print_run_summary(result)
 
 
-def free_port() -> int:
-    """A TCP port nothing listens on now, so the demo never collides with a server already running."""
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @main.command("demo")
 @click.option("--output", "output", default="magpie-runs", show_default=True, help="Where the run folder goes.")
 @set_option
@@ -350,6 +341,7 @@ def demo_command(output: str, overrides: tuple[str, ...], as_json: bool) -> None
     from importlib.resources import files
 
     from magpie_trace.plan import make_plan, new_run_id
+    from magpie_trace.ports import free_port
     from magpie_trace.run import run as run_all
 
     demo = files("magpie_trace").joinpath("demo.yaml")

@@ -12,7 +12,6 @@ import gzip
 import json
 import os
 import signal
-import socket
 import subprocess
 import time
 import urllib.error
@@ -21,18 +20,13 @@ from pathlib import Path
 
 import pytest
 
+from magpie_trace.ports import free_port
 from tests.procs import group_members, leftover_processes
 
 pytestmark = pytest.mark.engine
 
 READY_TIMEOUT_S = 420.0
 STOP_TIMEOUT_S = 30.0
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _http(method: str, url: str, body: dict | None = None, timeout: float = 120.0) -> tuple[int, bytes]:
@@ -89,7 +83,7 @@ def test_vllm_tp2_across_two_loopback_nodes_serves_profiles_and_stops(
     tmp_path: Path, tiny_model: Path, vllm_command: list[str], engine_env: dict[str, str]
 ) -> None:
     trace_dir = tmp_path / "traces"
-    http_port, master_port = _free_port(), _free_port()
+    http_port, master_port = free_port(), free_port()
     profiler_config = json.dumps(
         {"profiler": "torch", "torch_profiler_dir": str(trace_dir), "torch_profiler_with_stack": False}
     )

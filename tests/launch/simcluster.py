@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 from pathlib import Path
 
 from magpie_trace.config import (
@@ -14,12 +13,7 @@ from magpie_trace.config import (
     SimConfig,
     validate,
 )
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+from magpie_trace.ports import free_port  # noqa: F401  (re-exported for tests)
 
 
 def sim_config(

@@ -12,7 +12,6 @@ import glob
 import gzip
 import json
 import os
-import socket
 import statistics
 import threading
 import time
@@ -33,6 +32,7 @@ from magpie_trace.config import (
 )
 from magpie_trace.launch import launch, stop
 from magpie_trace.plan import make_plan
+from magpie_trace.ports import free_port
 from magpie_trace.profile import capture
 from magpie_trace.rundir import new_run_dir
 
@@ -41,12 +41,6 @@ pytestmark = pytest.mark.engine
 FAKETIME_OFFSET_S = 0.25
 ENGINE_ENV = ("VLLM_TARGET_DEVICE", "VLLM_CPU_KVCACHE_SPACE", "HF_HUB_OFFLINE",
               "TRANSFORMERS_OFFLINE", "VLLM_NO_USAGE_STATS", "DO_NOT_TRACK")
-
-
-def free_port(host: str) -> int:
-    with socket.socket() as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
 
 
 def libfaketime() -> str:
