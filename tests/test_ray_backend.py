@@ -20,11 +20,12 @@ from pathlib import Path
 
 import pytest
 import ray
+from ray.exceptions import RayActorError
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from magpie_trace.backends import ProcessHandle, make_backend
 from magpie_trace.backends.posix import exit_path
-from magpie_trace.backends.ray import RayBackend, actor_name
+from magpie_trace.backends.ray import RayBackend, agent_name
 from magpie_trace.config import NodeConfig, RayConfig, SchedulerConfig
 from magpie_trace.errors import MagpieError, NodeError
 from magpie_trace.fanout import on_nodes
@@ -79,8 +80,8 @@ def test_start_alive_stop_leaves_no_process(backend: RayBackend) -> None:
     handle = backend.start(node, ["sh", "-c", tree], {"MT_VALUE": "x y"}, log)
     start_s = time.monotonic() - began
     assert handle.pgid == handle.pid and handle.backend == "ray"
-    assert handle.extra["actor"] == actor_name(node, log)
     assert handle.extra["ray_node_id"] == backend.ray_node_id(node)
+    assert handle.extra["actor"] == agent_name(handle.extra["ray_node_id"])
     assert wait_for(lambda: len(group_members(handle.pgid)) >= 4)  # sh, 3 sleeps
     assert backend.alive(node, handle)
     assert backend.exit_code(node, handle) is None
@@ -94,14 +95,14 @@ def test_start_alive_stop_leaves_no_process(backend: RayBackend) -> None:
     backend.stop(node, handle, grace_s=3)
     stop_s = time.monotonic() - began
     assert group_members(handle.pgid) == []
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError):  # its agent held nothing else, so it is gone too
         ray.get_actor(handle.extra["actor"], namespace=handle.extra["namespace"])
     assert not backend.alive(node, handle)
     assert backend.exit_code(node, handle) == -signal.SIGTERM  # read from the exit file
     backend.stop(node, handle, grace_s=1)  # stopping twice is harmless
     print(f"ray start {start_s:.2f} s, stop {stop_s:.2f} s")
 
-    again = backend.start(node, ["sleep", "60"], {}, log)  # the stopped actor's name is free
+    again = backend.start(node, ["sleep", "60"], {}, log)  # on a new agent
     assert again.extra["actor"] == handle.extra["actor"] and backend.alive(node, again)
     backend.stop(node, again, grace_s=1)
     assert group_members(again.pgid) == []
@@ -261,11 +262,53 @@ def test_fanout_on_8_nodes(backend: RayBackend, ray_cluster: RayCluster) -> None
     start_s = time.monotonic() - began
     assert len({h.pgid for h in handles.values()}) == 8
     assert {h.extra["ray_node_id"] for h in handles.values()} == set(ray_cluster.node_ids.values())
+    agents = {h.extra["actor"] for h in handles.values()}
+    assert len(agents) == 3  # one agent per Ray node, shared by the parallel starts
     assert all(on_nodes(lambda n: backend.alive(n, handles[n.name]), nodes).values())
+    backend.stop(nodes[0], handles["w0"], grace_s=2)  # w3 and w6 share its agent: it stays
+    assert backend.alive(nodes[3], handles["w3"]) and backend.alive(nodes[6], handles["w6"])
+    rest = nodes[1:]
     began = time.monotonic()
-    on_nodes(lambda n: backend.stop(n, handles[n.name], grace_s=2), nodes)
-    print(f"8 starts {start_s:.2f} s, 8 stops {time.monotonic() - began:.2f} s")
+    on_nodes(lambda n: backend.stop(n, handles[n.name], grace_s=2), rest)
+    print(f"8 starts {start_s:.2f} s, 7 stops {time.monotonic() - began:.2f} s")
     assert all(group_members(h.pgid) == [] for h in handles.values())
+    assert not any(on_nodes(lambda n: backend.alive(n, handles[n.name]), nodes).values())
+    namespace = backend.scheduler.ray.namespace
+    assert wait_for(lambda: not any(_exists(a, namespace) for a in agents))  # nothing left behind
+
+
+def test_a_start_meeting_a_closing_agent(backend: RayBackend) -> None:
+    """An agent that holds nothing closes: it refuses new commands until its last stopper kills
+    it. A start that meets it (that stopper was slow, or died before the kill) kills it and
+    starts on a new agent."""
+    node = _node(backend, "n2")
+    wd = backend.workdir(node)
+    first = backend.start(node, ["sleep", "60"], {}, f"{wd}/closing-a.log")
+    namespace = backend.scheduler.ray.namespace
+    agent = ray.get_actor(first.extra["actor"], namespace=namespace)
+    os.killpg(first.pgid, signal.SIGKILL)  # it ends without a stop through the backend
+    assert wait_for(lambda: backend.exit_code(node, first) == -signal.SIGKILL)
+    assert ray.get(agent.close_if_idle.remote(), timeout=30) is True  # closing, not yet killed
+
+    second = backend.start(node, ["sleep", "60"], {}, f"{wd}/closing-b.log")
+    assert backend.alive(node, second) and group_members(second.pgid) == [second.pgid]
+    with pytest.raises(RayActorError):  # the closing agent was killed; second has a new one
+        ray.get(agent.close_if_idle.remote(), timeout=30)
+    assert not backend.alive(node, first)
+    assert backend.exit_code(node, first) == -signal.SIGKILL  # from its exit file
+    backend.stop(node, first)  # harmless: the new agent never held it
+    assert backend.alive(node, second)
+    backend.stop(node, second, grace_s=1)
+    assert group_members(second.pgid) == []
+    assert wait_for(lambda: not _exists(second.extra["actor"], namespace))
+
+
+def _exists(actor: str, namespace: str) -> bool:
+    try:
+        ray.get_actor(actor, namespace=namespace)
+    except ValueError:
+        return False
+    return True
 
 
 LAUNCHER = """

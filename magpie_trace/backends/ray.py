@@ -1,25 +1,28 @@
-"""The `ray` backend: each node's command runs in a detached Ray actor pinned to that node.
+"""The `ray` backend: commands run under a detached agent actor pinned to their Ray node.
 
 It joins an existing Ray cluster (`scheduler.ray.address`, `auto` or host:port of the GCS) and
 never starts one. Each config node maps to exactly one alive Ray node: by `ray_node_id`, else by
 `ray_labels` (every pair must be among the Ray node's labels), else by `host` (the Ray node's IP
 or hostname). No match, or more than one, is a NodeError naming the config node and what was seen.
 
-A started command is owned by a named, detached actor (0 CPUs, hard NodeAffinity) whose name is
-derived from the node and the log path, so it outlives `magpie-trace launch` and a later process
-(`magpie-trace stop`) finds it from the ProcessHandle (or from the node and the log path alone).
+Started commands are owned by one agent per Ray node: a named, detached actor (0 CPUs, hard
+NodeAffinity) whose name is derived from the Ray node id, in the configured namespace. It is made
+on the node's first start (parallel starts share it) and killed once the last of its commands is
+stopped, so it outlives `magpie-trace launch`, a later process (`magpie-trace stop`) finds it from
+the ProcessHandle, and it leaves nothing behind. One agent rather than one actor per command: each
+actor is a new Ray worker process (about a CPU-second to start), and a node's commands are few.
 The code that runs on the nodes is ray_node.py, shipped by value: nodes need Ray, not
 magpie-trace.
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import posixpath
 import socket
 import threading
+import time
 from typing import Any
 
 import ray
@@ -44,7 +47,12 @@ _read_chunks = ray.remote(ray_node.read_chunks)
 _list_files = ray.remote(ray_node.list_files)
 _read_exit_code = ray.remote(ray_node.read_exit_code)
 
-ACTOR_PREFIX = "magpie-trace"
+AGENT_PREFIX = "magpie-trace-agent"
+# Concurrent calls an agent serves: stops wait out their grace period in parallel.
+AGENT_THREADS = 32
+# A start that meets an agent closing after its last stop retries on a new one.
+AGENT_ATTEMPTS = 20
+AGENT_RETRY_S = 0.05
 CHUNK_BYTES = 8 * 1024 * 1024
 CONNECT_TIMEOUT_S = 10.0
 # A node's first call starts a Ray worker process there (about a second; more on a busy node).
@@ -52,10 +60,9 @@ CONTROL_TIMEOUT_S = 60.0
 _SHOWN_NODES = 8
 
 
-def actor_name(node: NodeConfig, log_path: str) -> str:
-    """The Ray actor name of the command started on node with log_path (one per run and node)."""
-    digest = hashlib.sha256(log_path.encode()).hexdigest()[:16]
-    return f"{ACTOR_PREFIX}:{node.name}:{digest}"
+def agent_name(ray_node_id: str) -> str:
+    """The Ray actor name of the agent that owns the commands started on that Ray node."""
+    return f"{AGENT_PREFIX}:{ray_node_id}"
 
 
 class RayBackend(Backend):
@@ -143,8 +150,15 @@ class RayBackend(Backend):
         except RayError as exc:
             raise _node_error(node, what, exc, timeout_s) from None
 
+    def _check_node(self, node: NodeConfig, node_id: str) -> None:
+        """NodeError if the Ray node with node_id is gone."""
+        known = [n for n in ray.nodes() if n["NodeID"] == node_id]
+        if not known or not known[0]["Alive"]:
+            raise _gone(node, known[0] if known else {"NodeID": node_id})
+
     def _agent(self, node: NodeConfig, handle: ProcessHandle) -> ActorHandle | None:
-        """The handle's actor; None once it was stopped. NodeError if its Ray node is gone."""
+        """The handle's agent; None when there is none (it closed after its last stop).
+        NodeError if its Ray node is gone."""
         name = handle.extra.get("actor")
         if handle.backend != self.name or not name:
             raise NodeError(node.name, f"pid {handle.pid} was not started by the ray backend")
@@ -152,11 +166,52 @@ class RayBackend(Backend):
         try:
             return ray.get_actor(name, namespace=handle.extra["namespace"])
         except ValueError:
-            node_id = str(handle.extra["ray_node_id"])
-            known = [n for n in ray.nodes() if n["NodeID"] == node_id]
-            if not known or not known[0]["Alive"]:
-                raise _gone(node, known[0] if known else {"NodeID": node_id}) from None
+            self._check_node(node, str(handle.extra["ray_node_id"]))
             return None
+
+    def _agent_died(
+        self, node: NodeConfig, handle: ProcessHandle, what: str, exc: RayActorError
+    ) -> None:
+        """A call to the handle's agent met a dead agent: fine if it closed after its last stop
+        (it held nothing, so the exit code is on disk); NodeError if the node is gone or the
+        agent died holding the command."""
+        self._check_node(node, str(handle.extra["ray_node_id"]))
+        if self._exit_file_code(node, handle) is None:
+            raise _node_error(node, what, exc, CONTROL_TIMEOUT_S)
+
+    def _exit_file_code(self, node: NodeConfig, handle: ProcessHandle) -> int | None:
+        options = self._on(str(handle.extra["ray_node_id"]))
+        ref = _read_exit_code.options(**options).remote(handle.extra["exit_path"])
+        return self._get(node, ref, f"cannot check pid {handle.pid}", CONTROL_TIMEOUT_S)
+
+    def _status(self, node: NodeConfig, handle: ProcessHandle) -> tuple[bool, int | None]:
+        """(known, returncode) from the handle's agent; known is False once the command was
+        stopped or replaced, or its agent closed."""
+        agent = self._agent(node, handle)
+        if agent is None:
+            return False, None
+        what = f"cannot check pid {handle.pid}"
+        try:
+            known, code = ray.get(
+                agent.status.remote(handle.log_path, handle.pid), timeout=CONTROL_TIMEOUT_S
+            )
+        except RayActorError as exc:
+            self._agent_died(node, handle, what, exc)
+            return False, None
+        except RayError as exc:
+            raise _node_error(node, what, exc, CONTROL_TIMEOUT_S) from None
+        return known, code
+
+    def _close_if_idle(self, node: NodeConfig, agent: ActorHandle) -> None:
+        """Kill the agent if it holds no command any more (it then refuses new ones)."""
+        try:
+            idle = ray.get(agent.close_if_idle.remote(), timeout=CONTROL_TIMEOUT_S)
+        except RayActorError:
+            return  # a parallel stop closed it first
+        except RayError as exc:
+            raise _node_error(node, "cannot close its Ray actor", exc, CONTROL_TIMEOUT_S) from None
+        if idle:
+            ray.kill(agent)
 
     # -- Backend --------------------------------------------------------------------------------
 
@@ -172,94 +227,89 @@ class RayBackend(Backend):
             raise ValueError("start: empty argv")
         if not posixpath.isabs(log_path):
             raise ValueError(f"start: log_path must be absolute, got {log_path!r}")
-        node_id = self.ray_node_id(node)
-        name = actor_name(node, log_path)
         namespace = self.scheduler.ray.namespace
-        self._retire(node, name, namespace, log_path)
-        try:
-            agent = _ProcessAgent.options(
-                name=name,
-                namespace=namespace,
-                lifetime="detached",
-                num_cpus=0,
-                max_restarts=0,
-                scheduling_strategy=NodeAffinitySchedulingStrategy(node_id, soft=False),
-            ).remote()
-        except ValueError:  # another start with this log won the name a moment ago
-            raise NodeError(
-                node.name, f"{log_path} is already the log of a running command (Ray actor {name})"
-            ) from None
         # A Ray driver that the command starts (vLLM's Ray executor) joins this same cluster.
         full_env = {"RAY_ADDRESS": ray.get_runtime_context().gcs_address, **env}
         exit_file = exit_path(log_path)
         workdir = cwd or self.workdir(node)
-        ref = agent.start.remote(argv, full_env, log_path, workdir, exit_file)
-        try:
-            pid = self._get(node, ref, f"cannot start {argv[0]}", CONTROL_TIMEOUT_S)
-        except NodeError:
-            ray.kill(agent)
-            raise
-        return ProcessHandle(
-            node=node.name,
-            pid=pid,
-            pgid=pid,
-            log_path=log_path,
-            backend=self.name,
-            extra={
-                "exit_path": exit_file,
-                "actor": name,
-                "namespace": namespace,
-                "ray_node_id": node_id,
-            },
-        )
-
-    def _retire(self, node: NodeConfig, name: str, namespace: str, log_path: str) -> None:
-        """Free the actor name of an earlier start with the same log; refuse if it still runs."""
-        try:
-            old = ray.get_actor(name, namespace=namespace)
-        except ValueError:
-            return
-        try:
-            code = ray.get(old.returncode.remote(), timeout=CONTROL_TIMEOUT_S)
-        except RayActorError:
-            code = -1  # dying: nothing of it to keep
-        except RayError as exc:
-            raise _node_error(node, f"cannot check {name}", exc, CONTROL_TIMEOUT_S) from None
-        if code is None:
-            raise NodeError(
-                node.name,
-                f"a command logging to {log_path} is still running (Ray actor {name}); stop it first",
-            )
-        ray.kill(old)
+        what = f"cannot start {argv[0]}"
+        deadline = time.monotonic() + CONTROL_TIMEOUT_S
+        for _ in range(AGENT_ATTEMPTS):
+            node_id = self.ray_node_id(node)
+            name = agent_name(node_id)
+            agent = _ProcessAgent.options(
+                name=name,
+                namespace=namespace,
+                get_if_exists=True,
+                lifetime="detached",
+                num_cpus=0,
+                max_restarts=0,
+                max_concurrency=AGENT_THREADS,
+                scheduling_strategy=NodeAffinitySchedulingStrategy(node_id, soft=False),
+            ).remote()
+            ref = agent.start.remote(argv, full_env, log_path, workdir, exit_file)
+            try:
+                pid = ray.get(ref, timeout=max(deadline - time.monotonic(), 1.0))
+            except RayActorError:
+                pid = "closing"  # killed as it closed after we found it (or the node went)
+            except RayTaskError as exc:  # e.g. cwd cannot be made: the agent may hold nothing
+                self._close_if_idle(node, agent)
+                raise _node_error(node, what, exc, CONTROL_TIMEOUT_S) from None
+            except RayError as exc:
+                raise _node_error(node, what, exc, CONTROL_TIMEOUT_S) from None
+            if pid == "running":
+                raise NodeError(
+                    node.name,
+                    f"a command logging to {log_path} is still running (Ray actor {name}); "
+                    "stop it first",
+                )
+            if isinstance(pid, int):
+                return ProcessHandle(
+                    node=node.name,
+                    pid=pid,
+                    pgid=pid,
+                    log_path=log_path,
+                    backend=self.name,
+                    extra={
+                        "exit_path": exit_file,
+                        "actor": name,
+                        "namespace": namespace,
+                        "ray_node_id": node_id,
+                    },
+                )
+            ray.kill(agent)  # closing, so it holds nothing; its last stopper may not have killed it
+            if time.monotonic() >= deadline:
+                break
+            time.sleep(AGENT_RETRY_S)
+        raise NodeError(node.name, f"{what}: its Ray actor {name} kept closing or dying")
 
     def alive(self, node: NodeConfig, handle: ProcessHandle) -> bool:
-        agent = self._agent(node, handle)
-        if agent is None:
-            return False
-        what = f"cannot check pid {handle.pid}"
-        return self._get(node, agent.returncode.remote(), what, CONTROL_TIMEOUT_S) is None
+        known, code = self._status(node, handle)
+        return known and code is None
 
     def exit_code(self, node: NodeConfig, handle: ProcessHandle) -> int | None:
-        agent = self._agent(node, handle)
-        what = f"cannot check pid {handle.pid}"
-        if agent is not None:
-            return self._get(node, agent.returncode.remote(), what, CONTROL_TIMEOUT_S)
-        node_id = str(handle.extra["ray_node_id"])
-        ref = _read_exit_code.options(**self._on(node_id)).remote(handle.extra["exit_path"])
-        return self._get(node, ref, what, CONTROL_TIMEOUT_S)
+        known, code = self._status(node, handle)
+        return code if known else self._exit_file_code(node, handle)
 
     def stop(self, node: NodeConfig, handle: ProcessHandle, grace_s: float = 10.0) -> None:
         agent = self._agent(node, handle)
         if agent is None:
-            return  # stopped before
+            return  # stopped before, and its agent closed
         what = f"cannot stop group {handle.pgid}"
-        timeout_s = grace_s + ray_node.KILL_WAIT_S + CONTROL_TIMEOUT_S
-        survivors = self._get(node, agent.stop.remote(grace_s), what, timeout_s)
-        if survivors:  # keep the actor, so that a later stop can try again
+        ref = agent.stop.remote(handle.log_path, handle.pid, grace_s)
+        timeout_s = grace_s + 2 * ray_node.KILL_WAIT_S + CONTROL_TIMEOUT_S
+        try:
+            survivors = ray.get(ref, timeout=timeout_s)
+        except RayActorError as exc:
+            self._agent_died(node, handle, what, exc)
+            return  # its agent closed meanwhile: the command was stopped before
+        except RayError as exc:
+            raise _node_error(node, what, exc, timeout_s) from None
+        if survivors:  # the agent keeps the group, so that a later stop can try again
             raise NodeError(
                 node.name, f"{len(survivors)} processes of group {handle.pgid} survived SIGKILL"
             )
-        ray.kill(agent)
+        self._close_if_idle(node, agent)
 
     def run(
         self, node: NodeConfig, argv: list[str], timeout_s: float = 60.0, input: bytes | None = None

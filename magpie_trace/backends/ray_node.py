@@ -1,4 +1,5 @@
-"""What the ray backend runs on each Ray node: one actor per started command, plus small tasks.
+"""What the ray backend runs on each Ray node: one agent actor that owns the started commands,
+plus small tasks.
 
 Standard library only, and shipped to the nodes by value (see backends/ray.py), so a Ray node
 needs Ray but not magpie-trace. It mirrors backends/posix.py: a command runs as the leader of its
@@ -94,67 +95,122 @@ def _write_exit_code(path: str, code: int) -> None:
     os.replace(tmp, path)
 
 
-class ProcessAgent:
-    """Owns one started command on its node: its process group, exit code and stop.
+class _Group:
+    """One started command: its leader (the Popen), the leader's start time and exit-code writer."""
 
-    Runs as a detached, named Ray actor, so it outlives the process that started it and a later
-    `magpie-trace stop` can find it by name.
+    def __init__(self, proc: subprocess.Popen[bytes], exit_file: str) -> None:
+        self.proc = proc
+        self.started = start_time(proc.pid)
+        self.waiter = threading.Thread(
+            target=lambda: _write_exit_code(exit_file, proc.wait()), daemon=True
+        )
+        self.waiter.start()
+
+    def running(self) -> bool:
+        return self.proc.poll() is None
+
+    def has_members(self) -> bool:
+        """Anything of the group left: its leader, or children that outlived it."""
+        return self.running() or bool(group_members(self.proc.pid))
+
+
+class ProcessAgent:
+    """Owns every command started on its Ray node: their process groups, exit codes and stops.
+
+    One per Ray node and namespace, a detached named Ray actor, so it outlives the process that
+    started the commands and a later `magpie-trace stop` finds it by name. Commands are keyed by
+    log path (one running command per log). Its calls run in threads (a stop waits up to its
+    grace period; the others must not queue behind it), so its state is behind a lock. Once it
+    holds nothing it closes: it refuses new commands, and whoever sees that kills it (killing a
+    Ray worker kills its direct children, so only an agent that owns no process may go).
     """
 
     def __init__(self) -> None:
-        self._proc: subprocess.Popen[bytes] | None = None
-        self._started = ""
-        self._waiter: threading.Thread | None = None
+        self._lock = threading.Lock()
+        self._groups: dict[str, _Group] = {}
+        self._closing = False
 
     def start(
         self, argv: list[str], env: dict[str, str], log_path: str, cwd: str, exit_file: str
-    ) -> int:
-        """Start argv in a new session; returns its pid (= its process group id).
+    ) -> int | str:
+        """Start argv in a new session; its pid (= its process group id), or why not: "closing"
+        (start again on a new agent) or "running" (a command logging to log_path still runs).
 
         It runs through `sh -c 'exec "$@"'` so a missing program is exit code 127 with the
         shell's message in the log, as on an ssh node.
         """
-        os.makedirs(posixpath.dirname(log_path), exist_ok=True)
-        os.makedirs(cwd, exist_ok=True)
-        for stale in (exit_file, f"{exit_file}.tmp"):
-            if os.path.exists(stale):
-                os.unlink(stale)
-        with _all_signals(), open(log_path, "wb") as log:
-            proc = subprocess.Popen(
-                ["sh", "-c", 'exec "$@"', "sh", *argv],
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                cwd=cwd,
-                env=command_env(env),
-                start_new_session=True,
-            )
-        self._proc = proc
-        self._started = start_time(proc.pid)
-        self._waiter = threading.Thread(
-            target=lambda: _write_exit_code(exit_file, proc.wait()), daemon=True
-        )
-        self._waiter.start()
-        return proc.pid
+        with self._lock:
+            if self._closing:
+                return "closing"
+            old = self._groups.get(log_path)
+            if old is not None:
+                if old.running():
+                    return "running"
+                old.waiter.join(KILL_WAIT_S)  # its exit code must not land on the new command's
+            os.makedirs(posixpath.dirname(log_path), exist_ok=True)
+            os.makedirs(cwd, exist_ok=True)
+            for stale in (exit_file, f"{exit_file}.tmp"):
+                if os.path.exists(stale):
+                    os.unlink(stale)
+            with _all_signals(), open(log_path, "wb") as log:
+                proc = subprocess.Popen(
+                    ["sh", "-c", 'exec "$@"', "sh", *argv],
+                    stdin=subprocess.DEVNULL,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    cwd=cwd,
+                    env=command_env(env),
+                    start_new_session=True,
+                )
+            self._groups[log_path] = _Group(proc, exit_file)
+            return proc.pid
 
-    def returncode(self) -> int | None:
-        return None if self._proc is None else self._proc.poll()
+    def _group(self, log_path: str, pid: int) -> _Group | None:
+        """The command started with log_path as pid; None once stopped or replaced."""
+        with self._lock:
+            group = self._groups.get(log_path)
+        return group if group is not None and group.proc.pid == pid else None
 
-    def stop(self, grace_s: float) -> list[int]:
-        """SIGTERM the group, wait up to grace_s, SIGKILL; returns the pids that survived."""
-        if self._proc is None:
+    def status(self, log_path: str, pid: int) -> tuple[bool, int | None]:
+        """(known, returncode): known is False once the command was stopped or replaced, and
+        then its exit code is in its exit file."""
+        group = self._group(log_path, pid)
+        return (False, None) if group is None else (True, group.proc.poll())
+
+    def stop(self, log_path: str, pid: int, grace_s: float) -> list[int]:
+        """SIGTERM the group, wait up to grace_s, SIGKILL; returns the pids that survived.
+
+        A group that ended is forgotten (its exit code is on disk); survivors keep it, so that a
+        later stop can try again.
+        """
+        group = self._group(log_path, pid)
+        if group is None:
             return []
-        pgid = self._proc.pid
-        if self._proc.poll() is not None and start_time(pgid) not in ("", self._started):
-            return []  # the leader is gone and its pid belongs to a newer process: not ours
-        if group_members(pgid):
+        pgid = group.proc.pid
+        ours = group.running() or start_time(pgid) in ("", group.started)
+        if ours and group_members(pgid):  # else its pid belongs to a newer process: not ours
             _signal_group(pgid, signal.SIGTERM)
             if not _wait_empty(pgid, grace_s):
                 _signal_group(pgid, signal.SIGKILL)
                 _wait_empty(pgid, KILL_WAIT_S)
-        if self._waiter is not None:
-            self._waiter.join(KILL_WAIT_S)  # the exit code is on disk before the actor goes
-        return group_members(pgid)
+        group.waiter.join(KILL_WAIT_S)  # the exit code is on disk before the group is forgotten
+        survivors = group_members(pgid) if ours else []
+        if not survivors:
+            with self._lock:
+                if self._groups.get(log_path) is group:
+                    del self._groups[log_path]
+        return survivors
+
+    def close_if_idle(self) -> bool:
+        """Forget commands that left nothing behind; with none left, close (True): no start is
+        accepted any more and the caller kills this agent."""
+        with self._lock:
+            for log_path, group in list(self._groups.items()):
+                if not group.has_members():
+                    group.waiter.join(KILL_WAIT_S)
+                    del self._groups[log_path]
+            self._closing = self._closing or not self._groups
+            return self._closing
 
 
 def run_command(
