@@ -7,6 +7,7 @@ transport. Every method takes the node's config so the same backend object serve
 from __future__ import annotations
 
 import abc
+import posixpath
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -65,6 +66,14 @@ class Backend(abc.ABC):
     def workdir(self, node: NodeConfig) -> str:
         """The node's own working directory on the node (SchedulerConfig.node_workdir)."""
         return self.scheduler.node_workdir(node)
+
+    @staticmethod
+    def check_start(argv: list[str], log_path: str) -> None:
+        """Refuse what no transport can start: an empty command or a relative log path."""
+        if not argv:
+            raise ValueError("start: empty argv")
+        if not posixpath.isabs(log_path):
+            raise ValueError(f"start: log_path must be absolute, got {log_path!r}")
 
     @abc.abstractmethod
     def start(

@@ -167,10 +167,7 @@ class PosixBackend(Backend):
         log_path: str,
         cwd: str | None = None,
     ) -> ProcessHandle:
-        if not argv:
-            raise ValueError("start: empty argv")
-        if not posixpath.isabs(log_path):
-            raise ValueError(f"start: log_path must be absolute, got {log_path!r}")
+        self.check_start(argv, log_path)
         for name in env:
             if not _ENV_NAME.match(name):
                 raise NodeError(node.name, f"env: {name!r} is not a valid variable name")

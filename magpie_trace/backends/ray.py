@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import logging
 import os
-import posixpath
 import socket
 import threading
 import time
@@ -223,10 +222,7 @@ class RayBackend(Backend):
         log_path: str,
         cwd: str | None = None,
     ) -> ProcessHandle:
-        if not argv:
-            raise ValueError("start: empty argv")
-        if not posixpath.isabs(log_path):
-            raise ValueError(f"start: log_path must be absolute, got {log_path!r}")
+        self.check_start(argv, log_path)
         namespace = self.scheduler.ray.namespace
         # A Ray driver that the command starts (vLLM's Ray executor) joins this same cluster.
         full_env = {"RAY_ADDRESS": ray.get_runtime_context().gcs_address, **env}
