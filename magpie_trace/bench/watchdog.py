@@ -56,6 +56,9 @@ class BenchInvalid(MagpieError):
         self.result_path = result_path
 
 
+FAILURE_POLL_S = 0.05  # how soon a failed request leads to a process check
+
+
 @dataclass
 class Trip:
     node: str
@@ -118,13 +121,30 @@ class Watchdog:
             )
         return None
 
+    def _failed(self) -> int:
+        return self.progress.failed if self.progress is not None else 0
+
     async def watch(self, task: asyncio.Task[object]) -> None:
-        """Poll until task ends; on a failure record it and cancel task."""
+        """Poll until task ends; on a failure record it and cancel task.
+
+        Failed requests trigger an immediate process check: when a worker dies, the head can fail
+        every request within milliseconds (vLLM's EngineDeadError), and the node to name is the
+        one that is dead while the head still answers.
+        """
+        seen_failed = self._failed()
+        next_full = 0.0
         while not task.done():
-            trip = await asyncio.to_thread(self.check_processes)
-            trip = trip or self.check_telemetry() or self.check_progress()
-            if trip is not None:
-                self.trip = trip
-                task.cancel()
-                return
-            await asyncio.wait({task}, timeout=self.poll_s)
+            failed = self._failed()
+            if time.monotonic() >= next_full or failed != seen_failed:
+                seen_failed = failed
+                next_full = time.monotonic() + self.poll_s
+                trip = await asyncio.to_thread(self.check_processes)
+                trip = trip or self.check_telemetry() or self.check_progress()
+                if trip is not None:
+                    self.trip = trip
+                    task.cancel()
+                    return
+            await asyncio.wait({task}, timeout=FAILURE_POLL_S)
+        if self._failed() != seen_failed:
+            # The load ended on failures faster than a poll: say which node was lost, if one was.
+            self.trip = await asyncio.to_thread(self.check_processes)
