@@ -102,11 +102,17 @@ def launch(
     from magpie_trace.preflight import run_preflight
 
     say = progress or (lambda _msg: None)
+    owned = backend is None
     backend = backend or make_backend(plan.config.scheduler)
     write_run_inputs(run_dir, plan)
     if preflight:
         say("preflight on every node")
-        run_preflight(plan, backend, run_dir)
+        try:
+            run_preflight(plan, backend, run_dir)
+        except BaseException:
+            if owned:
+                backend.close()  # releases what preflight prepared; nothing was started
+            raise
     state = LaunchState(run_id=plan.run_id, backend=plan.backend, started_at=time.time())
     try:
         start_nodes(plan, backend, run_dir, state)
@@ -118,6 +124,8 @@ def launch(
         return state
     except BaseException:
         stop(plan, run_dir, backend, state)
+        if owned:
+            backend.close()
         raise
 
 

@@ -84,6 +84,8 @@ def model_is_path(model: str) -> bool:
 def check_node(plan: Plan, backend: Backend, node: NodePlan) -> NodeCheck:
     """Gather facts about one node (no comparison with the head yet)."""
     config = plan.node_config(node.index)
+    if node.argv is not None:
+        backend.prepare(config)  # e.g. Ray boots the node's agent while the checks run
     python = python_of(plan)
     check = NodeCheck(node=node.name)
     check.engine_version = _engine_version(plan, backend, node)

@@ -90,6 +90,12 @@ class Backend(abc.ABC):
         added to the node's environment. The exit code is recorded next to the log (exit_path).
         """
 
+    def prepare(self, node: NodeConfig) -> None:
+        """Get ready to start a command on the node soon (preflight calls it); nothing by default.
+
+        Whatever it sets up holds no command: close() releases it if no start used it.
+        """
+
     @abc.abstractmethod
     def alive(self, node: NodeConfig, handle: ProcessHandle) -> bool:
         """Is the started process still running?"""

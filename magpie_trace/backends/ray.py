@@ -74,6 +74,7 @@ class RayBackend(Backend):
         thread (signal handlers), and a bad address should fail before any node is touched."""
         super().__init__(scheduler)
         self._lock = threading.Lock()
+        self._prepared: dict[str, tuple[NodeConfig, ActorHandle]] = {}
         self._checked = False
         self._connected_here = False
         self._connect()
@@ -212,7 +213,30 @@ class RayBackend(Backend):
         if idle:
             ray.kill(agent)
 
+    def _agent_on(self, node_id: str) -> ActorHandle:
+        """The Ray node's agent, created if there is none (its worker boots in the background)."""
+        return _ProcessAgent.options(
+            name=agent_name(node_id),
+            namespace=self.scheduler.ray.namespace,
+            get_if_exists=True,
+            lifetime="detached",
+            num_cpus=0,
+            max_restarts=0,
+            max_concurrency=AGENT_THREADS,
+            scheduling_strategy=NodeAffinitySchedulingStrategy(node_id, soft=False),
+        ).remote()
+
     # -- Backend --------------------------------------------------------------------------------
+
+    def prepare(self, node: NodeConfig) -> None:
+        """Boot the node's agent now, so that start does not wait for a new Ray worker process.
+
+        An agent prepared here holds nothing until a start; close() kills it if it still holds
+        nothing then, and the last stop kills it otherwise.
+        """
+        node_id = self.ray_node_id(node)
+        with self._lock:
+            self._prepared.setdefault(node_id, (node, self._agent_on(node_id)))
 
     def start(
         self,
@@ -233,16 +257,7 @@ class RayBackend(Backend):
         for _ in range(AGENT_ATTEMPTS):
             node_id = self.ray_node_id(node)
             name = agent_name(node_id)
-            agent = _ProcessAgent.options(
-                name=name,
-                namespace=namespace,
-                get_if_exists=True,
-                lifetime="detached",
-                num_cpus=0,
-                max_restarts=0,
-                max_concurrency=AGENT_THREADS,
-                scheduling_strategy=NodeAffinitySchedulingStrategy(node_id, soft=False),
-            ).remote()
+            agent = self._agent_on(node_id)
             ref = agent.start.remote(argv, full_env, log_path, workdir, exit_file)
             try:
                 pid = ray.get(ref, timeout=max(deadline - time.monotonic(), 1.0))
@@ -350,7 +365,15 @@ class RayBackend(Backend):
         return [RemoteFile(path, size, mtime) for path, size, mtime in entries]
 
     def close(self) -> None:
-        """Leave the cluster if this backend joined it. Started commands keep running."""
+        """Kill prepared agents that hold nothing; leave the cluster if this backend joined it.
+        Started commands keep running."""
+        with self._lock:
+            prepared, self._prepared = list(self._prepared.values()), {}
+        for node, agent in prepared:
+            try:
+                self._close_if_idle(node, agent)
+            except NodeError:
+                pass  # its node is gone: nothing of ours is left there to release
         with self._lock:
             if self._connected_here:
                 ray.shutdown()

@@ -115,3 +115,29 @@ def test_ray_mapping_and_address_failures_are_one_line(ray_cluster: RayCluster, 
     assert result.exit_code == 1 and len(lines) == 1 and lines[0].startswith(expected), result.output
     run_dirs = list((tmp_path / "runs").iterdir())
     assert not any((d / "state.json").exists() for d in run_dirs)  # refused before anything started
+
+
+def agents_alive() -> list[str]:
+    """Names of magpie-trace's Ray agents that exist now, in any namespace."""
+    import ray
+
+    return [a["name"] for a in ray.util.list_named_actors(all_namespaces=True)
+            if a["name"].startswith("magpie-trace-agent")]
+
+
+def test_agents_booted_by_preflight_are_released_when_launch_fails(ray_cluster: RayCluster, tmp_path):
+    import socket
+
+    from magpie_trace.errors import NodeError
+
+    config = sim_config(ray_scheduler(ray_cluster, tmp_path, 3), tmp_path)
+    plan = make_plan(config)
+    run_dir = new_run_dir(config.output.dir, plan.run_id)
+    with socket.socket() as busy:
+        busy.bind(("0.0.0.0", config.server.port))
+        busy.listen()
+        with pytest.raises(NodeError, match=r"^node0: preflight: port \d+ already in use"):
+            launch(plan, run_dir)
+    assert not run_dir.state.exists()
+    # Preflight booted an agent on each Ray node for the coming starts; none is left behind.
+    assert wait_for(lambda: not agents_alive(), 10), agents_alive()
