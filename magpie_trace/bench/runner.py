@@ -281,6 +281,7 @@ async def _watched(watchdog: Watchdog, work: Any, deadline: float) -> None:
     """Run work under the watchdog; stop it at the deadline. Returns normally when cut short."""
     task = asyncio.ensure_future(work)
     guard = asyncio.create_task(watchdog.watch(task))
+    failed_before = watchdog.failed()
     try:
         remaining = deadline - time.monotonic()
         done, _ = await asyncio.wait({task}, timeout=max(remaining, 0.0))
@@ -288,6 +289,7 @@ async def _watched(watchdog: Watchdog, work: Any, deadline: float) -> None:
             watchdog.trip = Trip("benchmark", "benchmark.max_duration_s reached before the load finished")
             task.cancel()
         await asyncio.gather(task, return_exceptions=watchdog.trip is not None)
+        await watchdog.after_failures(failed_before)
     except asyncio.CancelledError:
         # Ctrl-C (asyncio.run cancels the main task): stop the load and keep what was measured.
         if watchdog.trip is None:

@@ -121,7 +121,7 @@ class Watchdog:
             )
         return None
 
-    def _failed(self) -> int:
+    def failed(self) -> int:
         return self.progress.failed if self.progress is not None else 0
 
     async def watch(self, task: asyncio.Task[object]) -> None:
@@ -131,10 +131,10 @@ class Watchdog:
         every request within milliseconds (vLLM's EngineDeadError), and the node to name is the
         one that is dead while the head still answers.
         """
-        seen_failed = self._failed()
+        seen_failed = self.failed()
         next_full = 0.0
         while not task.done():
-            failed = self._failed()
+            failed = self.failed()
             if time.monotonic() >= next_full or failed != seen_failed:
                 seen_failed = failed
                 next_full = time.monotonic() + self.poll_s
@@ -145,6 +145,8 @@ class Watchdog:
                     task.cancel()
                     return
             await asyncio.wait({task}, timeout=FAILURE_POLL_S)
-        if self._failed() != seen_failed:
-            # The load ended on failures faster than a poll: say which node was lost, if one was.
+
+    async def after_failures(self, failed_before: int) -> None:
+        """The load ended with failed requests faster than a poll: name a lost node, if any."""
+        if self.trip is None and self.failed() != failed_before:
             self.trip = await asyncio.to_thread(self.check_processes)
