@@ -28,9 +28,9 @@ from magpie_trace.errors import MagpieError, TraceError
 from magpie_trace.fsutil import atomic_write_bytes, temp_path_for
 from magpie_trace.merge import gzipjoin, tables
 from magpie_trace.merge.align import ClockFit, NodeTimes, residuals, solve
-from magpie_trace.merge.anchors import match
+from magpie_trace.merge.anchors import Matched, match
 from magpie_trace.merge.discover import TraceFile, discover, manifest_offsets
-from magpie_trace.merge.load import Scanned, scan
+from magpie_trace.merge.load import SCRATCH, Scanned, scan, size_hint
 from magpie_trace.merge.rewrite import RewriteJob, RewriteResult, Transform, rewrite
 
 OUTPUTS = ("aligned", "merged", "tables", "alignment")
@@ -175,7 +175,10 @@ def merge(input_dir: Path, output_dir: Path, options: MergeOptions | None = None
 
 def _merge(files: list[TraceFile], manifest: dict[str, Any] | None, output_dir: Path, work: Path,
            opts: MergeOptions, started: float) -> MergeResult:
+    if opts.jobs == 1:  # one buffer for all: growing it file by file costs fresh pages each time
+        SCRATCH.at_least(max(size_hint(tf.path) for tf in files) + 1)
     scanned = _run(scan, files, opts.jobs)
+    SCRATCH.release()
     files = [sc.file for sc in scanned]  # workers return their own (updated) copies
     _resolve_ranks(scanned)
     warnings: list[str] = [f"{tf.path.name}: {note}" for tf in files for note in tf.notes]
@@ -192,11 +195,11 @@ def _merge(files: list[TraceFile], manifest: dict[str, Any] | None, output_dir: 
     anchors = {i: scanned[i].anchors for i in ranks}
     group_of = {i: (files[i].dp_rank, files[i].pp_rank) for i in ranks}
     prior = {i: float(priors.get(str(files[i].node), priors.get(files[i].node_name, 0))) for i in ranks}
-    collectives = match(anchors, group_of, prior)
+    matched = Matched.of(match(anchors, group_of, prior))
     ref_file = next(i for i in ranks if files[i].node_name == reference)
     ref_anchor_starts = [a.start for a in scanned[ref_file].anchors]
     t0 = min(ref_anchor_starts) if ref_anchor_starts else (scanned[ref_file].span or (0, 0))[0]
-    times = NodeTimes.build(collectives, node_of, nodes, t0)
+    times = NodeTimes.build(matched, node_of, nodes, t0)
     fits, _pairs, missing = solve(times, reference, t0)
     if missing:
         lonely = next(i for i in ranks if files[i].node_name == missing[0])
@@ -258,12 +261,11 @@ def _merge(files: list[TraceFile], manifest: dict[str, Any] | None, output_dir: 
                 parts.append(res)
         parts.append(gzipjoin.deflate(tail))
         tmp = temp_path_for(merged_path)
-        with open(tmp, "wb") as out:
-            gzipjoin.join(parts, out)
+        gzipjoin.join(parts, tmp)
         os.replace(tmp, merged_path)
         outputs["merged"] = str(merged_path)
     if "tables" in opts.outputs:
-        frame = tables.collectives_frame(collectives, files, fits, base_out)
+        frame = tables.collectives_frame(matched, files, fits, base_out)
         outputs["tables"] = [str(p) for p in tables.write(frame, output_dir, "collectives")]
         outputs["tables"] += [str(p) for p in tables.write(tables.nodes_frame(frame), output_dir, "nodes")]
     file_reports = []
@@ -279,7 +281,7 @@ def _merge(files: list[TraceFile], manifest: dict[str, Any] | None, output_dir: 
         })
     result = MergeResult(
         output_dir=output_dir, files=file_reports, nodes=node_reports, reference_node=reference,
-        base_time_ns=base_out, collectives=len(collectives), window_ns=window, outputs=outputs,
+        base_time_ns=base_out, collectives=len(matched.streams), window_ns=window, outputs=outputs,
         warnings=list(dict.fromkeys(warnings)), input_bytes=sum(sc.size for sc in scanned),
         seconds=round(time.perf_counter() - started, 3),
     )

@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from magpie_trace.merge.anchors import Collective
+from magpie_trace.merge.anchors import Matched
 
 MIN_ANCHORS = 20  # fewer matched collectives than this between two nodes: warn
 MIN_DRIFT_SPAN_NS = 200_000_000  # shorter than this: fit an offset only
@@ -161,20 +161,27 @@ class NodeTimes:
     mid_end: np.ndarray
 
     @classmethod
-    def build(cls, collectives: list[Collective], node_of: dict[int, str], nodes: list[str], t0: int) -> NodeTimes:
-        col = {n: k for k, n in enumerate(nodes)}
-        shape = (len(collectives), len(nodes))
-        arrays = [np.full(shape, np.nan) for _ in range(5)]
-        for r, c in enumerate(collectives):
-            per: dict[int, list[tuple[int, int]]] = {}
-            for f, a in c.members.items():
-                per.setdefault(col[node_of[f]], []).append((a.start - t0, a.end - t0))
-            for k, items in per.items():
-                starts = [x for x, _ in items]
-                ends = [y for _, y in items]
-                arrays[0][r, k], arrays[1][r, k] = max(starts), min(starts)
-                arrays[2][r, k], arrays[3][r, k] = max(ends), min(ends)
-                arrays[4][r, k] = median_of(ends)
+    def build(cls, matched: Matched, node_of: dict[int, str], nodes: list[str], t0: int) -> NodeTimes:
+        column = {n: k for k, n in enumerate(nodes)}
+        node_col = np.zeros(max(node_of, default=-1) + 1, dtype=np.int64)  # file -> its node's column
+        for f, node in node_of.items():
+            node_col[f] = column[node]
+        n_rows = len(matched.streams)
+        arrays = [np.full((n_rows, len(nodes)), np.nan) for _ in range(5)]
+        if len(matched.file):
+            cell = matched.collective * len(nodes) + node_col[matched.file]
+            start = (matched.start - t0).astype(np.float64)
+            end = (matched.end - t0).astype(np.float64)
+            order = np.lexsort((end, cell))  # cells together, ends ascending within each
+            cell, start, end = cell[order], start[order], end[order]
+            first = np.flatnonzero(np.r_[True, cell[1:] != cell[:-1]])
+            count = np.diff(np.r_[first, len(cell)])
+            at = np.unravel_index(cell[first], (n_rows, len(nodes)))
+            arrays[0][at] = np.maximum.reduceat(start, first)
+            arrays[1][at] = np.minimum.reduceat(start, first)
+            arrays[2][at] = end[first + count - 1]
+            arrays[3][at] = end[first]
+            arrays[4][at] = (end[first + (count - 1) // 2] + end[first + count // 2]) / 2  # median
         return cls(nodes, *arrays)
 
     def pair(self, n: str, m: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -209,13 +216,6 @@ def residuals(times: NodeTimes, fit: ClockFit, reference: str) -> dict[str, Any]
         "end_skew_p95_us": round(float(np.percentile(skew, 95)) / 1e3, 3),
         "causality_violations": int(bad.sum()),
     }
-
-
-def median_of(values: list[int]) -> float:
-    """Median of a few values (plain Python: called once per collective and node)."""
-    values = sorted(values)
-    mid = len(values) // 2
-    return float(values[mid]) if len(values) % 2 else (values[mid - 1] + values[mid]) / 2
 
 
 def solve(times: NodeTimes, reference: str, t0: int) -> tuple[dict[str, ClockFit], dict[tuple[str, str], PairFit], list[str]]:

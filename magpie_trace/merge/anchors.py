@@ -10,8 +10,10 @@ the other) share a common clock offset.
 from __future__ import annotations
 
 import re
+import sys
 from collections import defaultdict
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 
 import numpy as np
@@ -25,7 +27,7 @@ MAX_SHIFT = 32
 SHIFT_SAMPLE = 4096  # pairs scored per candidate shift (evenly spaced): enough to tell shifts apart
 
 
-@dataclass
+@dataclass(slots=True)
 class Anchor:
     """One collective on one rank: its stream, optional exact key, and start/end (ns, own clock)."""
 
@@ -39,30 +41,44 @@ class Anchor:
     dtype: str | None = None
 
 
+@lru_cache(maxsize=4096)
 def family(name: str) -> str:
-    """`ncclDevKernel_AllReduce_Sum_f32_RING_LL(...)`, `gloo:all_reduce`, `allreduce` -> `allreduce`."""
+    """`ncclDevKernel_AllReduce_Sum_f32_RING_LL(...)`, `gloo:all_reduce`, `allreduce` -> `allreduce`
+    (cached: a trace repeats a few names hundreds of thousands of times)."""
     if "cross_device_reduce" in name:
         return "allreduce"
     m = _FAMILY.search(name)
     return m.group().lower().replace("_", "") if m else name.split("(")[0]
 
 
+@lru_cache(maxsize=4096)
+def _gpu_collective(name: str) -> bool:
+    return bool(GPU_COLLECTIVE.search(name))
+
+
+@lru_cache(maxsize=4096)
+def _stream(pg: str, fam: str) -> tuple[str, str]:
+    """One shared tuple per stream (there are ~10^5 anchors and a handful of streams)."""
+    return pg, fam
+
+
 def classify(ev: dict[str, Any], start: int, end: int) -> Anchor | None:
     """An Anchor for a GPU collective kernel or a CPU (gloo) collective execution event, else None."""
     name = ev.get("name", "")
-    gpu = ev.get("cat") == "kernel" and bool(GPU_COLLECTIVE.search(name))
+    gpu = ev.get("cat") == "kernel" and _gpu_collective(name)
     if not gpu and not name.startswith("gloo:"):
         return None
     args = ev.get("args") if isinstance(ev.get("args"), dict) else {}
     pg = str(args.get("Process Group Name", ""))
     fam = family(str(args.get("Collective name") or name))
+    name = sys.intern(name)  # one string for every anchor of that name
     key: tuple[Any, ...] | None = None
     if args.get("Comms Id") is not None:
         key = ("comms_id", str(args["Comms Id"]))
     elif args.get("Seq") is not None and pg:
         key = ("seq", pg, fam in ("send", "recv", "sendrecv"), str(args["Seq"]))
     nelems = args.get("In msg nelems")
-    return Anchor((pg, fam), key, start, end, name, gpu, nelems if isinstance(nelems, int) else None,
+    return Anchor(_stream(pg, fam), key, start, end, name, gpu, nelems if isinstance(nelems, int) else None,
                   str(args["dtype"]) if "dtype" in args else None)
 
 
@@ -107,6 +123,33 @@ class Collective:
     stream: tuple[str, str]
     index: int
     members: dict[int, Anchor]
+
+
+@dataclass
+class Matched:
+    """The matched collectives as flat columns, one row per (collective, file), rows of one collective
+    together: what the clock fit and the tables read (numpy over ~10^5 rows, not Python loops)."""
+
+    collective: np.ndarray  # position of the row's collective in the list
+    file: np.ndarray
+    start: np.ndarray  # ns, own clock
+    end: np.ndarray
+    names: list[str]
+    streams: list[tuple[str, str]]  # per collective
+    indices: list[int]  # per collective: its number on its stream
+
+    @classmethod
+    def of(cls, collectives: list[Collective]) -> Matched:
+        sizes = [len(c.members) for c in collectives]
+        members = [a for c in collectives for a in c.members.values()]
+        n = len(members)
+        return cls(
+            np.repeat(np.arange(len(collectives), dtype=np.int64), sizes),
+            np.fromiter((f for c in collectives for f in c.members), np.int64, n),
+            np.fromiter((a.start for a in members), np.int64, n),
+            np.fromiter((a.end for a in members), np.int64, n),
+            [a.name for a in members], [c.stream for c in collectives], [c.index for c in collectives],
+        )
 
 
 def match(anchors: dict[int, list[Anchor]], group_of: dict[int, Any], priors: dict[int, float]) -> list[Collective]:

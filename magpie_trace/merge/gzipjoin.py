@@ -8,9 +8,10 @@ gzip would be simpler but not every reader accepts it.
 
 from __future__ import annotations
 
+import os
 import struct
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 from isal import isal_zlib
 
@@ -84,18 +85,41 @@ def deflate(data: bytes) -> tuple[bytes, int, int]:
     return comp.compress(data) + comp.flush(isal_zlib.Z_FULL_FLUSH), isal_zlib.crc32(data), len(data)
 
 
-def join(parts: list[tuple[Path | bytes, int, int]], out: BinaryIO, bufsize: int = 8 << 20) -> None:
-    """Write a gzip file from parts (raw-deflate file path or bytes, crc, length), in order."""
-    out.write(_HEADER)
+def _copy_file(src: BinaryIO, dst: Any, size: int, bufsize: int) -> None:
+    """Append src to dst inside the kernel when it can (no trip through user memory), else by reads."""
+    done = 0
+    try:
+        while done < size:
+            n = os.copy_file_range(src.fileno(), dst.fileno(), size - done)
+            if not n:
+                break
+            done += n
+    except OSError:  # not on this file system / kernel: read and write
+        pass
+    if done < size:
+        src.seek(done)
+        while block := src.read(bufsize):
+            _write_all(dst, block)
+
+
+def _write_all(dst: Any, data: bytes) -> None:
+    """An unbuffered write may take part of the data: write the rest."""
+    view = memoryview(data)
+    while view:
+        view = view[dst.write(view):]
+
+
+def join(parts: list[tuple[Path | bytes, int, int]], path: Path, bufsize: int = 8 << 20) -> None:
+    """Write the gzip file `path` from parts (raw-deflate file path or bytes, crc, length), in order."""
     crc, total = 0, 0
-    for part, part_crc, length in parts:
-        if isinstance(part, bytes):
-            out.write(part)
-        else:
-            with open(part, "rb") as f:
-                while block := f.read(bufsize):
-                    out.write(block)
-        crc = crc32_combine(crc, part_crc, length)
-        total += length
-    out.write(_FINAL_EMPTY_BLOCK)
-    out.write(struct.pack("<II", crc, total & 0xFFFFFFFF))
+    with open(path, "wb", buffering=0) as out:  # unbuffered: part files are appended by the kernel
+        _write_all(out, _HEADER)
+        for part, part_crc, length in parts:
+            if isinstance(part, bytes):
+                _write_all(out, part)
+            else:
+                with open(part, "rb") as f:
+                    _copy_file(f, out, os.fstat(f.fileno()).st_size, bufsize)
+            crc = crc32_combine(crc, part_crc, length)
+            total += length
+        _write_all(out, _FINAL_EMPTY_BLOCK + struct.pack("<II", crc, total & 0xFFFFFFFF))

@@ -1,13 +1,14 @@
 """Pass 1 over each trace: check it is a Kineto trace and pick out the few events the merge needs
 (collectives, process metadata, steps, the profiler span) without building objects for the rest.
 
-The file is inflated once into a buffer of its exact size (gzip records it), so memory stays at one
+The file is inflated once into a reused buffer of its size (gzip records it), so memory stays at one
 uncompressed trace; pass 2 inflates it again as a stream, which is cheaper than writing and reading
 back a decompressed copy.
 """
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,7 +31,7 @@ _PREFIXES = bytescan.prefix_table((
     b"void sglang::cross_device_reduce", b'process_name"', b'process_labels"', b'process_sort_index"',
     b"ProfilerStep#", b"execute_", b"step[", b"PyTorch Profiler",
 ))
-_FEED, _PIECE = 1 << 20, 8 << 20  # compressed bytes fed / uncompressed bytes taken at a time
+_PIECE = 8 << 20  # uncompressed bytes inflated at a time
 _STEP_NAME = re.compile(r"^(ProfilerStep#\d+|execute_.*|step\[.*)$")
 
 
@@ -61,46 +62,68 @@ class Scanned:
     warnings: list[str] = field(default_factory=list)
 
 
-def decompress(path: Path) -> tuple[bytes | bytearray, int]:
-    """The file's bytes, inflated when gzip piece by piece into a buffer of the size the gzip trailer
-    records (never a second whole copy); the error names the file."""
+class Scratch:
+    """Pass 1's inflate buffer, kept between the files one process scans: a fresh buffer costs a page
+    fault per page, as much CPU as inflating into it. `release` before pass 2 so memory stays at one
+    uncompressed trace."""
+
+    def __init__(self) -> None:
+        self.buffer = bytearray()
+
+    def at_least(self, size: int) -> bytearray:
+        if len(self.buffer) < size:
+            self.buffer = bytearray()  # drop the old pages first
+            self.buffer = bytearray(size)
+        return self.buffer
+
+    def release(self) -> None:
+        self.buffer = bytearray()
+
+
+SCRATCH = Scratch()
+
+
+def size_hint(path: Path) -> int:
+    """The uncompressed size the gzip trailer records (its last member's, mod 4 GiB), else the file's;
+    0 when unreadable (reading it again says why)."""
     try:
-        raw = path.read_bytes()
+        with open(path, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            if f.read(2) != b"\x1f\x8b" or size < 18:
+                return size
+            f.seek(-4, os.SEEK_END)
+            return int.from_bytes(f.read(4), "little")
+    except OSError:
+        return 0
+
+
+def decompress(path: Path, scratch: Scratch = SCRATCH) -> tuple[bytearray, int, int]:
+    """(buffer, size, compressed size): the file's uncompressed bytes are buffer[:size], inflated
+    straight into `scratch` (sized from the gzip trailer, grown if that was short: several members or
+    > 4 GiB). The buffer is reused by the next call; the error names the file."""
+    hint = size_hint(path)
+    try:
+        f = open(path, "rb")
     except OSError as exc:
         raise TraceError(f"{path}: cannot read ({exc.strerror})") from None
-    if raw[:2] != b"\x1f\x8b":
-        return raw, len(raw)
-    out = bytearray(int.from_bytes(raw[-4:], "little") if len(raw) >= 18 else 0)
-    filled = 0
-    view = memoryview(raw)
-    pos = 0
-    pending: bytes | memoryview = b""
-    inflater = isal_zlib.decompressobj(wbits=31)
-    try:
-        while True:
-            if inflater.eof:  # a member ended: another may follow
-                pending = inflater.unused_data if inflater.unused_data else view[pos : pos + _FEED]
-                if not pending:
+    with f:
+        csize = os.fstat(f.fileno()).st_size
+        gz = f.read(2) == b"\x1f\x8b"
+        f.seek(0)
+        buf = scratch.at_least(hint + 1)  # one spare byte: a full buffer means "maybe more"
+        stream: BinaryIO = igzip.IGzipFile(fileobj=f) if gz else f  # type: ignore[assignment]
+        size = 0
+        try:
+            while True:
+                n = stream.readinto(memoryview(buf)[size : size + _PIECE])
+                if not n:
                     break
-                if not inflater.unused_data:
-                    pos += _FEED
-                inflater = isal_zlib.decompressobj(wbits=31)
-            elif not pending:
-                if pos >= len(raw):
-                    raise EOFError("compressed data ended before the end of the stream")
-                pending = view[pos : pos + _FEED]
-                pos += _FEED
-            piece = inflater.decompress(pending, _PIECE)
-            pending = inflater.unconsumed_tail
-            end = filled + len(piece)
-            if end > len(out):  # the trailer's size was short (>4 GiB, or several members)
-                out.extend(bytes(end - len(out)))
-            out[filled:end] = piece
-            filled = end
-    except (OSError, EOFError, ValueError, isal_zlib.error) as exc:
-        raise TraceError(f"{path}: truncated or corrupt gzip ({exc})") from None
-    del out[filled:]
-    return out, len(raw)
+                size += n
+                if size == len(buf):  # rare: the trailer under-stated the size
+                    buf.extend(bytearray(len(buf)))
+        except (OSError, EOFError, ValueError, isal_zlib.error) as exc:
+            raise TraceError(f"{path}: truncated or corrupt gzip ({exc})") from None
+    return buf, size, csize
 
 
 def open_text(path: Path) -> BinaryIO:
@@ -117,7 +140,7 @@ def _address(buf: Any) -> int:
     return np.frombuffer(buf, dtype=np.uint8).__array_interface__["data"][0] if len(buf) else 0
 
 
-def top_level(path: Path, data: bytes) -> list[tuple[str, int, int]]:
+def top_level(path: Path, data: bytes | memoryview) -> list[tuple[str, int, int]]:
     """Validate the whole document as JSON (msgspec skips values without building them) and return
     each top-level key's value span."""
     try:
@@ -139,7 +162,7 @@ def top_level(path: Path, data: bytes) -> list[tuple[str, int, int]]:
     return spans
 
 
-def event_at(data: bytes, pos: int, floor: int) -> tuple[int, int, dict[str, Any]] | None:
+def event_at(data: bytes | bytearray, pos: int, floor: int, ceiling: int) -> tuple[int, int, dict[str, Any]] | None:
     """The event object that contains byte `pos`, decoded: walk back over `{` for its start and
     forward over `}` for its end until the slice parses as an object with a `ph` (bounded tries)."""
     lo = pos
@@ -149,7 +172,7 @@ def event_at(data: bytes, pos: int, floor: int) -> tuple[int, int, dict[str, Any
             return None
         hi = pos
         for _ in range(16):
-            hi = data.find(b"}", hi) + 1
+            hi = data.find(b"}", hi, ceiling) + 1
             if hi <= 0:
                 break
             try:
@@ -204,8 +227,8 @@ def _ts_ns(value: Any, base: int) -> int:
 
 def scan(tf: TraceFile) -> Scanned:
     """Pass 1 for one file."""
-    data, csize = decompress(tf.path)
-    top = top_level(tf.path, data)
+    data, size, csize = decompress(tf.path)
+    top = top_level(tf.path, memoryview(data)[:size])
     values = {key: (lo, hi) for key, lo, hi in top}
     base_ns: int | None = None
     if "baseTimeNanoseconds" in values:
@@ -227,9 +250,10 @@ def scan(tf: TraceFile) -> Scanned:
     steps: list[Step] = []
     span: tuple[int, int] | None = None
     positions = candidate_names(data, ev_lo + 1, ev_hi - 1)
-    bounds = bytescan.event_bounds(np.frombuffer(data, dtype=np.uint8), np.array(positions, dtype=np.int64), ev_lo)
+    bounds = bytescan.event_bounds(np.frombuffer(data, dtype=np.uint8, count=size), np.array(positions, dtype=np.int64),
+                                   ev_lo)
     for pos, (lo, hi) in zip(positions, bounds.tolist()):
-        found = _decoded(data, lo, hi) or event_at(data, pos, ev_lo)
+        found = _decoded(data, lo, hi) or event_at(data, pos, ev_lo, ev_hi)
         if found is None:
             continue
         lo, hi, ev = found
@@ -259,7 +283,7 @@ def scan(tf: TraceFile) -> Scanned:
     steps.sort(key=lambda s: s.start)
     meta_cuts = _disjoint(meta_cuts)
     kept = {key: bytes(data[lo:hi]) for key, lo, hi in top if key != "traceEvents"}
-    return Scanned(tf, len(data), csize, (ev_lo, ev_hi), top, kept, base_ns, dist, anchors, meta_cuts, names,
+    return Scanned(tf, size, csize, (ev_lo, ev_hi), top, kept, base_ns, dist, anchors, meta_cuts, names,
                    steps, span)
 
 

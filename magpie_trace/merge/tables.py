@@ -15,7 +15,7 @@ import polars as pl
 
 from magpie_trace.fsutil import temp_path_for
 from magpie_trace.merge.align import ClockFit
-from magpie_trace.merge.anchors import Collective
+from magpie_trace.merge.anchors import Matched
 from magpie_trace.merge.discover import TraceFile
 
 COLLECTIVE_COLUMNS = {
@@ -27,34 +27,29 @@ COLLECTIVE_COLUMNS = {
 }
 
 
-def collectives_frame(collectives: list[Collective], files: list[TraceFile], fits: dict[str, ClockFit],
+def collectives_frame(matched: Matched, files: list[TraceFile], fits: dict[str, ClockFit],
                       base_ns: int) -> pl.DataFrame:
-    cid, fidx, index, start, end, names = [], [], [], [], [], []
-    for k, c in enumerate(collectives):
-        for f, a in c.members.items():
-            cid.append(k)
-            fidx.append(f)
-            index.append(c.index)
-            start.append(a.start)
-            end.append(a.end)
-            names.append(a.name)
-    fidx_a = np.array(fidx, dtype=np.int64)
-    start_a = np.array(start, dtype=np.int64)
-    end_a = np.array(end, dtype=np.int64)
-    for f, tf in enumerate(files):
-        sel = fidx_a == f
-        if sel.any():
-            fit = fits[tf.node_name]
-            start_a[sel] = fit.correct(start_a[sel])
-            end_a[sel] = fit.correct(end_a[sel])
-    streams = [collectives[k].stream for k in cid]
+    start, end = matched.start.copy(), matched.end.copy()
+    for f in np.unique(matched.file).tolist():
+        sel = matched.file == f
+        fit = fits[files[f].node_name]
+        start[sel] = fit.correct(start[sel])
+        end[sel] = fit.correct(end[sel])
+    per_collective = pl.DataFrame({
+        "collective": np.arange(len(matched.streams), dtype=np.int64),
+        "process_group": [s[0] for s in matched.streams], "family": [s[1] for s in matched.streams],
+        "index": matched.indices,
+    }, schema_overrides={"index": pl.Int64, "process_group": pl.Utf8, "family": pl.Utf8})
+    per_file = pl.DataFrame({
+        "file_index": np.arange(len(files), dtype=np.int64), "node": [tf.node_name for tf in files],
+        "file": [tf.path.name for tf in files], "label": [tf.label for tf in files],
+        "global_rank": [tf.global_rank for tf in files],
+    }, schema_overrides={"global_rank": pl.Int64})
     frame = pl.DataFrame({
-        "collective": cid, "process_group": [s[0] for s in streams], "family": [s[1] for s in streams],
-        "index": index, "name": names, "node": [files[f].node_name for f in fidx],
-        "file": [files[f].path.name for f in fidx], "label": [files[f].label for f in fidx],
-        "global_rank": [files[f].global_rank for f in fidx],
-        "start_us": (start_a - base_ns) / 1e3, "end_us": (end_a - base_ns) / 1e3,
-    }, schema_overrides={"global_rank": pl.Int64, "collective": pl.Int64, "index": pl.Int64})
+        "collective": matched.collective, "file_index": matched.file,
+        "name": pl.Series(matched.names, dtype=pl.Utf8),
+        "start_us": (start - base_ns) / 1e3, "end_us": (end - base_ns) / 1e3,
+    }).join(per_collective, on="collective", how="left").join(per_file, on="file_index", how="left")
     by = pl.col("collective")
     frame = frame.with_columns(
         (pl.col("end_us") - pl.col("start_us")).alias("duration_us"),
