@@ -211,14 +211,14 @@ def _separator_span(data: bytes, lo: int, hi: int, floor: int) -> tuple[int, int
 
 
 def candidate_names(data: bytes | bytearray, lo: int, hi: int) -> list[int]:
-    """Positions of `"name":` keys whose value starts with a prefix pass 1 cares about (in slices, so
-    the colon index stays small)."""
-    arr = np.frombuffer(data, dtype=np.uint8)
-    found: list[int] = []
-    for start in range(lo, hi, _PIECE):
-        colons = np.flatnonzero(arr[start : min(hi, start + _PIECE)] == 58) + start
-        found += bytescan.find_names(arr, colons, hi, *_PREFIXES).tolist()
-    return found
+    """Positions of `"name":` keys whose value starts with a prefix pass 1 cares about."""
+    src = np.frombuffer(data, dtype=np.uint8)
+    found = np.empty(max(1024, (hi - lo) >> 12), dtype=np.int64)
+    count = bytescan.find_names(src, lo, hi, *_PREFIXES, found)
+    if count > found.size:
+        found = np.empty(count, dtype=np.int64)
+        bytescan.find_names(src, lo, hi, *_PREFIXES, found)
+    return found[:count].tolist()
 
 
 def _ts_ns(value: Any, base: int) -> int:
