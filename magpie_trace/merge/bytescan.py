@@ -66,6 +66,26 @@ def _key_before(src: np.ndarray, i: int) -> int:
 
 
 @njit(cache=True, nogil=True)
+def key_colons(src: np.ndarray, found: np.ndarray) -> int:
+    """How many colons in src end a key the rewrite changes (`_key_before`); the first found.size of
+    their positions go into `found` (call again with a larger one if there were more). Colons are
+    found a word at a time inline, as in `find_names`: this and a rewrite over a quarter of the
+    colons cost 0.6x numpy's colon index and a rewrite over all of them."""
+    n = src.size
+    count = 0
+    for at in range(0, n, 8):
+        bits = _colon_bits(_load_u64(src, at) if at + 8 <= n else _tail(src, at, n))
+        while bits:
+            i = at + int(_trailing_zeros(bits) >> np.uint64(3))
+            bits &= bits - np.uint64(1)
+            if _key_before(src, i):
+                if count < found.size:
+                    found[count] = i
+                count += 1
+    return count
+
+
+@njit(cache=True, nogil=True)
 def _parse(src: np.ndarray, j: int, n: int, scale: int) -> tuple[bool, int, int]:
     """JSON number at j -> (ok, value * 10**scale rounded half up, end)."""
     k = j
@@ -279,9 +299,8 @@ def rewrite(src: np.ndarray, colons: np.ndarray, out_a: np.ndarray, out_m: np.nd
     `drift` is ppm * 1e-6; cuts are sorted, disjoint [start, end) rows left out of out_m;
     last_ts[0] carries the latest `ts` across chunks (a `dur` may start the next chunk).
 
-    `colons` are the positions of every `:` in src (numpy finds them faster than a byte loop): every
-    key ends with one. Only the values to change are looked at; the bytes between them are
-    block-copied."""
+    `colons` are the positions of the colons that end a key to change (`key_colons`); the values
+    there are rewritten and the bytes between them block-copied."""
     n = src.size
     i = 0
     oa = om = 0

@@ -112,6 +112,7 @@ class _Rewriter:
         self.new_pids = np.zeros((bytescan.NEW_PID_CAP, 4), dtype=np.int64)
         self.last_ts = np.zeros(1, dtype=np.int64)
         self.out_a = self.out_m = np.empty(0, dtype=np.uint8)  # reused: fresh pages cost page faults
+        self.keys = np.empty(CHUNK // 32, dtype=np.int64)  # positions of the keys to rewrite
 
     def chunk(self, chunk: bytes | memoryview, aligned: bool, merged: bool,
               cuts: list[tuple[int, int]]) -> tuple[memoryview | None, memoryview | None]:
@@ -126,8 +127,12 @@ class _Rewriter:
         out_a, out_m = self.out_a, self.out_m
         t = self.job.transform
         cut_rows = np.array(cuts, dtype=np.int64).reshape(-1, 2)
+        n_keys = bytescan.key_colons(src, self.keys)
+        if n_keys > self.keys.size:
+            self.keys = np.empty(n_keys, dtype=np.int64)
+            bytescan.key_colons(src, self.keys)
         la, lm, n_new = bytescan.rewrite(
-            src, np.flatnonzero(src == 58), out_a, out_m, aligned, merged, t.base_in, t.base_out, t.offset_ns, t.drift_ppm * 1e-6, t.t0_ns,
+            src, self.keys[:n_keys], out_a, out_m, aligned, merged, t.base_in, t.base_out, t.offset_ns, t.drift_ppm * 1e-6, t.t0_ns,
             cut_rows, self.pid_num, self.pid_str, self.pid_next, self.new_pids, self.job.n_files, self.job.index,
             self.last_ts)
         if n_new < 0 or self.pid_next[0] >= (self.job.index + 1) * PIDS_PER_FILE:
