@@ -107,9 +107,9 @@ class _Rewriter:
     def __init__(self, job: RewriteJob) -> None:
         self.job = job
         self.pids: dict[bytes, int] = {}  # original pid token -> merged pid
-        self.pid_num, self.pid_str = bytescan.pid_maps()
-        self.pid_next = np.array([job.index * PIDS_PER_FILE], dtype=np.int64)
-        self.new_pids = np.zeros((bytescan.NEW_PID_CAP, 4), dtype=np.int64)
+        self.known = bytescan.pid_table(PIDS_PER_FILE - 1)
+        self.pid_rows = np.zeros(1, dtype=np.int64)
+        self.new_pids = np.zeros((PIDS_PER_FILE, 4), dtype=np.int64)
         self.last_ts = np.zeros(1, dtype=np.int64)
         self.out_a = self.out_m = np.empty(0, dtype=np.uint8)  # reused: fresh pages cost page faults
         self.keys = np.empty(CHUNK // 32, dtype=np.int64)  # positions of the keys to rewrite
@@ -133,9 +133,9 @@ class _Rewriter:
             bytescan.key_colons(src, self.keys)
         la, lm, n_new = bytescan.rewrite(
             src, self.keys[:n_keys], out_a, out_m, aligned, merged, t.base_in, t.base_out, t.offset_ns, t.drift_ppm * 1e-6, t.t0_ns,
-            cut_rows, self.pid_num, self.pid_str, self.pid_next, self.new_pids, self.job.n_files, self.job.index,
-            self.last_ts)
-        if n_new < 0 or self.pid_next[0] >= (self.job.index + 1) * PIDS_PER_FILE:
+            cut_rows, self.known, self.job.index * PIDS_PER_FILE, self.pid_rows, self.new_pids, self.job.n_files,
+            self.job.index, self.last_ts)
+        if n_new < 0:
             raise TraceError(f"{self.job.label}: more than {PIDS_PER_FILE - 1} processes in one trace")
         for new_pid, kind, a, b in self.new_pids[:n_new].tolist():
             self.pids[bytes(chunk[a:b]) if kind else str(a).encode()] = new_pid

@@ -9,9 +9,11 @@ from pathlib import Path
 
 import numpy as np
 import orjson
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from magpie_trace.errors import TraceError
 from magpie_trace.merge.rewrite import RewriteJob, Transform, _Rewriter
 
 SPACES = st.sampled_from(["", " ", "  ", "\n    "])
@@ -98,3 +100,15 @@ def test_flow_ids_are_made_unique_per_file():
     data = b'{"ph": "s", "id": 41, "pid": 1, "ts": 1.000, "cat": "ac2g", "name": "ac2g"}'
     _, merged = _rewrite(_job(0.0, 0.0), data, False, True)
     assert orjson.loads(merged)["id"] == 41 * 5 + 2
+
+
+def test_pids_keep_their_numbers_across_chunks_and_too_many_are_refused():
+    rw = _Rewriter(_job(0.0, 0.0))
+    chunks = {b'{"pid": 7, "ts": 1}, {"pid": "Spans", "ts": 2}': [2001, 2002],
+              b'{"pid": "Spans", "ts": 3}, {"pid": 7, "ts": 4}': [2002, 2001]}
+    for chunk, pids in chunks.items():
+        _, merged = rw.chunk(chunk, False, True, [])
+        assert [e["pid"] for e in orjson.loads(b"[" + bytes(merged) + b"]")] == pids
+    many = b", ".join(b'{"pid": %d, "ts": 1}' % p for p in range(100, 1100))
+    with pytest.raises(TraceError, match="node1-TP3: more than 999 processes"):
+        rw.chunk(many, False, True, [])
