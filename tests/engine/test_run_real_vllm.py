@@ -14,47 +14,24 @@ import pytest
 
 from magpie_trace.config import (
     BenchmarkConfig,
-    Config,
-    OutputConfig,
     ProfileConfig,
-    ServerConfig,
-    validate,
 )
 from magpie_trace.launch import load_state
 from magpie_trace.run import run
 from magpie_trace.rundir import RunDir
+from tests.fixtures.engine_env import FAKETIME_OFFSET_S
 from tests.procs import leftover_processes, wait_for
-from tests.profile.test_real_vllm_profile import (
-    ENGINE_ENV,
-    FAKETIME_OFFSET_S,
-    free_port,
-    libfaketime,
-)
 
 pytestmark = pytest.mark.engine
 
 
-def test_run_real_vllm_tp2_two_ssh_nodes_with_clock_offset(
-    tmp_path, ssh_scheduler, tiny_model, vllm_command, engine_env
-):
-    scheduler = ssh_scheduler(2, gpus_per_node=1)
-    scheduler.env = {key: engine_env[key] for key in ENGINE_ENV}
-    scheduler.nodes[1].env = {"LD_PRELOAD": libfaketime(), "FAKETIME": f"+{FAKETIME_OFFSET_S}"}
-    head = scheduler.nodes[0].address
-    config = Config(
-        scheduler=scheduler,
-        server=ServerConfig(
-            engine="vllm", model=str(tiny_model), tp=2, command=list(vllm_command), host=head,
-            port=free_port(head), rendezvous_port=free_port(head), ready_timeout_s=420.0,
-        ),
-        profile=ProfileConfig(enabled=True, with_stack=False, start_after_s=1.0, duration_s=3.0,
-                              timeout_s=300.0),
+def test_run_real_vllm_tp2_two_ssh_nodes_with_clock_offset(skewed_vllm_tp2):
+    config = skewed_vllm_tp2(
+        "real-vllm-run-test",
+        profile=ProfileConfig(enabled=True, with_stack=False, start_after_s=1.0, duration_s=3.0, timeout_s=300.0),
         benchmark=BenchmarkConfig(input_len=32, output_len=16, num_prompts=24, concurrency=[4],
                                   warmup_requests=1, stall_timeout_s=120.0),
-        output=OutputConfig(dir=str(tmp_path / "runs")),
-        source="real-vllm-run-test",
     )
-    validate(config)
     result = run(config)
     run_dir = RunDir(result.run_dir)
 

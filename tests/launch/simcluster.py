@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from magpie_trace.config import (
@@ -13,7 +17,11 @@ from magpie_trace.config import (
     SimConfig,
     validate,
 )
+from magpie_trace.launch import LaunchState, launch, load_state, stop
+from magpie_trace.plan import Plan, make_plan
 from magpie_trace.ports import free_port  # noqa: F401  (re-exported for tests)
+from magpie_trace.rundir import RunDir, new_run_dir
+from tests.procs import leftover_processes, wait_for
 
 
 def sim_config(
@@ -55,3 +63,33 @@ def local_scheduler(tmp_path: Path, nodes: int) -> SchedulerConfig:
         nodes=[NodeConfig(host="127.0.0.1") for _ in range(nodes)],
         workdir=str(tmp_path / "nodes"),
     )
+
+
+def complete(url: str, prompt: str = "hello world") -> dict:
+    body = json.dumps({"model": "sim-model", "prompt": prompt, "max_tokens": 3}).encode()
+    request = urllib.request.Request(url + "/v1/completions", body, {"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=10) as response:
+        return json.loads(response.read())
+
+
+@contextmanager
+def launched(config: Config) -> Iterator[tuple[Plan, RunDir, LaunchState]]:
+    """Launch `config`'s plan and check it serves (every node ready, a completion through the head,
+    state, plan and preflight written); on leaving, stop it and check that no process of it is left
+    and each node wrote its log."""
+    plan = make_plan(config)
+    run_dir = new_run_dir(config.output.dir, plan.run_id)
+    state = launch(plan, run_dir)
+    pgids = [h.pgid for h in state.handles.values()]
+    try:
+        assert set(state.handles) == {n.name for n in plan.nodes}
+        assert state.ready_at is not None
+        assert complete(plan.head_url)["choices"][0]["text"] is not None
+        assert load_state(run_dir).handles.keys() == state.handles.keys()
+        assert json.loads(run_dir.plan.read_text())["layout"]["nnodes"] == len(plan.nodes)
+        assert json.loads(run_dir.preflight.read_text())["nodes"][0]["engine_version"]
+        yield plan, run_dir, state
+    finally:
+        stop(plan, run_dir)
+    assert wait_for(lambda: not leftover_processes(pgids), 10), leftover_processes(pgids)
+    assert sorted(p.name for p in run_dir.logs.iterdir()) == sorted(f"{n.name}.log" for n in plan.nodes)

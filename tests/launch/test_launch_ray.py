@@ -18,12 +18,11 @@ from click.testing import CliRunner
 
 from magpie_trace.cli import main
 from magpie_trace.config import NodeConfig, SchedulerConfig
-from magpie_trace.launch import launch, load_state, stop
+from magpie_trace.launch import launch
 from magpie_trace.plan import make_plan
 from magpie_trace.rundir import new_run_dir
 from tests.fixtures.ray_cluster import ENV, LABEL, RayCluster
-from tests.launch.simcluster import sim_config
-from tests.launch.test_launch import complete
+from tests.launch.simcluster import complete, launched, sim_config
 from tests.procs import leftover_processes, wait_for
 
 
@@ -54,29 +53,13 @@ def node_label_of(pid: int) -> str | None:
 
 @pytest.mark.parametrize("nodes", [1, 2, 8])
 def test_launch_ready_serve_stop_over_ray_leaves_nothing(ray_cluster: RayCluster, tmp_path, nodes):
-    config = sim_config(ray_scheduler(ray_cluster, tmp_path, nodes), tmp_path)
-    plan = make_plan(config)
-    run_dir = new_run_dir(config.output.dir, plan.run_id)
-    state = launch(plan, run_dir)
-    pgids = [h.pgid for h in state.handles.values()]
-    try:
-        assert set(state.handles) == {n.name for n in plan.nodes}
-        assert state.ready_at is not None
+    with launched(sim_config(ray_scheduler(ray_cluster, tmp_path, nodes), tmp_path)) as (plan, run_dir, state):
         for node in plan.nodes:
             handle = state.handles[node.name]
             label = ray_cluster.labels[node.index % len(ray_cluster.labels)]
             assert handle.backend == "ray"
             assert handle.extra["ray_node_id"] == ray_cluster.node_ids[label]
             assert node_label_of(handle.pid) == label  # it really runs on that Ray node
-        reply = complete(plan.head_url)
-        assert reply["choices"][0]["text"] is not None
-        assert load_state(run_dir).handles.keys() == state.handles.keys()
-        assert json.loads(run_dir.plan.read_text())["layout"]["nnodes"] == nodes
-        assert json.loads(run_dir.preflight.read_text())["nodes"][0]["engine_version"]
-    finally:
-        stop(plan, run_dir)
-    assert wait_for(lambda: not leftover_processes(pgids), 10), leftover_processes(pgids)
-    assert sorted(p.name for p in run_dir.logs.iterdir()) == sorted(f"{n.name}.log" for n in plan.nodes)
     assert all((run_dir.logs / f"{n.name}.log").stat().st_size > 0 for n in plan.nodes)
 
 
@@ -88,10 +71,10 @@ def test_cli_launch_and_stop_over_ray(ray_cluster: RayCluster, tmp_path):
     runner = CliRunner()
     result = runner.invoke(main, ["launch", str(path), "--json"])
     assert result.exit_code == 0, result.output
-    launched = json.loads(result.output[result.output.index("{") :])
-    pgids = [h["pgid"] for h in launched["handles"].values()]
+    started = json.loads(result.output[result.output.index("{") :])
+    pgids = [h["pgid"] for h in started["handles"].values()]
     try:
-        assert complete(launched["url"])["choices"][0]["text"] is not None
+        assert complete(started["url"])["choices"][0]["text"] is not None
     finally:
         result = runner.invoke(main, ["stop", str(path)])
     assert result.exit_code == 0 and result.output.startswith("stopped 2 node(s)")

@@ -8,10 +8,8 @@ One launch (about 70 s here) serves every assertion.
 
 from __future__ import annotations
 
-import glob
 import gzip
 import json
-import os
 import statistics
 import threading
 import time
@@ -24,34 +22,15 @@ from magpie_trace import trace_probe
 from magpie_trace.backends import make_backend
 from magpie_trace.collect import collect, tracelens_command
 from magpie_trace.config import (
-    Config,
-    OutputConfig,
     ProfileConfig,
-    ServerConfig,
-    validate,
 )
 from magpie_trace.launch import launch, stop
 from magpie_trace.plan import make_plan
-from magpie_trace.ports import free_port
 from magpie_trace.profile import capture
 from magpie_trace.rundir import new_run_dir
+from tests.fixtures.engine_env import FAKETIME_OFFSET_S
 
 pytestmark = pytest.mark.engine
-
-FAKETIME_OFFSET_S = 0.25
-ENGINE_ENV = ("VLLM_TARGET_DEVICE", "VLLM_CPU_KVCACHE_SPACE", "HF_HUB_OFFLINE",
-              "TRANSFORMERS_OFFLINE", "VLLM_NO_USAGE_STATS", "DO_NOT_TRACK")
-
-
-def libfaketime() -> str:
-    found = sorted(glob.glob("/usr/lib/*/faketime/libfaketime.so.1"))
-    if not found:
-        message = "libfaketime not installed (apt-get install -y faketime)"
-        if os.environ.get("CI"):
-            pytest.fail(message, pytrace=False)
-        pytest.skip(message)
-    return found[0]
-
 
 def allreduce_ends_ns(path: Path) -> list[int]:
     """Absolute wall-clock end (ns) of every c10d::allreduce_ CPU op, in trace order."""
@@ -74,25 +53,9 @@ def requests_while(url: str, model: str, stop_event: threading.Event, done: list
         done.append(1)
 
 
-def test_real_vllm_tp2_two_ssh_nodes_profiled_and_collected(
-    tmp_path, ssh_scheduler, tiny_model, vllm_command, engine_env
-):
-    faketime = libfaketime()
-    scheduler = ssh_scheduler(2, gpus_per_node=1)
-    scheduler.env = {key: engine_env[key] for key in ENGINE_ENV}
-    scheduler.nodes[1].env = {"LD_PRELOAD": faketime, "FAKETIME": f"+{FAKETIME_OFFSET_S}"}
-    head = scheduler.nodes[0].address
-    config = Config(
-        scheduler=scheduler,
-        server=ServerConfig(
-            engine="vllm", model=str(tiny_model), tp=2, command=list(vllm_command), host=head,
-            port=free_port(head), rendezvous_port=free_port(head), ready_timeout_s=420.0,
-        ),
-        profile=ProfileConfig(enabled=True, with_stack=False, timeout_s=300.0),
-        output=OutputConfig(dir=str(tmp_path / "runs")),
-        source="real-vllm-test",
-    )
-    validate(config)
+def test_real_vllm_tp2_two_ssh_nodes_profiled_and_collected(skewed_vllm_tp2):
+    config = skewed_vllm_tp2("real-vllm-test", profile=ProfileConfig(enabled=True, with_stack=False, timeout_s=300.0))
+    scheduler = config.scheduler
     plan = make_plan(config)
     run_dir = new_run_dir(config.output.dir, plan.run_id)
     backend = make_backend(config.scheduler)
@@ -102,7 +65,7 @@ def test_real_vllm_tp2_two_ssh_nodes_profiled_and_collected(
     try:
         stop_event, done = threading.Event(), []
         load = threading.Thread(
-            target=requests_while, args=(plan.head_url, str(tiny_model), stop_event, done), daemon=True
+            target=requests_while, args=(plan.head_url, config.server.model, stop_event, done), daemon=True
         )
         load.start()
         try:
