@@ -12,8 +12,8 @@ from pathlib import Path
 from typing import NoReturn
 
 from magpie_trace.engines.sim import SIM_VERSION
-from magpie_trace.engines.sim.layout import Layout
 from magpie_trace.engines.sim.node import NodeConfig, run
+from magpie_trace.topology import Layout
 
 
 class _Parser(argparse.ArgumentParser):
@@ -58,11 +58,11 @@ def _config(args: argparse.Namespace, parser: argparse.ArgumentParser) -> NodeCo
         parser.error(f"--node-rank {args.node_rank} is outside 0..{args.nnodes - 1}")
     if args.headless != (args.node_rank != 0):
         parser.error("node 0 is the head and must not be --headless; every other node must be")
-    layout = Layout(tp=args.tp, pp=args.pp, dp=args.dp, ep=args.ep)
     try:
         ranks = [int(rank) for rank in args.ranks.split(",")]
     except ValueError:
         parser.error(f"--ranks {args.ranks!r} is not a comma-separated list of integers")
+    layout = Layout(tp=args.tp, pp=args.pp, dp=args.dp, ep=args.ep, nnodes=args.nnodes, ranks_per_node=len(ranks))
     if len(set(ranks)) != len(ranks) or not all(0 <= r < layout.world_size for r in ranks):
         parser.error(f"--ranks {args.ranks} must be distinct ranks in 0..{layout.world_size - 1} "
                      f"(TP{args.tp} x PP{args.pp} x DP{args.dp})")

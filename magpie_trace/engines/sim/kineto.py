@@ -16,8 +16,9 @@ from typing import Any
 
 import orjson
 
-from magpie_trace.engines.sim.layout import Layout, ProcessGroups, RankPlace
+from magpie_trace.engines.sim.layout import ProcessGroups, RankPlace
 from magpie_trace.fsutil import atomic_write_bytes
+from magpie_trace.topology import Layout
 
 TRIMONTH_NS = 7_889_238 * 1_000_000_000
 KERNEL = "ncclDevKernel_AllReduce_Sum_bf16_RING_LL(ncclDevKernelArgsStorage<4096ul>)"

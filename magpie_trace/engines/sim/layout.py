@@ -1,27 +1,12 @@
-"""Where a global rank sits in vLLM's DP x PP x TP layout, and the process groups it belongs to."""
+"""Where a global rank sits in vLLM's DP x PP x TP layout (topology.Layout), and the process groups it
+belongs to."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any
 
-from magpie_trace.topology import vllm_coordinates
-
-
-@dataclass(frozen=True)
-class Layout:
-    tp: int
-    pp: int
-    dp: int
-    ep: int
-
-    @property
-    def replica_size(self) -> int:
-        return self.tp * self.pp
-
-    @property
-    def world_size(self) -> int:
-        return self.tp * self.pp * self.dp
+from magpie_trace.topology import Layout, vllm_coordinates
 
 
 @dataclass(frozen=True)

@@ -23,12 +23,12 @@ from aiohttp import web
 
 from magpie_trace.engines.sim import cluster as rendezvous
 from magpie_trace.engines.sim.generate import Stream, TokenEngine
-from magpie_trace.engines.sim.layout import Layout
 from magpie_trace.engines.sim.loop import new_event_loop
 from magpie_trace.engines.sim.metrics import Metrics
 from magpie_trace.engines.sim.profiler import Profiler
 from magpie_trace.engines.sim.ranks import RankPool, RankSpec
 from magpie_trace.engines.sim.server import HeadServer
+from magpie_trace.topology import Layout
 
 log = logging.getLogger("magpie_trace.engines.sim")
 

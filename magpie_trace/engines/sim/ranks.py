@@ -23,7 +23,8 @@ from typing import Any
 import orjson
 
 from magpie_trace.engines.sim import kineto, wire
-from magpie_trace.engines.sim.layout import Layout, place, process_groups
+from magpie_trace.engines.sim.layout import place, process_groups
+from magpie_trace.topology import Layout
 
 
 @dataclass
