@@ -175,10 +175,12 @@ def merge(input_dir: Path, output_dir: Path, options: MergeOptions | None = None
 
 def _merge(files: list[TraceFile], manifest: dict[str, Any] | None, output_dir: Path, work: Path,
            opts: MergeOptions, started: float) -> MergeResult:
-    if opts.jobs == 1:  # one buffer for all: growing it file by file costs fresh pages each time
-        SCRATCH.at_least(max(size_hint(tf.path) for tf in files) + 1)
-    scanned = _run(scan, files, opts.jobs)
-    SCRATCH.release()
+    try:
+        if opts.jobs == 1:  # one buffer for all: growing it file by file costs fresh pages each time
+            SCRATCH.at_least(max(size_hint(tf.path) for tf in files) + 1)
+        scanned = _run(scan, files, opts.jobs)
+    finally:
+        SCRATCH.release()  # pass 2 and the caller's process get the memory back, also after bad input
     files = [sc.file for sc in scanned]  # workers return their own (updated) copies
     _resolve_ranks(scanned)
     warnings: list[str] = [f"{tf.path.name}: {note}" for tf in files for note in tf.notes]

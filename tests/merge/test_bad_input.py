@@ -90,3 +90,12 @@ def test_bad_input_is_one_line_naming_the_file(good_pair, tmp_path, spoil):
 def test_output_folder_must_not_be_the_input(good_pair):
     with pytest.raises(Exception, match="must not be the input folder"):
         merge(good_pair, good_pair, MergeOptions())
+
+
+def test_a_failed_merge_gives_back_pass_1_memory(good_pair, tmp_path):
+    from magpie_trace.merge.load import SCRATCH
+
+    _not_json(good_pair)
+    with pytest.raises(TraceError):
+        merge(good_pair, tmp_path / "out", MergeOptions(jobs=1))
+    assert len(SCRATCH.buffer) == 0
