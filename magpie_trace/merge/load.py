@@ -122,7 +122,7 @@ def decompress(path: Path, scratch: Scratch = SCRATCH) -> tuple[bytearray, int, 
                 if size == len(buf):  # rare: the trailer under-stated the size
                     buf.extend(bytearray(len(buf)))
         except (OSError, EOFError, ValueError, isal_zlib.error) as exc:
-            raise TraceError(f"{path}: truncated or corrupt gzip ({exc})") from None
+            raise TraceError(f"{path}: {'truncated or corrupt gzip' if gz else 'cannot read'} ({exc})") from None
     return buf, size, csize
 
 
