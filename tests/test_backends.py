@@ -15,7 +15,6 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict
 from pathlib import Path
 
 import pytest
@@ -25,6 +24,7 @@ from magpie_trace.backends.posix import exit_path
 from magpie_trace.config import NodeConfig, SchedulerConfig
 from magpie_trace.errors import NodeError
 from magpie_trace.fanout import NodesFailed, on_nodes
+from tests.backend_driver import drive
 from tests.fixtures.sshd import SshdPool
 from tests.procs import group_members, wait_for
 
@@ -105,37 +105,10 @@ def test_missing_program_exits_127(cluster: Cluster) -> None:
     assert "no-such-program-xyz" in Path(handle.log_path).read_text()
 
 
-LAUNCHER = """
-import json, sys
-from magpie_trace.backends import make_backend
-from magpie_trace.config import SchedulerConfig, SshConfig, NodeConfig
-raw = json.loads(sys.argv[1])
-raw["nodes"] = [NodeConfig(**n) for n in raw["nodes"]]
-raw["ssh"] = SshConfig(**raw["ssh"])
-scheduler = SchedulerConfig(**raw)
-backend = make_backend(scheduler)
-node = scheduler.nodes[0]
-wd = backend.workdir(node)
-handles = [
-    backend.start(node, ["sh", "-c", "sleep 60 & sleep 60"], {}, wd + "/sleeper.log"),
-    backend.start(node, ["sh", "-c", "exit 5"], {}, wd + "/fails.log"),
-]
-backend.close()
-print(json.dumps([h.to_dict() for h in handles]))
-"""
-
-
 def test_state_survives_the_launching_process(cluster: Cluster) -> None:
     """`launch` starts and exits; a later `stop` (another process) finds exit codes and groups."""
     backend, (node,) = cluster(1)
-    proc = subprocess.run(
-        [sys.executable, "-c", LAUNCHER, json.dumps(asdict(backend.scheduler))],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert proc.returncode == 0, proc.stderr
-    sleeper, fails = (ProcessHandle.from_dict(d) for d in json.loads(proc.stdout))
+    sleeper, fails = (ProcessHandle.from_dict(d) for d in json.loads(drive(backend, 0, "launch")))
     assert wait_for(lambda: backend.exit_code(node, fails) == 5)
     assert backend.alive(node, sleeper)
     assert group_members(sleeper.pgid)

@@ -11,11 +11,9 @@ import hashlib
 import json
 import os
 import signal
-import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import asdict
 from pathlib import Path
 
 import pytest
@@ -29,6 +27,7 @@ from magpie_trace.backends.ray import RayBackend, agent_name
 from magpie_trace.config import NodeConfig, RayConfig, SchedulerConfig
 from magpie_trace.errors import MagpieError, NodeError
 from magpie_trace.fanout import on_nodes
+from tests.backend_driver import drive
 from tests.fixtures.ray_cluster import ENV, LABEL, RayCluster
 from tests.procs import group_members, wait_for
 
@@ -311,53 +310,16 @@ def _exists(actor: str, namespace: str) -> bool:
     return True
 
 
-LAUNCHER = """
-import json, sys
-from magpie_trace.backends import ProcessHandle, make_backend
-from magpie_trace.config import NodeConfig, RayConfig, SchedulerConfig
-raw = json.loads(sys.argv[1])
-raw["nodes"] = [NodeConfig(**n) for n in raw["nodes"]]
-raw["ray"] = RayConfig(**raw["ray"])
-scheduler = SchedulerConfig(**raw)
-backend = make_backend(scheduler)
-node = scheduler.nodes[2]
-wd = backend.workdir(node)
-if sys.argv[2] == "launch":
-    handles = [
-        backend.start(node, ["sh", "-c", "sleep 60 & sleep 60"], {}, wd + "/sleeper.log"),
-        backend.start(node, ["sh", "-c", "exit 5"], {}, wd + "/fails.log"),
-    ]
-    print(json.dumps([h.to_dict() for h in handles]))
-else:
-    handle = ProcessHandle.from_dict(json.loads(sys.argv[3]))
-    backend.stop(node, handle, grace_s=2)
-    print(backend.exit_code(node, handle))
-backend.close()
-"""
-
-
-def _driver(backend: RayBackend, *args: str) -> str:
-    proc = subprocess.run(
-        [sys.executable, "-c", LAUNCHER, json.dumps(asdict(backend.scheduler)), *args],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert proc.returncode == 0, proc.stderr
-    return proc.stdout
-
-
 def test_stop_from_a_fresh_driver(backend: RayBackend) -> None:
     """`launch` starts and exits; `stop`, another process, finds the actors and ends the group."""
     node = _node(backend, "n2")
-    sleeper, fails = (ProcessHandle.from_dict(d) for d in json.loads(_driver(backend, "launch")))
+    sleeper, fails = (ProcessHandle.from_dict(d) for d in json.loads(drive(backend, 2, "launch")))
     assert sleeper.extra["ray_node_id"] == backend.ray_node_id(node)
     assert wait_for(lambda: backend.exit_code(node, fails) == 5, timeout_s=10)
     assert backend.alive(node, sleeper)
     assert len(group_members(sleeper.pgid)) == 3  # sh and two sleeps
 
-    assert _driver(backend, "stop", json.dumps(sleeper.to_dict())) == f"{-signal.SIGTERM}\n"
+    assert drive(backend, 2, "stop", json.dumps(sleeper.to_dict())) == f"{-signal.SIGTERM}\n"
     assert group_members(sleeper.pgid) == []
     assert not backend.alive(node, sleeper)
     backend.stop(node, fails)
