@@ -42,28 +42,13 @@ def main() -> None:
     parser.add_argument("--fetch-mib", type=int, default=256)
     args = parser.parse_args()
 
-    from ray.cluster_utils import Cluster
-
     from magpie_trace.backends.ray import RayBackend
 
-    began = time.perf_counter()
-    cluster = Cluster(
-        initialize_head=True,
-        head_node_args={
-            **ray_fixture._node_args("n0"),
-            "include_dashboard": False,
-            "no_monitor": True,
-            "include_log_monitor": False,
-        },
-    )
-    node_ids = {"n0": cluster.head_node.node_id}
-    for i in range(1, ray_fixture.NODE_COUNT):
-        node_ids[f"n{i}"] = cluster.add_node(**ray_fixture._node_args(f"n{i}")).node_id
-    cluster.wait_for_nodes()
-    report(f"cluster start ({ray_fixture.NODE_COUNT} nodes)", [time.perf_counter() - began])
+    loopback = ray_fixture.start_cluster()
+    report(f"cluster start ({ray_fixture.NODE_COUNT} nodes)", [loopback.start_s])
     try:
         with tempfile.TemporaryDirectory() as tmp:
-            scheduler = ray_fixture.RayCluster(cluster, 0.0, node_ids).scheduler(tmp)
+            scheduler = loopback.scheduler(tmp)
             backend: RayBackend | None = None
 
             def connect() -> None:
@@ -105,7 +90,7 @@ def main() -> None:
             )
             backend.close()
     finally:
-        cluster.shutdown()
+        loopback.cluster.shutdown()
 
 
 if __name__ == "__main__":
