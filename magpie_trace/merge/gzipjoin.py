@@ -39,22 +39,14 @@ def crc32_combine(crc1: int, crc2: int, len2: int) -> int:
     """CRC-32 of A+B from crc32(A), crc32(B) and len(B)."""
     if len2 == 0:
         return crc1
-    odd = [_CRC_POLY] + [1 << n for n in range(31)]
-    even = _gf2_square(odd)
-    odd = _gf2_square(even)
-    while True:
-        even = _gf2_square(odd)
+    op = [_CRC_POLY] + [1 << n for n in range(31)]  # shifts the CRC register by one zero bit
+    for _ in range(3):
+        op = _gf2_square(op)  # ... by one zero byte
+    while len2:  # by len2 zero bytes, one bit of len2 at a time
         if len2 & 1:
-            crc1 = _gf2_times(even, crc1)
+            crc1 = _gf2_times(op, crc1)
         len2 >>= 1
-        if not len2:
-            break
-        odd = _gf2_square(even)
-        if len2 & 1:
-            crc1 = _gf2_times(odd, crc1)
-        len2 >>= 1
-        if not len2:
-            break
+        op = _gf2_square(op)
     return crc1 ^ crc2
 
 
