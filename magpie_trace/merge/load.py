@@ -83,16 +83,24 @@ class Scratch:
 SCRATCH = Scratch()
 
 
+def _sizes(f: BinaryIO) -> tuple[int, int, bool]:
+    """(uncompressed size as the gzip trailer records it, mod 4 GiB and only the last member's, else
+    the file's size; the file's size; is it gzip) of an open file, left at its start."""
+    csize = os.fstat(f.fileno()).st_size
+    gz = f.read(2) == b"\x1f\x8b"
+    hint = csize
+    if gz and csize >= 18:
+        f.seek(-4, os.SEEK_END)
+        hint = int.from_bytes(f.read(4), "little")
+    f.seek(0)
+    return hint, csize, gz
+
+
 def size_hint(path: Path) -> int:
-    """The uncompressed size the gzip trailer records (its last member's, mod 4 GiB), else the file's;
-    0 when unreadable (reading it again says why)."""
+    """The file's uncompressed size as `_sizes` tells it; 0 when unreadable (reading it again says why)."""
     try:
         with open(path, "rb") as f:
-            size = os.fstat(f.fileno()).st_size
-            if f.read(2) != b"\x1f\x8b" or size < 18:
-                return size
-            f.seek(-4, os.SEEK_END)
-            return int.from_bytes(f.read(4), "little")
+            return _sizes(f)[0]
     except OSError:
         return 0
 
@@ -101,15 +109,12 @@ def decompress(path: Path, scratch: Scratch = SCRATCH) -> tuple[bytearray, int, 
     """(buffer, size, compressed size): the file's uncompressed bytes are buffer[:size], inflated
     straight into `scratch` (sized from the gzip trailer, grown if that was short: several members or
     > 4 GiB). The buffer is reused by the next call; the error names the file."""
-    hint = size_hint(path)
     try:
         f = open(path, "rb")
     except OSError as exc:
         raise TraceError(f"{path}: cannot read ({exc.strerror})") from None
     with f:
-        csize = os.fstat(f.fileno()).st_size
-        gz = f.read(2) == b"\x1f\x8b"
-        f.seek(0)
+        hint, csize, gz = _sizes(f)
         buf = scratch.at_least(hint + 1)  # one spare byte: a full buffer means "maybe more"
         stream: BinaryIO = igzip.IGzipFile(fileobj=f) if gz else f  # type: ignore[assignment]
         size = 0
@@ -212,12 +217,8 @@ def _separator_span(data: bytes, lo: int, hi: int, floor: int) -> tuple[int, int
 
 def candidate_names(data: bytes | bytearray, lo: int, hi: int) -> list[int]:
     """Positions of `"name":` keys whose value starts with a prefix pass 1 cares about."""
-    src = np.frombuffer(data, dtype=np.uint8)
-    found = np.empty(max(1024, (hi - lo) >> 12), dtype=np.int64)
-    count = bytescan.find_names(src, lo, hi, *_PREFIXES, found)
-    if count > found.size:
-        found = np.empty(count, dtype=np.int64)
-        bytescan.find_names(src, lo, hi, *_PREFIXES, found)
+    found, count = bytescan.positions(bytescan.find_names, np.empty(max(1024, (hi - lo) >> 12), dtype=np.int64),
+                                      np.frombuffer(data, dtype=np.uint8), lo, hi, *_PREFIXES)
     return found[:count].tolist()
 
 

@@ -127,10 +127,7 @@ class _Rewriter:
         out_a, out_m = self.out_a, self.out_m
         t = self.job.transform
         cut_rows = np.array(cuts, dtype=np.int64).reshape(-1, 2)
-        n_keys = bytescan.key_colons(src, self.keys)
-        if n_keys > self.keys.size:
-            self.keys = np.empty(n_keys, dtype=np.int64)
-            bytescan.key_colons(src, self.keys)
+        self.keys, n_keys = bytescan.positions(bytescan.key_colons, self.keys, src)
         la, lm, n_new = bytescan.rewrite(
             src, self.keys[:n_keys], out_a, out_m, aligned, merged, t.base_in, t.base_out, t.offset_ns, t.drift_ppm * 1e-6, t.t0_ns,
             cut_rows, self.known, self.job.index * PIDS_PER_FILE, self.pid_rows, self.new_pids, self.job.n_files,

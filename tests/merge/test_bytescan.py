@@ -14,6 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from magpie_trace.errors import TraceError
+from magpie_trace.merge import bytescan
 from magpie_trace.merge.rewrite import RewriteJob, Transform, _Rewriter
 
 SPACES = st.sampled_from(["", " ", "  ", "\n    "])
@@ -112,3 +113,12 @@ def test_pids_keep_their_numbers_across_chunks_and_too_many_are_refused():
     many = b", ".join(b'{"pid": %d, "ts": 1}' % p for p in range(100, 1100))
     with pytest.raises(TraceError, match="node1-TP3: more than 999 processes"):
         rw.chunk(many, False, True, [])
+
+
+def test_positions_are_all_found_when_the_first_array_is_too_small():
+    data = b", ".join(b'{"ts": %d, "x": {"a:b": 1}, "dur": 2, "pid": 3}' % k for k in range(50))
+    src = np.frombuffer(data, dtype=np.uint8)
+    found, count = bytescan.positions(bytescan.key_colons, np.empty(4, dtype=np.int64), src)
+    assert count == 150 and found.size >= count
+    keys = [data[data.rfind(b'"', 0, p - 1) + 1 : p - 1] for p in found[:count].tolist()]
+    assert keys == [b"ts", b"dur", b"pid"] * 50
