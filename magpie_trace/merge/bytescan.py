@@ -37,12 +37,20 @@ def pid_table(capacity: int) -> np.ndarray:
 
 
 @njit(cache=True, nogil=True)
-def _pid_row(known: np.ndarray, rows: int, kind: int, value: int) -> int:
-    """Row of (kind, value) in the first `rows` rows of `known`, -1 if absent."""
-    for r in range(rows):
+def _merged_pid(known: np.ndarray, pid_rows: np.ndarray, pid_base: int, new_pids: np.ndarray, n_new: int,
+                kind: int, value: int, a: int, b: int) -> tuple[int, int]:
+    """(merged pid of (kind, value), rows of new_pids filled). A pid not seen before gets the next
+    row of `known` and is reported in new_pids as [pid, kind, a, b]; merged pid 0: no room left."""
+    for r in range(pid_rows[0]):
         if known[r, 1] == value and known[r, 0] == kind:
-            return r
-    return -1
+            return pid_base + r + 1, n_new
+    r = pid_rows[0]
+    if r == known.shape[0] or n_new == new_pids.shape[0]:
+        return 0, n_new
+    known[r, 0], known[r, 1] = kind, value
+    pid_rows[0] += 1
+    new_pids[n_new, 0], new_pids[n_new, 1], new_pids[n_new, 2], new_pids[n_new, 3] = pid_base + r + 1, kind, a, b
+    return pid_base + r + 1, n_new + 1
 
 
 @njit(cache=True, nogil=True)
@@ -340,18 +348,11 @@ def rewrite(src: np.ndarray, colons: np.ndarray, out_a: np.ndarray, out_m: np.nd
                 h = np.int64(1469598103934665603)
                 for q in range(i, end):
                     h = (h ^ np.int64(src[q])) * np.int64(1099511628211)
-                r = _pid_row(known, pid_rows[0], 1, h)
-                if r < 0:
-                    r = pid_rows[0]
-                    if r == known.shape[0] or n_new == new_pids.shape[0]:
-                        return oa, om, -1
-                    known[r, 0], known[r, 1] = 1, h
-                    pid_rows[0] += 1
-                    new_pids[n_new, 0], new_pids[n_new, 1] = pid_base + r + 1, 1
-                    new_pids[n_new, 2], new_pids[n_new, 3] = i, end
-                    n_new += 1
+                pid, n_new = _merged_pid(known, pid_rows, pid_base, new_pids, n_new, 1, h, i, end)
+                if pid == 0:
+                    return oa, om, -1
                 om, last_m, cm = _flush(out_m, om, src, last_m, i, cuts, cm)
-                om = _put_int(out_m, om, pid_base + r + 1)
+                om = _put_int(out_m, om, pid)
                 last_m = end
             i = end
             continue
@@ -376,16 +377,9 @@ def rewrite(src: np.ndarray, colons: np.ndarray, out_a: np.ndarray, out_m: np.nd
                 last_m = end
         elif m_on and (code == _KEY_PID or code == _KEY_ID):
             if code == _KEY_PID:
-                r = _pid_row(known, pid_rows[0], 0, v)
-                if r < 0:
-                    r = pid_rows[0]
-                    if r == known.shape[0] or n_new == new_pids.shape[0]:
-                        return oa, om, -1
-                    known[r, 0], known[r, 1] = 0, v
-                    pid_rows[0] += 1
-                    new_pids[n_new, 0], new_pids[n_new, 1], new_pids[n_new, 2] = pid_base + r + 1, 0, v
-                    n_new += 1
-                new = pid_base + r + 1
+                new, n_new = _merged_pid(known, pid_rows, pid_base, new_pids, n_new, 0, v, v, 0)
+                if new == 0:
+                    return oa, om, -1
             else:
                 new = v * flow_mul + flow_add
             om, last_m, cm = _flush(out_m, om, src, last_m, i, cuts, cm)
