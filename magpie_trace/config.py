@@ -9,7 +9,11 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
+import os
 import posixpath
+import pwd
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -22,6 +26,43 @@ from magpie_trace.errors import ConfigError
 
 BACKENDS = ("local", "ssh", "ray", "slurm")
 ENGINES = ("vllm", "sglang", "sim")
+
+# Names that become file and folder names (node names, run ids): no separators, no `..`, no
+# leading dot or dash (a hidden file, an option), so every path built from them stays in its root.
+NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}\Z")
+# A POSIX environment variable name. Anything else (`--split-string=...`) must never reach `env`.
+ENV_NAME_PATTERN = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
+# A config is a few kB. The caps keep a hostile or broken file (a YAML bomb, a binary) to one
+# line and well under a second: PyYAML reads ~1 MB/s, and aliases can multiply the values.
+MAX_CONFIG_BYTES = 1 << 20
+MAX_CONFIG_VALUES = 100_000
+MAX_CONFIG_DEPTH = 64
+
+
+def check_name(value: str, what: str) -> str:
+    """Refuse a node name or run id that could leave its folder; returns the value."""
+    if not NAME_PATTERN.match(value):
+        raise ConfigError(
+            f"{what}: {value!r} is not a valid name (letters, digits, '.', '_', '-'; starting "
+            "with a letter or digit; at most 128)"
+        )
+    return value
+
+
+def default_workdir(user: str | None = None) -> str:
+    """The per-user default root of the node workdirs: `/tmp/magpie-trace-<user>`.
+
+    One root per user, so nobody else's files (or symlinks) are ever in the way; the backends
+    create it 0700 and refuse it when it is a symlink or another user owns it.
+    """
+    if user is None:
+        try:
+            user = pwd.getpwuid(os.getuid()).pw_name
+        except KeyError:
+            user = str(os.getuid())
+    if not NAME_PATTERN.match(user):
+        user = str(os.getuid())
+    return f"/tmp/magpie-trace-{user}"
 
 
 @dataclass
@@ -67,7 +108,8 @@ class SchedulerConfig:
     gpus_per_node: int = 8
     shared_dir: str | None = None
     env: dict[str, str] = field(default_factory=dict)
-    workdir: str = "/tmp/magpie-trace"
+    public_env: list[str] = field(default_factory=list)
+    workdir: str | None = None
     ssh: SshConfig = field(default_factory=SshConfig)
     ray: RayConfig = field(default_factory=RayConfig)
 
@@ -75,8 +117,13 @@ class SchedulerConfig:
         """The node's own working directory on that node (logs, local traces).
 
         Per node, so several "nodes" on one machine (local backend, test sshds) never share files.
+        The default root is per user: the ssh login user where one is configured.
         """
-        return node.workdir or posixpath.join(self.workdir, node.name)
+        if node.workdir:
+            return node.workdir
+        user = (node.ssh_user or self.ssh.user) if self.backend == "ssh" else None
+        root = self.workdir or default_workdir(user if user and NAME_PATTERN.match(user) else None)
+        return posixpath.join(root, node.name)
 
 
 @dataclass
@@ -191,16 +238,83 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
     """Read a YAML config, apply `key.path=value` overrides, validate. Raises ConfigError."""
     source = str(path)
     try:
-        text = Path(path).read_text()
+        with open(path, "rb") as handle:
+            data = handle.read(MAX_CONFIG_BYTES + 1)
     except OSError as exc:
         raise ConfigError(f"{source}: cannot read: {exc.strerror or exc}") from None
+    if len(data) > MAX_CONFIG_BYTES:
+        raise ConfigError(f"{source}: larger than {MAX_CONFIG_BYTES >> 20} MiB; not a config file")
     try:
-        raw = yaml.safe_load(text)
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{source}: not UTF-8 text (byte {exc.start}); not a config file") from None
+    raw = parse_yaml(text, source)
+    return config_from_dict(raw if raw is not None else {}, source=source, overrides=overrides)
+
+
+class _TooDeep(Exception):
+    pass
+
+
+class _Loader(yaml.SafeLoader):
+    """SafeLoader that stops at MAX_CONFIG_DEPTH nested collections.
+
+    PyYAML scans lazily, so stopping while composing also stops its scanner, whose cost grows
+    with the square of the nesting (5000 `[` took 3 s; libyaml's C loader crashes on 100000).
+    """
+
+    depth = 0
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        self.depth += 1
+        try:
+            if self.depth > MAX_CONFIG_DEPTH:
+                raise _TooDeep
+            return super().compose_node(parent, index)
+        finally:
+            self.depth -= 1
+
+
+def parse_yaml(text: str, source: str) -> Any:
+    """YAML to plain data; every failure (syntax, nesting too deep) is one ConfigError line."""
+    loader = None
+    try:
+        loader = _Loader(text)  # its reader already refuses control characters
+        return loader.get_single_data()
+    except (_TooDeep, RecursionError):
+        raise ConfigError(f"{source}: not valid YAML: nested more than {MAX_CONFIG_DEPTH} deep") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark is not None else ""
-        raise ConfigError(f"{source}:{where} not valid YAML: {getattr(exc, 'problem', exc)}") from None
-    return config_from_dict(raw if raw is not None else {}, source=source, overrides=overrides)
+        problem = (str(getattr(exc, "problem", None) or exc).splitlines() or ["unreadable"])[0]
+        raise ConfigError(f"{source}:{where} not valid YAML: {problem}") from None
+    finally:
+        if loader is not None:
+            loader.dispose()
+
+
+def check_expansion(raw: Any, source: str) -> None:
+    """Refuse recursive aliases and aliases that multiply into a huge document (YAML bombs).
+
+    YAML aliases share one object however often they are used, so loading is cheap; walking
+    the result is not. Walk it once, iteratively, with a budget, before anything else does.
+    """
+    seen = 0
+    stack: list[tuple[Any, tuple[int, ...]]] = [(raw, ())]
+    while stack:
+        value, path = stack.pop()
+        seen += 1
+        if seen > MAX_CONFIG_VALUES:
+            raise ConfigError(
+                f"{source}: more than {MAX_CONFIG_VALUES} values once aliases are expanded "
+                "(a YAML bomb?); not a config file"
+            )
+        if isinstance(value, (dict, list)):
+            if id(value) in path:
+                raise ConfigError(f"{source}: a YAML alias refers to itself (recursive anchor)")
+            inner = (*path, id(value))
+            items = [*value.keys(), *value.values()] if isinstance(value, dict) else value
+            stack.extend((item, inner) for item in items)
 
 
 def config_from_dict(
@@ -209,6 +323,7 @@ def config_from_dict(
     """Build a validated Config from plain data (what YAML gives)."""
     if not isinstance(raw, dict):
         raise ConfigError(f"{source}: the top level must be a mapping, not {_kind(raw)}")
+    check_expansion(raw, source)
     raw = _normalise_nodes(_deep_copy(raw), source)
     for item in overrides or []:
         _apply_override(raw, item, source)
@@ -225,7 +340,7 @@ def parse_override(item: str) -> tuple[list[str], Any]:
         raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. server.tp=16")
     try:
         parsed = yaml.safe_load(value) if value.strip() else ""
-    except yaml.YAMLError:
+    except (yaml.YAMLError, RecursionError):
         parsed = value
     return key.strip().split("."), parsed
 
@@ -280,6 +395,12 @@ def _deep_copy(value: Any) -> Any:
     return value
 
 
+def _key(key: Any) -> str:
+    """A key as shown in a message: quoted when it is empty or could break the one line."""
+    text = str(key)
+    return text if text.isprintable() and text.strip() == text and text else repr(text)
+
+
 def _kind(value: Any) -> str:
     if value is None:
         return "nothing"
@@ -297,7 +418,7 @@ def _build(cls: type, raw: Any, source: str, prefix: str) -> Any:
     kwargs: dict[str, Any] = {}
     for key, value in raw.items():
         key_s = str(key)
-        path = f"{prefix}.{key_s}" if prefix else key_s
+        path = f"{prefix}.{_key(key_s)}" if prefix else _key(key_s)
         if key_s not in names:
             close = difflib.get_close_matches(key_s, names, n=1)
             hint = f" (did you mean {close[0]}?)" if close else ""
@@ -333,7 +454,7 @@ def _coerce(tp: Any, value: Any, source: str, path: str) -> Any:
         if not isinstance(value, dict):
             raise ConfigError(f"{source}: {path}: expected a mapping, got {_kind(value)}")
         return {
-            _coerce(args[0], k, source, f"{path} key"): _coerce(args[1], v, source, f"{path}.{k}")
+            _coerce(args[0], k, source, f"{path} key"): _coerce(args[1], v, source, f"{path}.{_key(k)}")
             for k, v in value.items()
         }
     if dataclasses.is_dataclass(tp):
@@ -344,14 +465,20 @@ def _coerce(tp: Any, value: Any, source: str, path: str) -> Any:
         return value
     if tp is int:
         if isinstance(value, bool) or not isinstance(value, int):
-            if isinstance(value, str) and value.strip().lstrip("-").isdigit():
+            if isinstance(value, str) and re.fullmatch(r"\s*-?[0-9]{1,18}\s*", value):
                 return int(value)
             raise ConfigError(f"{source}: {path}: expected an integer, got {_kind(value)}")
         return value
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{source}: {path}: expected a number, got {_kind(value)}")
-        return float(value)
+        try:
+            number = float(value)
+        except OverflowError:
+            number = math.inf
+        if not math.isfinite(number):
+            raise ConfigError(f"{source}: {path}: expected a finite number, got {value!r}")
+        return number
     if tp is str:
         if isinstance(value, bool) or value is None or isinstance(value, (dict, list)):
             raise ConfigError(f"{source}: {path}: expected a string, got {_kind(value)}")
@@ -365,23 +492,95 @@ def _coerce(tp: Any, value: Any, source: str, path: str) -> Any:
 # Validation that needs more than one key
 
 
+# Numeric bounds: (key, lowest, lowest allowed itself?). Refused at load, never after a launch.
+_BOUNDS: tuple[tuple[str, float, bool], ...] = (
+    ("scheduler.gpus_per_node", 1, True),
+    ("scheduler.ssh.connect_timeout_s", 0, False),
+    ("server.ready_timeout_s", 0, False),
+    ("server.sim.ttft_ms", 0, True),
+    ("server.sim.itl_ms", 0, True),
+    ("server.sim.startup_s", 0, True),
+    ("server.sim.layers", 1, True),
+    ("profile.delay_iterations", 0, True),
+    ("profile.max_iterations", 0, True),
+    ("profile.start_step", 0, True),
+    ("profile.num_steps", 1, True),
+    ("profile.start_after_s", 0, True),
+    ("profile.duration_s", 0, False),
+    ("profile.timeout_s", 0, False),
+    ("benchmark.input_len", 1, True),
+    ("benchmark.output_len", 1, True),
+    ("benchmark.num_prompts", 1, True),
+    ("benchmark.request_rate", 0, False),
+    ("benchmark.burstiness", 0, False),
+    ("benchmark.warmup_requests", 0, True),
+    ("benchmark.request_timeout_s", 0, False),
+    ("benchmark.stall_timeout_s", 0, False),
+    ("benchmark.telemetry_interval_s", 0, False),
+    ("benchmark.max_duration_s", 0, False),
+)
+
+
+def _check_bounds(config: Config) -> None:
+    for key, lowest, inclusive in _BOUNDS:
+        value: Any = config
+        for part in key.split("."):
+            value = getattr(value, part)
+        if value is None:
+            continue
+        nan = isinstance(value, float) and not math.isfinite(value)
+        if nan or value < lowest or (value == lowest and not inclusive):
+            need = f"at least {lowest:g}" if inclusive else f"more than {lowest:g}"
+            raise ConfigError(f"{config.source}: {key}: {value!r} is out of range (must be {need})")
+
+
+def _check_env(env: dict[str, str], where: str, src: str) -> None:
+    for name, value in env.items():
+        if not ENV_NAME_PATTERN.match(name):
+            raise ConfigError(
+                f"{src}: {where}: {name!r} is not a valid environment variable name "
+                "([A-Za-z_][A-Za-z0-9_]*)"
+            )
+        if "\0" in value:
+            raise ConfigError(f"{src}: {where}.{name}: contains a NUL byte")
+
+
+def _check_absolute(path: str | None, key: str, src: str) -> None:
+    if path is not None and not posixpath.isabs(path):
+        raise ConfigError(f"{src}: {key}: {path!r} must be an absolute path (it is a path on every node)")
+
+
 def validate(config: Config) -> None:
     """Checks across keys; fills derived defaults (node names and addresses)."""
     src = config.source
     sched, server = config.scheduler, config.server
+    _check_bounds(config)
     if sched.backend == "slurm":
         raise ConfigError(f"{src}: scheduler.backend: slurm is not supported yet (use local, ssh or ray)")
     if not sched.nodes:
         raise ConfigError(f"{src}: scheduler.nodes: at least one node is needed (the head first)")
-    if sched.gpus_per_node < 1:
-        raise ConfigError(f"{src}: scheduler.gpus_per_node: must be at least 1")
+    _check_env(sched.env, "scheduler.env", src)
+    _check_env(server.env, "server.env", src)
+    for name in sched.public_env:
+        if not ENV_NAME_PATTERN.match(name):
+            raise ConfigError(f"{src}: scheduler.public_env: {name!r} is not an environment variable name")
+    _check_absolute(sched.workdir, "scheduler.workdir", src)
+    _check_absolute(sched.shared_dir, "scheduler.shared_dir", src)
+    _check_absolute(config.profile.dir, "profile.dir", src)
+    if config.output.run_id is not None:
+        check_name(config.output.run_id, f"{src}: output.run_id")
     seen_names: dict[str, int] = {}
     seen_hosts: dict[tuple[str, int | None, str | None], int] = {}
     for i, node in enumerate(sched.nodes):
         if not node.host.strip():
             raise ConfigError(f"{src}: scheduler.nodes[{i}].host: empty")
         node.name = node.name or f"node{i}"
+        check_name(node.name, f"{src}: scheduler.nodes[{i}].name")
         node.address = node.address or node.host
+        _check_env(node.env, f"scheduler.nodes[{i}].env", src)
+        _check_absolute(node.workdir, f"scheduler.nodes[{i}].workdir", src)
+        if node.ssh_port is not None and not 0 < node.ssh_port < 65536:
+            raise ConfigError(f"{src}: scheduler.nodes[{i}].ssh_port: {node.ssh_port} is not a TCP port")
         if node.name in seen_names:
             raise ConfigError(
                 f"{src}: scheduler.nodes[{i}]: name {node.name!r} is already used by "
@@ -397,6 +596,8 @@ def validate(config: Config) -> None:
         seen_hosts.setdefault(ident, i)
         if node.gpus is not None and node.gpus < 1:
             raise ConfigError(f"{src}: scheduler.nodes[{i}].gpus: must be at least 1")
+    if sched.ssh.port is not None and not 0 < sched.ssh.port < 65536:
+        raise ConfigError(f"{src}: scheduler.ssh.port: {sched.ssh.port} is not a TCP port")
     if not server.model.strip():
         raise ConfigError(f"{src}: server.model: missing (a model name or path is required)")
     for key in ("tp", "pp", "dp", "ep"):
@@ -408,6 +609,10 @@ def validate(config: Config) -> None:
             raise ConfigError(f"{src}: server.{key}: {value} is not a TCP port")
     if server.executor == "ray" and server.engine != "vllm":
         raise ConfigError(f"{src}: server.executor: ray is only for engine vllm")
+    for mapping, key in ((server.sim.clock_offset_ms, "clock_offset_ms"), (server.sim.die_after_s, "die_after_s")):
+        for index, value in mapping.items():
+            if not math.isfinite(value) or (key == "die_after_s" and value < 0):
+                raise ConfigError(f"{src}: server.sim.{key}.{index}: {value!r} is out of range")
     bench = config.benchmark
     if bench.dataset in ("sharegpt", "jsonl") and not bench.dataset_path:
         raise ConfigError(f"{src}: benchmark.dataset_path: required for dataset {bench.dataset}")
@@ -415,6 +620,11 @@ def validate(config: Config) -> None:
         raise ConfigError(f"{src}: benchmark.concurrency: needs one or more values >= 1")
     if not 0.0 <= bench.range_ratio < 1.0:
         raise ConfigError(f"{src}: benchmark.range_ratio: must be in [0, 1)")
-    for key in bench.goodput:
+    for value in bench.percentiles:
+        if not 0.0 < value <= 100.0:
+            raise ConfigError(f"{src}: benchmark.percentiles: {value:g} is not a percentile in (0, 100]")
+    for key, value in bench.goodput.items():
         if key not in ("ttft", "tpot", "e2el"):
-            raise ConfigError(f"{src}: benchmark.goodput.{key}: unknown SLO (ttft, tpot, e2el)")
+            raise ConfigError(f"{src}: benchmark.goodput.{_key(key)}: unknown SLO (ttft, tpot, e2el)")
+        if not value > 0:
+            raise ConfigError(f"{src}: benchmark.goodput.{key}: {value:g} ms must be more than 0")
