@@ -82,8 +82,7 @@ def echo_plan(plan: Any) -> None:
         f"{plan.engine} on {layout.nnodes} node(s) via {plan.backend}: TP{layout.tp} PP{layout.pp} "
         f"DP{layout.dp} EP{layout.ep} = {layout.world_size} ranks; endpoint {plan.head_url}"
     )
-    for node in plan.nodes:
-        info = node.to_dict()
+    for node, info in zip(plan.nodes, plan.to_dict()["nodes"]):
         ranks = ", ".join(
             f"{r.global_rank}(tp{r.tp} pp{r.pp} dp{r.dp}" + (f" ep{r.ep})" if layout.ep > 1 else ")")
             for r in node.ranks

@@ -25,6 +25,7 @@ from magpie_trace.fanout import on_nodes
 from magpie_trace.fsutil import atomic_write_bytes, atomic_write_text
 from magpie_trace.plan import NodePlan, Plan
 from magpie_trace.rundir import RunDir
+from magpie_trace.secrets import Secrets
 
 STATE_SCHEMA = "magpie-trace/state/1"
 Progress = Callable[[str], None]
@@ -86,8 +87,13 @@ def plan_for_run(run_dir: RunDir) -> Plan:
 
 
 def write_run_inputs(run_dir: RunDir, plan: Plan) -> None:
-    """The resolved config and plan, so every later stage and the report read the same inputs."""
-    atomic_write_text(run_dir.config, yaml.safe_dump(plan.config.to_dict(), sort_keys=False))
+    """The resolved config and plan, so every later stage and the report read the same inputs.
+
+    Both with secrets masked: a later stage needs no env value (only launch starts processes,
+    and it reads the user's own config).
+    """
+    config = Secrets.of(plan.config).config(plan.config.to_dict())
+    atomic_write_text(run_dir.config, yaml.safe_dump(config, sort_keys=False))
     atomic_write_bytes(run_dir.plan, orjson.dumps(plan.to_dict(), option=orjson.OPT_INDENT_2))
 
 

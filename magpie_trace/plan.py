@@ -13,7 +13,7 @@ from typing import Any
 
 from magpie_trace.config import Config, NodeConfig
 from magpie_trace.engines import NodeContext, get_engine
-from magpie_trace.secrets import mask_env
+from magpie_trace.secrets import Secrets
 from magpie_trace.topology import Layout, Rank, check_layout, place_ranks
 
 PLAN_SCHEMA = "magpie-trace/plan/1"
@@ -40,7 +40,9 @@ class NodePlan:
         """The full command line, or None when the engine runs nothing on this node."""
         return None if self.args is None else [*self.command, *self.args]
 
-    def to_dict(self, mask_secrets: bool = True) -> dict[str, Any]:
+    def to_dict(self, secrets: Secrets | None = None) -> dict[str, Any]:
+        """As shown and written: argv and env masked by `secrets` (None: in clear)."""
+        argv = self.argv
         return {
             "index": self.index,
             "name": self.name,
@@ -48,8 +50,8 @@ class NodePlan:
             "address": self.address,
             "role": self.role,
             "ranks": [rank.to_dict() for rank in self.ranks],
-            "argv": self.argv,
-            "env": mask_env(self.env) if mask_secrets else dict(self.env),
+            "argv": secrets.argv(argv) if secrets and argv is not None else argv,
+            "env": secrets.env(self.env) if secrets else dict(self.env),
             "serves_http": self.serves_http,
             "workdir": self.workdir,
             "log_path": self.log_path,
@@ -82,6 +84,8 @@ class Plan:
         return self.config.scheduler.nodes[index]
 
     def to_dict(self, mask_secrets: bool = True) -> dict[str, Any]:
+        """Every env value from the config masked unless public (see secrets.py)."""
+        secrets = Secrets.of(self.config) if mask_secrets else None
         return {
             "schema": PLAN_SCHEMA,
             "run_id": self.run_id,
@@ -92,7 +96,7 @@ class Plan:
             "gpus_per_node": self.config.scheduler.gpus_per_node,
             "head_url": self.head_url,
             "health_path": self.health_path,
-            "nodes": [node.to_dict(mask_secrets) for node in self.nodes],
+            "nodes": [node.to_dict(secrets) for node in self.nodes],
         }
 
 

@@ -21,7 +21,6 @@ from magpie_trace.fanout import on_nodes
 from magpie_trace.fsutil import atomic_write_bytes
 from magpie_trace.plan import NodePlan, Plan
 from magpie_trace.rundir import RunDir
-from magpie_trace.secrets import is_secret
 
 # Constant scripts; config values only ever travel as separate argv words.
 _PORTS_SCRIPT = """
@@ -120,10 +119,8 @@ def _engine_version(plan: Plan, backend: Backend, node: NodePlan) -> str | None:
         "sglang": [python_of(plan), "-c", "import sglang; print(sglang.__version__)"],
         "sim": [python_of(plan), "-c", "import magpie_trace; print(magpie_trace.__version__)"],
     }
-    # The engine may need the node's env to start at all (PATH, LD_LIBRARY_PATH, ...). Values
-    # travel as argv words here, so secret-looking ones stay out (they do not affect an import).
-    env = [f"{key}={value}" for key, value in node.env.items() if not is_secret(key)]
-    result = backend.run(plan.node_config(node.index), ["env", *env, *probes[plan.engine]], 120)
+    # The engine may need the node's env to start at all (PATH, LD_LIBRARY_PATH, ...).
+    result = backend.run_with_env(plan.node_config(node.index), probes[plan.engine], node.env, 120)
     lines = [line.strip() for line in result.stdout.splitlines() if line.strip()]
     if result.returncode != 0 or not lines:
         return None

@@ -8,10 +8,19 @@ from __future__ import annotations
 
 import abc
 import posixpath
+import shlex
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from magpie_trace.config import NodeConfig, SchedulerConfig
+from magpie_trace.config import ENV_NAME_PATTERN, NodeConfig, SchedulerConfig
+
+
+def export_lines(env: dict[str, str]) -> list[str]:
+    """`export NAME='value'` lines for a script sent on stdin: env values never go in argv."""
+    for name in env:
+        if not ENV_NAME_PATTERN.match(name):
+            raise ValueError(f"env: {name!r} is not a valid variable name")
+    return [f"export {name}={shlex.quote(value)}" for name, value in env.items()]
 
 
 @dataclass
@@ -121,6 +130,14 @@ class Backend(abc.ABC):
     @abc.abstractmethod
     def listdir(self, node: NodeConfig, directory: str, pattern: str = "*") -> list[RemoteFile]:
         """Files in directory on the node matching the glob pattern (non-recursive)."""
+
+    def run_with_env(
+        self, node: NodeConfig, argv: list[str], env: dict[str, str], timeout_s: float = 60.0
+    ) -> CommandResult:
+        """run() with env added. The values travel in a script on stdin, never as argv words
+        (`ps` shows those to every user, here and on the node)."""
+        script = "\n".join([*export_lines(env), 'exec "$@"', ""])
+        return self.run(node, ["sh", "-s", "--", *argv], timeout_s, input=script.encode())
 
     def tail(self, node: NodeConfig, path: str, lines: int = 20) -> str:
         """The last lines of a file on the node (for error messages); empty if unreadable."""

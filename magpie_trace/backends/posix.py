@@ -18,14 +18,19 @@ import fnmatch
 import math
 import os
 import posixpath
-import re
 import shlex
 import subprocess
 from typing import IO
 
 from magpie_trace import fsutil
-from magpie_trace.backends.base import Backend, CommandResult, ProcessHandle, RemoteFile
-from magpie_trace.config import NodeConfig
+from magpie_trace.backends.base import (
+    Backend,
+    CommandResult,
+    ProcessHandle,
+    RemoteFile,
+    export_lines,
+)
+from magpie_trace.config import ENV_NAME_PATTERN, NodeConfig
 from magpie_trace.errors import NodeError
 
 # Sets state, pgrp and start (clock ticks since boot) for pid $1; fails when there is no such pid.
@@ -84,7 +89,6 @@ _LIST = r"""
 find "$1" -mindepth 1 -maxdepth 1 -type f -printf '%s\t%T@\t%f\0'
 """
 
-_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 _CONTROL_TIMEOUT_S = 30.0
 
 
@@ -95,8 +99,7 @@ def exit_path(log_path: str) -> str:
 
 def _start_script(env: dict[str, str]) -> str:
     """The start script, env exported first (shlex-quoted values; sent on stdin, never in argv)."""
-    exports = [f"export {name}={shlex.quote(value)}" for name, value in env.items()]
-    return "\n".join([*exports, f"WRAPPER={shlex.quote(_WRAPPER)}", _START])
+    return "\n".join([*export_lines(env), f"WRAPPER={shlex.quote(_WRAPPER)}", _START])
 
 
 class PosixBackend(Backend):
@@ -169,7 +172,7 @@ class PosixBackend(Backend):
     ) -> ProcessHandle:
         self.check_start(argv, log_path)
         for name in env:
-            if not _ENV_NAME.match(name):
+            if not ENV_NAME_PATTERN.match(name):
                 raise NodeError(node.name, f"env: {name!r} is not a valid variable name")
         exit_file = exit_path(log_path)
         workdir = cwd or self.workdir(node)

@@ -24,7 +24,6 @@ import orjson
 from magpie_trace.bench.arrivals import LoadPoint
 from magpie_trace.bench.metrics import RequestRecord
 from magpie_trace.fsutil import atomic_write_bytes, atomic_write_text
-from magpie_trace.secrets import mask_env
 
 SCHEMA = "magpie-trace/bench/1"
 CSV_KEYS = (
@@ -48,15 +47,6 @@ def versions() -> dict[str, str]:
 
 def utc_now() -> str:
     return dt.datetime.now(dt.timezone.utc).isoformat(timespec="milliseconds")
-
-
-def masked(value: Any) -> Any:
-    """A copy of the config with secret-looking environment values replaced (every `env` map)."""
-    if isinstance(value, dict):
-        return {k: mask_env(v) if k == "env" and isinstance(v, dict) else masked(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [masked(v) for v in value]
-    return value
 
 
 def point_header(point: LoadPoint, model: str, endpoint: str, num_prompts: int, burstiness: float) -> dict[str, Any]:

@@ -31,7 +31,6 @@ from magpie_trace.bench.prometheus import (
 )
 from magpie_trace.bench.results import (
     SCHEMA,
-    masked,
     point_header,
     utc_now,
     versions,
@@ -49,6 +48,7 @@ from magpie_trace.bench.workload import build_workload, load_tokenizer
 from magpie_trace.config import Config
 from magpie_trace.errors import MagpieError
 from magpie_trace.plan import Plan
+from magpie_trace.secrets import Secrets
 
 Say = Callable[[str], None]
 INTERRUPTED = "interrupted before the load finished"
@@ -155,7 +155,7 @@ async def run_benchmark_async(
             "engine_version": None,
         },
         "versions": versions(),
-        "config": masked(config.to_dict()),
+        "config": Secrets.of(config).config(config.to_dict()),
         "topology": {
             "layout": plan.layout.to_dict() if plan else None,
             "nodes": [
