@@ -1,6 +1,6 @@
 """Kineto (torch.profiler) JSON traces for the sim's ranks and API server, named as vLLM names them.
 
-Layout and conventions follow ../shared/reference/kineto-traces-and-clock-alignment.md section 1:
+Layout and conventions follow real Kineto traces (tests/data/traces):
 `ts`/`dur` in microseconds relative to `baseTimeNanoseconds` (wall clock floored to 7889238 s),
 GPU events on pid = device index and tid = stream, ac2g flows from the launch to the kernel, and
 the collective metadata c10d puts on `record_param_comms` copied onto the kernel.
