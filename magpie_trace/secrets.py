@@ -2,7 +2,7 @@
 
 Masking goes by value, not by name: DATABASE_URL, WANDB_KEY, GITHUB_PAT and HF_HUB_AUTH hold
 secrets as surely as HF_TOKEN does, and no list of names knows them all. So every value of
-`scheduler.env`, `server.env` and a node's `env` is a secret in outputs, unless its name is in
+`scheduler.env`, `server.env`, a node's, a group's and the router's `env` is a secret in outputs, unless its name is in
 `scheduler.public_env` (e.g. NCCL_SOCKET_IFNAME, worth seeing in a plan). Secret-looking names
 stay masked whatever the list says. Values reach the nodes only through a process's environment
 or a script on stdin, never as argv words (which `ps` shows every user).
@@ -41,7 +41,10 @@ class Secrets:
     def of(cls, config: "Config") -> "Secrets":
         sched = config.scheduler
         public = set(sched.public_env)
-        envs = [sched.env, config.server.env, *(node.env for node in sched.nodes)]
+        envs = [sched.env, config.server.env, *(node.env for node in sched.nodes),
+                *(group.env for group in config.server.groups)]
+        if config.router is not None:
+            envs.append(config.router.env)
         return cls(
             value for env in envs for name, value in env.items()
             if name not in public or is_secret(name)
