@@ -138,7 +138,8 @@ def launch_command(
     config = read_config(config_path, overrides)
     plan = make_plan(config)
     run_dir = new_run_dir(config.output.dir, plan.run_id)
-    state = launch(plan, run_dir, preflight=not no_preflight, progress=progress_line)
+    with run_dir.lock("launch"):
+        state = launch(plan, run_dir, preflight=not no_preflight, progress=progress_line)
     if as_json:
         print_json({"run_dir": str(run_dir.root), "url": plan.head_url, **state.to_dict()})
         return
@@ -195,7 +196,7 @@ def profile_command(
     handles = load_state(run_dir).handles if run_dir.state.exists() else {}
     backend = make_backend(plan.config.scheduler)
     try:
-        with process_guard(plan, backend, handles, "the profile capture") as guard:
+        with run_dir.lock("profile"), process_guard(plan, backend, handles, "the profile capture") as guard:
             record = capture(plan, backend, run_dir, profile_id, duration, progress=progress_line,
                              guard=guard)
     finally:
@@ -229,7 +230,8 @@ def collect_command(
     plan = plan_for_run(run_dir)
     backend = make_backend(plan.config.scheduler)
     try:
-        result = collect(plan, backend, run_dir, profile_id, progress=progress_line)
+        with run_dir.lock("collect"):
+            result = collect(plan, backend, run_dir, profile_id, progress=progress_line)
     finally:
         backend.close()
     command = tracelens_command(result.manifest, result.traces_dir)
@@ -290,10 +292,11 @@ def bench_command(
         config = dataclasses.replace(plan.config, benchmark=config.benchmark)
         backend = make_backend(plan.config.scheduler)
         try:
-            result = run_benchmark(
-                config, plan, out or run_dir.bench, backend=backend, handles=state.handles,
-                say=progress_line,
-            )
+            with run_dir.lock("bench"):
+                result = run_benchmark(
+                    config, plan, out or run_dir.bench, backend=backend, handles=state.handles,
+                    say=progress_line,
+                )
         finally:
             backend.close()
     if as_json:
@@ -385,7 +388,9 @@ def report_command(config_path: str, overrides: tuple[str, ...], run: str | None
     from magpie_trace.rundir import find_run_dir
 
     config = read_config(config_path, overrides)
-    md, html = write_report(find_run_dir(config.output.dir, run))
+    run_dir = find_run_dir(config.output.dir, run)
+    with run_dir.lock("report"):
+        md, html = write_report(run_dir)
     click.echo(f"{md}\n{html}")
 
 

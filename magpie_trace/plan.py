@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as _dt
+import os
 import posixpath
 from dataclasses import dataclass, field
 from typing import Any
 
-from magpie_trace.config import Config, NodeConfig
+from magpie_trace.config import Config, NodeConfig, check_name
 from magpie_trace.engines import Engine, NodeContext, get_engine
 from magpie_trace.errors import ConfigError
 from magpie_trace.groups import Group, deployment_groups, router_node
@@ -157,12 +158,14 @@ class Plan:
 
 
 def new_run_id() -> str:
-    return _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    """`<date>-<time>-<6 hex>`: sorts by start time, and two runs started in the same second
+    (same output dir, same nodes) still get folders and node dirs of their own."""
+    return f"{_dt.datetime.now():%Y%m%d-%H%M%S}-{os.urandom(3).hex()}"
 
 
 def make_plan(config: Config, run_id: str | None = None) -> Plan:
     """Lay each group's parallel sizes over its nodes and write each node's command."""
-    run_id = run_id or config.output.run_id or new_run_id()
+    run_id = check_name(run_id or config.output.run_id or new_run_id(), "run id")
     sched, server = config.scheduler, config.server
     engine = get_engine(server.engine)
     command = list(server.command) or engine.default_command()

@@ -84,6 +84,13 @@ def run(
     else:
         run_dir = find_run_dir(config.output.dir, run_ref)
         plan = make_plan(config, run_id=run_dir.run_id)
+    with run_dir.lock("run"):
+        return _run_stages(plan, run_dir, first, backend, say)
+
+
+def _run_stages(plan: Plan, run_dir: RunDir, first: int, backend: Backend | None, say: Progress) -> RunResult:
+    """The stages from STAGES[first], in a run folder this process holds."""
+    config = plan.config
     backend = backend or make_backend(config.scheduler)
     result = RunResult(run_id=plan.run_id, run_dir=run_dir.root, url=plan.head_url)
     wanted = set(STAGES[first:])

@@ -13,15 +13,22 @@
   report.md, report.html
 ```
 `<output.dir>/latest` points at the newest run so later commands find it without arguments.
+
+A run folder is made exclusively (never shared with another run) and a command that works in it
+holds its lock (`.lock`, flock) meanwhile; `stop` does not wait for it, so an operator can always
+stop a run.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from magpie_trace.errors import MagpieError
+from magpie_trace.errors import ConfigError, MagpieError
 
 
 @dataclass(frozen=True)
@@ -72,19 +79,61 @@ class RunDir:
     def report_html(self) -> Path:
         return self.root / "report.html"
 
+    @property
+    def lock_path(self) -> Path:
+        return self.root / ".lock"
+
     def create(self) -> "RunDir":
-        self.root.mkdir(parents=True, exist_ok=True)
+        """Make the folder; one that exists already belongs to another run and is refused."""
+        _check_output_dir(self.root.parent)
+        self.root.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self.root.mkdir()
+        except FileExistsError:
+            raise MagpieError(
+                f"run {self.run_id}: {self.root} already exists (another run's folder); "
+                "give another output.run_id, or resume it with `run --from STAGE --run RUN`"
+            ) from None
         _point_latest(self.root)
         return self
+
+    @contextlib.contextmanager
+    def lock(self, command: str) -> Iterator[None]:
+        """Hold the run folder for `command` until the block ends (or this process does).
+
+        A second command that would write in the same folder is refused at once, naming the
+        holder, instead of mixing its results in.
+        """
+        fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = os.read(fd, 200).decode(errors="replace").strip() or "another process"
+                raise MagpieError(
+                    f"run {self.run_id}: {self.root} is in use by {holder}; wait for it to end, "
+                    "or stop it with `magpie-trace stop`"
+                ) from None
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"magpie-trace {command} (pid {os.getpid()})\n".encode(), 0)
+            yield
+        finally:
+            os.close(fd)  # releases the lock
 
 
 def new_run_dir(output_dir: str | Path, run_id: str) -> RunDir:
     return RunDir(Path(output_dir) / run_id).create()
 
 
+def _check_output_dir(base: Path) -> None:
+    if base.exists() and not base.is_dir():
+        raise ConfigError(f"output.dir: {base} is a file, not a folder")
+
+
 def find_run_dir(output_dir: str | Path, run: str | None = None) -> RunDir:
     """The run named `run` (an id under output_dir, or a path), else the latest one."""
     base = Path(output_dir)
+    _check_output_dir(base)
     if run:
         candidate = Path(run)
         if not candidate.is_dir():
