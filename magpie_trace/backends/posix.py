@@ -39,6 +39,40 @@ st() { s=; { read -r s < /proc/$1/stat; } 2>/dev/null || return 1
   s=${s##*) }; set -- $s; state=$1; pgrp=$3; start=${20}; }
 """
 
+# safe_dir DIR: make the absolute DIR (0700 where missing) on a node that other users share, and
+# refuse it (exit status 1, the reason on stderr) when a folder on the way is a symlink or folder
+# of another user (root excepted) or writable by others without the sticky bit (as /tmp has), or
+# DIR itself is not ours alone. So a link planted in /tmp is never followed. ray_node.safe_dir
+# is the same rule in Python.
+SAFE_DIR = r"""
+safe_dir() {
+  d=$1; me=$(id -u); p=; rest=${d#/}
+  while [ -n "$rest" ]; do
+    c=${rest%%/*}; case $rest in */*) rest=${rest#*/} ;; *) rest= ;; esac
+    [ -n "$c" ] || continue
+    p=$p/$c
+    [ -e "$p" ] || [ -L "$p" ] || mkdir -m 700 -- "$p" 2>/dev/null
+    info=$(stat -c '%u %a %F' -- "$p" 2>/dev/null) || { echo "cannot create $p" >&2; return 1; }
+    set -- $info
+    if [ "$3" = symbolic ]; then
+      [ "$1" = 0 ] || [ "$1" = "$me" ] || {
+        echo "$p is a symlink of uid $1, not yours (uid $me) or root's: refused" >&2; return 1; }
+      info=$(stat -L -c '%u %a %F' -- "$p" 2>/dev/null) || { echo "$p is a dangling symlink" >&2; return 1; }
+      set -- $info
+    fi
+    [ "$3" = directory ] || { echo "$p is not a folder" >&2; return 1; }
+    [ "$1" = 0 ] || [ "$1" = "$me" ] || {
+      echo "$p belongs to uid $1, not to you (uid $me): refused" >&2; return 1; }
+    if [ $((0$2 & 02)) -ne 0 ] && [ $((0$2 & 01000)) -eq 0 ]; then
+      echo "$p is writable by every user: refused" >&2; return 1; fi
+  done
+  set -- $(stat -L -c '%u %a' -- "$d")
+  [ "$1" = "$me" ] || { echo "$d belongs to uid $1, not to you (uid $me): refused" >&2; return 1; }
+  [ $((0$2 & 022)) -eq 0 ] || {
+    echo "$d is writable by other users: refused (chmod go-w $d)" >&2; return 1; }
+}
+"""
+
 # $1 = exit file, rest = the command. Runs as the session leader (setsid -f).
 _WRAPPER = PROC_STAT + r"""
 f=$1; shift
@@ -51,9 +85,9 @@ printf '%s\n' "$c" > "$f.tmp" && mv -f -- "$f.tmp" "$f"
 
 # Read from stdin after the env exports: $1 log, $2 exit file, $3 cwd, rest = the command.
 # setsid -f (not `&`): a background job of a non-interactive shell would start with SIGINT ignored.
-_START = r"""
+_START = SAFE_DIR + r"""
 log=$1; f=$2; cwd=$3; shift 3
-mkdir -p -- "$cwd" "${log%/*}/" || exit 97
+safe_dir "$cwd" && safe_dir "${log%/*}" || exit 97
 cd -- "$cwd" || exit 97
 rm -f -- "$f" "$f.tmp"
 info=$(setsid -f sh -c "$WRAPPER" sh "$f" "$@" 3>&1 >"$log" 2>&1 </dev/null)

@@ -14,6 +14,7 @@ import fnmatch
 import os
 import posixpath
 import signal
+import stat
 import subprocess
 import threading
 import time
@@ -52,6 +53,40 @@ def group_members(pgid: int) -> list[int]:
             if fields and fields[0] != "Z" and int(fields[2]) == pgid:
                 members.append(int(entry))
     return members
+
+
+def safe_dir(path: str) -> None:
+    """Make the absolute folder path (0700 where missing) on a node other users share; refuse
+    it when a folder on the way is a symlink or folder of another user (root excepted) or
+    writable by everyone without the sticky bit (as /tmp has), or path itself is not ours alone.
+    The same rule as posix.SAFE_DIR, so a link planted in /tmp is never followed."""
+    me = os.getuid()
+    current = "/"
+    for part in [p for p in path.split("/") if p]:
+        current = posixpath.join(current, part)
+        try:
+            os.mkdir(current, 0o700)
+        except FileExistsError:
+            pass
+        except OSError as exc:
+            raise PermissionError(f"cannot create {current}: {exc.strerror}") from None
+        info = os.lstat(current)
+        if stat.S_ISLNK(info.st_mode):
+            if info.st_uid not in (0, me):
+                raise PermissionError(
+                    f"{current} is a symlink of uid {info.st_uid}, not yours (uid {me}) or root's: refused")
+            info = os.stat(current)
+        if not stat.S_ISDIR(info.st_mode):
+            raise NotADirectoryError(f"{current} is not a folder")
+        if info.st_uid not in (0, me):
+            raise PermissionError(f"{current} belongs to uid {info.st_uid}, not to you (uid {me}): refused")
+        if info.st_mode & 0o002 and not info.st_mode & stat.S_ISVTX:
+            raise PermissionError(f"{current} is writable by every user: refused")
+    info = os.stat(path)
+    if info.st_uid != me:
+        raise PermissionError(f"{path} belongs to uid {info.st_uid}, not to you (uid {me}): refused")
+    if info.st_mode & 0o022:
+        raise PermissionError(f"{path} is writable by other users: refused (chmod go-w {path})")
 
 
 def _wait_empty(pgid: int, timeout_s: float) -> bool:
@@ -147,8 +182,8 @@ class ProcessAgent:
                 if old.running():
                     return "running"
                 old.waiter.join(KILL_WAIT_S)  # its exit code must not land on the new command's
-            os.makedirs(posixpath.dirname(log_path), exist_ok=True)
-            os.makedirs(cwd, exist_ok=True)
+            safe_dir(cwd)
+            safe_dir(posixpath.dirname(log_path))
             for stale in (exit_file, f"{exit_file}.tmp"):
                 if os.path.exists(stale):
                     os.unlink(stale)

@@ -28,16 +28,23 @@ from magpie_trace import fsutil
 from magpie_trace.backends import slurm_allocation as alloc
 from magpie_trace.backends.base import CommandResult, ProcessHandle, RemoteFile
 from magpie_trace.backends.ray_node import list_files
-from magpie_trace.backends.posix import PROC_STAT, PosixBackend, check_env, exit_path, start_script
+from magpie_trace.backends.posix import (
+    PROC_STAT,
+    SAFE_DIR,
+    PosixBackend,
+    check_env,
+    exit_path,
+    start_script,
+)
 from magpie_trace.config import NodeConfig, SchedulerConfig
 from magpie_trace.errors import MagpieError, NodeError
 
 # The step's task, exec'd after the env exports (so its own environment has them): $1 log,
 # $2 exit file, $3 cwd, rest = the command. It reports "job step pid pgrp starttime node" on
 # stdout (to srun), runs the command with its output in the log, and records the exit code.
-_STEP = PROC_STAT + r"""
+_STEP = PROC_STAT + SAFE_DIR + r"""
 log=$1; f=$2; cwd=$3; shift 3
-mkdir -p -- "$cwd" "${log%/*}/" || exit 97
+safe_dir "$cwd" && safe_dir "${log%/*}" || exit 97
 cd -- "$cwd" || exit 97
 rm -f -- "$f" "$f.tmp"
 st $$; echo "$SLURM_JOB_ID $SLURM_STEP_ID $$ $pgrp $start $SLURMD_NODENAME"
