@@ -50,6 +50,19 @@ def check_name(value: str, what: str) -> str:
     return value
 
 
+def under(root: str, *parts: str) -> str:
+    """root joined with parts, refused (ConfigError) unless the result stays inside root.
+
+    Names are checked where they are read; this is the second line of defence wherever the tool
+    builds a path from one (a node name, a run id), so no name can lead outside its root.
+    """
+    path = posixpath.normpath(posixpath.join(root, *parts))
+    rel = posixpath.relpath(path, posixpath.normpath(root))
+    if any(posixpath.isabs(part) for part in parts) or rel == ".." or rel.startswith("../"):
+        raise ConfigError(f"path {posixpath.join(root, *parts)!r} would leave {root}")
+    return path
+
+
 def default_workdir(user: str | None = None) -> str:
     """The per-user default root of the node workdirs: `/tmp/magpie-trace-<user>`.
 
@@ -144,7 +157,7 @@ class SchedulerConfig:
             return node.workdir
         user = (node.ssh_user or self.ssh.user) if self.backend == "ssh" else None
         root = self.workdir or default_workdir(user if user and NAME_PATTERN.match(user) else None)
-        return posixpath.join(root, node.name)
+        return under(root, node.name)
 
 
 @dataclass

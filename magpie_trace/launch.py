@@ -21,6 +21,7 @@ import yaml
 from magpie_trace import interrupts
 from magpie_trace.backends import make_backend
 from magpie_trace.backends.base import Backend, ProcessHandle
+from magpie_trace.config import under
 from magpie_trace.errors import MagpieError, NodeError
 from magpie_trace.fanout import on_nodes
 from magpie_trace.fsutil import atomic_write_bytes, atomic_write_text
@@ -245,7 +246,7 @@ def stop(
         config = plan.node_config(node.index)
         backend.stop(config, handle, grace_s=grace_s)
         try:
-            backend.fetch(config, handle.log_path, str(run_dir.logs / f"{node.name}.log"))
+            backend.fetch(config, handle.log_path, under(str(run_dir.logs), f"{node.name}.log"))
         except MagpieError:
             pass  # a node that cannot be reached keeps its log; the stop itself succeeded
 

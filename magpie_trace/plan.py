@@ -11,11 +11,10 @@ from __future__ import annotations
 import dataclasses
 import datetime as _dt
 import os
-import posixpath
 from dataclasses import dataclass, field
 from typing import Any
 
-from magpie_trace.config import Config, NodeConfig, check_name
+from magpie_trace.config import Config, NodeConfig, check_name, under
 from magpie_trace.engines import Engine, NodeContext, get_engine
 from magpie_trace.errors import ConfigError
 from magpie_trace.groups import Group, deployment_groups, router_node
@@ -211,7 +210,7 @@ def _plan_group(config: Config, engine: Engine, group: Group, run_id: str,
     nodes = []
     for position, (index, node) in enumerate(zip(group.nodes, members)):
         workdir = sched.node_workdir(node)
-        run_dir = posixpath.join(workdir, run_id)
+        run_dir = under(workdir, run_id)
         trace_dir = _trace_dir(config, node, run_id, run_dir) if config.profile.enabled else None
         ranks = [dataclasses.replace(rank, node=index) for rank in placement[position]]
         ctx = NodeContext(
@@ -233,7 +232,7 @@ def _plan_group(config: Config, engine: Engine, group: Group, run_id: str,
                 env=env,
                 serves_http=engine.serves_http(ctx),
                 workdir=workdir,
-                log_path=posixpath.join(run_dir, f"{node.name}.log"),
+                log_path=under(run_dir, f"{node.name}.log"),
                 trace_dir=trace_dir,
                 layout=layout,
                 port=port,
@@ -267,23 +266,23 @@ def _plan_router(config: Config, engine: Engine, groups: list[GroupPlan],
     ]
     connectors = {g.kv_connector for g in config.server.groups if g.kv_connector}
     connector = next(iter(connectors)) if len(connectors) == 1 else engine.default_kv_connector
-    run_dir = posixpath.join(config.scheduler.node_workdir(node), run_id)
+    run_dir = under(config.scheduler.node_workdir(node), run_id)
     return RouterPlan(
         kind=router.kind, node=index, node_name=node.name, address=node.address, port=port,
         metrics_port=metrics_port, command=list(router.command) or default_command(router.kind),
         args=router_args(router, workers, connector), env=dict(router.env), workers=workers,
-        log_path=posixpath.join(run_dir, "router.log"), ready_timeout_s=router.ready_timeout_s,
+        log_path=under(run_dir, "router.log"), ready_timeout_s=router.ready_timeout_s,
     )
 
 
 def _trace_dir(config: Config, node: NodeConfig, run_id: str, run_dir: str) -> str:
     """Where each node's ranks write traces: profile.dir, a run folder on shared_dir, or local."""
     if config.profile.dir:
-        return posixpath.join(config.profile.dir, run_id, node.name)
+        return under(config.profile.dir, run_id, node.name)
     if config.scheduler.shared_dir:
         shared = config.scheduler.shared_dir
-        return posixpath.join(shared, "magpie-trace", run_id, "traces", node.name)
-    return posixpath.join(run_dir, "traces")
+        return under(shared, "magpie-trace", run_id, "traces", node.name)
+    return under(run_dir, "traces")
 
 
 def _url(address: str, port: int) -> str:

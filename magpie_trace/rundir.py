@@ -28,6 +28,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from magpie_trace.config import check_name, under
 from magpie_trace.errors import ConfigError, MagpieError
 
 
@@ -122,7 +123,7 @@ class RunDir:
 
 
 def new_run_dir(output_dir: str | Path, run_id: str) -> RunDir:
-    return RunDir(Path(output_dir) / run_id).create()
+    return RunDir(Path(under(str(output_dir), check_name(run_id, "run id")))).create()
 
 
 def _check_output_dir(base: Path) -> None:
