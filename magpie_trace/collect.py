@@ -22,8 +22,8 @@ import orjson
 
 from magpie_trace import trace_probe
 from magpie_trace.backends.base import Backend
-from magpie_trace.errors import TraceError
-from magpie_trace.fanout import on_nodes
+from magpie_trace.errors import MagpieError, TraceError
+from magpie_trace.fanout import NodesFailed, on_nodes
 from magpie_trace.fsutil import atomic_write_bytes, temp_path_for
 from magpie_trace.plan import NodePlan, Plan
 from magpie_trace.profile import (
@@ -106,7 +106,13 @@ def collect(
                 reused += 1
         return fetched, reused
 
-    counts = on_nodes(bring_node, plan.config.scheduler.nodes)
+    try:
+        counts = on_nodes(bring_node, plan.config.scheduler.nodes)
+    except NodesFailed as exc:  # a full disk here is no node's fault: name it alone
+        full = [failure for failure in exc.failures.values() if isinstance(failure, DiskFull)]
+        if full:
+            raise full[0] from None
+        raise
     manifest = build_manifest(plan, run_dir, traces, names)
     atomic_write_bytes(target / MANIFEST_NAME, orjson.dumps(manifest, option=orjson.OPT_INDENT_2))
     return Collected(
@@ -137,15 +143,23 @@ def _bring(files: NodeFiles, plan: Plan, node: NodePlan, trace: FoundTrace, dest
     if same_size and trace_probe.sha256_file(dest) == trace.sha256:
         return False
     staging = temp_path_for(dest)
+    label = rank_label(trace.rank, plan.layout) if trace.rank else "the API server"
     try:
-        if files.shared:
-            _link_or_copy(Path(trace.path), staging)
-        else:
-            files.backend.fetch(plan.node_config(node.index), trace.path, str(staging))
+        try:
+            if files.shared:
+                _link_or_copy(Path(trace.path), staging)
+            else:
+                files.backend.fetch(plan.node_config(node.index), trace.path, str(staging))
+        except (MagpieError, OSError) as exc:
+            _refuse_if_disk_full(staging, trace, node, label)
+            if isinstance(exc, OSError):
+                raise TraceError(f"{dest}: cannot write the copy of {node.name}'s {label} trace: "
+                                 f"{exc.strerror or exc}") from None
+            raise
         size = staging.stat().st_size
         digest = trace_probe.sha256_file(staging)
         if size != trace.size or digest != trace.sha256:
-            label = rank_label(trace.rank, plan.layout) if trace.rank else "the API server"
+            _refuse_if_disk_full(staging, trace, node, label)
             raise TraceError(
                 f"{node.name}: {label}: the copy of {trace.path} differs from the source "
                 f"({size} bytes, sha256 {digest[:12]}; the source has {trace.size} bytes, "
@@ -156,6 +170,24 @@ def _bring(files: NodeFiles, plan: Plan, node: NodePlan, trace: FoundTrace, dest
         if staging.exists():
             staging.unlink()
     return True
+
+
+class DiskFull(TraceError):
+    """This machine's disk filled while a copy was written."""
+
+
+def _refuse_if_disk_full(staging: Path, trace: FoundTrace, node: NodePlan, label: str) -> None:
+    """A short copy on a full disk is the disk's fault, not the source's: say so (a transport
+    may report it as its own failure, or not at all: an ssh client drops what it cannot write)."""
+    written = staging.stat().st_size if staging.exists() else 0
+    stats = os.statvfs(staging.parent)
+    free = stats.f_bavail * stats.f_frsize
+    if written < trace.size and free < trace.size - written:
+        raise DiskFull(
+            f"{staging.parent}: no space left on device: {written} of {trace.size} bytes of "
+            f"{node.name}'s {label} trace ({trace.path}) written, {free} bytes free; make room "
+            "and run collect again (complete copies are kept)"
+        )
 
 
 def _link_or_copy(source: Path, staging: Path) -> None:

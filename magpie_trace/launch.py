@@ -20,7 +20,7 @@ import yaml
 
 from magpie_trace import interrupts
 from magpie_trace.backends import make_backend
-from magpie_trace.backends.base import Backend, ProcessHandle
+from magpie_trace.backends.base import Backend, ProcessHandle, exit_text
 from magpie_trace.config import under
 from magpie_trace.errors import MagpieError, NodeError
 from magpie_trace.fanout import on_nodes
@@ -193,11 +193,10 @@ def check_alive(plan: Plan, backend: Backend, state: LaunchState, during: str) -
             continue
         config = plan.node_config(node.index)
         handle = state.handles[node.name]
-        code = backend.exit_code(config, handle)
-        code_text = "unknown code" if code is None else f"code {code}"
+        code = exit_text(backend.exit_code(config, handle))
         raise NodeError(
             node.name,
-            f"process exited with {code_text} during {during}" + _log_tail(plan, backend, state, node),
+            f"process exited with {code} during {during}" + _log_tail(plan, backend, state, node),
         )
 
 

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TypeVar
 
-from magpie_trace.backends.base import Backend, ProcessHandle
+from magpie_trace.backends.base import Backend, ProcessHandle, exit_text
 from magpie_trace.config import NodeConfig
 from magpie_trace.errors import NodeError
 from magpie_trace.fanout import NodesFailed, on_nodes
@@ -56,9 +56,8 @@ class ProcessCheck:
         handle = self.handles[node.name]
         if self.backend.alive(node, handle):
             return None
-        code = self.backend.exit_code(node, handle)
-        code_text = "an unknown code" if code is None else f"code {code}"
-        return Trip(node.name, f"engine process {handle.pid} exited with {code_text} during {self.during}")
+        code = exit_text(self.backend.exit_code(node, handle))
+        return Trip(node.name, f"engine process {handle.pid} exited with {code} during {self.during}")
 
 
 class NodeGuard:

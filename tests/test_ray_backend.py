@@ -97,7 +97,7 @@ def test_start_alive_stop_leaves_no_process(backend: RayBackend) -> None:
     with pytest.raises(ValueError):  # its agent held nothing else, so it is gone too
         ray.get_actor(handle.extra["actor"], namespace=handle.extra["namespace"])
     assert not backend.alive(node, handle)
-    assert backend.exit_code(node, handle) == -signal.SIGTERM  # read from the exit file
+    assert backend.exit_code(node, handle) == 128 + signal.SIGTERM  # as a shell says; from the exit file
     backend.stop(node, handle, grace_s=1)  # stopping twice is harmless
     print(f"ray start {start_s:.2f} s, stop {stop_s:.2f} s")
 
@@ -116,7 +116,7 @@ def test_stop_escalates_to_sigkill(backend: RayBackend) -> None:
     backend.stop(node, handle, grace_s=0.5)
     assert 0.4 < time.monotonic() - started < 5
     assert group_members(handle.pgid) == []
-    assert Path(exit_path(handle.log_path)).read_text() == f"{-signal.SIGKILL}\n"
+    assert Path(exit_path(handle.log_path)).read_text() == f"{128 + signal.SIGKILL}\n"
 
 
 def test_commands_get_every_signal(backend: RayBackend) -> None:
@@ -133,7 +133,7 @@ def test_commands_get_every_signal(backend: RayBackend) -> None:
     assert wait_for(lambda: "armed" in Path(handle.log_path).read_text())
     os.killpg(handle.pgid, signal.SIGINT)  # as a user's Ctrl-C on that node would
     assert wait_for(lambda: backend.exit_code(node, handle) is not None)
-    assert backend.exit_code(node, handle) == -signal.SIGINT  # Python re-raises it at exit
+    assert backend.exit_code(node, handle) == 128 + signal.SIGINT  # Python re-raises it at exit
     assert "KeyboardInterrupt" in Path(handle.log_path).read_text()
     backend.stop(node, handle)
 
@@ -286,7 +286,7 @@ def test_a_start_meeting_a_closing_agent(backend: RayBackend) -> None:
     namespace = backend.scheduler.ray.namespace
     agent = ray.get_actor(first.extra["actor"], namespace=namespace)
     os.killpg(first.pgid, signal.SIGKILL)  # it ends without a stop through the backend
-    assert wait_for(lambda: backend.exit_code(node, first) == -signal.SIGKILL)
+    assert wait_for(lambda: backend.exit_code(node, first) == 128 + signal.SIGKILL)
     assert ray.get(agent.close_if_idle.remote(), timeout=30) is True  # closing, not yet killed
 
     second = backend.start(node, ["sleep", "60"], {}, f"{wd}/closing-b.log")
@@ -294,7 +294,7 @@ def test_a_start_meeting_a_closing_agent(backend: RayBackend) -> None:
     with pytest.raises(RayActorError):  # the closing agent was killed; second has a new one
         ray.get(agent.close_if_idle.remote(), timeout=30)
     assert not backend.alive(node, first)
-    assert backend.exit_code(node, first) == -signal.SIGKILL  # from its exit file
+    assert backend.exit_code(node, first) == 128 + signal.SIGKILL  # from its exit file
     backend.stop(node, first)  # harmless: the new agent never held it
     assert backend.alive(node, second)
     backend.stop(node, second, grace_s=1)
@@ -319,7 +319,7 @@ def test_stop_from_a_fresh_driver(backend: RayBackend) -> None:
     assert backend.alive(node, sleeper)
     assert len(group_members(sleeper.pgid)) == 3  # sh and two sleeps
 
-    assert drive(backend, 2, "stop", json.dumps(sleeper.to_dict())) == f"{-signal.SIGTERM}\n"
+    assert drive(backend, 2, "stop", json.dumps(sleeper.to_dict())) == f"{128 + signal.SIGTERM}\n"
     assert group_members(sleeper.pgid) == []
     assert not backend.alive(node, sleeper)
     backend.stop(node, fails)

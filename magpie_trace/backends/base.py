@@ -9,11 +9,25 @@ from __future__ import annotations
 import abc
 import posixpath
 import shlex
+import signal
 from dataclasses import asdict, dataclass, field
 from collections.abc import Callable
 from typing import Any
 
 from magpie_trace.config import ENV_NAME_PATTERN, NodeConfig, SchedulerConfig
+
+
+def exit_text(code: int | None) -> str:
+    """`code 137 (SIGKILL)`: exit codes follow the shell on every backend (128 + N for death by
+    signal N), and the signal is named where the code says one."""
+    if code is None:
+        return "an unknown code"
+    if 128 < code < 128 + signal.NSIG:
+        try:
+            return f"code {code} ({signal.Signals(code - 128).name})"
+        except ValueError:
+            pass
+    return f"code {code}"
 
 
 def export_lines(env: dict[str, str]) -> list[str]:
@@ -119,7 +133,8 @@ class Backend(abc.ABC):
 
     @abc.abstractmethod
     def exit_code(self, node: NodeConfig, handle: ProcessHandle) -> int | None:
-        """The exit code once it has ended (None while running or when it cannot be known)."""
+        """The exit code once it has ended (None while running or when it cannot be known), as a
+        shell reports it: 128 + N for death by signal N, on every backend."""
 
     @abc.abstractmethod
     def stop(self, node: NodeConfig, handle: ProcessHandle, grace_s: float = 10.0) -> None:

@@ -123,6 +123,12 @@ def command_env(extra: dict[str, str]) -> dict[str, str]:
     return env
 
 
+def shell_code(code: int) -> int:
+    """An exit code as a shell reports it: 128 + N for death by signal N (Popen says -N), so
+    the same death reads the same over every backend (posix records the shell's $?)."""
+    return 128 - code if code < 0 else code
+
+
 def _write_exit_code(path: str, code: int) -> None:
     tmp = f"{path}.tmp"
     with open(tmp, "w") as handle:
@@ -137,7 +143,7 @@ class _Group:
         self.proc = proc
         self.started = start_time(proc.pid)
         self.waiter = threading.Thread(
-            target=lambda: _write_exit_code(exit_file, proc.wait()), daemon=True
+            target=lambda: _write_exit_code(exit_file, shell_code(proc.wait())), daemon=True
         )
         self.waiter.start()
 
@@ -210,7 +216,10 @@ class ProcessAgent:
         """(known, returncode): known is False once the command was stopped or replaced, and
         then its exit code is in its exit file."""
         group = self._group(log_path, pid)
-        return (False, None) if group is None else (True, group.proc.poll())
+        if group is None:
+            return False, None
+        code = group.proc.poll()
+        return True, None if code is None else shell_code(code)
 
     def stop(self, log_path: str, pid: int, grace_s: float) -> list[int]:
         """SIGTERM the group, wait up to grace_s, SIGKILL; returns the pids that survived.
@@ -271,7 +280,7 @@ def run_command(
         _signal_group(proc.pid, signal.SIGKILL)
         out, err = proc.communicate()
         return None, out, err
-    return proc.returncode, out, err
+    return shell_code(proc.returncode), out, err
 
 
 def read_chunks(path: str, chunk_size: int) -> Iterator[bytes]:
