@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import os
 import shlex
 import sys
 from typing import Any, Callable
@@ -158,7 +159,7 @@ def stop_command(config_path: str, overrides: tuple[str, ...], run: str | None) 
 
     config = read_config(config_path, overrides)
     run_dir = find_run_dir(config.output.dir, run)
-    state = stop(plan_for_run(run_dir), run_dir)
+    state = stop(plan_for_run(run_dir), run_dir, requested_by=f"magpie-trace stop (pid {os.getpid()})")
     if state is None:
         click.echo(f"nothing to stop in {run_dir.root}")
     else:

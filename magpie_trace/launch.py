@@ -43,6 +43,7 @@ class LaunchState:
     started_at: float = 0.0
     ready_at: float | None = None
     stopped_at: float | None = None
+    stop_requested: dict[str, Any] | None = None  # {by, at}: an operator's `magpie-trace stop`
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -52,6 +53,7 @@ class LaunchState:
             "started_at": self.started_at,
             "ready_at": self.ready_at,
             "stopped_at": self.stopped_at,
+            "stop_requested": self.stop_requested,
             "handles": {name: h.to_dict() for name, h in self.handles.items()},
         }
 
@@ -64,6 +66,7 @@ class LaunchState:
             started_at=data.get("started_at", 0.0),
             ready_at=data.get("ready_at"),
             stopped_at=data.get("stopped_at"),
+            stop_requested=data.get("stop_requested"),
         )
 
 
@@ -229,13 +232,25 @@ def stop(
     backend: Backend | None = None,
     state: LaunchState | None = None,
     grace_s: float = 10.0,
+    requested_by: str | None = None,
 ) -> LaunchState | None:
-    """Stop every process group this run started, on every node at once; fetch the logs."""
+    """Stop every process group this run started, on every node at once; fetch the logs.
+
+    `requested_by` (an operator's `magpie-trace stop`) is recorded in state.json first, so a run
+    still going in another process says it was stopped rather than blaming the node whose engine
+    happened to end first; a run's own teardown keeps that record.
+    """
     backend = backend or make_backend(plan.config.scheduler)
+    on_disk = load_state(run_dir) if run_dir.state.exists() else None
     if state is None:
-        if not run_dir.state.exists():
+        if on_disk is None:
             return None
-        state = load_state(run_dir)
+        state = on_disk
+    if requested_by is not None:
+        state.stop_requested = {"by": requested_by, "at": time.time()}
+        save_state(run_dir, state)
+    elif on_disk is not None and state.stop_requested is None:
+        state.stop_requested = on_disk.stop_requested
     by_name = {node.name: node for node in plan.nodes}
 
     def stop_one(node: NodePlan) -> None:
@@ -254,3 +269,22 @@ def stop(
     state.stopped_at = time.time()
     save_state(run_dir, state)
     return state
+
+
+class RunStopped(MagpieError):
+    """The run was ended on purpose by `magpie-trace stop`: no node is to blame."""
+
+
+def operator_stop(run_dir: RunDir, since: float, during: str) -> RunStopped | None:
+    """The RunStopped to report instead of a node failure, if an operator stopped the run."""
+    try:
+        request = load_state(run_dir).stop_requested if run_dir.state.exists() else None
+    except MagpieError:
+        return None
+    if not request or request.get("at", 0) < since:
+        return None
+    clock = time.strftime("%H:%M:%S", time.localtime(request["at"]))
+    return RunStopped(
+        f"stopped by {request['by']} at {clock} during {during}; every node was stopped as asked "
+        "(what was measured before is kept, marked invalid)"
+    )

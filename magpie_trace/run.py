@@ -23,7 +23,7 @@ from magpie_trace.backends.base import Backend
 from magpie_trace.config import Config
 from magpie_trace.errors import MagpieError
 from magpie_trace.fsutil import atomic_write_bytes
-from magpie_trace.launch import LaunchState, launch, stop
+from magpie_trace.launch import LaunchState, launch, operator_stop, stop
 from magpie_trace.nodewatch import NodeGuard, Trip, process_guard
 from magpie_trace.plan import Plan, make_plan
 from magpie_trace.rundir import RunDir, find_run_dir, new_run_dir
@@ -91,6 +91,7 @@ def run(
 def _run_stages(plan: Plan, run_dir: RunDir, first: int, backend: Backend | None, say: Progress) -> RunResult:
     """The stages from STAGES[first], in a run folder this process holds."""
     config = plan.config
+    started = time.time()
     backend = backend or make_backend(config.scheduler)
     result = RunResult(run_id=plan.run_id, run_dir=run_dir.root, url=plan.head_url)
     wanted = set(STAGES[first:])
@@ -115,6 +116,9 @@ def _run_stages(plan: Plan, run_dir: RunDir, first: int, backend: Backend | None
                 say("tearing down every node")
                 stop(plan, run_dir, backend, state)
     failure = failure or interrupts.pending()  # a signal that came during the teardown
+    if failure is not None and not isinstance(failure, KeyboardInterrupt):
+        during = next((s.name for s in reversed(result.stages) if s.status == "failed"), "the run")
+        failure = operator_stop(run_dir, started, during) or failure
     try:
         if failure is None and "collect" in wanted:
             _stage(result, "collect", say, lambda: _collect(plan, backend, run_dir, result, say))
