@@ -35,7 +35,7 @@ from magpie_trace.backends import ray_node
 from magpie_trace.backends.base import Backend, CommandResult, ProcessHandle, RemoteFile
 from magpie_trace.backends.posix import exit_path
 from magpie_trace.config import NodeConfig, SchedulerConfig
-from magpie_trace.errors import MagpieError, NodeError
+from magpie_trace.errors import ConfigError, MagpieError, NodeError
 
 # Pickle the node-side functions and actor class by value rather than by module reference.
 cloudpickle.register_pickle_by_value(ray_node)
@@ -399,8 +399,11 @@ def _check_reachable(address: str) -> None:
             f"scheduler.ray.address: {address}: Ray Client addresses are not supported; run "
             "magpie-trace on a node of the cluster with 'auto' or the GCS host:port"
         )
+    if address == "auto":
+        _check_unambiguous()
+        return
     host, sep, port = address.rpartition(":")
-    if address == "auto" or not sep or not port.isdigit():
+    if not sep or not port.isdigit():
         return
     try:
         socket.create_connection((host.strip("[]"), int(port)), timeout=CONNECT_TIMEOUT_S).close()
@@ -409,6 +412,23 @@ def _check_reachable(address: str) -> None:
             f"scheduler.ray.address: cannot reach the Ray cluster at {address}: "
             f"{exc.strerror or exc}"
         ) from None
+
+
+def _check_unambiguous() -> None:
+    """Refuse `auto` on a machine where several Ray clusters run (a shared host): Ray would join
+    the one started last, with only a log line, and the run would land on someone else's nodes.
+    RAY_ADDRESS, when set, is what `auto` means to Ray: no guess is made then."""
+    if os.environ.get("RAY_ADDRESS"):
+        return
+    from ray._private import services  # Ray's own discovery: the local raylets' --gcs-address
+
+    services.find_gcs_addresses.cache_clear()
+    found = sorted(services.find_gcs_addresses())
+    if len(found) > 1:
+        raise ConfigError(
+            f"scheduler.ray.address: auto is ambiguous: {len(found)} Ray clusters run on this "
+            f"machine ({', '.join(found)}); give the GCS host:port of yours"
+        )
 
 
 def _node_error(node: NodeConfig, what: str, exc: RayError, timeout_s: float) -> NodeError:
