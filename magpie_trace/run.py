@@ -27,6 +27,7 @@ from magpie_trace.launch import LaunchState, launch, operator_stop, stop
 from magpie_trace.nodewatch import NodeGuard, Trip, process_guard
 from magpie_trace.plan import Plan, make_plan
 from magpie_trace.rundir import RunDir, find_run_dir, new_run_dir
+from magpie_trace.secrets import Secrets
 
 RUN_SCHEMA = "magpie-trace/run/1"
 STAGES = ("launch", "bench", "collect", "merge", "report")
@@ -138,6 +139,10 @@ def _run_stages(plan: Plan, run_dir: RunDir, first: int, backend: Backend | None
         if failure is not None:
             result.ok = False
             result.error = _describe(failure)
+        mask = Secrets.of(config).text  # an error may quote a node's log, and a log an env value
+        result.error = mask(result.error) if result.error else result.error
+        for record in result.stages:
+            record.detail = mask(record.detail)
         atomic_write_bytes(run_dir.root / "run.json", orjson.dumps(result.to_dict(), option=orjson.OPT_INDENT_2))
     failure = failure or interrupts.pending()
     if failure is not None:

@@ -11,6 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
 
 from magpie_trace.config import SimConfig
@@ -117,3 +118,19 @@ def test_a_recorded_config_masks_env_maps_and_extra_args_only():
     assert out["server"]["model"] == "/models/x"  # later stages read it back
     assert out["benchmark"]["tokenizer"] == "meta-llama/Llama-3.1-8B"
     assert config["server"]["env"]["HF_TOKEN"] == "hf_abc"  # the input is not modified
+
+
+def test_a_node_log_quoted_in_an_error_is_masked_in_run_json(tmp_path):
+    from magpie_trace.errors import MagpieError
+    from tests.launch.simcluster import local_scheduler
+
+    scheduler = local_scheduler(tmp_path, 1)
+    scheduler.env = {"DATABASE_URL": SECRETS["DATABASE_URL"]}
+    config = sim_config(scheduler, tmp_path, command=["sh", "-c", 'echo "connecting to $DATABASE_URL"; exit 3'])
+    with pytest.raises(MagpieError) as info:
+        run(config)
+    assert "exited with code 3 during startup" in str(info.value)
+    run_dir = RunDir(next(Path(config.output.dir).glob("2*")))
+    assert SECRETS["DATABASE_URL"] in (run_dir.logs / "node0.log").read_text()  # the engine's own log
+    run_json = (run_dir.root / "run.json").read_text()
+    assert "connecting to ***" in run_json and leaks(run_json) == []
