@@ -161,8 +161,10 @@ def stop_command(config_path: str, overrides: tuple[str, ...], run: str | None) 
     state = stop(plan_for_run(run_dir), run_dir)
     if state is None:
         click.echo(f"nothing to stop in {run_dir.root}")
-    else:
-        click.echo(f"stopped {len(state.handles)} node(s); logs in {run_dir.logs}")
+        return
+    click.echo(f"stopped {len(state.handles) - len(state.lost)} node(s); logs in {run_dir.logs}")
+    for name, why in state.lost.items():
+        click.echo(f"{name}: lost, counted as stopped ({why})")
 
 
 profile_id_option = click.option(

@@ -21,7 +21,7 @@ import yaml
 from magpie_trace import interrupts
 from magpie_trace.backends import make_backend
 from magpie_trace.backends.base import Backend, ProcessHandle
-from magpie_trace.errors import MagpieError, NodeError
+from magpie_trace.errors import MagpieError, NodeError, NodeGone
 from magpie_trace.fanout import on_nodes
 from magpie_trace.fsutil import atomic_write_bytes, atomic_write_text
 from magpie_trace.plan import NodePlan, Plan
@@ -41,6 +41,7 @@ class LaunchState:
     started_at: float = 0.0
     ready_at: float | None = None
     stopped_at: float | None = None
+    lost: dict[str, str] = field(default_factory=dict)  # node -> why it counts as stopped
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -50,6 +51,7 @@ class LaunchState:
             "started_at": self.started_at,
             "ready_at": self.ready_at,
             "stopped_at": self.stopped_at,
+            "lost": self.lost,
             "handles": {name: h.to_dict() for name, h in self.handles.items()},
         }
 
@@ -62,6 +64,7 @@ class LaunchState:
             started_at=data.get("started_at", 0.0),
             ready_at=data.get("ready_at"),
             stopped_at=data.get("stopped_at"),
+            lost=dict(data.get("lost") or {}),
         )
 
 
@@ -125,7 +128,10 @@ def launch(
         return state
     except BaseException:
         with interrupts.shielded():
-            stop(plan, run_dir, backend, state)
+            try:
+                stop(plan, run_dir, backend, state)
+            except MagpieError:
+                pass  # the launch failure is the one to report; state.json keeps what is left
             if owned:
                 backend.close()
         raise
@@ -224,27 +230,40 @@ def stop(
     state: LaunchState | None = None,
     grace_s: float = 10.0,
 ) -> LaunchState | None:
-    """Stop every process group this run started, on every node at once; fetch the logs."""
+    """Stop every process group this run started, on every node at once; fetch the logs.
+
+    A node that is gone (NodeGone: its Ray node died) counts as stopped and is recorded in
+    state.lost; the others are stopped all the same. Any other failure is raised after every
+    node was tried and the state saved, so `stop` can be run again.
+    """
     backend = backend or make_backend(plan.config.scheduler)
     if state is None:
         if not run_dir.state.exists():
             return None
         state = load_state(run_dir)
     by_name = {node.name: node for node in plan.nodes}
+    lock = threading.Lock()
 
     def stop_one(node: NodePlan) -> None:
         handle = state.handles.get(node.name)
         if handle is None:
             return
         config = plan.node_config(node.index)
-        backend.stop(config, handle, grace_s=grace_s)
+        try:
+            backend.stop(config, handle, grace_s=grace_s)
+        except NodeGone as exc:
+            with lock:
+                state.lost[node.name] = str(exc)[len(node.name) + 2 :]
+            return
         try:
             backend.fetch(config, handle.log_path, str(run_dir.logs / f"{node.name}.log"))
         except MagpieError:
             pass  # a node that cannot be reached keeps its log; the stop itself succeeded
 
     targets = [by_name[name] for name in state.handles if name in by_name]
-    on_nodes(stop_one, targets)
-    state.stopped_at = time.time()
-    save_state(run_dir, state)
+    try:
+        on_nodes(stop_one, targets)
+        state.stopped_at = time.time()
+    finally:
+        save_state(run_dir, state)
     return state

@@ -54,6 +54,7 @@ class RunResult:
     outputs: dict[str, str] = field(default_factory=dict)
     bench_valid: bool | None = None
     tracelens_command: str | None = None
+    teardown: dict[str, Any] | None = None  # ok, lost (nodes counted as stopped), error
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -106,7 +107,8 @@ def run(
         if state is not None:
             with interrupts.shielded():
                 say("tearing down every node")
-                stop(plan, run_dir, backend, state)
+                teardown_error = _teardown(plan, run_dir, backend, state, result)
+            failure = failure or teardown_error  # the first error is the one reported
     failure = failure or interrupts.pending()  # a signal that came during the teardown
     try:
         if failure is None and "collect" in wanted:
@@ -134,6 +136,20 @@ def run(
             raise failure
         raise MagpieError(f"run failed: {type(failure).__name__}: {failure}") from failure
     return result
+
+
+def _teardown(
+    plan: Plan, run_dir: RunDir, backend: Backend, state: LaunchState, result: RunResult
+) -> MagpieError | None:
+    """Stop every node; a lost node counts as stopped. Recorded in run.json's `teardown`."""
+    error: MagpieError | None = None
+    try:
+        stop(plan, run_dir, backend, state)
+    except MagpieError as exc:
+        error = exc
+    result.teardown = {"ok": error is None, "lost": sorted(state.lost),
+                       "error": None if error is None else str(error)}
+    return error
 
 
 def _describe(failure: BaseException) -> str:

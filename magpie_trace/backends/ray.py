@@ -35,7 +35,7 @@ from magpie_trace.backends import ray_node
 from magpie_trace.backends.base import Backend, CommandResult, ProcessHandle, RemoteFile
 from magpie_trace.backends.posix import exit_path
 from magpie_trace.config import NodeConfig, SchedulerConfig
-from magpie_trace.errors import MagpieError, NodeError
+from magpie_trace.errors import MagpieError, NodeError, NodeGone
 
 # Pickle the node-side functions and actor class by value rather than by module reference.
 cloudpickle.register_pickle_by_value(ray_node)
@@ -424,9 +424,9 @@ def _node_error(node: NodeConfig, what: str, exc: RayError, timeout_s: float) ->
     return NodeError(node.name, f"{what}: {_first_line(exc)}")
 
 
-def _gone(node: NodeConfig, ray_node: dict[str, Any]) -> NodeError:
+def _gone(node: NodeConfig, ray_node: dict[str, Any]) -> NodeGone:
     reason = _first_line(ray_node.get("DeathReasonMessage") or "no longer in the cluster")
-    return NodeError(node.name, f"Ray node {ray_node['NodeID']} is gone: {reason}")
+    return NodeGone(node.name, f"Ray node {ray_node['NodeID']} is gone: {reason}")
 
 
 def _has_labels(ray_node: dict[str, Any], labels: dict[str, str]) -> bool:
