@@ -189,6 +189,7 @@ def profile_command(
     """Profile every rank of the running server at once and wait for every rank's trace file."""
     from magpie_trace.backends import make_backend
     from magpie_trace.launch import load_state, plan_for_run
+    from magpie_trace.monitor import monitors_for
     from magpie_trace.nodewatch import process_guard
     from magpie_trace.profile import capture
     from magpie_trace.rundir import find_run_dir
@@ -198,7 +199,10 @@ def profile_command(
     handles = load_state(run_dir).handles if run_dir.state.exists() else {}
     backend = make_backend(plan.config.scheduler)
     try:
-        with process_guard(plan, backend, handles, "the profile capture") as guard:
+        interval = plan.config.benchmark.telemetry_interval_s
+        with monitors_for(plan, backend, handles, interval) as monitors, \
+                process_guard(plan, backend, handles, "the profile capture", monitors.check) as guard:
+            monitors.wait_first_samples()
             record = capture(plan, backend, run_dir, profile_id, duration, progress=progress_line,
                              guard=guard)
     finally:

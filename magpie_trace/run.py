@@ -24,6 +24,7 @@ from magpie_trace.config import Config
 from magpie_trace.errors import MagpieError
 from magpie_trace.fsutil import atomic_write_bytes
 from magpie_trace.launch import LaunchState, launch, stop
+from magpie_trace.monitor import monitors_for
 from magpie_trace.nodewatch import NodeGuard, Trip, process_guard
 from magpie_trace.plan import Plan, make_plan
 from magpie_trace.rundir import RunDir, find_run_dir, new_run_dir
@@ -186,7 +187,10 @@ def _bench_and_capture(
     captured: list[BaseException] = []
     load_started = threading.Event()
     bench_done = threading.Event()
-    guard = process_guard(plan, backend, state.handles, "the profile capture") if state else NodeGuard()
+    # One stream per node for the whole stage: liveness for the bench and the capture, telemetry.
+    monitors = monitors_for(plan, backend, state.handles if state else {},
+                            config.benchmark.telemetry_interval_s)
+    guard = process_guard(plan, backend, state.handles, "the profile capture", monitors.check) if state else NodeGuard()
 
     def capture_window() -> None:
         """Open the window start_after_s into the first measured load point (not the warmup)."""
@@ -201,7 +205,7 @@ def _bench_and_capture(
             captured.append(exc)
 
     thread = None
-    with guard:
+    with monitors, guard:
         if config.profile.enabled:
             thread = threading.Thread(target=capture_window, name="profile-capture", daemon=True)
             thread.start()
@@ -211,7 +215,7 @@ def _bench_and_capture(
                     bench = run_benchmark(
                         config, plan, run_dir.bench, backend=backend,
                         handles=state.handles if state else None, say=say,
-                        on_point_start=lambda _point: load_started.set(),
+                        on_point_start=lambda _point: load_started.set(), monitors=monitors,
                     )
                 except (BenchInterrupted, BenchInvalid, RunAborted) as exc:
                     # Partial results were written and marked invalid; the run stops with this error.

@@ -24,7 +24,14 @@ import subprocess
 from typing import IO
 
 from magpie_trace import fsutil
-from magpie_trace.backends.base import Backend, CommandResult, ProcessHandle, RemoteFile, tag_path
+from magpie_trace.backends.base import (
+    Backend,
+    CommandResult,
+    LineStream,
+    ProcessHandle,
+    RemoteFile,
+    tag_path,
+)
 from magpie_trace.config import NodeConfig
 from magpie_trace.errors import NodeError
 
@@ -181,6 +188,18 @@ class PosixBackend(Backend):
         )
         return self.settle(node, result)
 
+    def stream(self, node: NodeConfig, argv: list[str]) -> LineStream:
+        if not argv:
+            raise ValueError("empty argv")
+        try:
+            proc = subprocess.Popen(
+                self.command(node, argv), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE, start_new_session=True,
+            )
+        except OSError as exc:
+            raise NodeError(node.name, f"cannot run {argv[0]}: {exc.strerror or exc}") from None
+        return _ProcessStream(proc)
+
     def _script(
         self, node: NodeConfig, script: str, args: list[str], timeout_s: float = _CONTROL_TIMEOUT_S
     ) -> CommandResult:
@@ -293,6 +312,36 @@ class PosixBackend(Backend):
             if fnmatch.fnmatchcase(name, pattern):
                 files.append(RemoteFile(posixpath.join(directory, name), int(size), float(mtime)))
         return sorted(files, key=lambda f: f.path)
+
+
+class _ProcessStream(LineStream):
+    """A local process (the command itself, or the ssh client running it on the node). It has its
+    own session: Ctrl-C at the terminal is ours to handle, not a reason for it to die first."""
+
+    def __init__(self, proc: subprocess.Popen[bytes]) -> None:
+        self.proc = proc
+
+    def readline(self) -> str | None:
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline()
+        return line.decode(errors="replace") if line else None
+
+    def close(self) -> None:
+        for pipe in (self.proc.stdin, self.proc.stdout):
+            if pipe is not None:
+                pipe.close()  # the command sees EOF and ends
+        try:
+            self.proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        if self.proc.stderr is not None:
+            self.proc.stderr.close()
+
+    def why_ended(self) -> str:
+        code = self.proc.wait()
+        err = self.proc.stderr.read().decode(errors="replace") if self.proc.stderr else ""
+        return _last_line(err) or f"it exited with code {code}"
 
 
 def _exit_file(handle: ProcessHandle) -> str:

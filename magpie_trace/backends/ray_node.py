@@ -245,6 +245,23 @@ def run_command(
     return proc.returncode, out, err
 
 
+def stream_lines(argv: list[str]) -> Iterator[str]:
+    """argv's output lines as it prints them (a Ray streaming generator); its group is killed
+    when the generator is cancelled or its consumer goes away."""
+    with _all_signals():
+        proc = subprocess.Popen(
+            argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+            env=command_env({}), start_new_session=True,
+        )
+    try:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            yield line.decode(errors="replace")
+    finally:
+        _signal_group(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
 def read_chunks(path: str, chunk_size: int) -> Iterator[bytes]:
     """The file's bytes in order, chunk_size at a time (a Ray streaming generator)."""
     with open(path, "rb") as handle:

@@ -48,6 +48,7 @@ from magpie_trace.bench.watchdog import (
 from magpie_trace.bench.workload import build_workload, load_tokenizer
 from magpie_trace.config import Config
 from magpie_trace.errors import MagpieError
+from magpie_trace.monitor import Monitors, monitors_for
 from magpie_trace.plan import Plan
 
 Say = Callable[[str], None]
@@ -84,6 +85,7 @@ def run_benchmark(
     points: list[LoadPoint] | None = None,
     say: Say | None = None,
     on_point_start: Callable[[LoadPoint], None] | None = None,
+    monitors: Monitors | None = None,
 ) -> BenchResult:
     """Run the configured sweep against plan.head_url (or url); write results under out_dir.
 
@@ -92,9 +94,13 @@ def run_benchmark(
     then RunAborted (exit 3) is raised when a node was lost, BenchInvalid (exit 3) when requests
     failed or were cut short, MagpieError when warmup fails (nothing measured).
     on_point_start(point) is called as each measured load point begins (after warmup).
+    monitors: the nodes' monitors when the caller runs them already (`run` does, for the whole
+    run); else they are started here, one stream per node for liveness and telemetry.
     """
     return asyncio.run(
-        run_benchmark_async(config, plan, out_dir, backend, handles, url, points, say, on_point_start)
+        run_benchmark_async(
+            config, plan, out_dir, backend, handles, url, points, say, on_point_start, monitors
+        )
     )
 
 
@@ -108,6 +114,7 @@ async def run_benchmark_async(
     points: list[LoadPoint] | None = None,
     say: Say | None = None,
     on_point_start: Callable[[LoadPoint], None] | None = None,
+    monitors: Monitors | None = None,
 ) -> BenchResult:
     say = say or (lambda _msg: None)
     bench = config.benchmark
@@ -124,11 +131,17 @@ async def run_benchmark_async(
     nodes = {plan.nodes[i].name: plan.node_config(i) for i in range(len(plan.nodes))} if plan else {}
 
     samplers: dict[str, NodeSampler] = {}
+    owned: Monitors | None = None
     if backend is not None and plan is not None:
         samplers = {
             name: NodeSampler(backend, node, bench.telemetry_interval_s) for name, node in nodes.items()
         }
-        await asyncio.gather(*(asyncio.to_thread(s.start) for s in samplers.values()))
+        if monitors is None:
+            owned = monitors = monitors_for(plan, backend, dict(handles or {}), bench.telemetry_interval_s)
+            await asyncio.to_thread(monitors.start)
+        for name, monitor in monitors.by_node.items():
+            monitor.on_sample = _feeder(samplers[name])
+        await asyncio.to_thread(monitors.wait_first_samples)
     watchdog = Watchdog(
         head=head,
         stall_timeout_s=bench.stall_timeout_s,
@@ -137,6 +150,7 @@ async def run_benchmark_async(
         handles=dict(handles or {}),
         samplers=samplers,
         silence_s=max(10.0, 3 * bench.telemetry_interval_s),
+        streams=monitors.check if monitors is not None else None,
     )
     result: dict[str, Any] = {
         "schema": SCHEMA,
@@ -243,8 +257,11 @@ async def run_benchmark_async(
             watchdog.trip = Trip("benchmark", INTERRUPTED)
     finally:
         gc.unfreeze()
-        for sampler in samplers.values():
-            sampler.stop()
+        if monitors is not None:
+            for monitor in monitors.by_node.values():
+                monitor.on_sample = None
+        if owned is not None:
+            owned.stop()
     trip = watchdog.trip
     if trip is not None:
         result["valid"] = False
@@ -269,6 +286,8 @@ async def run_benchmark_async(
         "plots": plots,
     }
     path = write_outputs(out, result, records, telemetry)
+    if trip is not None and trip.process is not None:
+        await asyncio.to_thread(watchdog.stop_lost_node)  # its whole tree: nothing serves half
     if trip is not None and trip.reason == INTERRUPTED:
         raise BenchInterrupted(str(path))
     if trip is not None:
@@ -303,6 +322,10 @@ async def _watched(watchdog: Watchdog, work: Any, deadline: float) -> None:
     finally:
         guard.cancel()
         await asyncio.gather(guard, return_exceptions=True)
+
+
+def _feeder(sampler: NodeSampler) -> Callable[[Any, dict[str, Any]], None]:
+    return lambda _monitor, sample: sampler.feed(sample)
 
 
 def _reconcile(summary: dict[str, Any], warnings: list[str]) -> None:
