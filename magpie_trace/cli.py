@@ -220,11 +220,14 @@ def profile_command(
 @set_option
 @run_option
 @profile_id_option
+@click.option("--allow-missing", is_flag=True,
+              help="Take a partial capture: collect the ranks that have a complete trace and list "
+                   "the missing ones (in manifest.json too) instead of failing.")
 @json_option
 @handle_errors
 def collect_command(
     config_path: str, overrides: tuple[str, ...], run: str | None, profile_id: str | None,
-    as_json: bool,
+    allow_missing: bool, as_json: bool,
 ) -> None:
     """Bring every rank's trace into <run>/traces as node<N>-TP<R>.trace.json.gz + manifest.json."""
     from magpie_trace.backends import make_backend
@@ -236,9 +239,14 @@ def collect_command(
     plan = plan_for_run(run_dir)
     backend = make_backend(plan.config.scheduler)
     try:
-        result = collect(plan, backend, run_dir, profile_id, progress=progress_line)
+        result = collect(plan, backend, run_dir, profile_id, progress=progress_line,
+                         allow_missing=allow_missing)
     finally:
         backend.close()
+    missing = result.manifest["missing"]
+    if missing:
+        ranks = ", ".join(f"{m['node_name']} {m['rank']}" for m in missing)
+        progress_line(f"warning: partial capture: {len(missing)} rank(s) missing: {ranks}")
     command = tracelens_command(result.manifest, result.traces_dir)
     if as_json:
         print_json({"traces_dir": str(result.traces_dir), "fetched": result.fetched,

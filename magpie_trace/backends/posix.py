@@ -74,16 +74,20 @@ if st $1 && [ "$state" != Z ] && [ "$start" = "$2" ]; then echo running; else ec
 """
 
 # $1 pgid, $2 leader starttime, $3 grace in tenths of a second -> "gone" | "stopped" | "killed" |
-# "remaining N". The group is ours unless its leader's pid now belongs to a younger process.
+# "remaining N". The group is ours unless its leader's pid now belongs to a younger process. The
+# grace is measured on the clock (/proc/uptime), not in polls: a scan of /proc is slow on a busy
+# node.
 _STOP = PROC_STAT + r"""
 G=$1; S=$2
 members() { n=0; for d in /proc/[0-9]*; do st "${d#/proc/}" || continue
   [ "$pgrp" = "$G" ] && [ "$state" != Z ] && n=$((n + 1)); done; }
-wait_empty() { i=0; while [ $i -lt $1 ]; do members; [ $n -eq 0 ] && return 0
-  sleep 0.1; i=$((i + 1)); done; members; [ $n -eq 0 ]; }
+now() { read -r u _ < /proc/uptime; f=${u#*.}; now=$(( ${u%.*} * 10 + ${f%"${f#?}"} )); }
+wait_empty() { now; end=$((now + $1)); while :; do members; [ $n -eq 0 ] && return 0
+  now; [ $now -ge $end ] && return 1; sleep 0.1; done; }
 if st $G && [ "$start" != "$S" ]; then echo gone; exit 0; fi
 members; if [ $n -eq 0 ]; then echo gone; exit 0; fi
 kill -TERM -$G 2>/dev/null
+kill -CONT -$G 2>/dev/null  # a stopped (frozen) process must run to handle SIGTERM
 if wait_empty $3; then echo stopped; exit 0; fi
 kill -KILL -$G 2>/dev/null
 if wait_empty 50; then echo killed; else echo "remaining $n"; fi

@@ -196,6 +196,7 @@ class ProcessAgent:
         ours = group.running() or start_time(pgid) in ("", group.started)
         if ours and group_members(pgid):  # else its pid belongs to a newer process: not ours
             _signal_group(pgid, signal.SIGTERM)
+            _signal_group(pgid, signal.SIGCONT)  # a stopped (frozen) process must run to handle it
             if not _wait_empty(pgid, grace_s):
                 _signal_group(pgid, signal.SIGKILL)
                 _wait_empty(pgid, KILL_WAIT_S)
