@@ -292,7 +292,7 @@ def bench_command(
         from magpie_trace.plan import new_run_id
         from magpie_trace.rundir import new_run_dir
 
-        out_dir = out or new_run_dir(config.output.dir, new_run_id()).bench
+        out_dir = out or new_run_dir(config.output.dir, new_run_id(), latest=False).bench
         result = run_benchmark(config, None, out_dir, url=url, say=progress_line)
     else:
         from magpie_trace.backends import make_backend
