@@ -24,6 +24,8 @@ COUNTERS = {
     "generation_tokens": ("vllm:generation_tokens_total", "sglang:generation_tokens_total"),
     "requests_finished": ("vllm:request_success_total", "sglang:num_requests_total"),
     "preemptions": ("vllm:num_preemptions_total",),
+    "prefix_cache_queries": ("vllm:prefix_cache_queries_total",),
+    "prefix_cache_hits": ("vllm:prefix_cache_hits_total",),
 }
 # Histograms whose delta mean (sum/count) is reported in ms.
 HISTOGRAMS = {
