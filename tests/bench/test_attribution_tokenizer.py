@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from pathlib import Path
 
 import pytest
@@ -9,7 +11,7 @@ import pytest
 from magpie_trace.bench.attribution import attribution, engine_nodes
 from magpie_trace.bench.metrics import RequestRecord, aggregate
 from magpie_trace.bench.prometheus import metrics_targets
-from magpie_trace.bench.workload import build_workload, load_tokenizer
+from magpie_trace.bench.workload import LocalTokens, build_workload, load_tokenizer
 from magpie_trace.config import BenchmarkConfig, load_config
 from magpie_trace.plan import make_plan
 
@@ -58,7 +60,10 @@ def test_tokenizer_fits_prompts_and_cross_checks_usage(tmp_path: Path) -> None:
     tok.save(str(tmp_path / "tokenizer.json"))
     tokenizer, note = load_tokenizer(str(tmp_path))
     assert tokenizer is not None and note is None
-    prompts = build_workload(BenchmarkConfig(input_len=40, output_len=8, range_ratio=0.5, seed=3), 20, tokenizer)
+    bench = BenchmarkConfig(input_len=40, output_len=8, range_ratio=0.5, seed=3)
+    workload = asyncio.run(build_workload(bench, 20, LocalTokens(tokenizer)))
+    prompts = [c.turns[0] for c in workload.conversations]
+    assert workload.token_source == "tokenizer" and workload.notes == []
     assert all(len(tokenizer.encode(p.text)) == p.prompt_tokens for p in prompts)
 
     good, off = (RequestRecord(index=i, point="c1", prompt_tokens_expected=4, max_tokens=10) for i in range(2))
