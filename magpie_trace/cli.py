@@ -10,26 +10,35 @@ from typing import Any, Callable
 import click
 import orjson
 
+from magpie_trace import interrupts
 from magpie_trace.config import Config, load_config
 from magpie_trace.errors import MagpieError
 
 
 def _fail(message: str, code: int) -> None:
-    click.echo(f"error: {message}", err=True)
+    try:
+        click.echo(f"error: {message}", err=True)
+    except OSError:
+        interrupts.output_closed(interrupt=False)
     sys.exit(code)
 
 
 def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """User-facing failures become one line on stderr and the error's exit code; Ctrl-C exits 130."""
+    """User-facing failures become one line on stderr and the error's exit code. Ctrl-C, SIGTERM,
+    SIGHUP and a closed output all end the same way (teardown first), exit 128 + the signal."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        interrupts.install()
         try:
             return fn(*args, **kwargs)
         except MagpieError as exc:
             _fail(str(exc), exc.exit_code)
         except KeyboardInterrupt:
-            _fail("interrupted", 130)
+            _fail(interrupts.describe(), interrupts.exit_code())
+        except BrokenPipeError:  # the final output's reader had gone: all is done but saying so
+            interrupts.output_closed(interrupt=False)
+            sys.exit(interrupts.exit_code())
 
     return wrapper
 
@@ -102,7 +111,11 @@ run_option = click.option(
 
 
 def progress_line(message: str) -> None:
-    click.echo(f"magpie-trace: {message}", err=True)
+    """One progress line on stderr; once nobody reads it, the run stops as on SIGPIPE."""
+    try:
+        click.echo(f"magpie-trace: {message}", err=True)
+    except OSError:
+        interrupts.output_closed()
 
 
 @main.command("launch")

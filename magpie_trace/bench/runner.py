@@ -287,7 +287,8 @@ async def run_benchmark_async(
                 result["points"].append(summary)
                 result["artifacts"]["points"] += write_point(out, summary, run.records, result["workload"], bench.sglang_result)
     except asyncio.CancelledError:
-        # Ctrl-C outside a load point (while the prompts are built, say): still write the result.
+        # Interrupted outside a load point (Ctrl-C, SIGTERM; while the prompts are built, or
+        # between points): what was measured is still written.
         if watchdog.trip is None:
             watchdog.trip = Trip("benchmark", INTERRUPTED)
     finally:
