@@ -62,7 +62,7 @@ def test_a_signal_tears_down_and_records_like_ctrl_c(backend, signum, tmp_path, 
     assert data["ok"] is False and data["error"].startswith(f"terminated by {name}")
     assert stages(run_dir)["bench"] == "failed" and stages(run_dir)["report"] == "ok"
     result = read_result(run_dir.bench)  # what was measured is kept
-    assert result["valid"] is False and result["points"][0]["label"] == "c2"
+    assert result["valid"] is False and result["points"][0]["point"] == "c2"
     assert "INVALID RUN" in run_dir.report_md.read_text()
     if backend == "ray":
         import ray
