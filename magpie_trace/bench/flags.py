@@ -1,6 +1,6 @@
 """`vllm bench serve`'s flags as benchmark config keys, so its command lines work with ours.
 
-    magpie-trace bench --url http://head:8000 --dataset-name random --random-input-len 1024 \\
+    magpie-trace bench --url http://head:8000 --dataset-name random --random-input-len 1024
         --random-output-len 128 --num-prompts 500 --max-concurrency 64 --request-rate inf
 
 A flag given more than once (`--max-concurrency`, `--request-rate`) makes a sweep. Flags override
