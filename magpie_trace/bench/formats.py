@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from magpie_trace.bench.metrics import RequestRecord
+from magpie_trace.bench.metrics import RequestRecord, distribution
 
 # After this key of vLLM's, its per-request lists follow.
 LISTS_AFTER = "total_token_throughput"
@@ -70,19 +70,6 @@ def _plain(value: Any) -> Any:
     raise TypeError(f"not JSON serialisable: {type(value).__name__}")
 
 
-def _stats(values: list[float], name: str) -> dict[str, float | None]:
-    arr = np.asarray(values, dtype=float)
-    has = arr.size > 0
-    out: dict[str, float | None] = {
-        f"mean_{name}_ms": float(arr.mean()) if has else None,
-        f"median_{name}_ms": float(np.median(arr)) if has else None,
-        f"std_{name}_ms": float(arr.std()) if has else None,
-    }
-    for p in SGLANG_PERCENTILES:
-        out[f"p{p}_{name}_ms"] = float(np.percentile(arr, p)) if has else None
-    return out
-
-
 def sglang_line(point: dict[str, Any], records: list[RequestRecord], workload: dict[str, Any]) -> dict[str, Any]:
     """SGLang bench_serving's result line for one point (its `--output-file` JSONL)."""
     done = [r for r in records if r.status == "ok"]
@@ -115,10 +102,13 @@ def sglang_line(point: dict[str, Any], records: list[RequestRecord], workload: d
         "output_throughput": point["output_throughput"],
         "total_throughput": point["total_token_throughput"],
     }
-    line.update(_stats(e2els, "e2e_latency"))
-    line.update(_stats([v for v in (r.ttft_ms() for r in done) if v is not None], "ttft"))
-    line.update(_stats([v for v in (r.tpot_ms() for r in done) if v is not None], "tpot"))
-    line.update(_stats([v for r in done for v in r.itls_ms()], "itl"))
+    for name, values in (
+        ("e2e_latency", e2els),
+        ("ttft", [v for v in (r.ttft_ms() for r in done) if v is not None]),
+        ("tpot", [v for v in (r.tpot_ms() for r in done) if v is not None]),
+        ("itl", [v for r in done for v in r.itls_ms()]),
+    ):
+        line.update(distribution(values, list(SGLANG_PERCENTILES), name, empty=None))
     line["concurrency"] = sum(e2els) / 1000 / duration if done else 0.0
     line["accept_length"] = None
     line["max_output_tokens_per_s"] = point["max_output_tokens_per_s"]

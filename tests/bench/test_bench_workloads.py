@@ -26,6 +26,7 @@ from magpie_trace.launch import launch, stop
 from magpie_trace.plan import make_plan
 from magpie_trace.report import write_report
 from magpie_trace.rundir import new_run_dir
+from tests.bench.local_app import serving
 from tests.launch.simcluster import local_scheduler, sim_config
 from tests.procs import leftover_processes, wait_for
 from tests.sim.test_sim_server import busy_cores
@@ -104,22 +105,14 @@ def test_several_served_models_and_none_named_is_refused_in_one_line():
         return web.json_response({"data": [{"id": "a", "root": "/m/a"}, {"id": "b", "root": "/m/b"}]})
 
     async def check() -> None:
+        import aiohttp
+
         app = web.Application()
         app.router.add_get("/v1/models", models)
-        runner = web.AppRunner(app)
-        await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
-        url = f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}"  # type: ignore[union-attr]
-        try:
-            import aiohttp
-
-            async with aiohttp.ClientSession() as session:
-                with pytest.raises(MagpieError, match=r"^bench: the server serves 2 models \(a, b\); name one with benchmark.model"):
-                    await resolve_model(session, url, None)
-                assert await resolve_model(session, url, "b") == ("b", "/m/b")
-        finally:
-            await runner.cleanup()
+        async with serving(app) as url, aiohttp.ClientSession() as session:
+            with pytest.raises(MagpieError, match=r"^bench: the server serves 2 models \(a, b\); name one with benchmark.model"):
+                await resolve_model(session, url, None)
+            assert await resolve_model(session, url, "b") == ("b", "/m/b")
 
     asyncio.run(check())
 
