@@ -314,3 +314,17 @@ def test_vllm_flags_map_to_benchmark_keys():
     assert (bench.model, bench.tokenizer) == ("llama", "/models/llama")  # as vLLM: --model names the tokenizer
     assert bench.goodput == {"ttft": 500.0, "tpot": 50.0} and bench.percentiles == [50.0, 99.0]
     assert benchmark_config(overrides({}, with_config=False)).benchmark.concurrency is None  # vLLM: no cap
+
+
+def test_prompt_lengths_off_by_more_than_2_percent_are_warned(sim, tmp_path):
+    path = tmp_path / "custom.jsonl"
+    path.write_text("".join(json.dumps({"prompt": "tokenization " * 12, "output_tokens": 2}) + "\n" for _ in range(4)))
+    guessed = sim.bench(dataset="custom", dataset_path=str(path), concurrency=[2], num_prompts=4,
+                        server_tokenizer=False)
+    point = guessed.points[0]
+    # 12 words of 13 characters: 39 tokens guessed at 4 characters a token, 12 counted by the server
+    assert point["prompt_tokens_requested"] == 4 * 39 and point["total_input_tokens"] == 4 * 12
+    assert any(w.startswith("c2: the server counted -69.2% prompt tokens") for w in guessed.data["warnings"])
+    counted = sim.bench(dataset="custom", dataset_path=str(path), concurrency=[2], num_prompts=4)
+    assert counted.points[0]["prompt_tokens_diff_pct"] == 0
+    assert not any("prompt tokens" in w for w in counted.data["warnings"])
