@@ -7,6 +7,7 @@ Everything that can fail on a node fails the run loudly: the result file is stil
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import gc
 import time
 from dataclasses import dataclass, field, replace
@@ -16,7 +17,7 @@ from typing import Any, Callable
 import aiohttp
 
 from magpie_trace.backends.base import Backend, ProcessHandle
-from magpie_trace.bench.arrivals import LoadPoint, sweep_points
+from magpie_trace.bench.arrivals import LoadPoint, Ramp, sweep_points
 from magpie_trace.bench.attribution import attribution, engine_nodes, per_node
 from magpie_trace.bench.client import StreamClient
 from magpie_trace.bench.load import PointRun, cycled, first_turns, run_point
@@ -29,6 +30,7 @@ from magpie_trace.bench.prometheus import (
     metrics_targets,
     scrape_all,
     server_deltas,
+    spec_decode,
 )
 from magpie_trace.bench.results import (
     SCHEMA,
@@ -278,6 +280,8 @@ async def run_benchmark_async(
                 records.extend(run.records)
                 after = await scrape_all(session, targets) if watchdog.trip is None else {}
                 summary = _point_summary(point, run, bench, model_id, client.model)
+                head_page = next(iter(targets), None)
+                summary.update(spec_decode(before.get(head_page), after.get(head_page)) if after else {})
                 summary.update({
                     "server": server_deltas(before, after) if after else {},
                     "telemetry": {n: s.summary(run.started_unix, run.ended_unix) for n, s in samplers.items()},
@@ -355,8 +359,11 @@ def _point_summary(
     point: LoadPoint, run: PointRun, bench: Any, model_id: str, model: str
 ) -> dict[str, Any]:
     schedule = "ramp" if point.ramp else "replay" if point.replay else "rate" if point.rate else "burst"
+    header = point_header(point, bench, model_id, len(run.records) + run.not_sent)
+    if point.ramp is not None:
+        header["rps_change_events"] = rps_change_events(point.ramp, run)
     return {
-        **point_header(point, bench, model_id, len(run.records) + run.not_sent),
+        **header,
         **aggregate(
             run.records, run.duration_s, bench.percentiles, bench.goodput or None, not_sent=run.not_sent,
             queued=point.concurrency is not None, paced=schedule != "burst",
@@ -393,6 +400,24 @@ async def _watched(watchdog: Watchdog, work: Any, deadline: float) -> None:
     finally:
         guard.cancel()
         await asyncio.gather(guard, return_exceptions=True)
+
+
+def rps_change_events(ramp: Ramp, run: PointRun) -> list[dict[str, Any]]:
+    """vLLM's record of a ramp: each whole req/s the rate reaches, with the (local) time the
+    first request at that rate was due."""
+    first = sorted((r for r in run.records if r.turn == 0), key=lambda r: r.scheduled_ns)
+    rates = ramp.rates(len(first))
+
+    def when(ns: int) -> str:
+        return dt.datetime.fromtimestamp(run.started_unix + (ns - run.start_ns) / 1e9).isoformat()
+
+    last = int(ramp.start_rps)
+    events = [{"rps": last, "timestamp": when(run.start_ns)}]
+    for record, rate in zip(first, rates):
+        if int(rate) > last:
+            events += [{"rps": v, "timestamp": when(record.scheduled_ns)} for v in range(last + 1, int(rate) + 1)]
+            last = int(rate)
+    return events
 
 
 def _server_checks(summary: dict[str, Any], warnings: list[str]) -> None:

@@ -79,3 +79,24 @@ def test_tokenizer_unavailable_is_said_plainly() -> None:
     assert load_tokenizer(None) == (None, None)
     tokenizer, note = load_tokenizer("/nonexistent/tokenizer-dir")
     assert tokenizer is None and "could not be loaded" in note
+
+
+def test_spec_decode_keys_as_vllm_writes_them() -> None:
+    from magpie_trace.bench.prometheus import parse_prometheus, spec_decode
+
+    def page(drafts: int, proposed: int, accepted: int, per_pos: tuple[int, int]) -> str:
+        return (
+            f'vllm:spec_decode_num_drafts_total{{engine="0"}} {drafts}\n'
+            f'vllm:spec_decode_num_draft_tokens_total{{engine="0"}} {proposed}\n'
+            f'vllm:spec_decode_num_accepted_tokens_total{{engine="0"}} {accepted}\n'
+            f'vllm:spec_decode_num_accepted_tokens_per_pos_total{{engine="0",position="0"}} {per_pos[0]}\n'
+            f'vllm:spec_decode_num_accepted_tokens_per_pos_total{{engine="0",position="1"}} {per_pos[1]}\n'
+        )
+
+    before, after = parse_prometheus(page(10, 20, 12, (8, 4))), parse_prometheus(page(110, 220, 162, (98, 64)))
+    assert spec_decode(before, after) == {
+        "spec_decode_acceptance_rate": 75.0, "spec_decode_acceptance_length": 2.5,
+        "spec_decode_num_drafts": 100, "spec_decode_draft_tokens": 200, "spec_decode_accepted_tokens": 150,
+        "spec_decode_per_position_acceptance_rates": [0.9, 0.6],
+    }
+    assert spec_decode(before, before) == {} and spec_decode(parse_prometheus(""), parse_prometheus("")) == {}

@@ -224,6 +224,10 @@ def test_ramp_up_raises_the_rate_over_the_point(sim):
     gaps = [(b - a) / 1e6 for a, b in zip(due, due[1:])]
     assert gaps[0] == pytest.approx(1000 / 11, rel=1e-3) and gaps[-1] == pytest.approx(1000 / 40, rel=1e-3)
     assert all(a > b for a, b in zip(gaps, gaps[1:]))
+    events = point["rps_change_events"]  # vLLM's record of the ramp: every whole req/s reached
+    assert [e["rps"] for e in events] == list(range(10, 41))
+    file = json.loads((result.out_dir / "points" / f"{point['point']}.json").read_text())
+    assert file["rps_change_events"] == events and file["request_rate"] == "inf"
 
 
 def test_a_point_bounded_by_duration_stops_sending_and_stays_valid(sim):
