@@ -4,7 +4,6 @@ exit 128 + the signal's number. Over ssh and Ray, where each was seen to leave e
 
 from __future__ import annotations
 
-import json
 import signal
 import subprocess
 import time
