@@ -1,7 +1,7 @@
-"""`magpie-trace bench` against a real vLLM (CPU build, tiny model), TP=2 across two local nodes.
+"""`magpie-trace bench` against a real vLLM (CPU build, tiny model).
 
-1. The server is started with `--served-model-name`; our bench finds the name in /v1/models. After
-   a warming pass, our client and `vllm bench serve --save-result --save-detailed` run side by
+1. One vLLM on one node, started with `--served-model-name`; our bench finds the name in
+   /v1/models. After a warming pass, our client and `vllm bench serve --save-result --save-detailed` run side by
    side, the same prompts (one ShareGPT-format file, output length fixed by
    `sharegpt_output_len` / `--sharegpt-output-len`) at the same concurrency against the same
    server. Every key of vLLM's result file is in our point file with the same type (and the same
@@ -10,8 +10,9 @@
 2. Random prompts without a local tokenizer are fitted through vLLM's /tokenize: the server's
    usage counts exactly the requested prompt lengths (the tiny model's BPE is not one token per
    word).
-3. Killing the worker node's engine mid-run stops the benchmark within 15 s naming that node, with
-   exit code 3 and an invalid result file; nothing is left running.
+3. TP=2 across two local nodes: killing the worker node's engine mid-run stops the benchmark
+   within 15 s naming that node, with exit code 3 and an invalid result file; nothing is left
+   running.
 About 2-4 minutes per launch on 2 cores.
 """
 
@@ -27,7 +28,7 @@ import pytest
 
 from magpie_trace.backends import make_backend
 from magpie_trace.bench import RunAborted, read_result, run_benchmark
-from magpie_trace.config import BenchmarkConfig
+from magpie_trace.config import BenchmarkConfig, validate
 from magpie_trace.launch import launch, stop
 from magpie_trace.plan import make_plan
 from magpie_trace.rundir import new_run_dir
@@ -42,10 +43,7 @@ PROMPTS, OUTPUT_LEN, CONCURRENCY = 48, 24, 2
 SERVED = "tiny-served"
 
 
-@pytest.fixture
-def real_vllm(tmp_path, tiny_model, vllm_command, engine_env):
-    config = vllm_config(local_scheduler(tmp_path, 2), tmp_path, tiny_model, vllm_command, engine_env)
-    config.server.served_model_name = SERVED
+def launched(config):
     plan = make_plan(config)
     run_dir = new_run_dir(config.output.dir, plan.run_id)
     backend = make_backend(config.scheduler)
@@ -58,8 +56,23 @@ def real_vllm(tmp_path, tiny_model, vllm_command, engine_env):
         assert wait_for(lambda: not leftover_processes(pgids), 20), leftover_processes(pgids)
 
 
-def test_our_files_and_numbers_match_vllm_bench_serve(real_vllm, tmp_path, engine_python, tiny_model, engine_env):
-    config, plan, run_dir, backend, state = real_vllm
+@pytest.fixture
+def real_vllm(tmp_path, tiny_model, vllm_command, engine_env):
+    """TP=2 over two local nodes."""
+    yield from launched(vllm_config(local_scheduler(tmp_path, 2), tmp_path, tiny_model, vllm_command, engine_env))
+
+
+@pytest.fixture
+def one_vllm(tmp_path, tiny_model, vllm_command, engine_env):
+    """One vLLM on one node, started with --served-model-name."""
+    config = vllm_config(local_scheduler(tmp_path, 1), tmp_path, tiny_model, vllm_command, engine_env)
+    config.server.tp, config.server.served_model_name = 1, SERVED
+    validate(config)
+    yield from launched(config)
+
+
+def test_our_files_and_numbers_match_vllm_bench_serve(one_vllm, tmp_path, engine_python, tiny_model, engine_env):
+    config, plan, run_dir, backend, state = one_vllm
     prompts = tmp_path / "prompts.json"
     words = "the node rank waits for every tensor in the ring".split()
     prompts.write_text(json.dumps([
