@@ -10,26 +10,35 @@ from typing import Any, Callable
 import click
 import orjson
 
+from magpie_trace import interrupts
 from magpie_trace.config import Config, load_config
 from magpie_trace.errors import MagpieError
 
 
 def _fail(message: str, code: int) -> None:
-    click.echo(f"error: {message}", err=True)
+    try:
+        click.echo(f"error: {message}", err=True)
+    except OSError:
+        interrupts.output_closed(interrupt=False)
     sys.exit(code)
 
 
 def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """User-facing failures become one line on stderr and the error's exit code; Ctrl-C exits 130."""
+    """User-facing failures become one line on stderr and the error's exit code. Ctrl-C, SIGTERM,
+    SIGHUP and a closed output all end the same way (teardown first), exit 128 + the signal."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        interrupts.install()
         try:
             return fn(*args, **kwargs)
         except MagpieError as exc:
             _fail(str(exc), exc.exit_code)
         except KeyboardInterrupt:
-            _fail("interrupted", 130)
+            _fail(interrupts.describe(), interrupts.exit_code())
+        except BrokenPipeError:  # the final output's reader had gone: all is done but saying so
+            interrupts.output_closed(interrupt=False)
+            sys.exit(interrupts.exit_code())
 
     return wrapper
 
@@ -111,7 +120,11 @@ run_option = click.option(
 
 
 def progress_line(message: str) -> None:
-    click.echo(f"magpie-trace: {message}", err=True)
+    """One progress line on stderr; once nobody reads it, the run stops as on SIGPIPE."""
+    try:
+        click.echo(f"magpie-trace: {message}", err=True)
+    except OSError:
+        interrupts.output_closed()
 
 
 @main.command("launch")
@@ -189,15 +202,19 @@ def profile_command(
 ) -> None:
     """Profile every rank of the running server at once and wait for every rank's trace file."""
     from magpie_trace.backends import make_backend
-    from magpie_trace.launch import plan_for_run
+    from magpie_trace.launch import load_state, plan_for_run
+    from magpie_trace.nodewatch import process_guard
     from magpie_trace.profile import capture
     from magpie_trace.rundir import find_run_dir
 
     run_dir = find_run_dir(read_config(config_path, overrides).output.dir, run)
     plan = plan_for_run(run_dir)
+    handles = load_state(run_dir).handles if run_dir.state.exists() else {}
     backend = make_backend(plan.config.scheduler)
     try:
-        record = capture(plan, backend, run_dir, profile_id, duration, progress=progress_line)
+        with process_guard(plan, backend, handles, "the profile capture") as guard:
+            record = capture(plan, backend, run_dir, profile_id, duration, progress=progress_line,
+                             guard=guard)
     finally:
         backend.close()
     if as_json:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import stat
 import subprocess
 import sys
 import time
@@ -17,7 +18,7 @@ def test_demo_runs_to_completion_and_says_where_everything_is(tmp_path):
     started = time.monotonic()
     proc = subprocess.run(
         [sys.executable, "-m", "magpie_trace.cli", "demo", "--output", str(tmp_path / "runs")],
-        capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL,
+        capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL, umask=0o027,
     )
     elapsed = time.monotonic() - started
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -35,6 +36,12 @@ def test_demo_runs_to_completion_and_says_where_everything_is(tmp_path):
     assert abs(offset_us - 3200) < 50, offset_us
     print(f"demo: {elapsed:.1f} s")
     assert elapsed < 60
+    # Every output follows the umask (027 here, so 0640 files and 0750 folders), none is 0600.
+    modes = {p.relative_to(run_dir).as_posix(): stat.S_IMODE(p.stat().st_mode) for p in run_dir.rglob("*")}
+    assert len(modes) > 20
+    wrong = {name: oct(mode) for name, mode in modes.items()
+             if mode != (0o750 if (run_dir / name).is_dir() else 0o640)}
+    assert wrong == {}
 
     # `magpie-trace report` re-makes the report of that run from its files alone.
     (run_dir / "report.md").unlink()
