@@ -42,7 +42,6 @@ cd -- "$cwd" || exit 97
 rm -f -- "$f" "$f.tmp"
 st $$; echo "$SLURM_JOB_ID $SLURM_STEP_ID $$ $pgrp $start $SLURMD_NODENAME"
 exec >"$log" 2>&1
-echo "magpie-trace: Slurm job $SLURM_JOB_ID step $SLURM_STEP_ID on Slurm node $SLURMD_NODENAME (SLURMD_NODENAME)"
 trap : TERM INT HUP
 "$@" </dev/null
 c=$?
