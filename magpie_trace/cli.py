@@ -364,6 +364,35 @@ def run_command(
         print_run_summary(result)
 
 
+@main.command("submit", context_settings={"ignore_unknown_options": True})
+@config_argument
+@set_option
+@click.option("--dry-run", is_flag=True, help="Print the batch script and the sbatch command; submit nothing.")
+@click.argument("sbatch_args", nargs=-1, type=click.UNPROCESSED, metavar="[-- SBATCH_OPTIONS...]")
+@handle_errors
+def submit_command(
+    config_path: str, overrides: tuple[str, ...], dry_run: bool, sbatch_args: tuple[str, ...]
+) -> None:
+    """Run the whole job (`magpie-trace run`) as a Slurm batch job in its own allocation.
+
+    The allocation comes from scheduler.slurm; options after `--` go to sbatch as they are.
+    Prints the job id, the run folder it will write, and how to follow it.
+    """
+    from magpie_trace.submit import prepare, submit
+
+    config = read_config(config_path, overrides)
+    submission = prepare(config, config_path, list(overrides), list(sbatch_args))
+    if dry_run:
+        click.echo(submission.script, nl=False)
+        click.echo(f"\n# would be written to {submission.script_path} and submitted with:")
+        click.echo("# " + shlex.join(submission.sbatch_argv))
+        return
+    submit(submission)
+    click.echo(f"submitted Slurm job {submission.job_id}")
+    click.echo(f"  run folder  {submission.run_dir} (written once the job runs)")
+    click.echo(f"  follow      squeue --jobs={submission.job_id}; tail -f {submission.output_path}")
+
+
 @main.command("demo")
 @click.option("--output", "output", default="magpie-runs", show_default=True, help="Where the run folder goes.")
 @set_option
