@@ -77,7 +77,16 @@ def plan_command(config_path: str, overrides: tuple[str, ...], as_json: bool) ->
     """Show, per node, the role, ranks, command and env that `launch` would use."""
     from magpie_trace.plan import make_plan
 
-    plan = make_plan(read_config(config_path, overrides))
+    config = read_config(config_path, overrides)
+    if not config.scheduler.nodes:  # the backend decides them (slurm: the allocation's)
+        from magpie_trace.backends import make_backend
+
+        backend = make_backend(config.scheduler)
+        try:
+            backend.acquire_nodes(progress_line, config.source, ask=False)
+        finally:
+            backend.close()
+    plan = make_plan(config)
     if as_json:
         print_json(plan.to_dict())
         return
@@ -132,14 +141,21 @@ def launch_command(
     Ready means the head's health endpoint answers and every node's process is alive. On any
     failure (or Ctrl-C) every node is stopped again and the failing node is named.
     """
+    from magpie_trace.backends import make_backend
     from magpie_trace.launch import launch
     from magpie_trace.plan import make_plan
     from magpie_trace.rundir import new_run_dir
 
     config = read_config(config_path, overrides)
-    plan = make_plan(config)
-    run_dir = new_run_dir(config.output.dir, plan.run_id)
-    state = launch(plan, run_dir, preflight=not no_preflight, progress=progress_line)
+    backend = make_backend(config.scheduler)
+    try:
+        backend.acquire_nodes(progress_line, config.source)
+        plan = make_plan(config)
+        run_dir = new_run_dir(config.output.dir, plan.run_id)
+        state = launch(plan, run_dir, backend, preflight=not no_preflight, progress=progress_line)
+    except BaseException:
+        backend.close()
+        raise
     if as_json:
         print_json({"run_dir": str(run_dir.root), "url": plan.head_url, **state.to_dict()})
         return

@@ -79,13 +79,18 @@ def run(
     if from_stage is not None and from_stage not in STAGES:
         raise MagpieError(f"--from {from_stage}: unknown stage (one of {', '.join(STAGES)})")
     first = STAGES.index(from_stage) if from_stage else 0
-    if first == 0 and run_ref is None:
-        plan = make_plan(config)
-        run_dir = new_run_dir(config.output.dir, plan.run_id)
-    else:
-        run_dir = find_run_dir(config.output.dir, run_ref)
-        plan = make_plan(config, run_id=run_dir.run_id)
     backend = backend or make_backend(config.scheduler)
+    try:
+        backend.acquire_nodes(say, config.source)
+        if first == 0 and run_ref is None:
+            plan = make_plan(config)
+            run_dir = new_run_dir(config.output.dir, plan.run_id)
+        else:
+            run_dir = find_run_dir(config.output.dir, run_ref)
+            plan = make_plan(config, run_id=run_dir.run_id)
+    except BaseException:
+        backend.close()  # gives back an allocation it asked for
+        raise
     result = RunResult(run_id=plan.run_id, run_dir=run_dir.root, url=plan.head_url)
     wanted = set(STAGES[first:])
     if not config.profile.enabled:

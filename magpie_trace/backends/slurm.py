@@ -30,7 +30,7 @@ from magpie_trace.backends.base import CommandResult, ProcessHandle, RemoteFile
 from magpie_trace.backends.ray_node import list_files
 from magpie_trace.backends.posix import PROC_STAT, PosixBackend, check_env, exit_path, start_script
 from magpie_trace.config import NodeConfig, SchedulerConfig
-from magpie_trace.errors import MagpieError, NodeError
+from magpie_trace.errors import ConfigError, MagpieError, NodeError
 
 # The step's task, exec'd after the env exports (so its own environment has them): $1 log,
 # $2 exit file, $3 cwd, rest = the command. It reports "job step pid pgrp starttime node" on
@@ -42,6 +42,7 @@ cd -- "$cwd" || exit 97
 rm -f -- "$f" "$f.tmp"
 st $$; echo "$SLURM_JOB_ID $SLURM_STEP_ID $$ $pgrp $start $SLURMD_NODENAME"
 exec >"$log" 2>&1
+echo "magpie-trace: Slurm job $SLURM_JOB_ID step $SLURM_STEP_ID on Slurm node $SLURMD_NODENAME (SLURMD_NODENAME)"
 trap : TERM INT HUP
 "$@" </dev/null
 c=$?
@@ -71,11 +72,21 @@ class SlurmBackend(PosixBackend):
 
     # -- the allocation ---------------------------------------------------------------------------
 
-    def acquire_nodes(self, progress: alloc.Progress | None = None, source: str = "<config>") -> None:
+    def acquire_nodes(
+        self, progress: alloc.Progress | None = None, source: str = "<config>", ask: bool = True
+    ) -> None:
         """Settle scheduler.nodes from the allocation, asking Slurm for one when there is none."""
         say = progress or (lambda _msg: None)
         slurm = self.scheduler.slurm
         job = slurm.job_id or alloc.current_job()
+        if job is None and not ask:
+            if self.scheduler.nodes:
+                return  # as listed; Slurm places them when the run asks for the allocation
+            raise ConfigError(
+                f"{source}: scheduler.nodes: none listed and not inside a Slurm allocation, so "
+                "the nodes are not known before one is granted (run this inside salloc, set "
+                "scheduler.slurm.job_id, or list scheduler.nodes)"
+            )
         if job is None:
             job = alloc.request_allocation(self.scheduler, source, say)
             self._asked = job
