@@ -451,10 +451,16 @@ def merge_command(input_dir: str, output_dir: str | None, window: str | None, st
     click.echo(f"merged {len(result.files)} file(s), {result.input_bytes / 1e6:.0f} MB, "
                f"{result.collectives} matched collectives, in {result.seconds:.1f}s -> {result.output_dir}")
     for node, rep in result.nodes.items():
+        if not rep["aligned"]:
+            click.echo(f"  {node}: not aligned ({rep['unaligned']})")
+            continue
+        placed = ", ".join(rep["placed_by"])
         click.echo(f"  {node}: offset {rep['offset_ns'] / 1e3:+.1f} us, drift {rep['drift_ppm']:+.2f} ppm, "
-                   f"{rep['method']}, {rep['n_anchors']} anchors, +-{rep['uncertainty_us']:.1f} us")
+                   f"{rep['method']} ({placed}), {rep['n_anchors']} anchors, +-{rep['uncertainty_us']:.1f} us")
     for warning in result.warnings:
         click.echo(f"  warning: {warning}")
+    if result.tracelens_command:
+        click.echo(f"TraceLens: {result.tracelens_command}")
 
 
 if __name__ == "__main__":

@@ -8,7 +8,6 @@ and each stage also exists as its own command.
 
 from __future__ import annotations
 
-import shlex
 import threading
 import time
 from dataclasses import asdict, dataclass, field
@@ -254,14 +253,8 @@ def _merge(plan: Plan, run_dir: RunDir, result: RunResult) -> None:
     result.outputs["merged"] = str(merged.output_dir)
     if isinstance(merged.outputs.get("merged"), str):
         result.outputs["perfetto"] = merged.outputs["merged"]
-    if merged.outputs.get("aligned"):
-        # Aligned files are named node<N>-TP<R>-rank<G>: TraceLens's default rank regex finds G.
-        result.tracelens_command = shlex.join([
-            "TraceLens_generate_multi_rank_collective_report_pytorch",
-            "--trace_glob", str(run_dir.merged / "aligned" / "node*-rank*.trace.json.gz"),
-            "--world_size", str(plan.layout.world_size),
-            "--gpus_per_node", str(plan.layout.ranks_per_node),
-        ])
+    if merged.tracelens_command:
+        result.tracelens_command = merged.tracelens_command
 
 
 def _report(run_dir: RunDir, result: RunResult) -> None:
