@@ -177,8 +177,10 @@ def stop_command(config_path: str, overrides: tuple[str, ...], run: str | None) 
     state = stop(plan_for_run(run_dir), run_dir)
     if state is None:
         click.echo(f"nothing to stop in {run_dir.root}")
-    else:
-        click.echo(f"stopped {len(state.handles)} node(s); logs in {run_dir.logs}")
+        return
+    click.echo(f"stopped {len(state.handles) - len(state.lost)} node(s); logs in {run_dir.logs}")
+    for name, why in state.lost.items():
+        click.echo(f"{name}: lost, counted as stopped ({why})")
 
 
 profile_id_option = click.option(
@@ -478,10 +480,16 @@ def merge_command(input_dir: str, output_dir: str | None, window: str | None, st
     click.echo(f"merged {len(result.files)} file(s), {result.input_bytes / 1e6:.0f} MB, "
                f"{result.collectives} matched collectives, in {result.seconds:.1f}s -> {result.output_dir}")
     for node, rep in result.nodes.items():
+        if not rep["aligned"]:
+            click.echo(f"  {node}: not aligned ({rep['unaligned']})")
+            continue
+        placed = ", ".join(rep["placed_by"])
         click.echo(f"  {node}: offset {rep['offset_ns'] / 1e3:+.1f} us, drift {rep['drift_ppm']:+.2f} ppm, "
-                   f"{rep['method']}, {rep['n_anchors']} anchors, +-{rep['uncertainty_us']:.1f} us")
+                   f"{rep['method']} ({placed}), {rep['n_anchors']} anchors, +-{rep['uncertainty_us']:.1f} us")
     for warning in result.warnings:
         click.echo(f"  warning: {warning}")
+    if result.tracelens_command:
+        click.echo(f"TraceLens: {result.tracelens_command}")
 
 
 if __name__ == "__main__":

@@ -8,7 +8,6 @@ and each stage also exists as its own command.
 
 from __future__ import annotations
 
-import shlex
 import threading
 import time
 from dataclasses import asdict, dataclass, field
@@ -54,6 +53,7 @@ class RunResult:
     outputs: dict[str, str] = field(default_factory=dict)
     bench_valid: bool | None = None
     tracelens_command: str | None = None
+    teardown: dict[str, Any] | None = None  # ok, lost (nodes counted as stopped), error
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -111,7 +111,8 @@ def run(
         if state is not None:
             with interrupts.shielded():
                 say("tearing down every node")
-                stop(plan, run_dir, backend, state)
+                teardown_error = _teardown(plan, run_dir, backend, state, result)
+            failure = failure or teardown_error  # the first error is the one reported
     failure = failure or interrupts.pending()  # a signal that came during the teardown
     try:
         if failure is None and "collect" in wanted:
@@ -139,6 +140,20 @@ def run(
             raise failure
         raise MagpieError(f"run failed: {type(failure).__name__}: {failure}") from failure
     return result
+
+
+def _teardown(
+    plan: Plan, run_dir: RunDir, backend: Backend, state: LaunchState, result: RunResult
+) -> MagpieError | None:
+    """Stop every node; a lost node counts as stopped. Recorded in run.json's `teardown`."""
+    error: MagpieError | None = None
+    try:
+        stop(plan, run_dir, backend, state)
+    except MagpieError as exc:
+        error = exc
+    result.teardown = {"ok": error is None, "lost": sorted(state.lost),
+                       "error": None if error is None else str(error)}
+    return error
 
 
 def _describe(failure: BaseException) -> str:
@@ -238,14 +253,8 @@ def _merge(plan: Plan, run_dir: RunDir, result: RunResult) -> None:
     result.outputs["merged"] = str(merged.output_dir)
     if isinstance(merged.outputs.get("merged"), str):
         result.outputs["perfetto"] = merged.outputs["merged"]
-    if merged.outputs.get("aligned"):
-        # Aligned files are named node<N>-TP<R>-rank<G>: TraceLens's default rank regex finds G.
-        result.tracelens_command = shlex.join([
-            "TraceLens_generate_multi_rank_collective_report_pytorch",
-            "--trace_glob", str(run_dir.merged / "aligned" / "node*-rank*.trace.json.gz"),
-            "--world_size", str(plan.layout.world_size),
-            "--gpus_per_node", str(plan.layout.ranks_per_node),
-        ])
+    if merged.tracelens_command:
+        result.tracelens_command = merged.tracelens_command
 
 
 def _report(run_dir: RunDir, result: RunResult) -> None:
