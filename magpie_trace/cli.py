@@ -10,6 +10,7 @@ from typing import Any, Callable
 import click
 import orjson
 
+from magpie_trace import interrupts
 from magpie_trace.config import Config, load_config
 from magpie_trace.console import NORMAL, QUIET, VERBOSE, Display
 from magpie_trace.errors import MagpieError
@@ -29,31 +30,39 @@ def _message(exc: BaseException) -> str:
     if isinstance(exc, click.ClickException):
         return exc.format_message()
     if isinstance(exc, KeyboardInterrupt):
-        return "interrupted"
+        return interrupts.describe()
     return str(exc) or type(exc).__name__
 
 
 def _fail(exc: BaseException, code: int, as_json: bool) -> None:
-    if as_json:
-        print_json(error_object(exc, code))
-    click.echo(f"error: {_message(exc)}", err=True)
+    try:
+        if as_json:
+            print_json(error_object(exc, code))
+        click.echo(f"error: {_message(exc)}", err=True)
+    except OSError:
+        interrupts.output_closed(interrupt=False)
     sys.exit(code)
 
 
 def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
     """User-facing failures become one line on stderr and the error's exit code (with --json, also a
-    JSON error object on stdout); Ctrl-C exits 130. Anything else is a bug: its traceback is shown
-    (after the JSON error object, with --json)."""
+    JSON error object on stdout). Ctrl-C, SIGTERM, SIGHUP and a closed output all end the same way
+    (teardown first), exit 128 + the signal. Anything else is a bug: its traceback is shown (after
+    the JSON error object, with --json)."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         as_json = bool(kwargs.get("as_json"))
+        interrupts.install()
         try:
             return fn(*args, **kwargs)
         except MagpieError as exc:
             _fail(exc, exc.exit_code, as_json)
         except KeyboardInterrupt as exc:
-            _fail(exc, 130, as_json)
+            _fail(exc, interrupts.exit_code(), as_json)
+        except BrokenPipeError:  # the final output's reader had gone: all is done but saying so
+            interrupts.output_closed(interrupt=False)
+            sys.exit(interrupts.exit_code())
         except click.ClickException:
             raise  # a usage error: click prints it; Commands.invoke adds the JSON object
         except Exception as exc:

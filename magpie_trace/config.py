@@ -19,6 +19,7 @@ from typing import Any, Literal
 import yaml
 
 from magpie_trace.errors import ConfigError
+from magpie_trace.groups import validate_deployment
 
 BACKENDS = ("local", "ssh", "ray", "slurm")
 ENGINES = ("vllm", "sglang", "sim")
@@ -92,6 +93,48 @@ class SimConfig:
     clock_offset_ms: dict[int, float] = field(default_factory=dict)
     die_after_s: dict[int, float] = field(default_factory=dict)
     layers: int = 4
+    transfer_ms: float = 5.0  # a prefill group's KV handoff to a decode group
+
+
+@dataclass
+class GroupConfig:
+    """One server of a deployment (a prefill pool member, a decode server, a replica), on nodes of
+    its own. Unset sizes and ports come from the server section; extra_args and env add to it."""
+
+    name: str = ""
+    role: Literal["prefill", "decode", "serve"] = "serve"
+    nodes: list[str] = field(default_factory=list)  # scheduler.nodes names or indices, head first
+    tp: int | None = None
+    pp: int | None = None
+    dp: int | None = None
+    ep: int | None = None
+    port: int | None = None
+    rendezvous_port: int | None = None
+    dp_rpc_port: int | None = None
+    bootstrap_port: int | None = None  # SGLang's bootstrap / vLLM's NIXL side channel / sim KV port
+    kv_connector: str | None = None  # vLLM's --kv-transfer-config connector (NixlConnector)
+    transfer_backend: str | None = None  # SGLang's --disaggregation-transfer-backend (mooncake)
+    ib_device: str | None = None  # SGLang's --disaggregation-ib-device
+    extra_args: list[str] = field(default_factory=list)
+    env: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class RouterConfig:
+    """A real router in front of the groups: sglang-router or vllm-router, on one node."""
+
+    kind: Literal["sglang-router", "vllm-router"] = "sglang-router"
+    node: str = ""  # a scheduler.nodes name or index; the head when empty
+    host: str = "0.0.0.0"
+    port: int | None = None
+    metrics_port: int | None = None  # the router's --prometheus-port
+    policy: str | None = None
+    prefill_policy: str | None = None
+    decode_policy: str | None = None
+    command: list[str] = field(default_factory=list)
+    extra_args: list[str] = field(default_factory=list)
+    env: dict[str, str] = field(default_factory=dict)
+    ready_timeout_s: float = 120.0
 
 
 @dataclass
@@ -112,6 +155,7 @@ class ServerConfig:
     env: dict[str, str] = field(default_factory=dict)
     ready_timeout_s: float = 900.0
     sim: SimConfig = field(default_factory=SimConfig)
+    groups: list[GroupConfig] = field(default_factory=list)  # several servers; none: one server
 
 
 @dataclass
@@ -175,6 +219,7 @@ class Config:
     profile: ProfileConfig = field(default_factory=ProfileConfig)
     benchmark: BenchmarkConfig = field(default_factory=BenchmarkConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
+    router: RouterConfig | None = None
     source: str = "<config>"
 
     def to_dict(self) -> dict[str, Any]:
@@ -408,6 +453,7 @@ def validate(config: Config) -> None:
             raise ConfigError(f"{src}: server.{key}: {value} is not a TCP port")
     if server.executor == "ray" and server.engine != "vllm":
         raise ConfigError(f"{src}: server.executor: ray is only for engine vllm")
+    validate_deployment(config)
     bench = config.benchmark
     if bench.dataset in ("sharegpt", "jsonl") and not bench.dataset_path:
         raise ConfigError(f"{src}: benchmark.dataset_path: required for dataset {bench.dataset}")

@@ -17,6 +17,8 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, ProgressColumn, SpinnerColumn, Task, TaskID, TextColumn
 from rich.text import Text
 
+from magpie_trace import interrupts
+
 QUIET, NORMAL, VERBOSE = -1, 0, 1
 HEARTBEAT_S = 10.0
 
@@ -43,6 +45,18 @@ class _Eta(ProgressColumn):
         return Text(f"{elapsed}  ETA {_clock(left) if left is not None else '-:--'}")
 
 
+class _Stderr(Console):
+    """rich's Console on stderr; when nobody reads it any more the run stops as on SIGPIPE (teardown
+    first), where rich itself would exit at once."""
+
+    def __init__(self) -> None:
+        super().__init__(stderr=True, highlight=False)
+
+    def on_broken_pipe(self) -> None:
+        self.quiet = True
+        interrupts.output_closed()
+
+
 def _clock(seconds: float) -> str:
     minutes, secs = divmod(int(seconds), 60)
     return f"{minutes}:{secs:02d}"
@@ -53,7 +67,7 @@ class Display:
     magpie_trace.progress). Use as a context manager around the work it reports on."""
 
     def __init__(self, verbosity: int = NORMAL, console: Console | None = None) -> None:
-        self.console = console or Console(stderr=True, highlight=False)
+        self.console = console or _Stderr()
         self.verbosity = verbosity
         self.live = self.console.is_terminal and verbosity > QUIET
         self.started = time.monotonic()
@@ -132,5 +146,8 @@ class Display:
 
     def _line(self, message: str) -> None:
         prefix = f"[{time.monotonic() - self.started:6.1f}s] " if self.verbosity == VERBOSE else ""
-        self.console.print(f"magpie-trace: {prefix}{message}", markup=False, highlight=False,
-                           soft_wrap=True, emoji=False)
+        try:
+            self.console.print(f"magpie-trace: {prefix}{message}", markup=False, highlight=False,
+                               soft_wrap=True, emoji=False)
+        except OSError:  # stderr gone another way than a broken pipe: stop as on SIGPIPE too
+            interrupts.output_closed()

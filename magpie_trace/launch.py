@@ -18,6 +18,7 @@ from typing import Any, Callable
 import orjson
 import yaml
 
+from magpie_trace import interrupts
 from magpie_trace.backends import make_backend
 from magpie_trace.backends.base import Backend, ProcessHandle
 from magpie_trace.errors import MagpieError, NodeError
@@ -123,9 +124,10 @@ def launch(
         say(f"ready after {state.ready_at - state.started_at:.1f} s")
         return state
     except BaseException:
-        stop(plan, run_dir, backend, state)
-        if owned:
-            backend.close()
+        with interrupts.shielded():
+            stop(plan, run_dir, backend, state)
+            if owned:
+                backend.close()
         raise
 
 

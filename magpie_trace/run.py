@@ -17,6 +17,7 @@ from typing import Any, Callable
 
 import orjson
 
+from magpie_trace import interrupts
 from magpie_trace.backends import make_backend
 from magpie_trace.backends.base import Backend
 from magpie_trace.config import Config
@@ -103,8 +104,10 @@ def run(
         failure = exc
     finally:
         if state is not None:
-            say("tearing down every node")
-            stop(plan, run_dir, backend, state)
+            with interrupts.shielded():
+                say("tearing down every node")
+                stop(plan, run_dir, backend, state)
+    failure = failure or interrupts.pending()  # a signal that came during the teardown
     try:
         if failure is None and "collect" in wanted:
             _stage(result, "collect", say, lambda: _collect(plan, backend, run_dir, result, say))
@@ -113,21 +116,30 @@ def run(
     except BaseException as exc:  # noqa: BLE001
         failure = exc
     finally:
-        backend.close()
-    if "report" in wanted or failure is not None:
-        _stage(result, "report", say, lambda: _report(run_dir, result))
-    for name in STAGES:
-        if name not in {s.name for s in result.stages}:
-            result.stages.append(StageRecord(name, "skipped"))
-    if failure is not None:
-        result.ok = False
-        result.error = str(failure) or type(failure).__name__
-    atomic_write_bytes(run_dir.root / "run.json", orjson.dumps(result.to_dict(), option=orjson.OPT_INDENT_2))
+        with interrupts.shielded():
+            backend.close()
+    with interrupts.shielded():
+        if "report" in wanted or failure is not None:
+            _stage(result, "report", say, lambda: _report(run_dir, result))
+        for name in STAGES:
+            if name not in {s.name for s in result.stages}:
+                result.stages.append(StageRecord(name, "skipped"))
+        if failure is not None:
+            result.ok = False
+            result.error = _describe(failure)
+        atomic_write_bytes(run_dir.root / "run.json", orjson.dumps(result.to_dict(), option=orjson.OPT_INDENT_2))
+    failure = failure or interrupts.pending()
     if failure is not None:
         if isinstance(failure, (MagpieError, KeyboardInterrupt)):
             raise failure
         raise MagpieError(f"run failed: {type(failure).__name__}: {failure}") from failure
     return result
+
+
+def _describe(failure: BaseException) -> str:
+    if isinstance(failure, KeyboardInterrupt):
+        return interrupts.describe()
+    return str(failure) or type(failure).__name__
 
 
 def _stage(result: RunResult, name: str, say: Progress, fn: Callable[[], Any]) -> Any:
@@ -136,7 +148,7 @@ def _stage(result: RunResult, name: str, say: Progress, fn: Callable[[], Any]) -
     try:
         value = fn()
     except BaseException as exc:
-        result.stages.append(StageRecord(name, "failed", time.monotonic() - started, str(exc)))
+        result.stages.append(StageRecord(name, "failed", time.monotonic() - started, _describe(exc)))
         stage_ended(say, name, time.monotonic() - started, failed=True)
         raise
     result.stages.append(StageRecord(name, "ok", time.monotonic() - started))

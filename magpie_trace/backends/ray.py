@@ -30,7 +30,7 @@ from ray.actor import ActorHandle
 from ray.exceptions import GetTimeoutError, RayActorError, RayError, RayTaskError
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-from magpie_trace import fsutil
+from magpie_trace import fsutil, interrupts
 from magpie_trace.backends import ray_node
 from magpie_trace.backends.base import Backend, CommandResult, ProcessHandle, RemoteFile
 from magpie_trace.backends.posix import exit_path
@@ -91,6 +91,7 @@ class RayBackend(Backend):
             self._checked = True
             if ray.is_initialized():
                 return
+            handlers = interrupts.current()
             try:
                 ray.init(
                     address=address,
@@ -103,6 +104,8 @@ class RayBackend(Backend):
                     f"scheduler.ray.address: cannot join the Ray cluster at {address}: "
                     f"{_first_line(exc)}"
                 ) from None
+            finally:
+                interrupts.reinstall(handlers)  # ray.init makes SIGTERM a bare sys.exit
             self._connected_here = True
 
     def ray_node_id(self, node: NodeConfig) -> str:

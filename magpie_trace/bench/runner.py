@@ -236,6 +236,10 @@ async def run_benchmark_async(
                 }
                 _reconcile(summary, result["warnings"])
                 result["points"].append(summary)
+    except asyncio.CancelledError:
+        # Interrupted between load points (Ctrl-C, SIGTERM): the points measured are still written.
+        if watchdog.trip is None:
+            watchdog.trip = Trip("benchmark", INTERRUPTED)
     finally:
         gc.unfreeze()
         for sampler in samplers.values():

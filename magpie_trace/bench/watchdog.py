@@ -15,6 +15,7 @@ import asyncio
 import time
 from dataclasses import dataclass, field
 
+from magpie_trace import interrupts
 from magpie_trace.backends.base import Backend, ProcessHandle
 from magpie_trace.bench.client import Progress
 from magpie_trace.bench.telemetry import NodeSampler
@@ -36,13 +37,13 @@ class RunAborted(NodeError):
 
 
 class BenchInterrupted(MagpieError):
-    """Ctrl-C during the load: what was measured is written, marked invalid; exit like any Ctrl-C."""
-
-    exit_code = 130
+    """Ctrl-C (or SIGTERM, SIGHUP, a closed output) during the load: what was measured is
+    written, marked invalid; exit like that signal (128 + its number)."""
 
     def __init__(self, result_path: str) -> None:
-        super().__init__(f"interrupted (partial results, marked invalid: {result_path})")
+        super().__init__(f"{interrupts.describe()} (partial results, marked invalid: {result_path})")
         self.result_path = result_path
+        self.exit_code = interrupts.exit_code()
 
 
 class BenchInvalid(MagpieError):

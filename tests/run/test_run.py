@@ -21,6 +21,7 @@ from magpie_trace.rundir import RunDir
 from tests.launch.simcluster import local_scheduler, sim_config
 from tests.launch.test_launch_ray import ray_scheduler
 from tests.procs import leftover_processes, wait_for
+from tests.run.ending import read_until
 
 OFFSET_MS = 2.5
 
@@ -117,13 +118,12 @@ def test_ctrl_c_mid_run_leaves_no_process(tmp_path):
     )
     runs = Path(config.output.dir)
     try:
-        state_file = wait_for(lambda: next(runs.glob("*/state.json"), None), 60)
-        assert state_file, "launch never wrote state.json"
-        run_dir = RunDir(state_file.parent)
-        assert wait_for(lambda: load_state(run_dir).ready_at is not None, 60)
-        time.sleep(1.0)  # the benchmark is under way
+        seen = read_until(proc, "magpie-trace: c2:")
+        run_dir = RunDir(next(runs.glob("*/state.json")).parent)
+        time.sleep(1.0)  # the measured load is under way
         proc.send_signal(signal.SIGINT)
         _, err = proc.communicate(timeout=60)
+        err = "".join(seen) + err
     finally:
         if proc.poll() is None:
             proc.kill()
