@@ -452,17 +452,29 @@ def demo_command(output: str, overrides: tuple[str, ...], as_json: bool) -> None
 
 @main.command("report")
 @verbosity_options
-@config_argument
+@click.argument("config_path", metavar="[CONFIG]", required=False, type=click.Path(dir_okay=False))
 @set_option
 @run_option
 @handle_errors
-def report_command(config_path: str, overrides: tuple[str, ...], run: str | None) -> None:
-    """(Re)write report.md and report.html of a run from its files."""
+def report_command(config_path: str | None, overrides: tuple[str, ...], run: str | None) -> None:
+    """(Re)write report.md and report.html of a run from its files.
+
+    `report --run RUN_FOLDER` needs no config (the run folder holds what the report reads); with
+    CONFIG, --run may also be a run id under its output.dir (default: the latest run there).
+    """
+    from pathlib import Path
+
+    from magpie_trace.errors import ConfigError
     from magpie_trace.report import write_report
     from magpie_trace.rundir import find_run_dir
 
-    config = read_config(config_path, overrides)
-    md, html = write_report(find_run_dir(config.output.dir, run))
+    if config_path is None:
+        if not run or not Path(run).is_dir():
+            raise ConfigError("report: give the run folder (--run DIR), or CONFIG to find the run in its output.dir")
+        run_dir = find_run_dir(Path(run).parent, run)
+    else:
+        run_dir = find_run_dir(read_config(config_path, overrides).output.dir, run)
+    md, html = write_report(run_dir)
     click.echo(f"{md}\n{html}")
 
 

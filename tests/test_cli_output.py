@@ -71,3 +71,10 @@ def test_shell_completion_as_documented(tmp_path):
     assert words.stdout.split() == ["plain,merge"]
     docs = (Path(__file__).resolve().parents[1] / "docs" / "commands.md").read_text()
     assert 'eval "$(_MAGPIE_TRACE_COMPLETE=bash_source magpie-trace)"' in docs
+
+
+def test_report_without_config_or_run_folder_says_what_to_give(tmp_path):
+    proc = cli("report", "--run", str(tmp_path / "no-such-run"))
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == ("error: report: give the run folder (--run DIR), or CONFIG to find the "
+                                   "run in its output.dir")

@@ -99,3 +99,8 @@ def test_demo_runs_to_completion_and_says_where_everything_is(tmp_path):
     result = CliRunner().invoke(main, ["report", config, "--run", str(run_dir)])
     assert result.exit_code == 0, result.output
     assert (run_dir / "report.md").is_file()
+    # ...and from the run folder alone, no config (a colleague given only the folder).
+    (run_dir / "report.md").unlink()
+    result = CliRunner().invoke(main, ["report", "--run", str(run_dir)])
+    assert result.exit_code == 0, result.output
+    assert (run_dir / "report.md").read_text() == report
