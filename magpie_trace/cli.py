@@ -152,7 +152,17 @@ def plan_command(config_path: str, overrides: tuple[str, ...], as_json: bool) ->
     """Show, per node, the role, ranks, command and env that `launch` would use."""
     from magpie_trace.plan import make_plan
 
-    plan = make_plan(read_config(config_path, overrides))
+    config = read_config(config_path, overrides)
+    if not config.scheduler.nodes:  # the backend decides them (slurm: the allocation's)
+        from magpie_trace.backends import make_backend
+
+        backend = make_backend(config.scheduler)
+        try:
+            with display() as say:
+                backend.acquire_nodes(say, config.source, ask=False)
+        finally:
+            backend.close()
+    plan = make_plan(config)
     if as_json:
         print_json(plan.to_dict())
         return
@@ -200,15 +210,22 @@ def launch_command(
     Ready means the head's health endpoint answers and every node's process is alive. On any
     failure (or Ctrl-C) every node is stopped again and the failing node is named.
     """
+    from magpie_trace.backends import make_backend
     from magpie_trace.launch import launch
     from magpie_trace.plan import make_plan
     from magpie_trace.rundir import new_run_dir
 
     config = read_config(config_path, overrides)
-    plan = make_plan(config)
-    run_dir = new_run_dir(config.output.dir, plan.run_id)
-    with display() as say:
-        state = launch(plan, run_dir, preflight=not no_preflight, progress=say)
+    backend = make_backend(config.scheduler)
+    try:
+        with display() as say:
+            backend.acquire_nodes(say, config.source)
+            plan = make_plan(config)
+            run_dir = new_run_dir(config.output.dir, plan.run_id)
+            state = launch(plan, run_dir, backend, preflight=not no_preflight, progress=say)
+    except BaseException:
+        backend.close()
+        raise
     if as_json:
         print_json({"run_dir": str(run_dir.root), "url": plan.head_url, **state.to_dict()})
         return
@@ -231,8 +248,10 @@ def stop_command(config_path: str, overrides: tuple[str, ...], run: str | None) 
     state = stop(plan_for_run(run_dir), run_dir)
     if state is None:
         click.echo(f"nothing to stop in {run_dir.root}")
-    else:
-        click.echo(f"stopped {len(state.handles)} node(s); logs in {run_dir.logs}")
+        return
+    click.echo(f"stopped {len(state.handles) - len(state.lost)} node(s); logs in {run_dir.logs}")
+    for name, why in state.lost.items():
+        click.echo(f"{name}: lost, counted as stopped ({why})")
 
 
 profile_id_option = click.option(
@@ -257,16 +276,18 @@ def profile_command(
 ) -> None:
     """Profile every rank of the running server at once and wait for every rank's trace file."""
     from magpie_trace.backends import make_backend
-    from magpie_trace.launch import plan_for_run
+    from magpie_trace.launch import load_state, plan_for_run
+    from magpie_trace.nodewatch import process_guard
     from magpie_trace.profile import capture
     from magpie_trace.rundir import find_run_dir
 
     run_dir = find_run_dir(read_config(config_path, overrides).output.dir, run)
     plan = plan_for_run(run_dir)
+    handles = load_state(run_dir).handles if run_dir.state.exists() else {}
     backend = make_backend(plan.config.scheduler)
     try:
-        with display() as say:
-            record = capture(plan, backend, run_dir, profile_id, duration, progress=say)
+        with display() as say, process_guard(plan, backend, handles, "the profile capture") as guard:
+            record = capture(plan, backend, run_dir, profile_id, duration, progress=say, guard=guard)
     finally:
         backend.close()
     if as_json:
@@ -528,10 +549,16 @@ def merge_command(input_dir: str, output_dir: str | None, window: str | None, st
     click.echo(f"merged {len(result.files)} file(s), {result.input_bytes / 1e6:.0f} MB, "
                f"{result.collectives} matched collectives, in {result.seconds:.1f}s -> {result.output_dir}")
     for node, rep in result.nodes.items():
+        if not rep["aligned"]:
+            click.echo(f"  {node}: not aligned ({rep['unaligned']})")
+            continue
+        placed = ", ".join(rep["placed_by"])
         click.echo(f"  {node}: offset {rep['offset_ns'] / 1e3:+.1f} us, drift {rep['drift_ppm']:+.2f} ppm, "
-                   f"{rep['method']}, {rep['n_anchors']} anchors, +-{rep['uncertainty_us']:.1f} us")
+                   f"{rep['method']} ({placed}), {rep['n_anchors']} anchors, +-{rep['uncertainty_us']:.1f} us")
     for warning in result.warnings:
         click.echo(f"  warning: {warning}")
+    if result.tracelens_command:
+        click.echo(f"TraceLens: {result.tracelens_command}")
 
 
 if __name__ == "__main__":
