@@ -13,6 +13,9 @@
 # System packages, installed with apt-get only when missing:
 #   python3-venv                     demo, test   `python3 -m venv` needs it on Debian/Ubuntu
 #   openssh-server, openssh-client   test         the ssh backend is tested against real sshd on 127.0.0.x
+#   slurm-wlm, munge                 test         the slurm backend is tested against a real Slurm cluster
+#                                                 on 127.0.77.x (its daemons run as root: as another
+#                                                 user those tests skip)
 #   (engine: .ci/setup-engines adds faketime, which gives one test "node" a clock running ahead)
 #
 #   PYTHON   the interpreter that makes the venv (default: python3; it must be 3.11 or newer)
@@ -70,7 +73,7 @@ log "installing magpie-trace$([[ $what == demo ]] || echo ' with its test extras
 if [[ $what == demo ]]; then
   "${pip[@]}" -e .
 else
-  apt_install openssh-server openssh-client
+  apt_install openssh-server openssh-client slurm-wlm munge
   "${pip[@]}" -e '.[test]'
 fi
 log "installed in $((SECONDS - start)) s"

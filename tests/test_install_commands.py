@@ -36,7 +36,7 @@ def test_readme_shows_the_install_commands_and_ci_runs_them_in_order():
 def test_the_installer_names_each_system_package_and_why():
     script = (ROOT / "install.sh").read_text()
     readme = (ROOT / "README.md").read_text()
-    for package in ("python3-venv", "openssh-server", "openssh-client"):
+    for package in ("python3-venv", "openssh-server", "openssh-client", "slurm-wlm", "munge"):
         assert re.search(rf"^#   .*{package}", script, re.M) and f"`{package}`" in readme, package
     assert "rsync" not in script  # nothing installed that nothing uses
 
