@@ -25,6 +25,7 @@ from magpie_trace.fsutil import atomic_write_bytes
 from magpie_trace.launch import LaunchState, launch, stop
 from magpie_trace.nodewatch import NodeGuard, Trip, process_guard
 from magpie_trace.plan import Plan, make_plan
+from magpie_trace.progress import stage, stage_ended
 from magpie_trace.rundir import RunDir, find_run_dir, new_run_dir
 
 RUN_SCHEMA = "magpie-trace/run/1"
@@ -118,7 +119,7 @@ def run(
         if failure is None and "collect" in wanted:
             _stage(result, "collect", say, lambda: _collect(plan, backend, run_dir, result, say))
         if failure is None and "merge" in wanted:
-            _stage(result, "merge", say, lambda: _merge(plan, run_dir, result))
+            _stage(result, "merge", say, lambda: _merge(plan, run_dir, result, say))
     except BaseException as exc:  # noqa: BLE001
         failure = exc
     finally:
@@ -163,14 +164,16 @@ def _describe(failure: BaseException) -> str:
 
 
 def _stage(result: RunResult, name: str, say: Progress, fn: Callable[[], Any]) -> Any:
-    say(f"stage {name}")
+    stage(say, name)
     started = time.monotonic()
     try:
         value = fn()
     except BaseException as exc:
         result.stages.append(StageRecord(name, "failed", time.monotonic() - started, _describe(exc)))
+        stage_ended(say, name, time.monotonic() - started, failed=True)
         raise
     result.stages.append(StageRecord(name, "ok", time.monotonic() - started))
+    stage_ended(say, name, time.monotonic() - started)
     return value
 
 
@@ -246,9 +249,12 @@ def _collect(plan: Plan, backend: Backend, run_dir: RunDir, result: RunResult, s
     result.tracelens_command = getattr(collected, "tracelens_command", None)
 
 
-def _merge(plan: Plan, run_dir: RunDir, result: RunResult) -> None:
+def _merge(plan: Plan, run_dir: RunDir, result: RunResult, say: Progress) -> None:
     from magpie_trace.merge import MergeOptions, merge
+    from magpie_trace.merge.bytescan import compile_notice
 
+    if notice := compile_notice():
+        say(notice)
     merged = merge(run_dir.traces, run_dir.merged, MergeOptions())
     result.outputs["merged"] = str(merged.output_dir)
     if isinstance(merged.outputs.get("merged"), str):
