@@ -24,7 +24,7 @@ from magpie_trace.bench.load import PointRun, cycled, first_turns, run_point
 from magpie_trace.bench.metrics import RequestRecord, aggregate
 from magpie_trace.bench.models import resolve_model
 from magpie_trace.bench.plots import write_plots
-from magpie_trace.bench.progressbar import ProgressBar
+from magpie_trace.bench.progressbar import report_progress
 from magpie_trace.bench.prometheus import (
     fetch_text,
     metrics_targets,
@@ -268,8 +268,8 @@ async def run_benchmark_async(
                 await client.open_connections(min(point.concurrency or len(supply), len(supply), 256))
                 before = await scrape_all(session, targets)
                 run = PointRun(point)
-                bar = ProgressBar(point.label, sum(len(c.turns) for c in supply), client.progress)
-                bar_task = asyncio.create_task(bar.run())
+                requests = sum(len(c.turns) for c in (measured if point.profiled else supply))
+                bar_task = asyncio.create_task(report_progress(say, point.label, requests, client.progress))
                 try:
                     await _watched(
                         watchdog, run_point(client, supply, point, bench.burstiness, bench.seed, run, until), deadline,
