@@ -19,6 +19,7 @@ from typing import Any, Literal
 import yaml
 
 from magpie_trace.errors import ConfigError
+from magpie_trace.groups import validate_deployment
 
 BACKENDS = ("local", "ssh", "ray", "slurm")
 ENGINES = ("vllm", "sglang", "sim")
@@ -61,6 +62,25 @@ class RayConfig:
 
 
 @dataclass
+class SlurmConfig:
+    """The Slurm allocation to run in: the current one (SLURM_JOB_ID), `job_id`, or one asked for
+    with these settings (salloc options), held for the run and released at its end."""
+
+    job_id: str | None = None
+    partition: str | None = None
+    account: str | None = None
+    qos: str | None = None
+    time: str | None = None
+    nodes: int | None = None
+    gpus_per_node: int | None = None
+    gres: str | None = None
+    constraint: str | None = None
+    salloc_args: list[str] = field(default_factory=list)
+    srun_args: list[str] = field(default_factory=list)
+    wait_s: float = 600.0
+
+
+@dataclass
 class SchedulerConfig:
     backend: Literal["local", "ssh", "ray", "slurm"] = "local"
     nodes: list[NodeConfig] = field(default_factory=list)
@@ -70,6 +90,7 @@ class SchedulerConfig:
     workdir: str = "/tmp/magpie-trace"
     ssh: SshConfig = field(default_factory=SshConfig)
     ray: RayConfig = field(default_factory=RayConfig)
+    slurm: SlurmConfig = field(default_factory=SlurmConfig)
 
     def node_workdir(self, node: NodeConfig) -> str:
         """The node's own working directory on that node (logs, local traces).
@@ -92,6 +113,48 @@ class SimConfig:
     clock_offset_ms: dict[int, float] = field(default_factory=dict)
     die_after_s: dict[int, float] = field(default_factory=dict)
     layers: int = 4
+    transfer_ms: float = 5.0  # a prefill group's KV handoff to a decode group
+
+
+@dataclass
+class GroupConfig:
+    """One server of a deployment (a prefill pool member, a decode server, a replica), on nodes of
+    its own. Unset sizes and ports come from the server section; extra_args and env add to it."""
+
+    name: str = ""
+    role: Literal["prefill", "decode", "serve"] = "serve"
+    nodes: list[str] = field(default_factory=list)  # scheduler.nodes names or indices, head first
+    tp: int | None = None
+    pp: int | None = None
+    dp: int | None = None
+    ep: int | None = None
+    port: int | None = None
+    rendezvous_port: int | None = None
+    dp_rpc_port: int | None = None
+    bootstrap_port: int | None = None  # SGLang's bootstrap / vLLM's NIXL side channel / sim KV port
+    kv_connector: str | None = None  # vLLM's --kv-transfer-config connector (NixlConnector)
+    transfer_backend: str | None = None  # SGLang's --disaggregation-transfer-backend (mooncake)
+    ib_device: str | None = None  # SGLang's --disaggregation-ib-device
+    extra_args: list[str] = field(default_factory=list)
+    env: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class RouterConfig:
+    """A real router in front of the groups: sglang-router or vllm-router, on one node."""
+
+    kind: Literal["sglang-router", "vllm-router"] = "sglang-router"
+    node: str = ""  # a scheduler.nodes name or index; the head when empty
+    host: str = "0.0.0.0"
+    port: int | None = None
+    metrics_port: int | None = None  # the router's --prometheus-port
+    policy: str | None = None
+    prefill_policy: str | None = None
+    decode_policy: str | None = None
+    command: list[str] = field(default_factory=list)
+    extra_args: list[str] = field(default_factory=list)
+    env: dict[str, str] = field(default_factory=dict)
+    ready_timeout_s: float = 120.0
 
 
 @dataclass
@@ -112,6 +175,7 @@ class ServerConfig:
     env: dict[str, str] = field(default_factory=dict)
     ready_timeout_s: float = 900.0
     sim: SimConfig = field(default_factory=SimConfig)
+    groups: list[GroupConfig] = field(default_factory=list)  # several servers; none: one server
 
 
 @dataclass
@@ -175,6 +239,7 @@ class Config:
     profile: ProfileConfig = field(default_factory=ProfileConfig)
     benchmark: BenchmarkConfig = field(default_factory=BenchmarkConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
+    router: RouterConfig | None = None
     source: str = "<config>"
 
     def to_dict(self) -> dict[str, Any]:
@@ -370,8 +435,8 @@ def validate(config: Config) -> None:
     src = config.source
     sched, server = config.scheduler, config.server
     if sched.backend == "slurm":
-        raise ConfigError(f"{src}: scheduler.backend: slurm is not supported yet (use local, ssh or ray)")
-    if not sched.nodes:
+        _validate_slurm(src, sched.slurm)
+    elif not sched.nodes:
         raise ConfigError(f"{src}: scheduler.nodes: at least one node is needed (the head first)")
     if sched.gpus_per_node < 1:
         raise ConfigError(f"{src}: scheduler.gpus_per_node: must be at least 1")
@@ -408,6 +473,7 @@ def validate(config: Config) -> None:
             raise ConfigError(f"{src}: server.{key}: {value} is not a TCP port")
     if server.executor == "ray" and server.engine != "vllm":
         raise ConfigError(f"{src}: server.executor: ray is only for engine vllm")
+    validate_deployment(config)
     bench = config.benchmark
     if bench.dataset in ("sharegpt", "jsonl") and not bench.dataset_path:
         raise ConfigError(f"{src}: benchmark.dataset_path: required for dataset {bench.dataset}")
@@ -418,3 +484,23 @@ def validate(config: Config) -> None:
     for key in bench.goodput:
         if key not in ("ttft", "tpot", "e2el"):
             raise ConfigError(f"{src}: benchmark.goodput.{key}: unknown SLO (ttft, tpot, e2el)")
+
+
+# Slurm takes these as one word each (salloc/sbatch options, #SBATCH lines): no spaces, no newlines.
+_SLURM_WORDS = ("job_id", "partition", "account", "qos", "time", "gres", "constraint")
+
+
+def _validate_slurm(src: str, slurm: SlurmConfig) -> None:
+    """scheduler.nodes may be left out with slurm: the allocation decides them."""
+    for key in _SLURM_WORDS:
+        value = getattr(slurm, key)
+        if value is not None and (not value.strip() or any(c.isspace() or not c.isprintable() for c in value)):
+            raise ConfigError(f"{src}: scheduler.slurm.{key}: {value!r} is not one word")
+    if slurm.job_id is not None and not slurm.job_id.isdigit():
+        raise ConfigError(f"{src}: scheduler.slurm.job_id: {slurm.job_id!r} is not a Slurm job id")
+    for key in ("nodes", "gpus_per_node"):
+        value = getattr(slurm, key)
+        if value is not None and value < 1:
+            raise ConfigError(f"{src}: scheduler.slurm.{key}: must be at least 1")
+    if not slurm.wait_s > 0:
+        raise ConfigError(f"{src}: scheduler.slurm.wait_s: must be more than 0")

@@ -8,7 +8,6 @@ and each stage also exists as its own command.
 
 from __future__ import annotations
 
-import shlex
 import threading
 import time
 from dataclasses import asdict, dataclass, field
@@ -17,13 +16,16 @@ from typing import Any, Callable
 
 import orjson
 
+from magpie_trace import interrupts
 from magpie_trace.backends import make_backend
 from magpie_trace.backends.base import Backend
 from magpie_trace.config import Config
 from magpie_trace.errors import MagpieError
 from magpie_trace.fsutil import atomic_write_bytes
 from magpie_trace.launch import LaunchState, launch, stop
+from magpie_trace.nodewatch import NodeGuard, Trip, process_guard
 from magpie_trace.plan import Plan, make_plan
+from magpie_trace.progress import stage, stage_ended
 from magpie_trace.rundir import RunDir, find_run_dir, new_run_dir
 
 RUN_SCHEMA = "magpie-trace/run/1"
@@ -52,6 +54,7 @@ class RunResult:
     outputs: dict[str, str] = field(default_factory=dict)
     bench_valid: bool | None = None
     tracelens_command: str | None = None
+    teardown: dict[str, Any] | None = None  # ok, lost (nodes counted as stopped), error
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -76,13 +79,18 @@ def run(
     if from_stage is not None and from_stage not in STAGES:
         raise MagpieError(f"--from {from_stage}: unknown stage (one of {', '.join(STAGES)})")
     first = STAGES.index(from_stage) if from_stage else 0
-    if first == 0 and run_ref is None:
-        plan = make_plan(config)
-        run_dir = new_run_dir(config.output.dir, plan.run_id)
-    else:
-        run_dir = find_run_dir(config.output.dir, run_ref)
-        plan = make_plan(config, run_id=run_dir.run_id)
     backend = backend or make_backend(config.scheduler)
+    try:
+        backend.acquire_nodes(say, config.source)
+        if first == 0 and run_ref is None:
+            plan = make_plan(config)
+            run_dir = new_run_dir(config.output.dir, plan.run_id)
+        else:
+            run_dir = find_run_dir(config.output.dir, run_ref)
+            plan = make_plan(config, run_id=run_dir.run_id)
+    except BaseException:
+        backend.close()  # gives back an allocation it asked for
+        raise
     result = RunResult(run_id=plan.run_id, run_dir=run_dir.root, url=plan.head_url)
     wanted = set(STAGES[first:])
     if not config.profile.enabled:
@@ -102,26 +110,32 @@ def run(
         failure = exc
     finally:
         if state is not None:
-            say("tearing down every node")
-            stop(plan, run_dir, backend, state)
+            with interrupts.shielded():
+                say("tearing down every node")
+                teardown_error = _teardown(plan, run_dir, backend, state, result)
+            failure = failure or teardown_error  # the first error is the one reported
+    failure = failure or interrupts.pending()  # a signal that came during the teardown
     try:
         if failure is None and "collect" in wanted:
             _stage(result, "collect", say, lambda: _collect(plan, backend, run_dir, result, say))
         if failure is None and "merge" in wanted:
-            _stage(result, "merge", say, lambda: _merge(plan, run_dir, result))
+            _stage(result, "merge", say, lambda: _merge(plan, run_dir, result, say))
     except BaseException as exc:  # noqa: BLE001
         failure = exc
     finally:
-        backend.close()
-    if "report" in wanted or failure is not None:
-        _stage(result, "report", say, lambda: _report(run_dir, result))
-    for name in STAGES:
-        if name not in {s.name for s in result.stages}:
-            result.stages.append(StageRecord(name, "skipped"))
-    if failure is not None:
-        result.ok = False
-        result.error = str(failure) or type(failure).__name__
-    atomic_write_bytes(run_dir.root / "run.json", orjson.dumps(result.to_dict(), option=orjson.OPT_INDENT_2))
+        with interrupts.shielded():
+            backend.close()
+    with interrupts.shielded():
+        if "report" in wanted or failure is not None:
+            _stage(result, "report", say, lambda: _report(run_dir, result))
+        for name in STAGES:
+            if name not in {s.name for s in result.stages}:
+                result.stages.append(StageRecord(name, "skipped"))
+        if failure is not None:
+            result.ok = False
+            result.error = _describe(failure)
+        atomic_write_bytes(run_dir.root / "run.json", orjson.dumps(result.to_dict(), option=orjson.OPT_INDENT_2))
+    failure = failure or interrupts.pending()
     if failure is not None:
         if isinstance(failure, (MagpieError, KeyboardInterrupt)):
             raise failure
@@ -129,15 +143,37 @@ def run(
     return result
 
 
+def _teardown(
+    plan: Plan, run_dir: RunDir, backend: Backend, state: LaunchState, result: RunResult
+) -> MagpieError | None:
+    """Stop every node; a lost node counts as stopped. Recorded in run.json's `teardown`."""
+    error: MagpieError | None = None
+    try:
+        stop(plan, run_dir, backend, state)
+    except MagpieError as exc:
+        error = exc
+    result.teardown = {"ok": error is None, "lost": sorted(state.lost),
+                       "error": None if error is None else str(error)}
+    return error
+
+
+def _describe(failure: BaseException) -> str:
+    if isinstance(failure, KeyboardInterrupt):
+        return interrupts.describe()
+    return str(failure) or type(failure).__name__
+
+
 def _stage(result: RunResult, name: str, say: Progress, fn: Callable[[], Any]) -> Any:
-    say(f"stage {name}")
+    stage(say, name)
     started = time.monotonic()
     try:
         value = fn()
     except BaseException as exc:
-        result.stages.append(StageRecord(name, "failed", time.monotonic() - started, str(exc)))
+        result.stages.append(StageRecord(name, "failed", time.monotonic() - started, _describe(exc)))
+        stage_ended(say, name, time.monotonic() - started, failed=True)
         raise
     result.stages.append(StageRecord(name, "ok", time.monotonic() - started))
+    stage_ended(say, name, time.monotonic() - started)
     return value
 
 
@@ -157,6 +193,7 @@ def _bench_and_capture(
     captured: list[BaseException] = []
     load_started = threading.Event()
     bench_done = threading.Event()
+    guard = process_guard(plan, backend, state.handles, "the profile capture") if state else NodeGuard()
 
     def capture_window() -> None:
         """Open the window start_after_s into the first measured load point (not the warmup)."""
@@ -165,35 +202,41 @@ def _bench_and_capture(
                 while not load_started.wait(0.2):
                     if bench_done.is_set():
                         return  # the benchmark ended (or failed) before any load: nothing to profile
-            time.sleep(config.profile.start_after_s)
-            capture(plan, backend, run_dir, progress=say)
+            guard.wait(config.profile.start_after_s)
+            capture(plan, backend, run_dir, progress=say, guard=guard)
         except BaseException as exc:  # noqa: BLE001 - raised by the main thread
             captured.append(exc)
 
     thread = None
-    if config.profile.enabled:
-        thread = threading.Thread(target=capture_window, name="profile-capture", daemon=True)
-        thread.start()
-    try:
-        if config.benchmark.enabled:
-            try:
-                bench = run_benchmark(
-                    config, plan, run_dir.bench, backend=backend,
-                    handles=state.handles if state else None, say=say,
-                    on_point_start=lambda _point: load_started.set(),
-                )
-            except (BenchInterrupted, BenchInvalid, RunAborted) as exc:
-                # Partial results were written and marked invalid; the run stops with this error.
-                result.bench_valid = False
-                if exc.result_path:
-                    result.outputs["bench"] = str(exc.result_path)
-                raise
-            result.bench_valid = bench.valid
-            result.outputs["bench"] = str(bench.result_path)
-    finally:
-        bench_done.set()
-        if thread is not None:
-            thread.join(config.profile.timeout_s + config.profile.duration_s + config.profile.start_after_s)
+    with guard:
+        if config.profile.enabled:
+            thread = threading.Thread(target=capture_window, name="profile-capture", daemon=True)
+            thread.start()
+        try:
+            if config.benchmark.enabled:
+                try:
+                    bench = run_benchmark(
+                        config, plan, run_dir.bench, backend=backend,
+                        handles=state.handles if state else None, say=say,
+                        on_point_start=lambda _point: load_started.set(),
+                    )
+                except (BenchInterrupted, BenchInvalid, RunAborted) as exc:
+                    # Partial results were written and marked invalid; the run stops with this error.
+                    result.bench_valid = False
+                    if exc.result_path:
+                        result.outputs["bench"] = str(exc.result_path)
+                    raise
+                result.bench_valid = bench.valid
+                result.outputs["bench"] = str(bench.result_path)
+        except BaseException as exc:
+            # The capture waits no longer: the node is lost, or the run is ending anyway.
+            lost = isinstance(exc, RunAborted)
+            guard.trip(Trip(exc.node, exc.reason) if lost else Trip("run", "the run is ending"))
+            raise
+        finally:
+            bench_done.set()
+            if thread is not None:
+                thread.join(config.profile.timeout_s + config.profile.duration_s + config.profile.start_after_s)
     if captured:
         raise captured[0]
 
@@ -206,21 +249,18 @@ def _collect(plan: Plan, backend: Backend, run_dir: RunDir, result: RunResult, s
     result.tracelens_command = getattr(collected, "tracelens_command", None)
 
 
-def _merge(plan: Plan, run_dir: RunDir, result: RunResult) -> None:
+def _merge(plan: Plan, run_dir: RunDir, result: RunResult, say: Progress) -> None:
     from magpie_trace.merge import MergeOptions, merge
+    from magpie_trace.merge.bytescan import compile_notice
 
+    if notice := compile_notice():
+        say(notice)
     merged = merge(run_dir.traces, run_dir.merged, MergeOptions())
     result.outputs["merged"] = str(merged.output_dir)
     if isinstance(merged.outputs.get("merged"), str):
         result.outputs["perfetto"] = merged.outputs["merged"]
-    if merged.outputs.get("aligned"):
-        # Aligned files are named node<N>-TP<R>-rank<G>: TraceLens's default rank regex finds G.
-        result.tracelens_command = shlex.join([
-            "TraceLens_generate_multi_rank_collective_report_pytorch",
-            "--trace_glob", str(run_dir.merged / "aligned" / "node*-rank*.trace.json.gz"),
-            "--world_size", str(plan.layout.world_size),
-            "--gpus_per_node", str(plan.layout.ranks_per_node),
-        ])
+    if merged.tracelens_command:
+        result.tracelens_command = merged.tracelens_command
 
 
 def _report(run_dir: RunDir, result: RunResult) -> None:

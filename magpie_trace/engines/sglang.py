@@ -49,7 +49,16 @@ class SglangEngine(Engine):
                 "--dist-init-addr", f"{ctx.head.address}:{ctx.rendezvous_port}",
             ]
         args += ["--host", server.host, "--port", str(ctx.port)]
-        return args + list(server.extra_args)
+        group = ctx.group
+        if group.is_pd:
+            args += ["--disaggregation-mode", group.role]
+            if group.role == "prefill":
+                args += ["--disaggregation-bootstrap-port", str(ctx.bootstrap_port)]
+            if group.transfer_backend:
+                args += ["--disaggregation-transfer-backend", group.transfer_backend]
+            if group.ib_device:
+                args += ["--disaggregation-ib-device", group.ib_device]
+        return args + list(group.extra_args)
 
     def node_env(self, ctx: NodeContext) -> dict[str, str]:
         env = {"SGLANG_HOST_IP": ctx.node.address}

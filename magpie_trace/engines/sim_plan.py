@@ -53,10 +53,15 @@ class SimEngine(VllmStyleProfiling, Engine):
             "--startup-s", _number(sim.startup_s),
             "--layers", str(sim.layers),
         ]
-        if ctx.index in sim.clock_offset_ms:
-            args += ["--clock-offset-ms", _number(sim.clock_offset_ms[ctx.index])]
-        if ctx.index in sim.die_after_s:
-            args += ["--die-after-s", _number(sim.die_after_s[ctx.index])]
+        if ctx.group.is_pd:
+            args += ["--pd-role", ctx.group.role]
+            if ctx.group.role == "prefill" and ctx.is_head:
+                args += ["--kv-port", str(ctx.bootstrap_port), "--kv-address", ctx.node.address,
+                         "--transfer-ms", _number(sim.transfer_ms)]
+        if ctx.node_index in sim.clock_offset_ms:
+            args += ["--clock-offset-ms", _number(sim.clock_offset_ms[ctx.node_index])]
+        if ctx.node_index in sim.die_after_s:
+            args += ["--die-after-s", _number(sim.die_after_s[ctx.node_index])]
         if ctx.trace_dir is not None:
             args += ["--profile-dir", ctx.trace_dir]
-        return args + list(server.extra_args)
+        return args + list(ctx.group.extra_args)

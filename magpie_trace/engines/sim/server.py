@@ -17,7 +17,9 @@ import orjson
 from aiohttp import web
 
 from magpie_trace.engines.sim import SIM_VERSION
+from magpie_trace.engines.sim.disagg import HandoffError, Role
 from magpie_trace.engines.sim.generate import TokenEngine, token_text
+from magpie_trace.engines.sim.kvlink import KvError
 from magpie_trace.engines.sim.metrics import Metrics
 from magpie_trace.engines.sim.profiler import Profiler, ProfilerBusy
 
@@ -143,11 +145,12 @@ class _Collect:
 
 class HeadServer:
     def __init__(self, model: str, engine: TokenEngine, metrics: Metrics,
-                 profiler: Profiler | None) -> None:
+                 profiler: Profiler | None, role: Role | None = None) -> None:
         self.model = model
         self.engine = engine
         self.metrics = metrics
         self.profiler = profiler
+        self.role = role  # prefill / decode behind a PD router, or None
         self.created = int(time.time())
 
     def app(self) -> web.Application:
@@ -190,11 +193,21 @@ class HeadServer:
             if options is not None and not stream:
                 raise BadRequest("Stream options can only be defined when `stream=True`.")
             include_usage = isinstance(options, dict) and options.get("include_usage") is True
+            request_id = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex
+            handoff = self.role.parse(body, request_id) if self.role is not None else None
         except orjson.JSONDecodeError as exc:
             return _error(f"the request body is not JSON: {exc}", 400)
         except BadRequest as exc:
             return _error(str(exc), exc.status)
-        request_id = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex
+        except HandoffError as exc:
+            return _error(str(exc), 400)
+        first = None
+        if self.role is not None:
+            max_tokens = self.role.max_tokens(handoff, max_tokens)
+            try:
+                first = await self.role.first_token_at(handoff)
+            except KvError as exc:
+                return _error(f"KV transfer failed: {exc}", 503)
         base = {"id": request_id, "object": "chat.completion.chunk" if chat else "text_completion",
                 "created": int(time.time()), "model": self.model}
         if stream:
@@ -203,10 +216,14 @@ class HeadServer:
             await response.prepare(request)
             output = _Sse(response, base, chat, prompt_tokens, include_usage)
             await self.engine.submit(request_id, prompt_tokens, max_tokens, output, arrival,
-                                     arrival_ns)
+                                     arrival_ns, first)
+            if self.role is not None:
+                self.role.computed(handoff)
             return response
         await self.engine.submit(request_id, prompt_tokens, max_tokens, _Collect(), arrival,
-                                 arrival_ns)
+                                 arrival_ns, first)
+        if self.role is not None:
+            self.role.computed(handoff)
         text = "".join(token_text(i) for i in range(max_tokens))
         usage = {"prompt_tokens": prompt_tokens, "total_tokens": prompt_tokens + max_tokens,
                  "completion_tokens": max_tokens}
@@ -218,6 +235,8 @@ class HeadServer:
             choice = {"index": 0, "text": text, "logprobs": None, "finish_reason": "length",
                       "stop_reason": None}
         payload = {**base, "choices": [choice], "usage": usage}
+        if self.role is not None:
+            payload.update(self.role.response_fields(handoff))
         return web.Response(body=orjson.dumps(payload), content_type="application/json")
 
     async def health(self, request: web.Request) -> web.Response:
