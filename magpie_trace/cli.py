@@ -648,5 +648,62 @@ def merge_command(input_dir: str, output_dir: str | None, window: str | None, st
         click.echo(f"TraceLens: {result.tracelens_command}")
 
 
+@main.command("analyze")
+@click.argument("merged_dir", type=click.Path(file_okay=False, exists=True))
+@click.option("--jobs", "-j", default=1, show_default=True, type=click.IntRange(1),
+              help="Worker processes building the events table.")
+@click.option("--rebuild", is_flag=True, help="Rebuild the events table even if it is up to date.")
+@click.option("--no-plots", is_flag=True, help="Write the tables only.")
+@json_option
+@handle_errors
+def analyze_command(merged_dir: str, jobs: int, rebuild: bool, no_plots: bool, as_json: bool) -> None:
+    """Exposed communication, per node and step, and who waits for whom: SQL over a merge's events."""
+    from pathlib import Path
+
+    from magpie_trace.analyze import AnalyzeOptions, analyze
+
+    result = analyze(Path(merged_dir), AnalyzeOptions(jobs=jobs, rebuild=rebuild, plots=not no_plots))
+    if as_json:
+        print_json(result.to_dict())
+        return
+    ev = result.events
+    click.echo(f"events: {ev['events']:,} from {ev['ranks']} rank(s) "
+               f"({'built' if ev['built'] else 'up to date'}) -> {ev['folder']}")
+    for row in result.nodes:
+        click.echo(f"  {row['node']}: {row['domain']}, exposed comm {row['exposed_comm_pct'] or 0:.1f}% of time, "
+                   f"{row['comm_hidden_pct'] or 0:.1f}% of comm hidden, idle {row['idle_us'] / 1e3:.1f} ms per rank")
+    for row in result.stragglers:
+        click.echo(f"  {row['node']}: last to arrive in {row['steps_as_straggler']} step(s), "
+                   f"{row['longest_streak']} in a row")
+    for warning in result.warnings:
+        click.echo(f"  warning: {warning}")
+    click.echo(f"tables and plots in {Path(merged_dir) / 'analysis'} ({result.seconds:.1f}s)")
+
+
+@main.command("query")
+@click.argument("merged_dir", type=click.Path(file_okay=False, exists=True))
+@click.argument("sql")
+@click.option("-o", "--output", default=None, type=click.Path(dir_okay=False),
+              help="Write the result to this .csv or .parquet file instead of printing it.")
+@json_option
+@handle_errors
+def query_command(merged_dir: str, sql: str, output: str | None, as_json: bool) -> None:
+    """Run SQL against a merge's events and tables (events, steps, segments, ranks, collectives, nodes,
+    breakdown, ...; see docs/analyze.md)."""
+    from pathlib import Path
+
+    from magpie_trace.analyze import query
+
+    columns, rows = query(Path(merged_dir), sql, Path(output) if output else None)
+    if output:
+        click.echo(f"wrote {output}")
+    elif as_json:
+        print_json([dict(zip(columns, row)) for row in rows])
+    elif columns:
+        click.echo("\t".join(columns))
+        for row in rows:
+            click.echo("\t".join("" if v is None else str(v) for v in row))
+
+
 if __name__ == "__main__":
     main()
