@@ -8,7 +8,6 @@ and each stage also exists as its own command.
 
 from __future__ import annotations
 
-import shlex
 import threading
 import time
 from dataclasses import asdict, dataclass, field
@@ -27,6 +26,7 @@ from magpie_trace.launch import LaunchState, launch, stop
 from magpie_trace.monitor import monitors_for
 from magpie_trace.nodewatch import NodeGuard, Trip, process_guard
 from magpie_trace.plan import Plan, make_plan
+from magpie_trace.progress import stage, stage_ended
 from magpie_trace.rundir import RunDir, find_run_dir, new_run_dir
 
 RUN_SCHEMA = "magpie-trace/run/1"
@@ -80,13 +80,18 @@ def run(
     if from_stage is not None and from_stage not in STAGES:
         raise MagpieError(f"--from {from_stage}: unknown stage (one of {', '.join(STAGES)})")
     first = STAGES.index(from_stage) if from_stage else 0
-    if first == 0 and run_ref is None:
-        plan = make_plan(config)
-        run_dir = new_run_dir(config.output.dir, plan.run_id)
-    else:
-        run_dir = find_run_dir(config.output.dir, run_ref)
-        plan = make_plan(config, run_id=run_dir.run_id)
     backend = backend or make_backend(config.scheduler)
+    try:
+        backend.acquire_nodes(say, config.source)
+        if first == 0 and run_ref is None:
+            plan = make_plan(config)
+            run_dir = new_run_dir(config.output.dir, plan.run_id)
+        else:
+            run_dir = find_run_dir(config.output.dir, run_ref)
+            plan = make_plan(config, run_id=run_dir.run_id)
+    except BaseException:
+        backend.close()  # gives back an allocation it asked for
+        raise
     result = RunResult(run_id=plan.run_id, run_dir=run_dir.root, url=plan.head_url)
     wanted = set(STAGES[first:])
     if not config.profile.enabled:
@@ -115,7 +120,7 @@ def run(
         if failure is None and "collect" in wanted:
             _stage(result, "collect", say, lambda: _collect(plan, backend, run_dir, result, say))
         if failure is None and "merge" in wanted:
-            _stage(result, "merge", say, lambda: _merge(plan, run_dir, result))
+            _stage(result, "merge", say, lambda: _merge(plan, run_dir, result, say))
     except BaseException as exc:  # noqa: BLE001
         failure = exc
     finally:
@@ -160,14 +165,16 @@ def _describe(failure: BaseException) -> str:
 
 
 def _stage(result: RunResult, name: str, say: Progress, fn: Callable[[], Any]) -> Any:
-    say(f"stage {name}")
+    stage(say, name)
     started = time.monotonic()
     try:
         value = fn()
     except BaseException as exc:
         result.stages.append(StageRecord(name, "failed", time.monotonic() - started, _describe(exc)))
+        stage_ended(say, name, time.monotonic() - started, failed=True)
         raise
     result.stages.append(StageRecord(name, "ok", time.monotonic() - started))
+    stage_ended(say, name, time.monotonic() - started)
     return value
 
 
@@ -179,6 +186,7 @@ def _bench_and_capture(
         BenchInterrupted,
         BenchInvalid,
         RunAborted,
+        profile_point,
         run_benchmark,
     )
     from magpie_trace.profile import capture
@@ -187,13 +195,15 @@ def _bench_and_capture(
     captured: list[BaseException] = []
     load_started = threading.Event()
     bench_done = threading.Event()
+    profile_done = threading.Event()
     # One stream per node for the whole stage: liveness for the bench and the capture, telemetry.
     monitors = monitors_for(plan, backend, state.handles if state else {},
                             config.benchmark.telemetry_interval_s)
     guard = process_guard(plan, backend, state.handles, "the profile capture", monitors.check) if state else NodeGuard()
 
     def capture_window() -> None:
-        """Open the window start_after_s into the first measured load point (not the warmup)."""
+        """Open the window start_after_s into the profiled load point, which runs before the
+        measured ones and lasts until the capture is done (so they carry no profiler overhead)."""
         try:
             if config.benchmark.enabled:
                 while not load_started.wait(0.2):
@@ -203,6 +213,8 @@ def _bench_and_capture(
             capture(plan, backend, run_dir, progress=say, guard=guard)
         except BaseException as exc:  # noqa: BLE001 - raised by the main thread
             captured.append(exc)
+        finally:
+            profile_done.set()
 
     thread = None
     with monitors, guard:
@@ -215,7 +227,9 @@ def _bench_and_capture(
                     bench = run_benchmark(
                         config, plan, run_dir.bench, backend=backend,
                         handles=state.handles if state else None, say=say,
-                        on_point_start=lambda _point: load_started.set(), monitors=monitors,
+                        on_point_start=lambda _point: load_started.set(),
+                        profile_point=profile_point(config) if config.profile.enabled else None,
+                        profile_done=profile_done.is_set, monitors=monitors,
                     )
                 except (BenchInterrupted, BenchInvalid, RunAborted) as exc:
                     # Partial results were written and marked invalid; the run stops with this error.
@@ -246,21 +260,18 @@ def _collect(plan: Plan, backend: Backend, run_dir: RunDir, result: RunResult, s
     result.tracelens_command = getattr(collected, "tracelens_command", None)
 
 
-def _merge(plan: Plan, run_dir: RunDir, result: RunResult) -> None:
+def _merge(plan: Plan, run_dir: RunDir, result: RunResult, say: Progress) -> None:
     from magpie_trace.merge import MergeOptions, merge
+    from magpie_trace.merge.bytescan import compile_notice
 
+    if notice := compile_notice():
+        say(notice)
     merged = merge(run_dir.traces, run_dir.merged, MergeOptions())
     result.outputs["merged"] = str(merged.output_dir)
     if isinstance(merged.outputs.get("merged"), str):
         result.outputs["perfetto"] = merged.outputs["merged"]
-    if merged.outputs.get("aligned"):
-        # Aligned files are named node<N>-TP<R>-rank<G>: TraceLens's default rank regex finds G.
-        result.tracelens_command = shlex.join([
-            "TraceLens_generate_multi_rank_collective_report_pytorch",
-            "--trace_glob", str(run_dir.merged / "aligned" / "node*-rank*.trace.json.gz"),
-            "--world_size", str(plan.layout.world_size),
-            "--gpus_per_node", str(plan.layout.ranks_per_node),
-        ])
+    if merged.tracelens_command:
+        result.tracelens_command = merged.tracelens_command
 
 
 def _report(run_dir: RunDir, result: RunResult) -> None:

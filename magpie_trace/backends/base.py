@@ -113,11 +113,15 @@ class Backend(abc.ABC):
         """
 
     def acquire_nodes(
-        self, progress: Callable[[str], None] | None = None, source: str = "<config>"
+        self,
+        progress: Callable[[str], None] | None = None,
+        source: str = "<config>",
+        ask: bool = True,
     ) -> None:
         """Settle scheduler.nodes before a plan is made: the config lists them for local, ssh and
         ray (nothing to do); slurm takes them from its allocation, asking Slurm for one when
-        there is none, and close() gives that back. source names the config in errors."""
+        there is none (not when ask is False), and close() gives that back. source names the
+        config in errors."""
 
     def recover(self, node: NodeConfig, log_path: str, wait_s: float = 2.0) -> ProcessHandle | None:
         """The command a start with this log_path launched, found from what the node side

@@ -94,7 +94,7 @@ if wait_empty 50; then echo killed; else echo "remaining $n"; fi
 """
 
 # $1 tag file, $2 tenths of a second to wait for it -> "pid pgid starttime", or nothing.
-_RECOVER = r"""
+RECOVER_SCRIPT = r"""
 i=0; while [ ! -f "$1" ] && [ $i -lt $2 ]; do sleep 0.1; i=$((i + 1)); done
 [ -f "$1" ] && cat -- "$1"
 exit 0
@@ -249,7 +249,7 @@ class PosixBackend(Backend):
     def recover(self, node: NodeConfig, log_path: str, wait_s: float = 2.0) -> ProcessHandle | None:
         """From the tag the wrapper wrote first (waiting wait_s for a start still under way)."""
         ticks = str(max(0, math.ceil(wait_s * 10)))
-        result = self._script(node, _RECOVER, [tag_path(log_path), ticks], timeout_s=wait_s + _CONTROL_TIMEOUT_S)
+        result = self._script(node, RECOVER_SCRIPT, [tag_path(log_path), ticks], timeout_s=wait_s + _CONTROL_TIMEOUT_S)
         fields = result.stdout.split()
         if result.returncode != 0 or len(fields) != 3 or not fields[0].isdigit() or fields[0] != fields[1]:
             return None

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from magpie_trace.bench.results import read_result
+
 from magpie_trace.launch import load_state
 from tests.launch.test_launch_ray import ray_scheduler
 from tests.procs import children_of, group_members, leftover_processes, wait_for
@@ -93,9 +95,9 @@ def test_the_node_and_process_that_failed_are_named_and_its_tree_stopped(backend
     }[what]
     assert errors[0].startswith(expected), err
     assert took < PROMPT_S, (took, err)
-    data = json.loads((run_dir.bench / "result.json").read_text())
+    data = read_result(run_dir.bench)
     assert data["valid"] is False and data["abort"]["node"] == "node1"
-    assert data["points"][0]["label"] == "c2"
+    assert data["points"][0]["point"] == "c2"
     # node1's whole tree is stopped (a frozen one too); node0 still serves, for the user to stop
     assert wait_for(lambda: not leftover_processes([node1]), 15), leftover_processes([node1])
     assert group_members(handles["node0"].pgid)

@@ -10,6 +10,8 @@ import time
 
 import pytest
 
+from magpie_trace.bench.results import read_result
+
 from magpie_trace.launch import load_state
 from tests.run.ending import (
     check_torn_down,
@@ -67,7 +69,7 @@ def test_a_node_lost_in_the_profile_window_ends_the_run_naming_it(bench, tmp_pat
     assert data["ok"] is False and data["error"].startswith("node1: ")
     assert stages(run_dir)["report"] == "ok"
     if bench:
-        result = json.loads((run_dir.bench / "result.json").read_text())
+        result = read_result(run_dir.bench)
         assert result["valid"] is False and result["abort"]["node"] == "node1"
 
 
