@@ -239,7 +239,27 @@ def files_section(run_dir: RunDir) -> Section:
     return section
 
 
-SECTIONS = (topology_section, preflight_section, bench_section, per_node_section,
+def attempts_section(run_dir: RunDir) -> Section:
+    """Every attempt at this run (a resume with --from is a new one): what each ran, and how
+    it ended. Stages an attempt skipped keep the status of the attempt that ran them."""
+    data = _load_json(run_dir.root / "run.json") or {}
+    section = Section("Attempts")
+    attempts = data.get("attempts") or []
+    if len(attempts) < 2:
+        section.notes.append("one attempt (no resume)")
+        return section
+    rows = []
+    for attempt in attempts:
+        ran = ", ".join(f"{s['name']} {s['status']}" for s in attempt.get("stages", []))
+        rows.append([attempt["attempt"], attempt.get("from") or "start", ran or "-",
+                     "ok" if attempt.get("ok") else (attempt.get("error") or "failed")])
+    section.tables.append((["attempt", "from", "stages run", "outcome"], rows))
+    if not data.get("ok", True):
+        section.notes.append(f"the run is not ok: {data.get('error')}")
+    return section
+
+
+SECTIONS = (topology_section, attempts_section, preflight_section, bench_section, per_node_section,
             alignment_section, collectives_section, files_section)
 
 

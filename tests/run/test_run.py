@@ -109,9 +109,11 @@ def test_resume_from_merge_uses_only_files_on_disk(tmp_path):
     again = run(config, from_stage="merge", run_ref=str(first.run_dir))
     assert again.run_dir == first.run_dir
     assert (merged / "alignment.json").is_file()
-    statuses = {s.name: s.status for s in again.stages}
-    assert statuses == {"launch": "skipped", "bench": "skipped", "collect": "skipped",
-                        "merge": "ok", "report": "ok"}
+    # A resume is attempt 2: the stages it did not run keep attempt 1's record.
+    statuses = {s.name: (s.status, s.attempt) for s in again.stages}
+    assert statuses == {"launch": ("ok", 1), "bench": ("ok", 1), "collect": ("ok", 1),
+                        "merge": ("ok", 2), "report": ("ok", 2)}
+    assert again.ok and [a["from"] for a in again.attempts] == [None, "merge"]
 
 
 def test_ctrl_c_mid_run_leaves_no_process(tmp_path):
