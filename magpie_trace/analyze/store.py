@@ -127,7 +127,9 @@ def write_events(merged_dir: Path, jobs: int = 1, force: bool = False) -> Events
     table = merged_dir / "collectives.parquet"
     if table.is_file():
         collectives = pl.read_parquet(table, columns=["collective", "process_group", "name", "global_rank", "start_us"])
-    work = Path(tempfile.mkdtemp(prefix=".events-", dir=merged_dir))
+    scratch = Path(tempfile.mkdtemp(prefix=".events-", dir=merged_dir))  # private; its content follows the umask
+    work = scratch / "events"
+    work.mkdir()
     try:
         batch = []
         for f in files:
@@ -154,7 +156,7 @@ def write_events(merged_dir: Path, jobs: int = 1, force: bool = False) -> Events
         atomic_write_bytes(work / "meta.json", orjson.dumps(meta, option=orjson.OPT_INDENT_2))
         _swap(work, folder)
     finally:
-        shutil.rmtree(work, ignore_errors=True)
+        shutil.rmtree(scratch, ignore_errors=True)
     return EventsInfo(folder, len(built), sum(counts.values()), True, round(time.perf_counter() - started, 3))
 
 
