@@ -491,7 +491,7 @@ def print_run_summary(result: Any) -> None:
 @config_argument
 @set_option
 @click.option(
-    "--from", "from_stage", type=click.Choice(["launch", "bench", "collect", "merge", "report"]),
+    "--from", "from_stage", type=click.Choice(["launch", "bench", "collect", "merge", "analyze", "report"]),
     help="Resume the run (--run, default the latest) from this stage.",
 )
 @run_option

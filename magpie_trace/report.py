@@ -230,6 +230,52 @@ def collectives_section(run_dir: RunDir) -> Section:
     return section
 
 
+def _csv_rows(path: Path) -> list[dict[str, str]]:
+    with path.open(newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def analysis_section(run_dir: RunDir) -> Section:
+    section = Section("Where communication is exposed")
+    folder = run_dir.merged / "analysis"
+    if not (folder / "breakdown_nodes.csv").exists():
+        section.notes.append("no analysis in this run (magpie-trace analyze writes merged/analysis)")
+        return section
+    section.lines.append(
+        "Per node, the mean rank's time between its first and last busy instant: compute only, "
+        "communication hidden behind compute, exposed communication (nothing computes meanwhile), copies "
+        "only, idle. GPU ranks are measured on the GPU, CPU-only ranks on their CPU ops and collectives."
+    )
+    columns = ("node", "domain", "total_us", "compute_only_us", "overlapped_us", "exposed_comm_us",
+               "memcpy_only_us", "idle_us", "exposed_comm_pct", "comm_hidden_pct")
+    rows = _csv_rows(folder / "breakdown_nodes.csv")
+    section.tables.append((["node", "measured on", "total (µs)", "compute only (µs)", "hidden comm (µs)",
+                            "exposed comm (µs)", "copies only (µs)", "idle (µs)", "exposed comm %",
+                            "comm hidden %"], [[_num(r[c]) for c in columns] for r in rows]))
+    stragglers = _csv_rows(folder / "stragglers.csv") if (folder / "stragglers.csv").exists() else []
+    if stragglers:
+        counts: dict[str, int] = {}
+        for r in stragglers:
+            counts[r["straggler_node"]] = counts.get(r["straggler_node"], 0) + 1
+        worst = max(counts, key=lambda n: counts[n])
+        streak = max(int(r["streak"]) for r in stragglers if r["straggler_node"] == worst)
+        section.lines.append(
+            f"{worst} was the node the others waited for most in {counts[worst]} of {len(stragglers)} steps "
+            f"with waits ({streak} in a row); see `{_rel(run_dir, folder / 'wait_timeline.csv')}`."
+        )
+    families = _csv_rows(folder / "collective_families.csv") if (folder / "collective_families.csv").exists() else []
+    if families:
+        fam_cols = ("process_group", "family", "scope", "ranks", "calls", "time_us", "mean_time_us",
+                    "mean_msg_bytes", "algorithm", "busbw_gbps")
+        section.tables.append((["process group", "collective", "scope", "ranks", "calls", "time (µs)",
+                                "mean (µs)", "mean bytes", "algorithm", "bus bw (GB/s)"],
+                               [[_num(r[c]) if r[c] != "" else None for c in fam_cols] for r in families]))
+    section.images += sorted((folder / "plots").glob("*.png"))
+    section.lines.append(f"Tables: `{_rel(run_dir, folder)}`; your own SQL: `magpie-trace query "
+                         f"{_rel(run_dir, run_dir.merged)} \"SELECT ...\"` (docs/analyze.md).")
+    return section
+
+
 def files_section(run_dir: RunDir) -> Section:
     section = Section("Files")
     for path in (run_dir.config, run_dir.plan, run_dir.preflight, run_dir.logs, run_dir.bench,
@@ -260,7 +306,7 @@ def attempts_section(run_dir: RunDir) -> Section:
 
 
 SECTIONS = (topology_section, attempts_section, preflight_section, bench_section, per_node_section,
-            alignment_section, collectives_section, files_section)
+            alignment_section, collectives_section, analysis_section, files_section)
 
 
 def build_sections(run_dir: RunDir) -> list[Section]:

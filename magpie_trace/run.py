@@ -1,7 +1,7 @@
 """`magpie-trace run`: the whole job, each stage's output on disk, teardown guaranteed.
 
 plan -> launch -> bench (with a profile capture during a steady part of the load) -> stop ->
-collect -> merge -> report. The server is always torn down, on failure and on Ctrl-C too. Every
+collect -> merge -> analyze -> report. The server is always torn down, on failure and on Ctrl-C too. Every
 stage reads only the files of the stages before it, so `run(config, from_stage=...)` resumes a run
 and each stage also exists as its own command.
 """
@@ -30,7 +30,7 @@ from magpie_trace.progress import stage, stage_ended
 from magpie_trace.rundir import RunDir, find_run_dir, new_run_dir
 
 RUN_SCHEMA = "magpie-trace/run/1"
-STAGES = ("launch", "bench", "collect", "merge", "report")
+STAGES = ("launch", "bench", "collect", "merge", "analyze", "report")
 Progress = Callable[[str], None]
 
 
@@ -101,9 +101,9 @@ def run(
     started_utc = _utc_now()
     wanted = set(STAGES[first:])
     if not config.profile.enabled:
-        wanted -= {"collect", "merge"}
+        wanted -= {"collect", "merge", "analyze"}
     if not config.output.merge:
-        wanted.discard("merge")
+        wanted -= {"merge", "analyze"}
     if not config.benchmark.enabled and not config.profile.enabled:
         wanted -= {"bench"}
     state: LaunchState | None = None
@@ -127,6 +127,8 @@ def run(
             _stage(result, "collect", say, lambda: _collect(plan, backend, run_dir, result, say))
         if failure is None and "merge" in wanted:
             _stage(result, "merge", say, lambda: _merge(plan, run_dir, result, say))
+        if failure is None and "analyze" in wanted:
+            _stage(result, "analyze", say, lambda: _analyze(run_dir, result))
     except BaseException as exc:  # noqa: BLE001
         failure = exc
     finally:
@@ -351,6 +353,14 @@ def _merge(plan: Plan, run_dir: RunDir, result: RunResult, say: Progress) -> Non
         result.outputs["perfetto"] = merged.outputs["merged"]
     if merged.tracelens_command:
         result.tracelens_command = merged.tracelens_command
+
+
+def _analyze(run_dir: RunDir, result: RunResult) -> None:
+    from magpie_trace.analyze import analyze
+
+    analyzed = analyze(run_dir.merged)
+    result.outputs["analysis"] = str(run_dir.merged / "analysis")
+    result.outputs["events"] = analyzed.events["folder"]
 
 
 def _report(run_dir: RunDir, result: RunResult) -> None:

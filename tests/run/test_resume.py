@@ -65,7 +65,7 @@ def test_resumes_are_attempts_that_keep_earlier_measurements(tmp_path, request):
     assert data["error"].startswith("bench failed in attempt 1: node1: ")
     stages = {s["name"]: (s["status"], s["attempt"]) for s in data["stages"]}
     assert stages == {"launch": ("ok", 1), "bench": ("failed", 1), "collect": ("ok", 2),
-                      "merge": ("ok", 2), "report": ("ok", 2)}
+                      "merge": ("ok", 2), "analyze": ("ok", 2), "report": ("ok", 2)}
     assert [(a["attempt"], a["from"], a["ok"]) for a in data["attempts"]] == [(1, None, False), (2, "collect", True)]
     assert (run_dir.traces / "manifest.json").is_file() and "bench" in data["outputs"]
     report = run_dir.report_md.read_text()
@@ -82,6 +82,6 @@ def test_resumes_are_attempts_that_keep_earlier_measurements(tmp_path, request):
     data = run_json(run_dir)
     assert data["ok"] is True and data["error"] is None and data["bench_valid"] is True
     assert {s["name"]: s["attempt"] for s in data["stages"]} == {
-        "launch": 3, "bench": 3, "collect": 3, "merge": 3, "report": 3}
+        "launch": 3, "bench": 3, "collect": 3, "merge": 3, "analyze": 3, "report": 3}
     assert [a["ok"] for a in data["attempts"]] == [False, True, True]
     check_torn_down(run_dir)

@@ -112,7 +112,7 @@ def test_resume_from_merge_uses_only_files_on_disk(tmp_path):
     # A resume is attempt 2: the stages it did not run keep attempt 1's record.
     statuses = {s.name: (s.status, s.attempt) for s in again.stages}
     assert statuses == {"launch": ("ok", 1), "bench": ("ok", 1), "collect": ("ok", 1),
-                        "merge": ("ok", 2), "report": ("ok", 2)}
+                        "merge": ("ok", 2), "analyze": ("ok", 2), "report": ("ok", 2)}
     assert again.ok and [a["from"] for a in again.attempts] == [None, "merge"]
 
 
