@@ -76,14 +76,17 @@ def collect(
     run_dir: RunDir,
     profile_id: str | None = None,
     progress: Progress | None = None,
+    allow_missing: bool = False,
 ) -> Collected:
     """Find (every rank, every node, checked), fetch what is not already here, verify, name,
     write manifest.json. profile_id defaults to the run's latest capture. Raises TraceError with
-    one line naming node and rank for a missing, truncated, duplicate or conflicting file."""
+    one line naming node and rank for a missing, truncated, duplicate or conflicting file; with
+    allow_missing, ranks without a complete file are left out and listed in the manifest
+    (`missing`, `problems`) instead."""
     say = progress or (lambda _msg: None)
     profile_id = profile_id or latest_profile_id(run_dir)
     say(f"looking for capture {profile_id} on {len(plan.nodes)} node(s)")
-    traces = find_traces(plan, backend, profile_id)
+    traces, missing, problems = find_traces(plan, backend, profile_id, allow_missing)
     names = {id(trace): output_name(trace, plan.layout) for trace in traces}
     _refuse_clashes(traces, names, plan.layout)
     target = run_dir.traces
@@ -111,6 +114,8 @@ def collect(
 
     counts = on_nodes(bring_node, plan.config.scheduler.nodes)
     manifest = build_manifest(plan, run_dir, traces, names)
+    manifest["missing"] = [m.to_dict(plan.layout) for m in missing]
+    manifest["problems"] = problems
     atomic_write_bytes(target / MANIFEST_NAME, orjson.dumps(manifest, option=orjson.OPT_INDENT_2))
     return Collected(
         traces_dir=target,

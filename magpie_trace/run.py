@@ -1,7 +1,7 @@
 """`magpie-trace run`: the whole job, each stage's output on disk, teardown guaranteed.
 
 plan -> launch -> bench (with a profile capture during a steady part of the load) -> stop ->
-collect -> merge -> report. The server is always torn down, on failure and on Ctrl-C too. Every
+collect -> merge -> analyze -> report. The server is always torn down, on failure and on Ctrl-C too. Every
 stage reads only the files of the stages before it, so `run(config, from_stage=...)` resumes a run
 and each stage also exists as its own command.
 """
@@ -23,13 +23,14 @@ from magpie_trace.config import Config
 from magpie_trace.errors import MagpieError
 from magpie_trace.fsutil import atomic_write_bytes
 from magpie_trace.launch import LaunchState, launch, stop
+from magpie_trace.monitor import monitors_for
 from magpie_trace.nodewatch import NodeGuard, Trip, process_guard
 from magpie_trace.plan import Plan, make_plan
 from magpie_trace.progress import stage, stage_ended
 from magpie_trace.rundir import RunDir, find_run_dir, new_run_dir
 
 RUN_SCHEMA = "magpie-trace/run/1"
-STAGES = ("launch", "bench", "collect", "merge", "report")
+STAGES = ("launch", "bench", "collect", "merge", "analyze", "report")
 Progress = Callable[[str], None]
 
 
@@ -94,9 +95,9 @@ def run(
     result = RunResult(run_id=plan.run_id, run_dir=run_dir.root, url=plan.head_url)
     wanted = set(STAGES[first:])
     if not config.profile.enabled:
-        wanted -= {"collect", "merge"}
+        wanted -= {"collect", "merge", "analyze"}
     if not config.output.merge:
-        wanted.discard("merge")
+        wanted -= {"merge", "analyze"}
     if not config.benchmark.enabled and not config.profile.enabled:
         wanted -= {"bench"}
     state: LaunchState | None = None
@@ -120,6 +121,8 @@ def run(
             _stage(result, "collect", say, lambda: _collect(plan, backend, run_dir, result, say))
         if failure is None and "merge" in wanted:
             _stage(result, "merge", say, lambda: _merge(plan, run_dir, result, say))
+        if failure is None and "analyze" in wanted:
+            _stage(result, "analyze", say, lambda: _analyze(run_dir, result))
     except BaseException as exc:  # noqa: BLE001
         failure = exc
     finally:
@@ -185,6 +188,7 @@ def _bench_and_capture(
         BenchInterrupted,
         BenchInvalid,
         RunAborted,
+        profile_point,
         run_benchmark,
     )
     from magpie_trace.profile import capture
@@ -193,10 +197,15 @@ def _bench_and_capture(
     captured: list[BaseException] = []
     load_started = threading.Event()
     bench_done = threading.Event()
-    guard = process_guard(plan, backend, state.handles, "the profile capture") if state else NodeGuard()
+    profile_done = threading.Event()
+    # One stream per node for the whole stage: liveness for the bench and the capture, telemetry.
+    monitors = monitors_for(plan, backend, state.handles if state else {},
+                            config.benchmark.telemetry_interval_s)
+    guard = process_guard(plan, backend, state.handles, "the profile capture", monitors.check) if state else NodeGuard()
 
     def capture_window() -> None:
-        """Open the window start_after_s into the first measured load point (not the warmup)."""
+        """Open the window start_after_s into the profiled load point, which runs before the
+        measured ones and lasts until the capture is done (so they carry no profiler overhead)."""
         try:
             if config.benchmark.enabled:
                 while not load_started.wait(0.2):
@@ -206,9 +215,11 @@ def _bench_and_capture(
             capture(plan, backend, run_dir, progress=say, guard=guard)
         except BaseException as exc:  # noqa: BLE001 - raised by the main thread
             captured.append(exc)
+        finally:
+            profile_done.set()
 
     thread = None
-    with guard:
+    with monitors, guard:
         if config.profile.enabled:
             thread = threading.Thread(target=capture_window, name="profile-capture", daemon=True)
             thread.start()
@@ -219,6 +230,8 @@ def _bench_and_capture(
                         config, plan, run_dir.bench, backend=backend,
                         handles=state.handles if state else None, say=say,
                         on_point_start=lambda _point: load_started.set(),
+                        profile_point=profile_point(config) if config.profile.enabled else None,
+                        profile_done=profile_done.is_set, monitors=monitors,
                     )
                 except (BenchInterrupted, BenchInvalid, RunAborted) as exc:
                     # Partial results were written and marked invalid; the run stops with this error.
@@ -261,6 +274,14 @@ def _merge(plan: Plan, run_dir: RunDir, result: RunResult, say: Progress) -> Non
         result.outputs["perfetto"] = merged.outputs["merged"]
     if merged.tracelens_command:
         result.tracelens_command = merged.tracelens_command
+
+
+def _analyze(run_dir: RunDir, result: RunResult) -> None:
+    from magpie_trace.analyze import analyze
+
+    analyzed = analyze(run_dir.merged)
+    result.outputs["analysis"] = str(run_dir.merged / "analysis")
+    result.outputs["events"] = analyzed.events["folder"]
 
 
 def _report(run_dir: RunDir, result: RunResult) -> None:

@@ -39,12 +39,15 @@ def lose_the_reply_of(backend, node_name: str, run_dir, started: list) -> None:
     backend.start = start
 
 
-@pytest.mark.parametrize("backend_name", ["local", "ssh", "ray"])
+@pytest.mark.parametrize("backend_name", ["local", "ssh", "ray", "slurm"])
 def test_ctrl_c_during_a_start_leaves_no_engine(backend_name, tmp_path, request):
     if backend_name == "local":
         scheduler = local_scheduler(tmp_path, 2)
     elif backend_name == "ssh":
         scheduler = request.getfixturevalue("ssh_scheduler")(2)
+    elif backend_name == "slurm":
+        job = request.getfixturevalue("slurm_job")
+        scheduler = request.getfixturevalue("slurm_cluster").scheduler(tmp_path / "nodes", 2, job)
     else:
         scheduler = ray_scheduler(request.getfixturevalue("ray_cluster"), tmp_path, 2)
     for i, node in enumerate(scheduler.nodes):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,9 @@ def sim_run_config(cluster: SlurmCluster, tmp_path: Path, nodes: int, **sections
             "engine": "sim", "model": "sim-model", "tp": 2 * nodes, "host": head,
             "port": free_port(head), "rendezvous_port": free_port(head), "ready_timeout_s": 60,
             "sim": {"startup_s": 0.2, "ttft_ms": 10, "itl_ms": 5, "clock_offset_ms": {1: OFFSET_MS}},
+            # The engine's first log line says which Slurm node its step runs on.
+            "command": ["sh", "-c", 'echo "SLURMD_NODENAME=$SLURMD_NODENAME"; exec "$@"', "sh",
+                        sys.executable, "-m", "magpie_trace.engines.sim"],
         },
         "profile": {"enabled": True, "start_after_s": 0.2, "duration_s": 0.8},
         "benchmark": {"input_len": 32, "output_len": 24, "num_prompts": 24, "concurrency": [2, 8],
