@@ -638,7 +638,6 @@ def merge_command(input_dir: str, output_dir: str | None, window: str | None, st
     default = source.with_name("merged" if source.name == "traces" else source.name + "-merged")
     target = Path(output_dir) if output_dir else default
     with display() as say:
-        say(f"merging the traces in {source} into {target}")
         if notice := compile_notice():
             say(notice)
         result = merge(source, target, options)
