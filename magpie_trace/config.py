@@ -221,6 +221,7 @@ class RouterConfig:
 class ServerConfig:
     engine: Literal["vllm", "sglang", "sim"] = "vllm"
     model: str = ""
+    served_model_name: str | None = None
     tp: int = 1
     pp: int = 1
     dp: int = 1
@@ -254,6 +255,7 @@ class ProfileConfig:
     start_step: int | None = None
     num_steps: int | None = None
     start_after_s: float = 2.0
+    concurrency: int | None = None
     duration_s: float = 3.0
     timeout_s: float = 600.0
 
@@ -263,26 +265,47 @@ class BenchmarkConfig:
     """The load, with vLLM `vllm bench serve` defaults and names where they exist."""
 
     enabled: bool = True
+    model: str | None = None
+    label: str | None = None
     endpoint: Literal["completions", "chat"] = "completions"
-    dataset: Literal["random", "sharegpt", "jsonl"] = "random"
+    dataset: Literal["random", "sharegpt", "jsonl", "custom", "mooncake", "burstgpt"] = "random"
     dataset_path: str | None = None
     input_len: int = 1024
     output_len: int = 128
     range_ratio: float = 0.0
+    prefix_len: int = 0
+    num_prefixes: int = 1
+    turns: int = 1
+    sharegpt_output_len: int | None = None
+    trace_block_size: int = 512
+    trace_speedup: float = 1.0
     ignore_eos: bool = True
     num_prompts: int = 200
-    concurrency: list[int] = field(default_factory=lambda: [1, 2, 4, 8, 16, 32, 64, 128])
-    request_rate: float | None = None
+    concurrency: list[int] | None = field(default_factory=lambda: [1, 2, 4, 8, 16, 32, 64, 128])
+    request_rate: list[float] | float | None = None
     burstiness: float = 1.0
+    ramp_up_strategy: Literal["linear", "exponential"] | None = None
+    ramp_up_start_rps: float | None = None
+    ramp_up_end_rps: float | None = None
+    duration_s: float | None = None
     warmup_requests: int = 2
     seed: int = 0
     tokenizer: str | None = None
+    server_tokenizer: bool = True
     percentiles: list[float] = field(default_factory=lambda: [50.0, 90.0, 95.0, 99.0])
     goodput: dict[str, float] = field(default_factory=dict)
+    sglang_result: bool = False
     request_timeout_s: float = 600.0
     stall_timeout_s: float = 30.0
     telemetry_interval_s: float = 1.0
     max_duration_s: float = 3600.0
+
+    @property
+    def rates(self) -> list[float | None]:
+        """The request rates of the sweep; None (no pacing) when none is set."""
+        if self.request_rate is None:
+            return [None]
+        return list(self.request_rate) if isinstance(self.request_rate, list) else [self.request_rate]
 
 
 @dataclass
@@ -411,6 +434,23 @@ def config_from_dict(
     return config
 
 
+def benchmark_config(overrides: list[str], source: str = "<command line>") -> Config:
+    """A Config with only a benchmark section (`bench --url` without a config file)."""
+    raw: dict[str, Any] = {}
+    for item in overrides:
+        _apply_override(raw, item, source)
+    unknown = sorted(set(raw) - {"benchmark", "output"})
+    if unknown:
+        raise ConfigError(f"{source}: {unknown[0]}: only benchmark.* and output.* apply without a config file")
+    config = Config(
+        benchmark=_build(BenchmarkConfig, raw.get("benchmark", {}), source, "benchmark"),
+        output=_build(OutputConfig, raw.get("output", {}), source, "output"),
+        source=source,
+    )
+    validate_benchmark(config.benchmark, source)
+    return config
+
+
 def parse_override(item: str) -> tuple[list[str], Any]:
     """`server.tp=16` -> (["server", "tp"], 16); the value is read as YAML."""
     key, sep, value = item.partition("=")
@@ -518,7 +558,10 @@ def _coerce(tp: Any, value: Any, source: str, path: str) -> Any:
                 return _coerce(option, value, source, path)
             except ConfigError as exc:
                 errors.append(exc)
-        raise errors[0]
+        # The option of the value's own shape says best what is wrong (a NaN, not "not a list").
+        shaped = [e for o, e in zip(options, errors)
+                  if (typing.get_origin(o) in (list, dict)) == isinstance(value, (list, dict))]
+        raise (shaped or errors)[0]
     if origin is Literal:
         if value not in args:
             allowed = ", ".join(str(a) for a in args)
@@ -548,14 +591,16 @@ def _coerce(tp: Any, value: Any, source: str, path: str) -> Any:
             raise ConfigError(f"{source}: {path}: expected an integer, got {_kind(value)}")
         return value
     if tp is float:
+        if isinstance(value, str) and value.strip().lower() in ("inf", "+inf", "infinity"):
+            return math.inf  # as `vllm bench serve --request-rate inf` spells it
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{source}: {path}: expected a number, got {_kind(value)}")
         try:
             number = float(value)
         except OverflowError:
             number = math.inf
-        if not math.isfinite(number):
-            raise ConfigError(f"{source}: {path}: expected a finite number, got {value!r}")
+        if math.isnan(number):
+            raise ConfigError(f"{source}: {path}: expected a number, got nan")
         return number
     if tp is str:
         if isinstance(value, bool) or value is None or isinstance(value, (dict, list)):
@@ -570,7 +615,8 @@ def _coerce(tp: Any, value: Any, source: str, path: str) -> Any:
 # Validation that needs more than one key
 
 
-# Numeric bounds: (key, lowest, lowest allowed itself?). Refused at load, never after a launch.
+# Numeric bounds: (key, lowest, lowest allowed itself?), and finite: a timeout of .inf is no bound.
+# Refused at load, never after a launch. (Benchmark sizes and rates: validate_benchmark.)
 _BOUNDS: tuple[tuple[str, float, bool], ...] = (
     ("scheduler.gpus_per_node", 1, True),
     ("scheduler.ssh.connect_timeout_s", 0, False),
@@ -586,11 +632,6 @@ _BOUNDS: tuple[tuple[str, float, bool], ...] = (
     ("profile.start_after_s", 0, True),
     ("profile.duration_s", 0, False),
     ("profile.timeout_s", 0, False),
-    ("benchmark.input_len", 1, True),
-    ("benchmark.output_len", 1, True),
-    ("benchmark.num_prompts", 1, True),
-    ("benchmark.request_rate", 0, False),
-    ("benchmark.burstiness", 0, False),
     ("benchmark.warmup_requests", 0, True),
     ("benchmark.request_timeout_s", 0, False),
     ("benchmark.stall_timeout_s", 0, False),
@@ -606,10 +647,10 @@ def _check_bounds(config: Config) -> None:
             value = getattr(value, part)
         if value is None:
             continue
-        nan = isinstance(value, float) and not math.isfinite(value)
-        if nan or value < lowest or (value == lowest and not inclusive):
+        infinite = isinstance(value, float) and not math.isfinite(value)
+        if infinite or value < lowest or (value == lowest and not inclusive):
             need = f"at least {lowest:g}" if inclusive else f"more than {lowest:g}"
-            raise ConfigError(f"{config.source}: {key}: {value!r} is out of range (must be {need})")
+            raise ConfigError(f"{config.source}: {key}: {value!r} is out of range (must be finite, {need})")
 
 
 def _check_env(env: dict[str, str], where: str, src: str) -> None:
@@ -696,13 +737,49 @@ def validate(config: Config) -> None:
     if config.router is not None:
         _check_env(config.router.env, "router.env", src)
     validate_deployment(config)
-    bench = config.benchmark
-    if bench.dataset in ("sharegpt", "jsonl") and not bench.dataset_path:
+    validate_benchmark(config.benchmark, src)
+
+
+FILE_DATASETS = ("sharegpt", "jsonl", "custom", "mooncake", "burstgpt")
+
+
+def validate_benchmark(bench: BenchmarkConfig, src: str) -> None:
+    """Checks across benchmark keys (also for `bench --url` without a config file)."""
+    if bench.dataset in FILE_DATASETS and not bench.dataset_path:
         raise ConfigError(f"{src}: benchmark.dataset_path: required for dataset {bench.dataset}")
-    if not bench.concurrency or any(c < 1 for c in bench.concurrency):
-        raise ConfigError(f"{src}: benchmark.concurrency: needs one or more values >= 1")
+    if bench.concurrency is not None and (not bench.concurrency or any(c < 1 for c in bench.concurrency)):
+        raise ConfigError(f"{src}: benchmark.concurrency: needs one or more values >= 1 (or null: no cap)")
+    if any(r is not None and not r > 0 for r in bench.rates):
+        raise ConfigError(f"{src}: benchmark.request_rate: every rate must be > 0 (inf: no pacing)")
+    if isinstance(bench.request_rate, list) and not bench.request_rate:
+        raise ConfigError(f"{src}: benchmark.request_rate: an empty list (give null for no pacing)")
+    if not bench.burstiness > 0:
+        raise ConfigError(f"{src}: benchmark.burstiness: must be > 0")
+    if bench.ramp_up_strategy is not None:
+        start, end = bench.ramp_up_start_rps, bench.ramp_up_end_rps
+        if start is None or end is None:
+            raise ConfigError(f"{src}: benchmark.ramp_up_strategy: needs ramp_up_start_rps and ramp_up_end_rps")
+        if bench.request_rate is not None:
+            raise ConfigError(f"{src}: benchmark.request_rate: not with ramp_up_strategy (the ramp sets the rate)")
+        if not 0 < start <= end:
+            raise ConfigError(f"{src}: benchmark.ramp_up_start_rps: need 0 < start <= ramp_up_end_rps")
+    if bench.duration_s is not None and not bench.duration_s > 0:
+        raise ConfigError(f"{src}: benchmark.duration_s: must be > 0 (or null: bounded by num_prompts only)")
     if not 0.0 <= bench.range_ratio < 1.0:
         raise ConfigError(f"{src}: benchmark.range_ratio: must be in [0, 1)")
+    for key in ("num_prompts", "input_len", "output_len", "num_prefixes", "trace_block_size"):
+        if getattr(bench, key) < 1:
+            raise ConfigError(f"{src}: benchmark.{key}: must be at least 1")
+    if bench.prefix_len < 0:
+        raise ConfigError(f"{src}: benchmark.prefix_len: must be >= 0")
+    if bench.turns < 0 or (bench.turns == 0 and bench.dataset != "sharegpt"):
+        raise ConfigError(f"{src}: benchmark.turns: must be >= 1 (0, every turn, is for sharegpt only)")
+    if bench.turns != 1 and bench.dataset not in ("random", "sharegpt"):
+        raise ConfigError(f"{src}: benchmark.turns: multi-turn conversations come from random or sharegpt")
+    if (bench.prefix_len or bench.num_prefixes != 1) and bench.dataset != "random":
+        raise ConfigError(f"{src}: benchmark.prefix_len: shared prefixes are for dataset random")
+    if not bench.trace_speedup > 0:
+        raise ConfigError(f"{src}: benchmark.trace_speedup: must be > 0")
     for value in bench.percentiles:
         if not 0.0 < value <= 100.0:
             raise ConfigError(f"{src}: benchmark.percentiles: {value:g} is not a percentile in (0, 100]")

@@ -21,8 +21,8 @@ import yaml
 from magpie_trace import interrupts
 from magpie_trace.backends import make_backend
 from magpie_trace.backends.base import Backend, ProcessHandle, exit_text
-from magpie_trace.config import under
-from magpie_trace.errors import MagpieError, NodeError
+from magpie_trace.config import NodeConfig, under
+from magpie_trace.errors import MagpieError, NodeError, NodeGone
 from magpie_trace.fanout import on_nodes
 from magpie_trace.fsutil import atomic_write_bytes, atomic_write_text
 from magpie_trace.plan import NodePlan, Plan
@@ -44,6 +44,10 @@ class LaunchState:
     ready_at: float | None = None
     stopped_at: float | None = None
     stop_requested: dict[str, Any] | None = None  # {by, at}: an operator's `magpie-trace stop`
+    lost: dict[str, str] = field(default_factory=dict)  # node -> why it counts as stopped
+    # node -> log path of a start under way: recorded before it begins, so that a start whose
+    # reply never came (Ctrl-C) is still found on its node (Backend.recover) and stopped
+    starting: dict[str, str] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -54,6 +58,8 @@ class LaunchState:
             "ready_at": self.ready_at,
             "stopped_at": self.stopped_at,
             "stop_requested": self.stop_requested,
+            "lost": self.lost,
+            "starting": self.starting,
             "handles": {name: h.to_dict() for name, h in self.handles.items()},
         }
 
@@ -67,6 +73,8 @@ class LaunchState:
             ready_at=data.get("ready_at"),
             stopped_at=data.get("stopped_at"),
             stop_requested=data.get("stop_requested"),
+            lost=dict(data.get("lost") or {}),
+            starting=dict(data.get("starting") or {}),
         )
 
 
@@ -135,7 +143,10 @@ def launch(
         return state
     except BaseException:
         with interrupts.shielded():
-            stop(plan, run_dir, backend, state)
+            try:
+                stop(plan, run_dir, backend, state)
+            except MagpieError:
+                pass  # the launch failure is the one to report; state.json keeps what is left
             if owned:
                 backend.close()
         raise
@@ -150,11 +161,15 @@ def start_nodes(plan: Plan, backend: Backend, run_dir: RunDir, state: LaunchStat
         argv = node.argv
         if argv is None:
             return
+        with lock:
+            state.starting[node.name] = node.log_path
+            save_state(run_dir, state)
         handle = backend.start(
             plan.node_config(node.index), argv, node.env, node.log_path, cwd=node.workdir
         )
         with lock:
             state.handles[node.name] = handle
+            del state.starting[node.name]
             save_state(run_dir, state)
 
     on_nodes(start, plan.nodes)
@@ -239,6 +254,10 @@ def stop(
     `requested_by` (an operator's `magpie-trace stop`) is recorded in state.json first, so a run
     still going in another process says it was stopped rather than blaming the node whose engine
     happened to end first; a run's own teardown keeps that record.
+
+    A node that is gone (NodeGone: its Ray node died) counts as stopped and is recorded in
+    state.lost; the others are stopped all the same. Any other failure is raised after every
+    node was tried and the state saved, so `stop` can be run again.
     """
     backend = backend or make_backend(plan.config.scheduler)
     on_disk = load_state(run_dir) if run_dir.state.exists() else None
@@ -252,22 +271,45 @@ def stop(
     elif on_disk is not None and state.stop_requested is None:
         state.stop_requested = on_disk.stop_requested
     by_name = {node.name: node for node in plan.nodes}
+    lock = threading.Lock()
 
     def stop_one(node: NodePlan) -> None:
-        handle = state.handles.get(node.name)
-        if handle is None:
-            return
         config = plan.node_config(node.index)
-        backend.stop(config, handle, grace_s=grace_s)
+        try:
+            handle = state.handles.get(node.name) or _recover(config, node.name)
+            if handle is None:
+                return
+            backend.stop(config, handle, grace_s=grace_s)
+        except NodeGone as exc:
+            with lock:
+                state.lost[node.name] = str(exc)[len(node.name) + 2 :]
+                state.starting.pop(node.name, None)
+            return
         try:
             backend.fetch(config, handle.log_path, under(str(run_dir.logs), f"{node.name}.log"))
         except MagpieError:
             pass  # a node that cannot be reached keeps its log; the stop itself succeeded
 
-    targets = [by_name[name] for name in state.handles if name in by_name]
-    on_nodes(stop_one, targets)
-    state.stopped_at = time.time()
-    save_state(run_dir, state)
+    def _recover(config: NodeConfig, name: str) -> ProcessHandle | None:
+        """A start that was under way when the launch ended: its command, if it began."""
+        log_path = state.starting.get(name)
+        if log_path is None:
+            return None
+        handle = backend.recover(config, log_path)
+        with lock:
+            del state.starting[name]
+            if handle is not None:
+                state.handles[name] = handle
+            save_state(run_dir, state)
+        return handle
+
+    names = [*state.handles, *(name for name in state.starting if name not in state.handles)]
+    targets = [by_name[name] for name in names if name in by_name]
+    try:
+        on_nodes(stop_one, targets)
+        state.stopped_at = time.time()
+    finally:
+        save_state(run_dir, state)
     return state
 
 

@@ -1,14 +1,14 @@
 """`magpie-trace run`: the whole job, each stage's output on disk, teardown guaranteed.
 
 plan -> launch -> bench (with a profile capture during a steady part of the load) -> stop ->
-collect -> merge -> report. The server is always torn down, on failure and on Ctrl-C too. Every
+collect -> merge -> analyze -> report. The server is always torn down, on failure and on Ctrl-C too. Every
 stage reads only the files of the stages before it, so `run(config, from_stage=...)` resumes a run
 and each stage also exists as its own command.
 """
 
 from __future__ import annotations
 
-import shlex
+import contextlib
 import threading
 import time
 from dataclasses import asdict, dataclass, field
@@ -24,13 +24,15 @@ from magpie_trace.config import Config
 from magpie_trace.errors import MagpieError
 from magpie_trace.fsutil import atomic_write_bytes
 from magpie_trace.launch import LaunchState, launch, operator_stop, stop
+from magpie_trace.monitor import monitors_for
 from magpie_trace.nodewatch import NodeGuard, Trip, process_guard
 from magpie_trace.plan import Plan, make_plan
+from magpie_trace.progress import stage, stage_ended
 from magpie_trace.rundir import RunDir, find_run_dir, new_run_dir
 from magpie_trace.secrets import Secrets
 
 RUN_SCHEMA = "magpie-trace/run/1"
-STAGES = ("launch", "bench", "collect", "merge", "report")
+STAGES = ("launch", "bench", "collect", "merge", "analyze", "report")
 Progress = Callable[[str], None]
 
 
@@ -40,6 +42,7 @@ class StageRecord:
     status: str  # ok | failed | skipped
     seconds: float = 0.0
     detail: str = ""
+    attempt: int | None = None  # the attempt that ran it (a resume keeps the earlier ones')
 
 
 @dataclass
@@ -55,6 +58,9 @@ class RunResult:
     outputs: dict[str, str] = field(default_factory=dict)
     bench_valid: bool | None = None
     tracelens_command: str | None = None
+    teardown: dict[str, Any] | None = None  # ok, lost (nodes counted as stopped), error
+    attempt: int = 1  # a resume (--from) is a new attempt on the same run folder
+    attempts: list[dict[str, Any]] = field(default_factory=list)  # every attempt, this one last
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -79,27 +85,39 @@ def run(
     if from_stage is not None and from_stage not in STAGES:
         raise MagpieError(f"--from {from_stage}: unknown stage (one of {', '.join(STAGES)})")
     first = STAGES.index(from_stage) if from_stage else 0
-    if first == 0 and run_ref is None:
-        plan = make_plan(config)
-        run_dir = new_run_dir(config.output.dir, plan.run_id)
-    else:
-        run_dir = find_run_dir(config.output.dir, run_ref)
-        plan = make_plan(config, run_id=run_dir.run_id)
-    with run_dir.lock("run"):
-        return _run_stages(plan, run_dir, first, backend, say)
+    backend = backend or make_backend(config.scheduler)
+    hold = contextlib.ExitStack()
+    try:
+        backend.acquire_nodes(say, config.source)
+        if first == 0 and run_ref is None:
+            plan = make_plan(config)
+            run_dir = new_run_dir(config.output.dir, plan.run_id)
+        else:
+            run_dir = find_run_dir(config.output.dir, run_ref)
+            plan = make_plan(config, run_id=run_dir.run_id)
+        hold.enter_context(run_dir.lock("run"))  # no other command writes in it meanwhile
+    except BaseException:
+        backend.close()  # gives back an allocation it asked for
+        raise
+    with hold:
+        return _run_stages(plan, run_dir, first, from_stage, backend, say)
 
 
-def _run_stages(plan: Plan, run_dir: RunDir, first: int, backend: Backend | None, say: Progress) -> RunResult:
+def _run_stages(
+    plan: Plan, run_dir: RunDir, first: int, from_stage: str | None, backend: Backend, say: Progress
+) -> RunResult:
     """The stages from STAGES[first], in a run folder this process holds."""
     config = plan.config
     started = time.time()
-    backend = backend or make_backend(config.scheduler)
     result = RunResult(run_id=plan.run_id, run_dir=run_dir.root, url=plan.head_url)
+    earlier = _earlier_attempts(run_dir)
+    result.attempt = len(earlier) + 1
+    started_utc = _utc_now()
     wanted = set(STAGES[first:])
     if not config.profile.enabled:
-        wanted -= {"collect", "merge"}
+        wanted -= {"collect", "merge", "analyze"}
     if not config.output.merge:
-        wanted.discard("merge")
+        wanted -= {"merge", "analyze"}
     if not config.benchmark.enabled and not config.profile.enabled:
         wanted -= {"bench"}
     state: LaunchState | None = None
@@ -115,7 +133,8 @@ def _run_stages(plan: Plan, run_dir: RunDir, first: int, backend: Backend | None
         if state is not None:
             with interrupts.shielded():
                 say("tearing down every node")
-                stop(plan, run_dir, backend, state)
+                teardown_error = _teardown(plan, run_dir, backend, state, result)
+            failure = failure or teardown_error  # the first error is the one reported
     failure = failure or interrupts.pending()  # a signal that came during the teardown
     if failure is not None and not isinstance(failure, KeyboardInterrupt):
         during = next((s.name for s in reversed(result.stages) if s.status == "failed"), "the run")
@@ -124,32 +143,125 @@ def _run_stages(plan: Plan, run_dir: RunDir, first: int, backend: Backend | None
         if failure is None and "collect" in wanted:
             _stage(result, "collect", say, lambda: _collect(plan, backend, run_dir, result, say))
         if failure is None and "merge" in wanted:
-            _stage(result, "merge", say, lambda: _merge(plan, run_dir, result))
+            _stage(result, "merge", say, lambda: _merge(plan, run_dir, result, say))
+        if failure is None and "analyze" in wanted:
+            _stage(result, "analyze", say, lambda: _analyze(run_dir, result))
     except BaseException as exc:  # noqa: BLE001
         failure = exc
     finally:
         with interrupts.shielded():
             backend.close()
     with interrupts.shielded():
+        ran = list(result.stages)  # this attempt's stages; result.stages becomes the whole run's
+        record = _attempt_record(result, ran, from_stage, started_utc, failure)
+        secrets = Secrets.of(config)
+        _write_run_json(run_dir, result, earlier, ran, record, failure, secrets)  # the report reads it
         if "report" in wanted or failure is not None:
-            _stage(result, "report", say, lambda: _report(run_dir, result))
-        for name in STAGES:
-            if name not in {s.name for s in result.stages}:
-                result.stages.append(StageRecord(name, "skipped"))
-        if failure is not None:
-            result.ok = False
-            result.error = _describe(failure)
-        mask = Secrets.of(config).text  # an error may quote a node's log, and a log an env value
-        result.error = mask(result.error) if result.error else result.error
-        for record in result.stages:
-            record.detail = mask(record.detail)
-        atomic_write_bytes(run_dir.root / "run.json", orjson.dumps(result.to_dict(), option=orjson.OPT_INDENT_2))
+            result.stages = ran
+            try:
+                _stage(result, "report", say, lambda: _report(run_dir, result))
+            except Exception as exc:  # noqa: BLE001 - recorded like any stage failure
+                failure = failure or exc
+            ran = list(result.stages)
+            record = _attempt_record(result, ran, from_stage, started_utc, failure)
+            _write_run_json(run_dir, result, earlier, ran, record, failure, secrets)
+    if failure is None and not result.ok:
+        say(f"warning: this attempt went well, but the run is not ok: {result.error}")
     failure = failure or interrupts.pending()
     if failure is not None:
         if isinstance(failure, (MagpieError, KeyboardInterrupt)):
             raise failure
         raise MagpieError(f"run failed: {type(failure).__name__}: {failure}") from failure
     return result
+
+
+def _teardown(
+    plan: Plan, run_dir: RunDir, backend: Backend, state: LaunchState, result: RunResult
+) -> MagpieError | None:
+    """Stop every node; a lost node counts as stopped. Recorded in run.json's `teardown`."""
+    error: MagpieError | None = None
+    try:
+        stop(plan, run_dir, backend, state)
+    except MagpieError as exc:
+        error = exc
+    result.teardown = {"ok": error is None, "lost": sorted(state.lost),
+                       "error": None if error is None else str(error)}
+    return error
+
+
+def _earlier_attempts(run_dir: RunDir) -> list[dict[str, Any]]:
+    """The attempts run.json recorded before this one (a run.json from before attempts were
+    recorded counts as attempt 1)."""
+    try:
+        data = orjson.loads((run_dir.root / "run.json").read_bytes())
+    except (FileNotFoundError, orjson.JSONDecodeError):
+        return []
+    if not isinstance(data, dict):
+        return []
+    if data.get("attempts"):
+        return list(data["attempts"])
+    return [{"attempt": 1, "from": None, "ok": data.get("ok"), "error": data.get("error"),
+             "stages": [s for s in data.get("stages", []) if s.get("status") != "skipped"],
+             "outputs": data.get("outputs", {}), "bench_valid": data.get("bench_valid")}]
+
+
+def _attempt_record(
+    result: RunResult, ran: list[StageRecord], from_stage: str | None, started_utc: str,
+    failure: BaseException | None,
+) -> dict[str, Any]:
+    return {
+        "attempt": result.attempt, "from": from_stage, "started_utc": started_utc,
+        "ended_utc": _utc_now(), "ok": failure is None,
+        "error": None if failure is None else _describe(failure),
+        "stages": [asdict(s) | {"attempt": result.attempt} for s in ran],
+        "outputs": dict(result.outputs), "bench_valid": result.bench_valid,
+    }
+
+
+def _write_run_json(
+    run_dir: RunDir, result: RunResult, earlier: list[dict[str, Any]], ran: list[StageRecord],
+    record: dict[str, Any], failure: BaseException | None, secrets: Secrets,
+) -> None:
+    """run.json: this attempt after the earlier ones. Each stage's status is that of the latest
+    attempt that ran it, so a resume that skips a failed stage leaves the run failed (and says
+    in which attempt); outputs and bench validity carry over from attempts that measured them."""
+    latest: dict[str, StageRecord] = {}
+    for attempt in earlier:
+        for stage in attempt.get("stages", []):
+            latest[stage["name"]] = StageRecord(
+                stage["name"], stage["status"], stage.get("seconds", 0.0), stage.get("detail", ""),
+                stage.get("attempt") or attempt.get("attempt"),
+            )
+        result.outputs = {**attempt.get("outputs", {}), **result.outputs}
+    for stage in ran:
+        latest[stage.name] = StageRecord(stage.name, stage.status, stage.seconds, stage.detail,
+                                         result.attempt)
+    result.stages = [latest.get(name) or StageRecord(name, "skipped") for name in STAGES]
+    if result.bench_valid is None and "bench" not in {s.name for s in ran}:
+        result.bench_valid = next((a.get("bench_valid") for a in reversed(earlier)
+                                   if a.get("bench_valid") is not None), None)
+    failed = [s for s in result.stages if s.status == "failed"]
+    result.ok = failure is None and not failed
+    if failure is not None:
+        result.error = _describe(failure)
+    elif failed:
+        first = failed[0]
+        result.error = f"{first.name} failed in attempt {first.attempt}: {first.detail}"
+    else:
+        result.error = None
+    result.attempts = [*earlier, record]
+    mask = secrets.text  # an error may quote a node's log, and a log an env value
+    result.error = result.error and mask(result.error)
+    record["error"] = record["error"] and mask(record["error"])
+    for stage in result.stages:
+        stage.detail = mask(stage.detail)
+    for entry in record["stages"]:
+        entry["detail"] = mask(entry["detail"])
+    atomic_write_bytes(run_dir.root / "run.json", orjson.dumps(result.to_dict(), option=orjson.OPT_INDENT_2))
+
+
+def _utc_now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
 
 def _describe(failure: BaseException) -> str:
@@ -159,14 +271,16 @@ def _describe(failure: BaseException) -> str:
 
 
 def _stage(result: RunResult, name: str, say: Progress, fn: Callable[[], Any]) -> Any:
-    say(f"stage {name}")
+    stage(say, name)
     started = time.monotonic()
     try:
         value = fn()
     except BaseException as exc:
         result.stages.append(StageRecord(name, "failed", time.monotonic() - started, _describe(exc)))
+        stage_ended(say, name, time.monotonic() - started, failed=True)
         raise
     result.stages.append(StageRecord(name, "ok", time.monotonic() - started))
+    stage_ended(say, name, time.monotonic() - started)
     return value
 
 
@@ -178,6 +292,7 @@ def _bench_and_capture(
         BenchInterrupted,
         BenchInvalid,
         RunAborted,
+        profile_point,
         run_benchmark,
     )
     from magpie_trace.profile import capture
@@ -186,10 +301,15 @@ def _bench_and_capture(
     captured: list[BaseException] = []
     load_started = threading.Event()
     bench_done = threading.Event()
-    guard = process_guard(plan, backend, state.handles, "the profile capture") if state else NodeGuard()
+    profile_done = threading.Event()
+    # One stream per node for the whole stage: liveness for the bench and the capture, telemetry.
+    monitors = monitors_for(plan, backend, state.handles if state else {},
+                            config.benchmark.telemetry_interval_s)
+    guard = process_guard(plan, backend, state.handles, "the profile capture", monitors.check) if state else NodeGuard()
 
     def capture_window() -> None:
-        """Open the window start_after_s into the first measured load point (not the warmup)."""
+        """Open the window start_after_s into the profiled load point, which runs before the
+        measured ones and lasts until the capture is done (so they carry no profiler overhead)."""
         try:
             if config.benchmark.enabled:
                 while not load_started.wait(0.2):
@@ -199,9 +319,11 @@ def _bench_and_capture(
             capture(plan, backend, run_dir, progress=say, guard=guard)
         except BaseException as exc:  # noqa: BLE001 - raised by the main thread
             captured.append(exc)
+        finally:
+            profile_done.set()
 
     thread = None
-    with guard:
+    with monitors, guard:
         if config.profile.enabled:
             thread = threading.Thread(target=capture_window, name="profile-capture", daemon=True)
             thread.start()
@@ -212,6 +334,8 @@ def _bench_and_capture(
                         config, plan, run_dir.bench, backend=backend,
                         handles=state.handles if state else None, say=say,
                         on_point_start=lambda _point: load_started.set(),
+                        profile_point=profile_point(config) if config.profile.enabled else None,
+                        profile_done=profile_done.is_set, monitors=monitors,
                     )
                 except (BenchInterrupted, BenchInvalid, RunAborted) as exc:
                     # Partial results were written and marked invalid; the run stops with this error.
@@ -242,21 +366,26 @@ def _collect(plan: Plan, backend: Backend, run_dir: RunDir, result: RunResult, s
     result.tracelens_command = getattr(collected, "tracelens_command", None)
 
 
-def _merge(plan: Plan, run_dir: RunDir, result: RunResult) -> None:
+def _merge(plan: Plan, run_dir: RunDir, result: RunResult, say: Progress) -> None:
     from magpie_trace.merge import MergeOptions, merge
+    from magpie_trace.merge.bytescan import compile_notice
 
+    if notice := compile_notice():
+        say(notice)
     merged = merge(run_dir.traces, run_dir.merged, MergeOptions())
     result.outputs["merged"] = str(merged.output_dir)
     if isinstance(merged.outputs.get("merged"), str):
         result.outputs["perfetto"] = merged.outputs["merged"]
-    if merged.outputs.get("aligned"):
-        # Aligned files are named node<N>-TP<R>-rank<G>: TraceLens's default rank regex finds G.
-        result.tracelens_command = shlex.join([
-            "TraceLens_generate_multi_rank_collective_report_pytorch",
-            "--trace_glob", str(run_dir.merged / "aligned" / "node*-rank*.trace.json.gz"),
-            "--world_size", str(plan.layout.world_size),
-            "--gpus_per_node", str(plan.layout.ranks_per_node),
-        ])
+    if merged.tracelens_command:
+        result.tracelens_command = merged.tracelens_command
+
+
+def _analyze(run_dir: RunDir, result: RunResult) -> None:
+    from magpie_trace.analyze import analyze
+
+    analyzed = analyze(run_dir.merged)
+    result.outputs["analysis"] = str(run_dir.merged / "analysis")
+    result.outputs["events"] = analyzed.events["folder"]
 
 
 def _report(run_dir: RunDir, result: RunResult) -> None:

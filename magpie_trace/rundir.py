@@ -7,7 +7,7 @@
   state.json         what launch started: one process handle per node (for stop)
   logs/<node>.log    each node's engine log, fetched at stop
   preflight.json     per-node checks and measured clock offsets
-  bench/             result.json, requests.jsonl, sweep.csv, plots/*.png
+  bench/attempt-NNN/ one folder per bench invocation: result.json, points/, requests.jsonl, sweep.csv, plots/
   traces/            node<N>-TP<R>.trace.json.gz ... + manifest.json
   merged/            aligned per-rank traces, merged Perfetto trace, tables, alignment.json
   report.md, report.html
@@ -84,7 +84,7 @@ class RunDir:
     def lock_path(self) -> Path:
         return self.root / ".lock"
 
-    def create(self) -> "RunDir":
+    def create(self, latest: bool = True) -> "RunDir":
         """Make the folder; one that exists already belongs to another run and is refused."""
         _check_output_dir(self.root.parent)
         self.root.parent.mkdir(parents=True, exist_ok=True)
@@ -95,7 +95,8 @@ class RunDir:
                 f"run {self.run_id}: {self.root} already exists (another run's folder); "
                 "give another output.run_id, or resume it with `run --from STAGE --run RUN`"
             ) from None
-        _point_latest(self.root)
+        if latest:
+            _point_latest(self.root)
         return self
 
     @contextlib.contextmanager
@@ -122,8 +123,10 @@ class RunDir:
             os.close(fd)  # releases the lock
 
 
-def new_run_dir(output_dir: str | Path, run_id: str) -> RunDir:
-    return RunDir(Path(under(str(output_dir), check_name(run_id, "run id")))).create()
+def new_run_dir(output_dir: str | Path, run_id: str, latest: bool = True) -> RunDir:
+    """A new run folder; `latest` points at it unless it launches nothing (`bench --url`), so
+    that `stop CONFIG` and the other commands keep finding the run that launch started."""
+    return RunDir(Path(under(str(output_dir), check_name(run_id, "run id")))).create(latest)
 
 
 def _check_output_dir(base: Path) -> None:

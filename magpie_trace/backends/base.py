@@ -61,6 +61,11 @@ class ProcessHandle:
         return cls(**data)
 
 
+def tag_path(log_path: str) -> str:
+    """Where the node-side launcher records "pid pgid starttime" before the command runs."""
+    return log_path + ".pid"
+
+
 @dataclass
 class CommandResult:
     returncode: int
@@ -73,6 +78,22 @@ class RemoteFile:
     path: str
     size: int
     mtime: float
+
+
+class LineStream(abc.ABC):
+    """The output of one long-lived command on a node, a line at a time (a node's monitor)."""
+
+    @abc.abstractmethod
+    def readline(self) -> str | None:
+        """The next line (blocking); None once the command has ended or the channel is gone."""
+
+    @abc.abstractmethod
+    def close(self) -> None:
+        """End the command (it also ends by itself when its channel closes)."""
+
+    def why_ended(self) -> str:
+        """Why readline returned None, for the error that names the node."""
+        return "its output ended"
 
 
 class Backend(abc.ABC):
@@ -115,11 +136,21 @@ class Backend(abc.ABC):
         """
 
     def acquire_nodes(
-        self, progress: Callable[[str], None] | None = None, source: str = "<config>"
+        self,
+        progress: Callable[[str], None] | None = None,
+        source: str = "<config>",
+        ask: bool = True,
     ) -> None:
         """Settle scheduler.nodes before a plan is made: the config lists them for local, ssh and
         ray (nothing to do); slurm takes them from its allocation, asking Slurm for one when
-        there is none, and close() gives that back. source names the config in errors."""
+        there is none (not when ask is False), and close() gives that back. source names the
+        config in errors."""
+
+    def recover(self, node: NodeConfig, log_path: str, wait_s: float = 2.0) -> ProcessHandle | None:
+        """The command a start with this log_path launched, found from what the node side
+        recorded first (for a start whose reply was lost: Ctrl-C while it was in flight); None
+        when nothing was started. Waits up to wait_s for a start that may still be under way."""
+        return None
 
     def prepare(self, node: NodeConfig) -> None:
         """Get ready to start a command on the node soon (preflight calls it); nothing by default.
@@ -161,6 +192,11 @@ class Backend(abc.ABC):
         (`ps` shows those to every user, here and on the node)."""
         script = "\n".join([*export_lines(env), 'exec "$@"', ""])
         return self.run(node, ["sh", "-s", "--", *argv], timeout_s, input=script.encode())
+
+    @abc.abstractmethod
+    def stream(self, node: NodeConfig, argv: list[str]) -> LineStream:
+        """Start argv on the node for as long as the caller reads it, over one channel opened
+        once (one process, one ssh session, one Ray task). It gets EOF on stdin when closed."""
 
     def tail(self, node: NodeConfig, path: str, lines: int = 20) -> str:
         """The last lines of a file on the node (for error messages); empty if unreadable."""

@@ -6,6 +6,7 @@ headless. Fixed latencies, per-node clock offsets and failure injection come fro
 
 from __future__ import annotations
 
+import re
 import sys
 
 from magpie_trace.engines.base import Engine, NodeContext
@@ -20,6 +21,11 @@ class SimEngine(VllmStyleProfiling, Engine):
     """Profiles like vLLM: same endpoints, same GPU-worker and API-server trace names."""
 
     name = "sim"
+    rank_title = re.compile(r"engines\.sim\.ranks .*?\"global_rank\": ?(\d+)")
+
+    def rank_process(self, cmdline: str) -> str | None:
+        rank = super().rank_process(cmdline)
+        return None if rank is None else f"rank {rank}"
     default_port = 8000
     default_rendezvous_port = 29501
     health_path = "/health"
@@ -34,6 +40,7 @@ class SimEngine(VllmStyleProfiling, Engine):
         args = [
             "serve",
             "--model", server.model,
+            *(["--served-model-name", server.served_model_name] if server.served_model_name else []),
             "--node-rank", str(ctx.index),
             "--nnodes", str(layout.nnodes),
             "--ranks", ",".join(str(rank.global_rank) for rank in ctx.ranks),
