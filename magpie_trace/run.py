@@ -253,8 +253,8 @@ def _write_run_json(
     mask = secrets.text  # an error may quote a node's log, and a log an env value
     result.error = result.error and mask(result.error)
     record["error"] = record["error"] and mask(record["error"])
-    for stage in result.stages:
-        stage.detail = mask(stage.detail)
+    for kept in result.stages:
+        kept.detail = mask(kept.detail)
     for entry in record["stages"]:
         entry["detail"] = mask(entry["detail"])
     atomic_write_bytes(run_dir.root / "run.json", orjson.dumps(result.to_dict(), option=orjson.OPT_INDENT_2))

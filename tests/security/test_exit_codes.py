@@ -19,8 +19,8 @@ from magpie_trace.launch import load_state
 from magpie_trace.run import run
 from magpie_trace.rundir import RunDir
 from tests.launch.simcluster import sim_config
-from tests.launch.test_launch_ray import ray_scheduler
 from tests.procs import group_members, leftover_processes, wait_for
+from tests.security.runs import scheduler_for
 
 
 def engine_pids(pgid: int) -> list[int]:
@@ -38,11 +38,7 @@ def engine_pids(pgid: int) -> list[int]:
 
 @pytest.mark.parametrize("backend", ["ssh", "ray"])
 def test_an_engine_killed_by_sigkill_is_code_137_on_every_backend(backend, request, tmp_path):
-    if backend == "ssh":
-        scheduler = request.getfixturevalue("ssh_scheduler")(2)
-    else:
-        scheduler = ray_scheduler(request.getfixturevalue("ray_cluster"), tmp_path, 2)
-    config = sim_config(scheduler, tmp_path, sim=SimConfig(startup_s=0.2, ttft_ms=5, itl_ms=5))
+    config = sim_config(scheduler_for(backend, request, tmp_path), tmp_path, sim=SimConfig(startup_s=0.2, ttft_ms=5, itl_ms=5))
     bench = config.benchmark
     bench.input_len, bench.output_len, bench.num_prompts = 16, 50, 400
     bench.concurrency, bench.warmup_requests = [4], 1

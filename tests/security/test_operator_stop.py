@@ -11,7 +11,6 @@ import re
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import yaml
 
@@ -20,6 +19,7 @@ from magpie_trace.launch import load_state
 from magpie_trace.rundir import RunDir
 from tests.launch.simcluster import sim_config
 from tests.procs import leftover_processes, wait_for
+from tests.security.runs import running
 
 
 def test_a_stop_during_a_run_is_reported_as_the_operators_not_a_nodes(ssh_scheduler, tmp_path):
@@ -29,20 +29,11 @@ def test_a_stop_during_a_run_is_reported_as_the_operators_not_a_nodes(ssh_schedu
     bench.concurrency, bench.warmup_requests = [4], 1
     path = tmp_path / "run.yaml"
     path.write_text(yaml.safe_dump(config.to_dict()))
-    proc = subprocess.Popen([sys.executable, "-m", "magpie_trace.cli", "run", str(path)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        state_file = wait_for(lambda: next(Path(config.output.dir).glob("2*/state.json"), None), 60)
-        assert state_file, "the run never launched"
-        run_dir = RunDir(state_file.parent)
-        assert wait_for(lambda: load_state(run_dir).ready_at is not None, 60)
+    with running(path, config.output.dir) as (proc, run_dir):
         time.sleep(1.0)  # the benchmark is under way
         stopper = subprocess.run([sys.executable, "-m", "magpie_trace.cli", "stop", str(path)],
                                  capture_output=True, text=True, timeout=120)
         _, err = proc.communicate(timeout=120)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
     assert stopper.returncode == 0 and stopper.stdout.startswith("stopped 2 node(s)"), stopper.stderr
     assert proc.returncode == 1, err
     errors = [line for line in err.splitlines() if line.startswith("error: ")]

@@ -22,6 +22,7 @@ from magpie_trace.rundir import RunDir
 from magpie_trace.ports import free_port
 from tests.launch.simcluster import sim_config
 from tests.procs import leftover_processes, wait_for
+from tests.security.runs import running
 
 # Loads the config first, then starts the run at an agreed instant: both runs take their run id
 # in the same second.
@@ -98,19 +99,10 @@ def test_a_run_folder_in_use_is_refused_to_a_second_command(ssh_scheduler, tmp_p
                    prompts=300)
     config.benchmark.output_len = 40
     path = write_config(config, tmp_path / "run.yaml")
-    first = subprocess.Popen([sys.executable, "-m", "magpie_trace.cli", "run", str(path)],
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        state_file = wait_for(lambda: next(Path(config.output.dir).glob("2*/state.json"), None), 60)
-        assert state_file, "the first run never launched"
-        run_dir = RunDir(state_file.parent)
-        assert wait_for(lambda: load_state(run_dir).ready_at is not None, 60)
+    with running(path, config.output.dir) as (first, run_dir):
         second = cli("run", str(path), "--from", "bench", "--run", run_dir.run_id)
         still_running = first.poll() is None
         out, err = first.communicate(timeout=300)
-    finally:
-        if first.poll() is None:
-            first.kill()
     assert still_running, "the first run ended before the second command: no test"
     assert second.returncode == 1, second.stderr
     assert second.stderr.splitlines() == [

@@ -26,6 +26,7 @@ from magpie_trace.rundir import RunDir
 from tests.fixtures.ray_cluster import LABEL
 from tests.launch.simcluster import local_scheduler, sim_config
 from tests.procs import leftover_processes, wait_for
+from tests.security.runs import scheduler_for
 
 NOBODY = 65534
 
@@ -58,9 +59,9 @@ def small(config):
     return config
 
 
-def scheduler_for(backend: str, request, tmp_path: Path, root: Path) -> SchedulerConfig:
+def workdir_scheduler(backend: str, request, tmp_path: Path, root: Path) -> SchedulerConfig:
     if backend == "ssh":
-        scheduler = request.getfixturevalue("ssh_scheduler")(2)
+        scheduler = scheduler_for(backend, request, tmp_path)
     elif backend == "ray":
         cluster = request.getfixturevalue("ray_cluster")
         nodes = [NodeConfig(host="127.0.0.1", name=f"node{i}", ray_labels={LABEL: cluster.labels[i]},
@@ -89,7 +90,7 @@ def test_a_planted_symlink_is_refused_not_written_through(backend, request, tmp_
     victim = tmp_path / "victim"
     victim.mkdir()
     spot = plant(shared, victim, "symlink")
-    config = small(sim_config(scheduler_for(backend, request, tmp_path, spot), tmp_path))
+    config = small(sim_config(workdir_scheduler(backend, request, tmp_path, spot), tmp_path))
     if backend == "ssh":  # the command line, as a user meets it
         path = tmp_path / "c.yaml"
         path.write_text(yaml.safe_dump(config.to_dict()))
