@@ -103,24 +103,50 @@ class RunDir:
     def lock(self, command: str) -> Iterator[None]:
         """Hold the run folder for `command` until the block ends (or this process does).
 
-        A second command that would write in the same folder is refused at once, naming the
-        holder, instead of mixing its results in.
+        `run` holds the whole folder; a stage command (`bench`, `profile`, ...) holds its own part
+        of it, so a capture may open while a benchmark loads the server, but two benchmarks may
+        not, nor anything while a `run` works in the folder. A second holder is refused at once,
+        naming the first, instead of mixing its results in. The kernel drops a lock with its
+        process, however that ends.
         """
-        fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666)
+        with contextlib.ExitStack() as held:
+            if command == "run":
+                self._take(self.lock_path, fcntl.LOCK_EX, command, held)
+            else:
+                self._take(self.lock_path, fcntl.LOCK_SH, command, held)
+                self._take(self.root / f".lock-{command}", fcntl.LOCK_EX, command, held)
+            yield
+
+    def _take(self, path: Path, mode: int, command: str, held: contextlib.ExitStack) -> None:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666)
+        held.callback(os.close, fd)
         try:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                holder = os.read(fd, 200).decode(errors="replace").strip() or "another process"
-                raise MagpieError(
-                    f"run {self.run_id}: {self.root} is in use by {holder}; wait for it to end, "
-                    "or stop it with `magpie-trace stop`"
-                ) from None
+            fcntl.flock(fd, mode | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holders = ", ".join(self._holders()) or "another magpie-trace command"
+            raise MagpieError(
+                f"run {self.run_id}: {self.root} is in use by {holders}; wait for it to end, "
+                "or stop it with `magpie-trace stop`"
+            ) from None
+        if mode == fcntl.LOCK_EX:
             os.ftruncate(fd, 0)
             os.pwrite(fd, f"magpie-trace {command} (pid {os.getpid()})\n".encode(), 0)
-            yield
-        finally:
-            os.close(fd)  # releases the lock
+
+    def _holders(self) -> list[str]:
+        """What holds a lock in the folder now, as its holder wrote it."""
+        found = []
+        for path in sorted(self.root.glob(".lock*")):
+            try:
+                fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            except OSError:
+                continue
+            try:
+                fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except BlockingIOError:  # held exclusively: its holder wrote who it is
+                found.append(os.read(fd, 200).decode(errors="replace").strip())
+            finally:
+                os.close(fd)
+        return [holder for holder in found if holder]
 
 
 def new_run_dir(output_dir: str | Path, run_id: str, latest: bool = True) -> RunDir:

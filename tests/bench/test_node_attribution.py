@@ -90,7 +90,7 @@ def test_the_node_and_process_that_failed_are_named_and_its_tree_stopped(backend
     assert len(errors) == 1, err
     expected = {
         "rank": f"error: node1: rank 2 {victim} exited during the benchmark",
-        "main": f"error: node1: engine process {victim} exited with code 137 during the benchmark",
+        "main": f"error: node1: engine process {victim} exited with code 137 (SIGKILL) during the benchmark",
         "frozen": f"error: node1: engine process {victim} is stopped (SIGSTOP?): the node is frozen",
     }[what]
     assert errors[0].startswith(expected), err

@@ -14,6 +14,7 @@ import time
 
 import yaml
 
+from magpie_trace.bench.results import latest_attempt
 from magpie_trace.config import SimConfig
 from magpie_trace.launch import load_state
 from magpie_trace.rundir import RunDir
@@ -45,7 +46,7 @@ def test_a_stop_during_a_run_is_reported_as_the_operators_not_a_nodes(ssh_schedu
     assert run_json["ok"] is False and run_json["error"] == errors[0].removeprefix("error: ")
     assert not run_json["error"].startswith(("node0", "node1"))
     assert run_dir.report_md.is_file()
-    result = json.loads((run_dir.bench / "result.json").read_text())
+    result = json.loads((latest_attempt(run_dir.bench) / "result.json").read_text())
     assert result["valid"] is False  # the partial benchmark is kept, marked invalid
     state = load_state(run_dir)
     assert state.stop_requested and state.stopped_at is not None

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import yaml
 
+from magpie_trace.bench.results import latest_attempt
 from magpie_trace.config import SimConfig
 from magpie_trace.launch import load_state
 from magpie_trace.rundir import RunDir
@@ -74,10 +75,10 @@ def test_two_runs_started_in_the_same_second_get_folders_and_node_dirs_of_their_
     for run_dir in map(RunDir, dirs):
         run_json = json.loads((run_dir.root / "run.json").read_text())
         assert run_json["ok"] is True and run_json["run_id"] == run_dir.run_id
-        result = json.loads((run_dir.bench / "result.json").read_text())
+        result = json.loads((latest_attempt(run_dir.bench) / "result.json").read_text())
         assert result["valid"] is True
         # Its own requests only: the warmup and 12 measured, not the other run's as well.
-        assert len((run_dir.bench / "requests.jsonl").read_text().splitlines()) == 12
+        assert len((latest_attempt(run_dir.bench) / "requests.jsonl").read_text().splitlines()) == 12
         state = load_state(run_dir)
         assert state.run_id == run_dir.run_id and state.stopped_at is not None
         log_paths |= {h.log_path for h in state.handles.values()}
@@ -111,7 +112,7 @@ def test_a_run_folder_in_use_is_refused_to_a_second_command(ssh_scheduler, tmp_p
     assert first.returncode == 0, err
     run_json = json.loads((run_dir.root / "run.json").read_text())
     assert run_json["ok"] is True and run_json["bench_valid"] is True
-    result = json.loads((run_dir.bench / "result.json").read_text())
+    result = json.loads((latest_attempt(run_dir.bench) / "result.json").read_text())
     assert result["valid"] is True and result["points"][0]["completed"] == 300
     state = load_state(run_dir)
     assert wait_for(lambda: not leftover_processes(h.pgid for h in state.handles.values()), 10)
