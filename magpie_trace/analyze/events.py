@@ -134,33 +134,40 @@ def _ids(kind: np.ndarray, val: np.ndarray, lo: np.ndarray, length: np.ndarray, 
     return codes, values
 
 
-def _scan_rows(src: np.ndarray, size: int, path: Path) -> np.ndarray:
-    """Every X and M event's row. The first chunk tells the bytes per event, which sizes one array
-    for the rest (no list of chunks to join: that copy cost as much as the scan)."""
+def _scan_rows(src: np.ndarray, size: int, path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """(a row per timed X event, the [lo, hi) span of every M event). The first chunk tells the bytes
+    per event, which sizes one array for the rest (no list of chunks to join: that copy cost as much
+    as the scan)."""
     i = es.event_array(src, size)
     if i < 0:
         raise TraceError(f"{path}: not a trace (no traceEvents array)")
     out = np.empty((_FIRST_ROWS, es.N_COLUMNS), np.int64)
+    meta = np.empty((1024, 2), np.int64)
+    n_meta = np.zeros(1, np.int64)
     start = i
     rows = 0
     while True:
-        got, i = es.scan(src, i, size, out[rows:])
+        got, i = es.scan(src, i, size, out[rows:], meta, n_meta)
         if i < 0:
             raise TraceError(f"{path}: malformed JSON in traceEvents")
         rows += got
+        if n_meta[0] > meta.shape[0]:  # rare: more metadata events than room; scan again with room
+            meta = np.empty((2 * n_meta[0], 2), np.int64)
+            i, rows, n_meta[0] = start, 0, 0
+            continue
         if i >= size:
-            return out[:rows]
+            return out[:rows], meta[: n_meta[0]]
         per_row = max(1.0, (i - start) / max(rows, 1))
         more = np.empty((int(rows + (size - i) / per_row * 1.1) + _FIRST_ROWS, es.N_COLUMNS), np.int64)
         more[:rows] = out[:rows]
         out = more
 
 
-def _thread_names(src: np.ndarray, rows: np.ndarray) -> dict[tuple[str, str], str]:
+def _thread_names(src: np.ndarray, spans: np.ndarray) -> dict[tuple[str, str], str]:
     """Thread names by (pid, tid), from the `thread_name` metadata events."""
     threads: dict[tuple[str, str], str] = {}
-    for r in rows:
-        ev = orjson.loads(bytes(src[r[es.EV_LO] : r[es.EV_HI]]))
+    for lo, hi in spans.tolist():
+        ev = orjson.loads(bytes(src[lo:hi]))
         args = ev.get("args")
         if ev.get("name") == "thread_name" and isinstance(args, dict) and "name" in args:
             threads.setdefault((str(ev.get("pid")), str(ev.get("tid"))), str(args["name"]))
@@ -274,10 +281,8 @@ def build(source: RankSource) -> RankTables:
     """The tables of one aligned rank trace."""
     buf, size, _ = decompress(source.path, _SCRATCH)
     src = np.frombuffer(buf, dtype=np.uint8, count=size)
-    rows = _scan_rows(src, size, source.path)
-    threads = _thread_names(src, rows[rows[:, es.PH] == ord("M")])
-    x = rows[(rows[:, es.PH] == ord("X")) & (rows[:, es.TS] != es.MISSING)]
-    del rows
+    x, meta = _scan_rows(src, size, source.path)
+    threads = _thread_names(src, meta)
     name_code, names = _decode(src, x[:, es.NAME_LO], x[:, es.NAME_LEN], x[:, es.NAME_HASH], source.path)
     cat_code, cats = _decode(src, x[:, es.CAT_LO], x[:, es.CAT_LEN], x[:, es.CAT_HASH], source.path)
     pid_code, pids = _ids(x[:, es.PID_KIND], x[:, es.PID_VAL], x[:, es.PID_LO], x[:, es.PID_LEN], src)
@@ -287,15 +292,16 @@ def build(source: RankSource) -> RankTables:
     kinds = [category(cats[cat_code[f]], names[name_code[f]] or "") for f in first.tolist()]
     category_code = np.array([CATEGORIES.index(k) for k in kinds], np.int64)[pair_code]
     gpu = np.array([c in GPU_CATS for c in cats], bool)[cat_code]
-    start, dur = x[:, es.TS], x[:, es.DUR]
+    start, dur = x[:, es.TS].copy(), x[:, es.DUR].copy()
     end = start + dur
-    external, correlation = x[:, es.EXTERNAL_ID], x[:, es.CORRELATION]
+    external, correlation = x[:, es.EXTERNAL_ID].copy(), x[:, es.CORRELATION].copy()
 
     steps = step_windows(cats, names, cat_code, name_code, start, end)
     launch = category_code == CATEGORIES.index("runtime")
     step = assign_steps(steps, start, end, gpu, launch, correlation)
     comm = np.isin(category_code, [CATEGORIES.index("comm_kernel"), CATEGORIES.index("cpu_comm")])
     pg_code, groups, msg_bytes = _collective_args(src, x, comm, external)
+    del x  # the rest works on the columns taken out above
     collective, table_pg = _collective_ids(source.collectives, names, name_code, start)
     for r in np.flatnonzero((collective >= 0) & (pg_code < 0)).tolist():
         group = table_pg.get(int(collective[r]))
@@ -312,7 +318,7 @@ def build(source: RankSource) -> RankTables:
         tracks.append(f"stream {tid}" if gpu[f] else threads.get((pid, tid), f"thread {tid}"))
     algorithms = [algorithm(n) if n else None for n in names]  # only NCCL/RCCL kernel names carry one
 
-    n = len(x)
+    n = start.size
     events = pl.DataFrame({
         "node": pl.repeat(source.node, n, dtype=pl.Utf8, eager=True),
         "rank": pl.repeat(source.rank, n, dtype=pl.Int32, eager=True),

@@ -82,8 +82,7 @@ def _rank_files(merged_dir: Path, alignment: dict[str, Any]) -> list[dict[str, A
 
 def _inputs(merged_dir: Path, files: list[dict[str, Any]]) -> list[list[Any]]:
     """What the folder is built from, to tell whether it is stale (name, size, mtime)."""
-    paths = [merged_dir / "alignment.json", merged_dir / "collectives.parquet",
-             *(_trace_path(merged_dir, str(f["aligned"])) for f in files)]
+    paths = [merged_dir / "collectives.parquet", *(_trace_path(merged_dir, str(f["aligned"])) for f in files)]
     out = []
     for p in paths:
         try:
