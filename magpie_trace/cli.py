@@ -591,7 +591,7 @@ def merge_command(input_dir: str, output_dir: str | None, window: str | None, st
 
 
 @main.command("analyze")
-@click.argument("merged_dir", type=click.Path(file_okay=False, exists=True))
+@click.argument("merged_dir", type=click.Path(file_okay=False))
 @click.option("--jobs", "-j", default=1, show_default=True, type=click.IntRange(1),
               help="Worker processes building the events table.")
 @click.option("--rebuild", is_flag=True, help="Rebuild the events table even if it is up to date.")
@@ -623,7 +623,7 @@ def analyze_command(merged_dir: str, jobs: int, rebuild: bool, no_plots: bool, a
 
 
 @main.command("query")
-@click.argument("merged_dir", type=click.Path(file_okay=False, exists=True))
+@click.argument("merged_dir", type=click.Path(file_okay=False))
 @click.argument("sql")
 @click.option("-o", "--output", default=None, type=click.Path(dir_okay=False),
               help="Write the result to this .csv or .parquet file instead of printing it.")
