@@ -12,6 +12,7 @@ Reading is compiled (`eventscan`): each distinct string is decoded once, the res
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,10 +21,13 @@ from typing import Any
 import numpy as np
 import orjson
 import polars as pl
+from isal import igzip
 
 from magpie_trace.analyze import eventscan as es
 from magpie_trace.analyze import timeline
 from magpie_trace.errors import TraceError
+from magpie_trace.fsutil import temp_path_for
+from magpie_trace.merge.gzipjoin import LEVEL
 from magpie_trace.merge.anchors import GPU_COLLECTIVE
 from magpie_trace.merge.load import _STEP_NAME, Scratch, decompress
 
@@ -74,6 +78,7 @@ class RankSource:
     rank: int
     label: str
     collectives: pl.DataFrame | None  # this rank's rows of collectives.parquet
+    annotate: bool = False  # rewrite the trace with each matched collective's id in its args (merge only)
 
 
 def category(cat: str | None, name: str) -> str:
@@ -277,6 +282,40 @@ def _collective_ids(table: pl.DataFrame | None, names: list[str | None], name_co
     return out, groups
 
 
+def annotate_ids(path: Path, src: np.ndarray, x: np.ndarray, collective: np.ndarray) -> None:
+    """Rewrite `path` (an aligned trace, held in src) with `"magpie_collective": <id>` first in the
+    args of every matched collective, so tools that pair collectives by order (TraceLens) or by hand
+    can pair them by id instead. Everything else stays byte for byte."""
+    rows = np.flatnonzero(collective >= 0)
+    if not rows.size:
+        return
+    inserts: list[tuple[int, bytes]] = []
+    for r in rows.tolist():
+        at = int(x[r, es.ARGS_LO])
+        if at >= 0 and src[at] == ord("{"):
+            k = at + 1
+            while int(src[k]) in b" \n\r\t":
+                k += 1
+            sep = b"" if src[k] == ord("}") else b", "
+            inserts.append((at + 1, b'"magpie_collective": %d%s' % (collective[r], sep)))
+        else:
+            inserts.append((int(x[r, es.EV_LO]) + 1, b'"args": {"magpie_collective": %d}, ' % collective[r]))
+    inserts.sort()
+    tmp = temp_path_for(path)
+    try:
+        with igzip.open(tmp, "wb", compresslevel=LEVEL) as out:
+            view = memoryview(src)
+            last = 0
+            for at, text in inserts:
+                out.write(view[last:at])
+                out.write(text)
+                last = at
+            out.write(view[last:])
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 def build(source: RankSource) -> RankTables:
     """The tables of one aligned rank trace."""
     buf, size, _ = decompress(source.path, _SCRATCH)
@@ -301,8 +340,10 @@ def build(source: RankSource) -> RankTables:
     step = assign_steps(steps, start, end, gpu, launch, correlation)
     comm = np.isin(category_code, [CATEGORIES.index("comm_kernel"), CATEGORIES.index("cpu_comm")])
     pg_code, groups, msg_bytes = _collective_args(src, x, comm, external)
-    del x  # the rest works on the columns taken out above
     collective, table_pg = _collective_ids(source.collectives, names, name_code, start)
+    if source.annotate:
+        annotate_ids(source.path, src, x, collective)
+    del x  # the rest works on the columns taken out above
     for r in np.flatnonzero((collective >= 0) & (pg_code < 0)).tolist():
         group = table_pg.get(int(collective[r]))
         if group:  # the merge's stream name ("" when the trace names no group)
