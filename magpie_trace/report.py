@@ -220,12 +220,7 @@ def collectives_section(run_dir: RunDir) -> Section:
     if rows:
         header = list(rows[0])
         section.tables.append((header, [[_num(row[c]) for c in header] for row in rows]))
-        waits = max(rows, key=lambda r: float(r.get("wait_time_per_rank_us") or 0))
-        late = max(rows, key=lambda r: float(r.get("times_last_to_arrive") or 0))
-        section.lines.append(
-            f"{waits['node']} waits the most in collectives; {late['node']} arrives last most often "
-            "(the straggler the others wait for)."
-        )
+        section.lines += _waits_statement(rows)
     section.lines.append(f"Every matched collective, per rank: `{_rel(run_dir, run_dir.merged / 'collectives.csv')}`")
     return section
 
@@ -274,6 +269,22 @@ def analysis_section(run_dir: RunDir) -> Section:
     section.lines.append(f"Tables: `{_rel(run_dir, folder)}`; your own SQL: `magpie-trace query "
                          f"{_rel(run_dir, run_dir.merged)} \"SELECT ...\"` (docs/analyze.md).")
     return section
+
+
+def _waits_statement(rows: list[dict[str, str]]) -> list[str]:
+    """Who waits for whom, from the wait column alone: a rank's wait in a collective is the time
+    from its arrival to the last arrival, so the node that waits least is the one the others wait
+    for. (`times_last_to_arrive` counts every collective, those inside one node too, so it is
+    not a measure of who holds up the others.)"""
+    if len(rows) < 2:
+        return []
+    wait = {row["node"]: float(row.get("wait_time_per_rank_us") or 0) for row in rows}
+    most = max(wait, key=lambda n: wait[n])
+    least = min(wait, key=lambda n: wait[n])
+    if wait[most] == wait[least]:
+        return ["Every node waits as long as the others in collectives: none holds them up."]
+    return [f"{most} waits the most in collectives ({wait[most]:.0f} µs per rank), {least} the least "
+            f"({wait[least]:.0f} µs per rank): the others wait for {least}."]
 
 
 def files_section(run_dir: RunDir) -> Section:
