@@ -513,6 +513,7 @@ def run_command(
 
 
 @main.command("submit", context_settings={"ignore_unknown_options": True})
+@verbosity_options
 @config_argument
 @set_option
 @click.option("--dry-run", is_flag=True, help="Print the batch script and the sbatch command; submit nothing.")
@@ -660,6 +661,7 @@ def merge_command(input_dir: str, output_dir: str | None, window: str | None, st
 
 
 @main.command("analyze")
+@verbosity_options
 @click.argument("merged_dir", type=click.Path(file_okay=False, exists=True))
 @click.option("--jobs", "-j", default=1, show_default=True, type=click.IntRange(1),
               help="Worker processes building the events table.")
@@ -692,6 +694,7 @@ def analyze_command(merged_dir: str, jobs: int, rebuild: bool, no_plots: bool, a
 
 
 @main.command("query")
+@verbosity_options
 @click.argument("merged_dir", type=click.Path(file_okay=False, exists=True))
 @click.argument("sql")
 @click.option("-o", "--output", default=None, type=click.Path(dir_okay=False),
