@@ -32,6 +32,7 @@ import numpy as np
 from magpie_trace.merge.anchors import Matched
 
 MIN_ANCHORS = 20  # fewer matched instances than this between two nodes: warn
+MIN_ENDS_DRIFT = 6  # synchronous ends (a few us apart) fit a drift from this many over 0.2 s
 MIN_DRIFT_SPAN_NS = 200_000_000  # shorter than this: fit an offset only
 MAX_DRIFT = 100_000.0  # ns per s (100 ppm): physical clocks do not drift more
 MIN_AGREEING = 0.5  # fewer of a pair's anchors than this agreeing with one line: refused
@@ -131,9 +132,41 @@ def envelope(xl: np.ndarray, yl: np.ndarray, xu: np.ndarray, yu: np.ndarray, fit
     return a, b, margin
 
 
+def feasible_spread(xl: np.ndarray, yl: np.ndarray, xu: np.ndarray, yu: np.ndarray, a: float, b: float,
+                    x_ends: tuple[float, float]) -> float:
+    """How far any line the bounds allow (drift within +-MAX_DRIFT) strays from a + b*x at the ends
+    of x_ends: the honest uncertainty of the envelope's line, which is only the deepest of them."""
+
+    def band(slope: float) -> tuple[float, float]:
+        return float(np.max(yl - slope * xl)), float(np.min(yu - slope * xu))
+
+    def ok(slope: float) -> bool:
+        low, high = band(slope)
+        return high >= low
+
+    if not ok(b):
+        return 0.0
+    edges = []
+    for limit in (-MAX_DRIFT, MAX_DRIFT):  # the feasible drifts are an interval around b
+        inside, outside = b, limit
+        if ok(limit):
+            edges.append(limit)
+            continue
+        for _ in range(40):
+            mid = (inside + outside) / 2
+            inside, outside = (mid, outside) if ok(mid) else (inside, mid)
+        edges.append(inside)
+    worst = 0.0
+    for slope in np.linspace(edges[0], edges[1], 33):
+        low, high = band(float(slope))
+        for x in x_ends:
+            worst = max(worst, abs(low + slope * x - (a + b * x)), abs(high + slope * x - (a + b * x)))
+    return float(worst)
+
+
 def theil_sen(x: np.ndarray, y: np.ndarray, fit_drift: bool) -> tuple[float, float]:
     """Robust line; slopes from at most 20k deterministic point pairs."""
-    if not fit_drift or len(x) < MIN_ANCHORS:
+    if not fit_drift or len(x) < MIN_ENDS_DRIFT:
         return float(np.median(y)), 0.0
     n = len(x)
     rng = np.random.default_rng(0)
@@ -221,6 +254,10 @@ def fit_pair(rows: PairRows, probe: np.ndarray | None, label: str) -> PairFit:
                         "different runs?)", n, kinds)
     lo, hi = a_v - margin, a_v + margin
     uncertainty = max(margin, 0.0)
+    if method.startswith("envelope") and len(yl) and len(yu) and len(xs):
+        ends = (float(np.min(xs)), float(np.max(xs)))
+        uncertainty = max(uncertainty, feasible_spread(xl, yl, xu, yu, a_v, b_v, ends))
+        lo, hi = a_v - uncertainty, a_v + uncertainty
     if method == "envelope-trimmed" and len(ye):
         # Some bounds were left out as mismatched; the margin of the rest would vouch only for them.
         # The spread of every candidate's end difference around the line is the honest width.
@@ -228,15 +265,17 @@ def fit_pair(rows: PairRows, probe: np.ndarray | None, label: str) -> PairFit:
         uncertainty = max(uncertainty, float(np.percentile(np.abs(resid), 95)))
         lo, hi = a_v - uncertainty, a_v + uncertainty
     span = np.r_[xs, px] if method in ("probe", "envelope+probe") else xs
-    fit = PairFit(a_v, b_v, method, n, uncertainty, lo, hi, kinds, warnings, float(np.min(span)),
+    fit = PairFit(float(a_v), float(b_v), method, n, float(uncertainty), float(lo), float(hi), kinds, warnings,
+                  float(np.min(span)),
                   float(np.max(span)), bool(fit_drift))
     if len(ye) and len(yl) and len(yu):
-        a_e, b_e = theil_sen(xe, ye, fit_drift)
+        ends_drift = len(ye) >= MIN_ENDS_DRIFT and span_s * 1e9 >= MIN_DRIFT_SPAN_NS
+        a_e, b_e = theil_sen(xe, ye, ends_drift)
         resid = ye - (a_e + b_e * xe)
         spread = float(1.4826 * np.median(np.abs(resid - np.median(resid))))
         inside = np.mean(np.r_[a_e + b_e * xl >= yl - spread, a_e + b_e * xu <= yu + spread])
         if spread < margin and inside >= 0.99:
-            fit = PairFit(a_e, b_e, "ends", n, spread, lo, hi, kinds, warnings, fit.x_lo, fit.x_hi, fit.drift_fitted)
+            fit = PairFit(a_e, b_e, "ends", n, spread, lo, hi, kinds, warnings, fit.x_lo, fit.x_hi, ends_drift)
     if len(px) and method != "probe":
         at = fit.a + fit.b * px
         gap = float(np.max(np.r_[plo - at - fit.uncertainty_ns, at - phi - fit.uncertainty_ns]))
