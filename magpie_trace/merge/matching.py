@@ -30,7 +30,7 @@ PEAKS = 8  # candidate offsets scored in full
 NEIGHBOURS = 16  # events of one rank that may overlap one event of the other
 MIN_PAIRS = 3
 MIN_COVERAGE = 0.2  # consistent pairs / events of the shorter sequence inside the overlap
-AMBIGUOUS = 0.5  # a second offset at least this good, elsewhere: the pairing is not determined
+AMBIGUOUS = 0.75  # a second offset at least this good, elsewhere: the pairing is not determined
 
 
 @dataclass(frozen=True)
