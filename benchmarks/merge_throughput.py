@@ -1,5 +1,5 @@
 """Throughput of `magpie-trace merge` against a naive gzip + json merge, on a large input built from
-the real vLLM TP2 traces in ../shared/traces/vllm-cpu-tp2-2node.
+the real vLLM TP2 traces in tests/data/traces/vllm-cpu-tp2-2node.
 
 Input: RANKS files (default 8: 4 nodes x 2 ranks; even ranks are copies of the real rank 0, odd
 ranks of rank 1) whose event arrays are the real events repeated back to back (each copy shifted by
@@ -33,7 +33,7 @@ from pathlib import Path
 
 import orjson
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "traces" / "vllm-cpu-tp2-2node"
+PAIR = Path(__file__).resolve().parents[1] / "tests" / "data" / "traces" / "vllm-cpu-tp2-2node"
 NODE_OFFSETS_NS = [0, 500_000, -3_000_000, 50_000_000]
 NODE_DRIFT_PPM = [0.0, 0.0, 0.0, 20.0]
 
@@ -43,7 +43,7 @@ _TS = re.compile(rb'"ts": (\d+)\.(\d{3})')
 
 def _source(rank: int) -> tuple[bytes, int, int, int]:
     """(raw Kineto text, start and end of the event array content, baseTimeNanoseconds)."""
-    raw = gzip.decompress(next(SHARED.glob(f"rank{rank}.*.pt.trace.json.gz")).read_bytes())
+    raw = gzip.decompress(next(PAIR.glob(f"rank{rank}.*.pt.trace.json.gz")).read_bytes())
     doc = orjson.loads(raw)
     lo = raw.index(b"[", raw.index(b'"traceEvents"')) + 1
     hi = raw.rindex(b"]")
@@ -120,7 +120,7 @@ def warm_up(work: Path) -> None:
     pair = work / "warm-in"
     pair.mkdir()
     for rank in (0, 1):
-        shutil.copy(next(SHARED.glob(f"rank{rank}.*.pt.trace.json.gz")), pair / f"node{rank}-TP{rank}.trace.json.gz")
+        shutil.copy(next(PAIR.glob(f"rank{rank}.*.pt.trace.json.gz")), pair / f"node{rank}-TP{rank}.trace.json.gz")
     subprocess.run([sys.executable, __file__, "--child", "magpie", str(pair), str(work / "warm-out"), "1"], check=True)
 
 
@@ -133,10 +133,11 @@ def _child(kind: str, in_dir: str, out_dir: str, jobs: int) -> None:
         merge(Path(in_dir), Path(out_dir), MergeOptions(jobs=jobs))
 
 
-def measure(kind: str, in_dir: Path, out_dir: Path, jobs: int) -> dict:
+def measure(kind: str, in_dir: Path, out_dir: Path, jobs: int, script: str = __file__) -> dict:
+    """`script --child kind in out jobs` in a fresh process: its CPU and wall seconds and peak RSS."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
-    subprocess.run([sys.executable, __file__, "--child", kind, str(in_dir), str(out_dir), str(jobs)], check=True)
+    subprocess.run([sys.executable, script, "--child", kind, str(in_dir), str(out_dir), str(jobs)], check=True)
     wall = time.perf_counter() - start
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)

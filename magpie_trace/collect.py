@@ -26,6 +26,7 @@ from magpie_trace.errors import TraceError
 from magpie_trace.fanout import on_nodes
 from magpie_trace.fsutil import atomic_write_bytes, temp_path_for
 from magpie_trace.plan import NodePlan, Plan
+from magpie_trace.progress import Tally
 from magpie_trace.profile import (
     FoundTrace,
     NodeFiles,
@@ -76,14 +77,17 @@ def collect(
     run_dir: RunDir,
     profile_id: str | None = None,
     progress: Progress | None = None,
+    allow_missing: bool = False,
 ) -> Collected:
     """Find (every rank, every node, checked), fetch what is not already here, verify, name,
     write manifest.json. profile_id defaults to the run's latest capture. Raises TraceError with
-    one line naming node and rank for a missing, truncated, duplicate or conflicting file."""
+    one line naming node and rank for a missing, truncated, duplicate or conflicting file; with
+    allow_missing, ranks without a complete file are left out and listed in the manifest
+    (`missing`, `problems`) instead."""
     say = progress or (lambda _msg: None)
     profile_id = profile_id or latest_profile_id(run_dir)
     say(f"looking for capture {profile_id} on {len(plan.nodes)} node(s)")
-    traces = find_traces(plan, backend, profile_id)
+    traces, missing, problems = find_traces(plan, backend, profile_id, allow_missing)
     names = {id(trace): output_name(trace, plan.layout) for trace in traces}
     _refuse_clashes(traces, names, plan.layout)
     target = run_dir.traces
@@ -96,6 +100,7 @@ def collect(
     say(f"bringing {len(traces)} trace(s), {total / 1e6:.1f} MB, into {target}")
 
     node_of = {node.name: node for node in plan.nodes}
+    brought = Tally(say, "traces brought home", len(traces), total)
 
     def bring_node(config: Any) -> tuple[int, int]:
         node = node_of[config.name]
@@ -105,10 +110,13 @@ def collect(
                 fetched += 1
             else:
                 reused += 1
+            brought.add(trace.size)
         return fetched, reused
 
     counts = on_nodes(bring_node, plan.config.scheduler.nodes)
     manifest = build_manifest(plan, run_dir, traces, names, profile_id)
+    manifest["missing"] = [m.to_dict(plan.layout) for m in missing]
+    manifest["problems"] = problems
     atomic_write_bytes(target / MANIFEST_NAME, orjson.dumps(manifest, option=orjson.OPT_INDENT_2))
     return Collected(
         traces_dir=target,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import posixpath
 import types
 import typing
@@ -19,6 +20,7 @@ from typing import Any, Literal
 import yaml
 
 from magpie_trace.errors import ConfigError
+from magpie_trace.groups import validate_deployment
 
 BACKENDS = ("local", "ssh", "ray", "slurm")
 ENGINES = ("vllm", "sglang", "sim")
@@ -61,6 +63,25 @@ class RayConfig:
 
 
 @dataclass
+class SlurmConfig:
+    """The Slurm allocation to run in: the current one (SLURM_JOB_ID), `job_id`, or one asked for
+    with these settings (salloc options), held for the run and released at its end."""
+
+    job_id: str | None = None
+    partition: str | None = None
+    account: str | None = None
+    qos: str | None = None
+    time: str | None = None
+    nodes: int | None = None
+    gpus_per_node: int | None = None
+    gres: str | None = None
+    constraint: str | None = None
+    salloc_args: list[str] = field(default_factory=list)
+    srun_args: list[str] = field(default_factory=list)
+    wait_s: float = 600.0
+
+
+@dataclass
 class SchedulerConfig:
     backend: Literal["local", "ssh", "ray", "slurm"] = "local"
     nodes: list[NodeConfig] = field(default_factory=list)
@@ -70,6 +91,7 @@ class SchedulerConfig:
     workdir: str = "/tmp/magpie-trace"
     ssh: SshConfig = field(default_factory=SshConfig)
     ray: RayConfig = field(default_factory=RayConfig)
+    slurm: SlurmConfig = field(default_factory=SlurmConfig)
 
     def node_workdir(self, node: NodeConfig) -> str:
         """The node's own working directory on that node (logs, local traces).
@@ -93,12 +115,55 @@ class SimConfig:
     clock_drift_ppm: dict[int, float] = field(default_factory=dict)
     die_after_s: dict[int, float] = field(default_factory=dict)
     layers: int = 4
+    transfer_ms: float = 5.0  # a prefill group's KV handoff to a decode group
+
+
+@dataclass
+class GroupConfig:
+    """One server of a deployment (a prefill pool member, a decode server, a replica), on nodes of
+    its own. Unset sizes and ports come from the server section; extra_args and env add to it."""
+
+    name: str = ""
+    role: Literal["prefill", "decode", "serve"] = "serve"
+    nodes: list[str] = field(default_factory=list)  # scheduler.nodes names or indices, head first
+    tp: int | None = None
+    pp: int | None = None
+    dp: int | None = None
+    ep: int | None = None
+    port: int | None = None
+    rendezvous_port: int | None = None
+    dp_rpc_port: int | None = None
+    bootstrap_port: int | None = None  # SGLang's bootstrap / vLLM's NIXL side channel / sim KV port
+    kv_connector: str | None = None  # vLLM's --kv-transfer-config connector (NixlConnector)
+    transfer_backend: str | None = None  # SGLang's --disaggregation-transfer-backend (mooncake)
+    ib_device: str | None = None  # SGLang's --disaggregation-ib-device
+    extra_args: list[str] = field(default_factory=list)
+    env: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class RouterConfig:
+    """A real router in front of the groups: sglang-router or vllm-router, on one node."""
+
+    kind: Literal["sglang-router", "vllm-router"] = "sglang-router"
+    node: str = ""  # a scheduler.nodes name or index; the head when empty
+    host: str = "0.0.0.0"
+    port: int | None = None
+    metrics_port: int | None = None  # the router's --prometheus-port
+    policy: str | None = None
+    prefill_policy: str | None = None
+    decode_policy: str | None = None
+    command: list[str] = field(default_factory=list)
+    extra_args: list[str] = field(default_factory=list)
+    env: dict[str, str] = field(default_factory=dict)
+    ready_timeout_s: float = 120.0
 
 
 @dataclass
 class ServerConfig:
     engine: Literal["vllm", "sglang", "sim"] = "vllm"
     model: str = ""
+    served_model_name: str | None = None
     tp: int = 1
     pp: int = 1
     dp: int = 1
@@ -113,6 +178,7 @@ class ServerConfig:
     env: dict[str, str] = field(default_factory=dict)
     ready_timeout_s: float = 900.0
     sim: SimConfig = field(default_factory=SimConfig)
+    groups: list[GroupConfig] = field(default_factory=list)  # several servers; none: one server
 
 
 @dataclass
@@ -131,6 +197,7 @@ class ProfileConfig:
     start_step: int | None = None
     num_steps: int | None = None
     start_after_s: float = 2.0
+    concurrency: int | None = None
     duration_s: float = 3.0
     timeout_s: float = 600.0
 
@@ -140,26 +207,47 @@ class BenchmarkConfig:
     """The load, with vLLM `vllm bench serve` defaults and names where they exist."""
 
     enabled: bool = True
+    model: str | None = None
+    label: str | None = None
     endpoint: Literal["completions", "chat"] = "completions"
-    dataset: Literal["random", "sharegpt", "jsonl"] = "random"
+    dataset: Literal["random", "sharegpt", "jsonl", "custom", "mooncake", "burstgpt"] = "random"
     dataset_path: str | None = None
     input_len: int = 1024
     output_len: int = 128
     range_ratio: float = 0.0
+    prefix_len: int = 0
+    num_prefixes: int = 1
+    turns: int = 1
+    sharegpt_output_len: int | None = None
+    trace_block_size: int = 512
+    trace_speedup: float = 1.0
     ignore_eos: bool = True
     num_prompts: int = 200
-    concurrency: list[int] = field(default_factory=lambda: [1, 2, 4, 8, 16, 32, 64, 128])
-    request_rate: float | None = None
+    concurrency: list[int] | None = field(default_factory=lambda: [1, 2, 4, 8, 16, 32, 64, 128])
+    request_rate: list[float] | float | None = None
     burstiness: float = 1.0
+    ramp_up_strategy: Literal["linear", "exponential"] | None = None
+    ramp_up_start_rps: float | None = None
+    ramp_up_end_rps: float | None = None
+    duration_s: float | None = None
     warmup_requests: int = 2
     seed: int = 0
     tokenizer: str | None = None
+    server_tokenizer: bool = True
     percentiles: list[float] = field(default_factory=lambda: [50.0, 90.0, 95.0, 99.0])
     goodput: dict[str, float] = field(default_factory=dict)
+    sglang_result: bool = False
     request_timeout_s: float = 600.0
     stall_timeout_s: float = 30.0
     telemetry_interval_s: float = 1.0
     max_duration_s: float = 3600.0
+
+    @property
+    def rates(self) -> list[float | None]:
+        """The request rates of the sweep; None (no pacing) when none is set."""
+        if self.request_rate is None:
+            return [None]
+        return list(self.request_rate) if isinstance(self.request_rate, list) else [self.request_rate]
 
 
 @dataclass
@@ -176,6 +264,7 @@ class Config:
     profile: ProfileConfig = field(default_factory=ProfileConfig)
     benchmark: BenchmarkConfig = field(default_factory=BenchmarkConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
+    router: RouterConfig | None = None
     source: str = "<config>"
 
     def to_dict(self) -> dict[str, Any]:
@@ -216,6 +305,23 @@ def config_from_dict(
     config = _build(Config, raw, source, "")
     config.source = source
     validate(config)
+    return config
+
+
+def benchmark_config(overrides: list[str], source: str = "<command line>") -> Config:
+    """A Config with only a benchmark section (`bench --url` without a config file)."""
+    raw: dict[str, Any] = {}
+    for item in overrides:
+        _apply_override(raw, item, source)
+    unknown = sorted(set(raw) - {"benchmark", "output"})
+    if unknown:
+        raise ConfigError(f"{source}: {unknown[0]}: only benchmark.* and output.* apply without a config file")
+    config = Config(
+        benchmark=_build(BenchmarkConfig, raw.get("benchmark", {}), source, "benchmark"),
+        output=_build(OutputConfig, raw.get("output", {}), source, "output"),
+        source=source,
+    )
+    validate_benchmark(config.benchmark, source)
     return config
 
 
@@ -350,6 +456,8 @@ def _coerce(tp: Any, value: Any, source: str, path: str) -> Any:
             raise ConfigError(f"{source}: {path}: expected an integer, got {_kind(value)}")
         return value
     if tp is float:
+        if isinstance(value, str) and value.strip().lower() in ("inf", "+inf", "infinity"):
+            return math.inf  # as `vllm bench serve --request-rate inf` spells it
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{source}: {path}: expected a number, got {_kind(value)}")
         return float(value)
@@ -371,8 +479,8 @@ def validate(config: Config) -> None:
     src = config.source
     sched, server = config.scheduler, config.server
     if sched.backend == "slurm":
-        raise ConfigError(f"{src}: scheduler.backend: slurm is not supported yet (use local, ssh or ray)")
-    if not sched.nodes:
+        _validate_slurm(src, sched.slurm)
+    elif not sched.nodes:
         raise ConfigError(f"{src}: scheduler.nodes: at least one node is needed (the head first)")
     if sched.gpus_per_node < 1:
         raise ConfigError(f"{src}: scheduler.gpus_per_node: must be at least 1")
@@ -409,13 +517,70 @@ def validate(config: Config) -> None:
             raise ConfigError(f"{src}: server.{key}: {value} is not a TCP port")
     if server.executor == "ray" and server.engine != "vllm":
         raise ConfigError(f"{src}: server.executor: ray is only for engine vllm")
-    bench = config.benchmark
-    if bench.dataset in ("sharegpt", "jsonl") and not bench.dataset_path:
+    validate_deployment(config)
+    validate_benchmark(config.benchmark, src)
+
+
+FILE_DATASETS = ("sharegpt", "jsonl", "custom", "mooncake", "burstgpt")
+
+
+def validate_benchmark(bench: BenchmarkConfig, src: str) -> None:
+    """Checks across benchmark keys (also for `bench --url` without a config file)."""
+    if bench.dataset in FILE_DATASETS and not bench.dataset_path:
         raise ConfigError(f"{src}: benchmark.dataset_path: required for dataset {bench.dataset}")
-    if not bench.concurrency or any(c < 1 for c in bench.concurrency):
-        raise ConfigError(f"{src}: benchmark.concurrency: needs one or more values >= 1")
+    if bench.concurrency is not None and (not bench.concurrency or any(c < 1 for c in bench.concurrency)):
+        raise ConfigError(f"{src}: benchmark.concurrency: needs one or more values >= 1 (or null: no cap)")
+    if any(r is not None and not r > 0 for r in bench.rates):
+        raise ConfigError(f"{src}: benchmark.request_rate: every rate must be > 0 (inf: no pacing)")
+    if isinstance(bench.request_rate, list) and not bench.request_rate:
+        raise ConfigError(f"{src}: benchmark.request_rate: an empty list (give null for no pacing)")
+    if not bench.burstiness > 0:
+        raise ConfigError(f"{src}: benchmark.burstiness: must be > 0")
+    if bench.ramp_up_strategy is not None:
+        start, end = bench.ramp_up_start_rps, bench.ramp_up_end_rps
+        if start is None or end is None:
+            raise ConfigError(f"{src}: benchmark.ramp_up_strategy: needs ramp_up_start_rps and ramp_up_end_rps")
+        if bench.request_rate is not None:
+            raise ConfigError(f"{src}: benchmark.request_rate: not with ramp_up_strategy (the ramp sets the rate)")
+        if not 0 < start <= end:
+            raise ConfigError(f"{src}: benchmark.ramp_up_start_rps: need 0 < start <= ramp_up_end_rps")
+    if bench.duration_s is not None and not bench.duration_s > 0:
+        raise ConfigError(f"{src}: benchmark.duration_s: must be > 0 (or null: bounded by num_prompts only)")
     if not 0.0 <= bench.range_ratio < 1.0:
         raise ConfigError(f"{src}: benchmark.range_ratio: must be in [0, 1)")
+    for key in ("num_prompts", "input_len", "output_len", "num_prefixes", "trace_block_size"):
+        if getattr(bench, key) < 1:
+            raise ConfigError(f"{src}: benchmark.{key}: must be at least 1")
+    if bench.prefix_len < 0:
+        raise ConfigError(f"{src}: benchmark.prefix_len: must be >= 0")
+    if bench.turns < 0 or (bench.turns == 0 and bench.dataset != "sharegpt"):
+        raise ConfigError(f"{src}: benchmark.turns: must be >= 1 (0, every turn, is for sharegpt only)")
+    if bench.turns != 1 and bench.dataset not in ("random", "sharegpt"):
+        raise ConfigError(f"{src}: benchmark.turns: multi-turn conversations come from random or sharegpt")
+    if (bench.prefix_len or bench.num_prefixes != 1) and bench.dataset != "random":
+        raise ConfigError(f"{src}: benchmark.prefix_len: shared prefixes are for dataset random")
+    if not bench.trace_speedup > 0:
+        raise ConfigError(f"{src}: benchmark.trace_speedup: must be > 0")
     for key in bench.goodput:
         if key not in ("ttft", "tpot", "e2el"):
             raise ConfigError(f"{src}: benchmark.goodput.{key}: unknown SLO (ttft, tpot, e2el)")
+
+
+# Slurm takes these as one word each (salloc/sbatch options, #SBATCH lines): no spaces, no newlines.
+_SLURM_WORDS = ("job_id", "partition", "account", "qos", "time", "gres", "constraint")
+
+
+def _validate_slurm(src: str, slurm: SlurmConfig) -> None:
+    """scheduler.nodes may be left out with slurm: the allocation decides them."""
+    for key in _SLURM_WORDS:
+        value = getattr(slurm, key)
+        if value is not None and (not value.strip() or any(c.isspace() or not c.isprintable() for c in value)):
+            raise ConfigError(f"{src}: scheduler.slurm.{key}: {value!r} is not one word")
+    if slurm.job_id is not None and not slurm.job_id.isdigit():
+        raise ConfigError(f"{src}: scheduler.slurm.job_id: {slurm.job_id!r} is not a Slurm job id")
+    for key in ("nodes", "gpus_per_node"):
+        value = getattr(slurm, key)
+        if value is not None and value < 1:
+            raise ConfigError(f"{src}: scheduler.slurm.{key}: must be at least 1")
+    if not slurm.wait_s > 0:
+        raise ConfigError(f"{src}: scheduler.slurm.wait_s: must be more than 0")

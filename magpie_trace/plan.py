@@ -1,18 +1,24 @@
 """The plan: for every node, its role, its ranks, and the exact argv and env that start it.
 
 Everything downstream (launch, bench, profile, collect, merge) reads the plan instead of
-re-deriving topology, so `magpie-trace plan` shows exactly what will run.
+re-deriving topology, so `magpie-trace plan` shows exactly what will run. A deployment of several
+groups (groups.py) plans each group as its own server over its own nodes, and a router (router.py)
+in front of their API servers.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as _dt
 import posixpath
 from dataclasses import dataclass, field
 from typing import Any
 
 from magpie_trace.config import Config, NodeConfig
-from magpie_trace.engines import NodeContext, get_engine
+from magpie_trace.engines import Engine, NodeContext, get_engine
+from magpie_trace.errors import ConfigError
+from magpie_trace.groups import Group, deployment_groups, router_node
+from magpie_trace.router import RouterPlan, Worker, default_command, router_args, router_ports
 from magpie_trace.secrets import mask_env
 from magpie_trace.topology import Layout, Rank, check_layout, place_ranks
 
@@ -34,6 +40,10 @@ class NodePlan:
     workdir: str
     log_path: str
     trace_dir: str | None
+    layout: Layout  # its group's layout (ranks, TP/PP/DP sizes)
+    port: int  # its group's API server port
+    group: str | None = None  # None: the plain single server
+    group_role: str = "serve"  # "serve" | "prefill" | "decode"
 
     @property
     def argv(self) -> list[str] | None:
@@ -54,7 +64,31 @@ class NodePlan:
             "workdir": self.workdir,
             "log_path": self.log_path,
             "trace_dir": self.trace_dir,
+            **({"group": self.group, "group_role": self.group_role} if self.group else {}),
         }
+
+
+@dataclass
+class GroupPlan:
+    """One server of the deployment: its nodes, layout and API servers."""
+
+    name: str | None
+    role: str
+    layout: Layout
+    nodes: list[int]
+    port: int
+    rendezvous_port: int
+    bootstrap_port: int | None
+    api_urls: list[str]
+
+    @property
+    def url(self) -> str:
+        return self.api_urls[0]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "role": self.role, "layout": self.layout.to_dict(),
+                "nodes": self.nodes, "port": self.port, "rendezvous_port": self.rendezvous_port,
+                "bootstrap_port": self.bootstrap_port, "api_urls": self.api_urls}
 
 
 @dataclass
@@ -69,10 +103,34 @@ class Plan:
     port: int
     rendezvous_port: int
     config: Config = field(repr=False)
+    groups: list[GroupPlan] = field(default_factory=list)
+    router: RouterPlan | None = None
 
     @property
     def head(self) -> NodePlan:
         return self.nodes[0]
+
+    @property
+    def has_groups(self) -> bool:
+        return bool(self.config.server.groups)
+
+    @property
+    def api_urls(self) -> list[str]:
+        """Every API server of every group (profiling reaches all ranks through them)."""
+        return [url for group in self.groups for url in group.api_urls]
+
+    @property
+    def endpoints(self) -> list[str]:
+        """Where the benchmark sends requests: the router, else every API server."""
+        return [self.router.url] if self.router is not None else self.api_urls
+
+    def node_serving(self, url: str) -> NodePlan | None:
+        """The node whose API server is at url (errors about a URL name the node)."""
+        return next((node for node in self.nodes
+                     if node.serves_http and _url(node.address, node.port) == url), None)
+
+    def group_of(self, node: NodePlan) -> GroupPlan:
+        return next(group for group in self.groups if node.index in group.nodes)
 
     @property
     def ranks(self) -> list[Rank]:
@@ -93,6 +151,9 @@ class Plan:
             "head_url": self.head_url,
             "health_path": self.health_path,
             "nodes": [node.to_dict(mask_secrets) for node in self.nodes],
+            **({"groups": [group.to_dict() for group in self.groups],
+                "router": self.router.to_dict(mask_secrets) if self.router else None,
+                "endpoints": self.endpoints} if self.has_groups else {}),
         }
 
 
@@ -101,39 +162,70 @@ def new_run_id() -> str:
 
 
 def make_plan(config: Config, run_id: str | None = None) -> Plan:
-    """Lay the configured parallel sizes over the nodes and write each node's command."""
+    """Lay each group's parallel sizes over its nodes and write each node's command."""
     run_id = run_id or config.output.run_id or new_run_id()
     sched, server = config.scheduler, config.server
     engine = get_engine(server.engine)
-    gpus = [node.gpus or sched.gpus_per_node for node in sched.nodes]
-    layout = check_layout(
-        server.engine, server.tp, server.pp, server.dp, server.ep, gpus,
-        f"{config.source}: server",
-    )
-    placement = place_ranks(server.engine, layout)
-    port = server.port or engine.default_port
-    rendezvous_port = server.rendezvous_port or engine.default_rendezvous_port
     command = list(server.command) or engine.default_command()
-    head = sched.nodes[0]
+    planned: dict[int, NodePlan] = {}
+    groups = []
+    for group in deployment_groups(config):
+        group_plan, nodes = _plan_group(config, engine, group, run_id, command)
+        groups.append(group_plan)
+        planned.update((node.index, node) for node in nodes)
+    nodes = [planned[index] for index in sorted(planned)]
+    for node in nodes:
+        node.role = "head" if node.index == 0 else "worker"
+    head = groups[0]
+    router = _plan_router(config, engine, groups, run_id) if config.router else None
+    return Plan(
+        run_id=run_id,
+        engine=server.engine,
+        backend=sched.backend,
+        layout=head.layout,
+        nodes=nodes,
+        head_url=router.url if router else head.url,
+        health_path=engine.health_path,
+        port=head.port,
+        rendezvous_port=head.rendezvous_port,
+        config=config,
+        groups=groups,
+        router=router,
+    )
+
+
+def _plan_group(config: Config, engine: Engine, group: Group, run_id: str,
+                command: list[str]) -> tuple[GroupPlan, list[NodePlan]]:
+    sched, server = config.scheduler, config.server
+    members = [sched.nodes[index] for index in group.nodes]
+    gpus = [node.gpus or sched.gpus_per_node for node in members]
+    layout = check_layout(server.engine, group.tp, group.pp, group.dp, group.ep, gpus,
+                          f"{config.source}: {group.key}")
+    placement = place_ranks(server.engine, layout)
+    port = group.port or engine.default_port
+    rendezvous_port = group.rendezvous_port or engine.default_rendezvous_port
+    bootstrap_port = (group.bootstrap_port or engine.default_bootstrap_port) if group.is_pd else None
+    head = members[0]
     nodes = []
-    for index, node in enumerate(sched.nodes):
+    for position, (index, node) in enumerate(zip(group.nodes, members)):
         workdir = sched.node_workdir(node)
         run_dir = posixpath.join(workdir, run_id)
         trace_dir = _trace_dir(config, node, run_id, run_dir) if config.profile.enabled else None
+        ranks = [dataclasses.replace(rank, node=index) for rank in placement[position]]
         ctx = NodeContext(
-            config=config, layout=layout, index=index, node=node, head=head,
-            ranks=placement[index], port=port, rendezvous_port=rendezvous_port,
-            trace_dir=trace_dir,
+            config=config, layout=layout, index=position, node=node, head=head, ranks=ranks,
+            port=port, rendezvous_port=rendezvous_port, trace_dir=trace_dir, group=group,
+            node_index=index, bootstrap_port=bootstrap_port,
         )
-        env = {**engine.node_env(ctx), **sched.env, **server.env, **node.env}
+        env = {**engine.node_env(ctx), **sched.env, **server.env, **group.env, **node.env}
         nodes.append(
             NodePlan(
                 index=index,
                 name=node.name,
                 host=node.host,
                 address=node.address,
-                role="head" if index == 0 else "worker",
-                ranks=placement[index],
+                role="worker",
+                ranks=ranks,
                 command=command,
                 args=engine.node_args(ctx),
                 env=env,
@@ -141,19 +233,44 @@ def make_plan(config: Config, run_id: str | None = None) -> Plan:
                 workdir=workdir,
                 log_path=posixpath.join(run_dir, f"{node.name}.log"),
                 trace_dir=trace_dir,
+                layout=layout,
+                port=port,
+                group=group.name,
+                group_role=group.role,
             )
         )
-    return Plan(
-        run_id=run_id,
-        engine=server.engine,
-        backend=sched.backend,
-        layout=layout,
-        nodes=nodes,
-        head_url=f"http://{_url_host(head.address)}:{port}",
-        health_path=engine.health_path,
-        port=port,
-        rendezvous_port=rendezvous_port,
-        config=config,
+    api_urls = [_url(node.address, port) for node in nodes if node.serves_http]
+    return GroupPlan(group.name, group.role, layout, list(group.nodes), port, rendezvous_port,
+                     bootstrap_port, api_urls), nodes
+
+
+def _plan_router(config: Config, engine: Engine, groups: list[GroupPlan],
+                 run_id: str) -> RouterPlan:
+    router = config.router
+    assert router is not None
+    index = router_node(config)
+    node = config.scheduler.nodes[index]
+    port, metrics_port = router_ports(router)
+    for group in groups:
+        if index not in group.nodes:
+            continue
+        for what, value in (("port", group.port), ("bootstrap_port", group.bootstrap_port)):
+            if value in (port, metrics_port):
+                raise ConfigError(f"{config.source}: router: port {value} on {node.name} is "
+                                  f"also group {group.name}'s {what}")
+    workers = [
+        Worker(url, group.role, str(group.name),
+               engine.router_bootstrap_port(group.bootstrap_port) if group.role == "prefill" else None)
+        for group in groups for url in group.api_urls
+    ]
+    connectors = {g.kv_connector for g in config.server.groups if g.kv_connector}
+    connector = next(iter(connectors)) if len(connectors) == 1 else engine.default_kv_connector
+    run_dir = posixpath.join(config.scheduler.node_workdir(node), run_id)
+    return RouterPlan(
+        kind=router.kind, node=index, node_name=node.name, address=node.address, port=port,
+        metrics_port=metrics_port, command=list(router.command) or default_command(router.kind),
+        args=router_args(router, workers, connector), env=dict(router.env), workers=workers,
+        log_path=posixpath.join(run_dir, "router.log"), ready_timeout_s=router.ready_timeout_s,
     )
 
 
@@ -167,5 +284,6 @@ def _trace_dir(config: Config, node: NodeConfig, run_id: str, run_dir: str) -> s
     return posixpath.join(run_dir, "traces")
 
 
-def _url_host(address: str) -> str:
-    return f"[{address}]" if ":" in address else address
+def _url(address: str, port: int) -> str:
+    host = f"[{address}]" if ":" in address else address
+    return f"http://{host}:{port}"

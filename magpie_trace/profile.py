@@ -27,11 +27,13 @@ from magpie_trace import clock_probe, trace_probe
 from magpie_trace.backends.base import Backend
 from magpie_trace.engines import get_engine
 from magpie_trace.engines.base import Engine, HttpCall, TraceName
-from magpie_trace.errors import ConfigError, MagpieError, TraceError
+from magpie_trace.errors import ConfigError, MagpieError, NodeError, TraceError
 from magpie_trace.fanout import on_nodes
 from magpie_trace.fsutil import atomic_write_bytes
+from magpie_trace.nodewatch import NodeGuard
 from magpie_trace.plan import NodePlan, Plan
 from magpie_trace.preflight import python_of
+from magpie_trace.progress import count, silent
 from magpie_trace.rundir import RunDir
 from magpie_trace.topology import Layout, Rank
 
@@ -183,8 +185,11 @@ def _send(url: str, call: HttpCall, timeout_s: float) -> None:
         raise MagpieError(f"{url}{call.path}: no answer ({reason})") from None
 
 
-def _send_all(urls: list[str], call: HttpCall, timeout_s: float) -> tuple[list[str], list[MagpieError]]:
-    """Send call to every URL at once: (the URLs that accepted it, the failures)."""
+def _send_all(
+    plan: Plan, urls: list[str], call: HttpCall, timeout_s: float
+) -> tuple[list[str], list[MagpieError]]:
+    """Send call to every URL at once: (the URLs that accepted it, the failures, each naming
+    the node that serves the URL)."""
     done: list[str] = []
     errors: list[MagpieError] = []
     lock = threading.Lock()
@@ -195,8 +200,9 @@ def _send_all(urls: list[str], call: HttpCall, timeout_s: float) -> tuple[list[s
             with lock:
                 done.append(url)
         except MagpieError as exc:
+            node = plan.node_serving(url)
             with lock:
-                errors.append(exc)
+                errors.append(exc if node is None else NodeError(node.name, str(exc)))
 
     threads = [threading.Thread(target=one, args=(url,), daemon=True) for url in urls]
     for thread in threads:
@@ -214,10 +220,10 @@ def start_profile(plan: Plan, profile_id: str, timeout_s: float = 60.0) -> list[
     check_profile_id(profile_id)
     engine = get_engine(plan.engine)
     urls = engine.profile_urls(plan)
-    done, errors = _send_all(urls, engine.start_profile_call(plan.config.profile, profile_id), timeout_s)
+    done, errors = _send_all(plan, urls, engine.start_profile_call(plan.config.profile, profile_id), timeout_s)
     if errors:
         if done:
-            _send_all(done, engine.stop_profile_call(), plan.config.profile.timeout_s)
+            _send_all(plan, done, engine.stop_profile_call(), plan.config.profile.timeout_s)
         raise errors[0]
     return urls
 
@@ -229,7 +235,7 @@ def stop_profile(plan: Plan, timeout_s: float | None = None) -> None:
     if not engine.stop_needed(plan.config.profile):
         return
     timeout_s = plan.config.profile.timeout_s if timeout_s is None else timeout_s
-    _done, errors = _send_all(engine.profile_urls(plan), engine.stop_profile_call(), timeout_s)
+    _done, errors = _send_all(plan, engine.profile_urls(plan), engine.stop_profile_call(), timeout_s)
     if errors:
         raise errors[0]
 
@@ -502,15 +508,36 @@ def _ordered(plan: Plan, scans: list[NodeScan]) -> list[FoundTrace]:
                                          t.rank.global_rank if t.rank else 0))
 
 
-def find_traces(plan: Plan, backend: Backend, profile_id: str) -> list[FoundTrace]:
-    """Every rank's file of this capture, checked now: one TraceError line naming node and rank
-    for the first missing, incomplete, duplicate or conflicting file."""
+@dataclass
+class Missing:
+    """A rank with no complete file in a partial capture (collect --allow-missing)."""
+
+    node: NodePlan
+    rank: Rank
+
+    def to_dict(self, layout: Layout) -> dict[str, Any]:
+        return {"node": self.node.index, "node_name": self.node.name,
+                "global_rank": self.rank.global_rank, "rank": rank_label(self.rank, layout)}
+
+
+def find_traces(
+    plan: Plan, backend: Backend, profile_id: str, allow_missing: bool = False
+) -> tuple[list[FoundTrace], list[Missing], list[str]]:
+    """Every rank's file of this capture, checked now: (the complete files, the ranks without
+    one, what is wrong with them). One TraceError line naming node and rank for a duplicate or
+    conflicting file, and, unless allow_missing, for the first missing or incomplete one."""
     scans = Scanner(plan, backend, profile_id).look(settle=False)
     fatal = [problem for scan in scans for problem in scan.fatal]
     pending = [problem for scan in scans for problem in scan.pending]
-    if fatal or pending:
+    if fatal or (pending and not allow_missing):
         raise TraceError(_one_line(fatal + pending, f"capture {profile_id}: "))
-    return _ordered(plan, scans)
+    missing = []
+    for scan in scans:
+        found = {trace.rank for trace in scan.traces}
+        missing += [Missing(scan.node, rank) for rank in scan.node.ranks if rank not in found]
+    if allow_missing and not any(trace.kind == "rank" for scan in scans for trace in scan.traces):
+        raise TraceError(_one_line(pending, f"capture {profile_id}: no rank has a trace: "))
+    return _ordered(plan, scans), missing, pending
 
 
 def wait_for_traces(
@@ -520,33 +547,39 @@ def wait_for_traces(
     timeout_s: float | None = None,
     poll_s: float = POLL_S,
     progress: Progress | None = None,
+    guard: NodeGuard | None = None,
 ) -> list[FoundTrace]:
     """Wait until every rank's file of this capture is complete on every node (a valid gzip whose
     size held still between two looks), and no other file of the capture is still being written.
     Raises TraceError at once for duplicates and conflicts, and at timeout_s (default
-    profile.timeout_s) naming the missing or incomplete ranks and their nodes."""
+    profile.timeout_s) naming the missing or incomplete ranks and their nodes; NodeLost as soon
+    as the guard sees a node's engine gone (its files will never come)."""
+    guard = guard or NodeGuard()
     timeout_s = plan.config.profile.timeout_s if timeout_s is None else timeout_s
     scanner = Scanner(plan, backend, profile_id)
     deadline = time.monotonic() + timeout_s
+    say = progress or silent
     expected = len(plan.ranks)
     last_count = -1
     while True:
+        guard.raise_if_tripped()
         scans = scanner.look(settle=True)
         fatal = [problem for scan in scans for problem in scan.fatal]
         if fatal:
             raise TraceError(_one_line(fatal, f"capture {profile_id}: "))
         pending = [problem for scan in scans for problem in scan.pending]
+        complete = sum(1 for scan in scans for trace in scan.traces if trace.kind == "rank")
         if not pending:
+            count(say, "rank traces complete", expected, expected)
             return _ordered(plan, scans)
-        count = sum(1 for scan in scans for trace in scan.traces if trace.kind == "rank")
-        if progress and count != last_count:
-            progress(f"{count}/{expected} rank traces complete")
-            last_count = count
+        # Written but not yet settled (its size must hold still between two looks) counts as not yet.
+        count(say, "rank traces complete", complete, expected, line=complete != last_count)
+        last_count = complete
         if time.monotonic() >= deadline:
             raise TraceError(
                 _one_line(pending, f"capture {profile_id}: after {timeout_s:g} s: ")
             )
-        time.sleep(poll_s)
+        guard.wait(poll_s)
 
 
 # --------------------------------------------------------------------------------------------
@@ -560,12 +593,15 @@ def capture(
     profile_id: str | None = None,
     duration_s: float | None = None,
     progress: Progress | None = None,
+    guard: NodeGuard | None = None,
 ) -> Capture:
     """Open a capture, keep it open for duration_s (default profile.duration_s) or, when a step
     window is configured and no duration is given, until the window has closed on every rank;
     close it; wait until every rank's file is complete. Recorded in <run>/captures.json (from
-    the moment it opens)."""
+    the moment it opens). With a guard watching the nodes, a lost node ends every wait at once
+    (NodeLost naming it) instead of at profile.timeout_s."""
     say = progress or (lambda _msg: None)
+    guard = guard or NodeGuard()
     profile = plan.config.profile
     if profile_id is None:
         if run_dir is None:
@@ -574,7 +610,7 @@ def capture(
     engine = get_engine(plan.engine)
     by_window = duration_s is None and engine.has_step_window(profile)
     before = clock_probe.probe_all(plan, backend, "before", say)
-    urls = start_profile(plan, profile_id)
+    urls = guard.call(lambda: start_profile(plan, profile_id))
     record = Capture(profile_id=profile_id, urls=urls, started_at=time.time())
     record.add_probes(before)
     if run_dir is not None:  # recorded now, so a failed capture's id is never handed out again
@@ -583,17 +619,18 @@ def capture(
     try:
         if by_window:
             say("waiting for the step window to close on every rank")
-            wait_for_traces(plan, backend, profile_id, progress=say)
+            wait_for_traces(plan, backend, profile_id, progress=say, guard=guard)
         else:
-            time.sleep(profile.duration_s if duration_s is None else duration_s)
+            guard.wait(profile.duration_s if duration_s is None else duration_s)
     except BaseException:
-        _close_quietly(plan, say)
+        if guard.tripped is None:  # a server that lost a node cannot close it: it is torn down
+            _close_quietly(plan, say)
         raise
     say("closing the capture (the ranks write their traces)")
-    stop_profile(plan)
+    guard.call(lambda: stop_profile(plan))
     record.stopped_at = time.time()
     record.add_probes(clock_probe.probe_all(plan, backend, "after", say))
-    record.traces = wait_for_traces(plan, backend, profile_id, progress=say)
+    record.traces = wait_for_traces(plan, backend, profile_id, progress=say, guard=guard)
     if run_dir is not None:
         record_capture(run_dir, record)
     return record

@@ -1,7 +1,7 @@
 """`magpie-trace run`: the whole job, each stage's output on disk, teardown guaranteed.
 
 plan -> launch -> bench (with a profile capture during a steady part of the load) -> stop ->
-collect -> merge -> report. The server is always torn down, on failure and on Ctrl-C too. Every
+collect -> merge -> analyze -> report. The server is always torn down, on failure and on Ctrl-C too. Every
 stage reads only the files of the stages before it, so `run(config, from_stage=...)` resumes a run
 and each stage also exists as its own command.
 """
@@ -16,17 +16,21 @@ from typing import Any, Callable
 
 import orjson
 
+from magpie_trace import interrupts
 from magpie_trace.backends import make_backend
 from magpie_trace.backends.base import Backend
 from magpie_trace.config import Config
 from magpie_trace.errors import MagpieError
 from magpie_trace.fsutil import atomic_write_bytes
 from magpie_trace.launch import LaunchState, launch, stop
+from magpie_trace.monitor import monitors_for
+from magpie_trace.nodewatch import NodeGuard, Trip, process_guard
 from magpie_trace.plan import Plan, make_plan
+from magpie_trace.progress import stage, stage_ended
 from magpie_trace.rundir import RunDir, find_run_dir, new_run_dir
 
 RUN_SCHEMA = "magpie-trace/run/1"
-STAGES = ("launch", "bench", "collect", "merge", "report")
+STAGES = ("launch", "bench", "collect", "merge", "analyze", "report")
 Progress = Callable[[str], None]
 
 
@@ -51,6 +55,7 @@ class RunResult:
     outputs: dict[str, str] = field(default_factory=dict)
     bench_valid: bool | None = None
     tracelens_command: str | None = None
+    teardown: dict[str, Any] | None = None  # ok, lost (nodes counted as stopped), error
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -75,19 +80,24 @@ def run(
     if from_stage is not None and from_stage not in STAGES:
         raise MagpieError(f"--from {from_stage}: unknown stage (one of {', '.join(STAGES)})")
     first = STAGES.index(from_stage) if from_stage else 0
-    if first == 0 and run_ref is None:
-        plan = make_plan(config)
-        run_dir = new_run_dir(config.output.dir, plan.run_id)
-    else:
-        run_dir = find_run_dir(config.output.dir, run_ref)
-        plan = make_plan(config, run_id=run_dir.run_id)
     backend = backend or make_backend(config.scheduler)
+    try:
+        backend.acquire_nodes(say, config.source)
+        if first == 0 and run_ref is None:
+            plan = make_plan(config)
+            run_dir = new_run_dir(config.output.dir, plan.run_id)
+        else:
+            run_dir = find_run_dir(config.output.dir, run_ref)
+            plan = make_plan(config, run_id=run_dir.run_id)
+    except BaseException:
+        backend.close()  # gives back an allocation it asked for
+        raise
     result = RunResult(run_id=plan.run_id, run_dir=run_dir.root, url=plan.head_url)
     wanted = set(STAGES[first:])
     if not config.profile.enabled:
-        wanted -= {"collect", "merge"}
+        wanted -= {"collect", "merge", "analyze"}
     if not config.output.merge:
-        wanted.discard("merge")
+        wanted -= {"merge", "analyze"}
     if not config.benchmark.enabled and not config.profile.enabled:
         wanted -= {"bench"}
     state: LaunchState | None = None
@@ -101,26 +111,34 @@ def run(
         failure = exc
     finally:
         if state is not None:
-            say("tearing down every node")
-            stop(plan, run_dir, backend, state)
+            with interrupts.shielded():
+                say("tearing down every node")
+                teardown_error = _teardown(plan, run_dir, backend, state, result)
+            failure = failure or teardown_error  # the first error is the one reported
+    failure = failure or interrupts.pending()  # a signal that came during the teardown
     try:
         if failure is None and "collect" in wanted:
             _stage(result, "collect", say, lambda: _collect(plan, backend, run_dir, result, say))
         if failure is None and "merge" in wanted:
-            _stage(result, "merge", say, lambda: _merge(plan, run_dir, result))
+            _stage(result, "merge", say, lambda: _merge(plan, run_dir, result, say))
+        if failure is None and "analyze" in wanted:
+            _stage(result, "analyze", say, lambda: _analyze(run_dir, result))
     except BaseException as exc:  # noqa: BLE001
         failure = exc
     finally:
-        backend.close()
-    if "report" in wanted or failure is not None:
-        _stage(result, "report", say, lambda: _report(run_dir, result))
-    for name in STAGES:
-        if name not in {s.name for s in result.stages}:
-            result.stages.append(StageRecord(name, "skipped"))
-    if failure is not None:
-        result.ok = False
-        result.error = str(failure) or type(failure).__name__
-    atomic_write_bytes(run_dir.root / "run.json", orjson.dumps(result.to_dict(), option=orjson.OPT_INDENT_2))
+        with interrupts.shielded():
+            backend.close()
+    with interrupts.shielded():
+        if "report" in wanted or failure is not None:
+            _stage(result, "report", say, lambda: _report(run_dir, result))
+        for name in STAGES:
+            if name not in {s.name for s in result.stages}:
+                result.stages.append(StageRecord(name, "skipped"))
+        if failure is not None:
+            result.ok = False
+            result.error = _describe(failure)
+        atomic_write_bytes(run_dir.root / "run.json", orjson.dumps(result.to_dict(), option=orjson.OPT_INDENT_2))
+    failure = failure or interrupts.pending()
     if failure is not None:
         if isinstance(failure, (MagpieError, KeyboardInterrupt)):
             raise failure
@@ -128,15 +146,37 @@ def run(
     return result
 
 
+def _teardown(
+    plan: Plan, run_dir: RunDir, backend: Backend, state: LaunchState, result: RunResult
+) -> MagpieError | None:
+    """Stop every node; a lost node counts as stopped. Recorded in run.json's `teardown`."""
+    error: MagpieError | None = None
+    try:
+        stop(plan, run_dir, backend, state)
+    except MagpieError as exc:
+        error = exc
+    result.teardown = {"ok": error is None, "lost": sorted(state.lost),
+                       "error": None if error is None else str(error)}
+    return error
+
+
+def _describe(failure: BaseException) -> str:
+    if isinstance(failure, KeyboardInterrupt):
+        return interrupts.describe()
+    return str(failure) or type(failure).__name__
+
+
 def _stage(result: RunResult, name: str, say: Progress, fn: Callable[[], Any]) -> Any:
-    say(f"stage {name}")
+    stage(say, name)
     started = time.monotonic()
     try:
         value = fn()
     except BaseException as exc:
-        result.stages.append(StageRecord(name, "failed", time.monotonic() - started, str(exc)))
+        result.stages.append(StageRecord(name, "failed", time.monotonic() - started, _describe(exc)))
+        stage_ended(say, name, time.monotonic() - started, failed=True)
         raise
     result.stages.append(StageRecord(name, "ok", time.monotonic() - started))
+    stage_ended(say, name, time.monotonic() - started)
     return value
 
 
@@ -148,6 +188,7 @@ def _bench_and_capture(
         BenchInterrupted,
         BenchInvalid,
         RunAborted,
+        profile_point,
         run_benchmark,
     )
     from magpie_trace.profile import capture
@@ -156,43 +197,59 @@ def _bench_and_capture(
     captured: list[BaseException] = []
     load_started = threading.Event()
     bench_done = threading.Event()
+    profile_done = threading.Event()
+    # One stream per node for the whole stage: liveness for the bench and the capture, telemetry.
+    monitors = monitors_for(plan, backend, state.handles if state else {},
+                            config.benchmark.telemetry_interval_s)
+    guard = process_guard(plan, backend, state.handles, "the profile capture", monitors.check) if state else NodeGuard()
 
     def capture_window() -> None:
-        """Open the window start_after_s into the first measured load point (not the warmup)."""
+        """Open the window start_after_s into the profiled load point, which runs before the
+        measured ones and lasts until the capture is done (so they carry no profiler overhead)."""
         try:
             if config.benchmark.enabled:
                 while not load_started.wait(0.2):
                     if bench_done.is_set():
                         return  # the benchmark ended (or failed) before any load: nothing to profile
-            time.sleep(config.profile.start_after_s)
-            capture(plan, backend, run_dir, progress=say)
+            guard.wait(config.profile.start_after_s)
+            capture(plan, backend, run_dir, progress=say, guard=guard)
         except BaseException as exc:  # noqa: BLE001 - raised by the main thread
             captured.append(exc)
+        finally:
+            profile_done.set()
 
     thread = None
-    if config.profile.enabled:
-        thread = threading.Thread(target=capture_window, name="profile-capture", daemon=True)
-        thread.start()
-    try:
-        if config.benchmark.enabled:
-            try:
-                bench = run_benchmark(
-                    config, plan, run_dir.bench, backend=backend,
-                    handles=state.handles if state else None, say=say,
-                    on_point_start=lambda _point: load_started.set(),
-                )
-            except (BenchInterrupted, BenchInvalid, RunAborted) as exc:
-                # Partial results were written and marked invalid; the run stops with this error.
-                result.bench_valid = False
-                if exc.result_path:
-                    result.outputs["bench"] = str(exc.result_path)
-                raise
-            result.bench_valid = bench.valid
-            result.outputs["bench"] = str(bench.result_path)
-    finally:
-        bench_done.set()
-        if thread is not None:
-            thread.join(config.profile.timeout_s + config.profile.duration_s + config.profile.start_after_s)
+    with monitors, guard:
+        if config.profile.enabled:
+            thread = threading.Thread(target=capture_window, name="profile-capture", daemon=True)
+            thread.start()
+        try:
+            if config.benchmark.enabled:
+                try:
+                    bench = run_benchmark(
+                        config, plan, run_dir.bench, backend=backend,
+                        handles=state.handles if state else None, say=say,
+                        on_point_start=lambda _point: load_started.set(),
+                        profile_point=profile_point(config) if config.profile.enabled else None,
+                        profile_done=profile_done.is_set, monitors=monitors,
+                    )
+                except (BenchInterrupted, BenchInvalid, RunAborted) as exc:
+                    # Partial results were written and marked invalid; the run stops with this error.
+                    result.bench_valid = False
+                    if exc.result_path:
+                        result.outputs["bench"] = str(exc.result_path)
+                    raise
+                result.bench_valid = bench.valid
+                result.outputs["bench"] = str(bench.result_path)
+        except BaseException as exc:
+            # The capture waits no longer: the node is lost, or the run is ending anyway.
+            lost = isinstance(exc, RunAborted)
+            guard.trip(Trip(exc.node, exc.reason) if lost else Trip("run", "the run is ending"))
+            raise
+        finally:
+            bench_done.set()
+            if thread is not None:
+                thread.join(config.profile.timeout_s + config.profile.duration_s + config.profile.start_after_s)
     if captured:
         raise captured[0]
 
@@ -205,15 +262,26 @@ def _collect(plan: Plan, backend: Backend, run_dir: RunDir, result: RunResult, s
     result.tracelens_command = getattr(collected, "tracelens_command", None)
 
 
-def _merge(plan: Plan, run_dir: RunDir, result: RunResult) -> None:
+def _merge(plan: Plan, run_dir: RunDir, result: RunResult, say: Progress) -> None:
     from magpie_trace.merge import MergeOptions, merge
+    from magpie_trace.merge.bytescan import compile_notice
 
+    if notice := compile_notice():
+        say(notice)
     merged = merge(run_dir.traces, run_dir.merged, MergeOptions())
     result.outputs["merged"] = str(merged.output_dir)
     if isinstance(merged.outputs.get("merged"), str):
         result.outputs["perfetto"] = merged.outputs["merged"]
     if merged.tracelens_command:
         result.tracelens_command = merged.tracelens_command
+
+
+def _analyze(run_dir: RunDir, result: RunResult) -> None:
+    from magpie_trace.analyze import analyze
+
+    analyzed = analyze(run_dir.merged)
+    result.outputs["analysis"] = str(run_dir.merged / "analysis")
+    result.outputs["events"] = analyzed.events["folder"]
 
 
 def _report(run_dir: RunDir, result: RunResult) -> None:

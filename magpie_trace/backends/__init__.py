@@ -20,7 +20,21 @@ def make_backend(scheduler: SchedulerConfig) -> Backend:
 
         return SshBackend(scheduler)
     if scheduler.backend == "ray":
-        from magpie_trace.backends.ray import RayBackend
+        try:
+            from magpie_trace.backends.ray import RayBackend
+        except ModuleNotFoundError as exc:
+            if (exc.name or "").partition(".")[0] != "ray":
+                raise
+            raise ConfigError(
+                "scheduler.backend: ray needs Ray, which is not installed here: "
+                "pip install 'magpie-trace[ray]'"
+            ) from None
 
         return RayBackend(scheduler)
-    raise ConfigError(f"scheduler.backend: {scheduler.backend} is not supported (local, ssh, ray)")
+    if scheduler.backend == "slurm":
+        from magpie_trace.backends.slurm import SlurmBackend
+
+        return SlurmBackend(scheduler)
+    raise ConfigError(
+        f"scheduler.backend: {scheduler.backend} is not supported (local, ssh, ray, slurm)"
+    )

@@ -1,6 +1,6 @@
 """The backend seam: the only place that knows how a command reaches a node.
 
-One small interface, one class per transport (local, ssh, ray); callers never branch on the
+One small interface, one class per transport (local, ssh, ray, slurm); callers never branch on the
 transport. Every method takes the node's config so the same backend object serves all nodes.
 """
 
@@ -9,6 +9,7 @@ from __future__ import annotations
 import abc
 import posixpath
 from dataclasses import asdict, dataclass, field
+from collections.abc import Callable
 from typing import Any
 
 from magpie_trace.config import NodeConfig, SchedulerConfig
@@ -37,6 +38,11 @@ class ProcessHandle:
         return cls(**data)
 
 
+def tag_path(log_path: str) -> str:
+    """Where the node-side launcher records "pid pgid starttime" before the command runs."""
+    return log_path + ".pid"
+
+
 @dataclass
 class CommandResult:
     returncode: int
@@ -49,6 +55,22 @@ class RemoteFile:
     path: str
     size: int
     mtime: float
+
+
+class LineStream(abc.ABC):
+    """The output of one long-lived command on a node, a line at a time (a node's monitor)."""
+
+    @abc.abstractmethod
+    def readline(self) -> str | None:
+        """The next line (blocking); None once the command has ended or the channel is gone."""
+
+    @abc.abstractmethod
+    def close(self) -> None:
+        """End the command (it also ends by itself when its channel closes)."""
+
+    def why_ended(self) -> str:
+        """Why readline returned None, for the error that names the node."""
+        return "its output ended"
 
 
 class Backend(abc.ABC):
@@ -90,6 +112,23 @@ class Backend(abc.ABC):
         added to the node's environment. The exit code is recorded next to the log (exit_path).
         """
 
+    def acquire_nodes(
+        self,
+        progress: Callable[[str], None] | None = None,
+        source: str = "<config>",
+        ask: bool = True,
+    ) -> None:
+        """Settle scheduler.nodes before a plan is made: the config lists them for local, ssh and
+        ray (nothing to do); slurm takes them from its allocation, asking Slurm for one when
+        there is none (not when ask is False), and close() gives that back. source names the
+        config in errors."""
+
+    def recover(self, node: NodeConfig, log_path: str, wait_s: float = 2.0) -> ProcessHandle | None:
+        """The command a start with this log_path launched, found from what the node side
+        recorded first (for a start whose reply was lost: Ctrl-C while it was in flight); None
+        when nothing was started. Waits up to wait_s for a start that may still be under way."""
+        return None
+
     def prepare(self, node: NodeConfig) -> None:
         """Get ready to start a command on the node soon (preflight calls it); nothing by default.
 
@@ -121,6 +160,11 @@ class Backend(abc.ABC):
     @abc.abstractmethod
     def listdir(self, node: NodeConfig, directory: str, pattern: str = "*") -> list[RemoteFile]:
         """Files in directory on the node matching the glob pattern (non-recursive)."""
+
+    @abc.abstractmethod
+    def stream(self, node: NodeConfig, argv: list[str]) -> LineStream:
+        """Start argv on the node for as long as the caller reads it, over one channel opened
+        once (one process, one ssh session, one Ray task). It gets EOF on stdin when closed."""
 
     def tail(self, node: NodeConfig, path: str, lines: int = 20) -> str:
         """The last lines of a file on the node (for error messages); empty if unreadable."""

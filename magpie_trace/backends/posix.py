@@ -24,58 +24,80 @@ import subprocess
 from typing import IO
 
 from magpie_trace import fsutil
-from magpie_trace.backends.base import Backend, CommandResult, ProcessHandle, RemoteFile
+from magpie_trace.backends.base import (
+    Backend,
+    CommandResult,
+    LineStream,
+    ProcessHandle,
+    RemoteFile,
+    tag_path,
+)
 from magpie_trace.config import NodeConfig
 from magpie_trace.errors import NodeError
 
 # Sets state, pgrp and start (clock ticks since boot) for pid $1; fails when there is no such pid.
-_PROC_STAT = r"""
+PROC_STAT = r"""
 st() { s=; { read -r s < /proc/$1/stat; } 2>/dev/null || return 1
   s=${s##*) }; set -- $s; state=$1; pgrp=$3; start=${20}; }
 """
 
-# $1 = exit file, rest = the command. Runs as the session leader (setsid -f).
-_WRAPPER = _PROC_STAT + r"""
-f=$1; shift
-st $$; echo "$$ $pgrp $start" >&3; exec 3>&-
+# $1 = exit file, $2 = tag file, rest = the command. Runs as the session leader (setsid -f).
+# The tag ("pid pgid starttime") is written before anything else, so a start whose reply is lost
+# (Ctrl-C reached the ssh client) can still be found and stopped (recover).
+_WRAPPER = PROC_STAT + r"""
+f=$1; t=$2; shift 2
+st $$; printf '%s\n' "$$ $pgrp $start" > "$t.tmp" && mv -f -- "$t.tmp" "$t"
+echo "$$ $pgrp $start" >&3; exec 3>&-
 trap : TERM INT HUP
 "$@"
 c=$?
 printf '%s\n' "$c" > "$f.tmp" && mv -f -- "$f.tmp" "$f"
 """
 
-# Read from stdin after the env exports: $1 log, $2 exit file, $3 cwd, rest = the command.
+# Read from stdin after the env exports: $1 log, $2 exit file, $3 tag file, $4 cwd, rest = the
+# command.
 # setsid -f (not `&`): a background job of a non-interactive shell would start with SIGINT ignored.
 _START = r"""
-log=$1; f=$2; cwd=$3; shift 3
+log=$1; f=$2; t=$3; cwd=$4; shift 4
 mkdir -p -- "$cwd" "${log%/*}/" || exit 97
 cd -- "$cwd" || exit 97
-rm -f -- "$f" "$f.tmp"
-info=$(setsid -f sh -c "$WRAPPER" sh "$f" "$@" 3>&1 >"$log" 2>&1 </dev/null)
+rm -f -- "$f" "$f.tmp" "$t" "$t.tmp"
+info=$(setsid -f sh -c "$WRAPPER" sh "$f" "$t" "$@" 3>&1 >"$log" 2>&1 </dev/null)
 [ -n "$info" ] || { echo "setsid did not start the command" >&2; exit 98; }
 echo "$info"
 """
 
 # $1 pid, $2 starttime, $3 exit file -> "exited CODE" | "running" | "gone"
-_STATUS = _PROC_STAT + r"""
+_STATUS = PROC_STAT + r"""
 if [ -f "$3" ]; then read -r c < "$3"; echo "exited $c"; exit 0; fi
 if st $1 && [ "$state" != Z ] && [ "$start" = "$2" ]; then echo running; else echo gone; fi
 """
 
 # $1 pgid, $2 leader starttime, $3 grace in tenths of a second -> "gone" | "stopped" | "killed" |
-# "remaining N". The group is ours unless its leader's pid now belongs to a younger process.
-_STOP = _PROC_STAT + r"""
+# "remaining N". The group is ours unless its leader's pid now belongs to a younger process. The
+# grace is measured on the clock (/proc/uptime), not in polls: a scan of /proc is slow on a busy
+# node.
+_STOP = PROC_STAT + r"""
 G=$1; S=$2
 members() { n=0; for d in /proc/[0-9]*; do st "${d#/proc/}" || continue
   [ "$pgrp" = "$G" ] && [ "$state" != Z ] && n=$((n + 1)); done; }
-wait_empty() { i=0; while [ $i -lt $1 ]; do members; [ $n -eq 0 ] && return 0
-  sleep 0.1; i=$((i + 1)); done; members; [ $n -eq 0 ]; }
+now() { read -r u _ < /proc/uptime; f=${u#*.}; now=$(( ${u%.*} * 10 + ${f%"${f#?}"} )); }
+wait_empty() { now; end=$((now + $1)); while :; do members; [ $n -eq 0 ] && return 0
+  now; [ $now -ge $end ] && return 1; sleep 0.1; done; }
 if st $G && [ "$start" != "$S" ]; then echo gone; exit 0; fi
 members; if [ $n -eq 0 ]; then echo gone; exit 0; fi
 kill -TERM -$G 2>/dev/null
+kill -CONT -$G 2>/dev/null  # a stopped (frozen) process must run to handle SIGTERM
 if wait_empty $3; then echo stopped; exit 0; fi
 kill -KILL -$G 2>/dev/null
 if wait_empty 50; then echo killed; else echo "remaining $n"; fi
+"""
+
+# $1 tag file, $2 tenths of a second to wait for it -> "pid pgid starttime", or nothing.
+RECOVER_SCRIPT = r"""
+i=0; while [ ! -f "$1" ] && [ $i -lt $2 ]; do sleep 0.1; i=$((i + 1)); done
+[ -f "$1" ] && cat -- "$1"
+exit 0
 """
 
 # $1 directory -> NUL-separated "size<TAB>mtime<TAB>name" of regular files; exit 3 if no directory.
@@ -93,10 +115,17 @@ def exit_path(log_path: str) -> str:
     return log_path + ".exit"
 
 
-def _start_script(env: dict[str, str]) -> str:
-    """The start script, env exported first (shlex-quoted values; sent on stdin, never in argv)."""
+def start_script(env: dict[str, str], *script: str) -> str:
+    """A start script, env exported first (shlex-quoted values; sent on stdin, never in argv)."""
     exports = [f"export {name}={shlex.quote(value)}" for name, value in env.items()]
-    return "\n".join([*exports, f"WRAPPER={shlex.quote(_WRAPPER)}", _START])
+    return "\n".join([*exports, *script])
+
+
+def check_env(node: NodeConfig, env: dict[str, str]) -> None:
+    """Refuse a variable name that an export line could not carry as it is."""
+    for name in env:
+        if not _ENV_NAME.match(name):
+            raise NodeError(node.name, f"env: {name!r} is not a valid variable name")
 
 
 class PosixBackend(Backend):
@@ -106,9 +135,14 @@ class PosixBackend(Backend):
     def command(self, node: NodeConfig, argv: list[str]) -> list[str]:
         """The local argv that runs argv on the node (the words arrive there unchanged)."""
 
-    def transport_error(self, node: NodeConfig, result: CommandResult) -> NodeError | None:
-        """A NodeError when result is a failure of the transport rather than of the command."""
-        return None
+    def settle(self, node: NodeConfig, result: CommandResult) -> CommandResult:
+        """The command's own result: raise NodeError when the transport failed rather than the
+        command, and drop the transport's own messages from stderr."""
+        return result
+
+    def abandon(self, proc: subprocess.Popen[bytes]) -> None:
+        """End a transport process that ran past its timeout (a subclass may let it clean up)."""
+        proc.kill()
 
     # ---------------------------------------------------------------------------------------
 
@@ -130,29 +164,45 @@ class PosixBackend(Backend):
             raise ValueError("empty argv")
         local_argv = self.command(node, argv)
         try:
-            proc = subprocess.run(
+            proc = subprocess.Popen(
                 local_argv,
-                input=input if input is not None else b"",
+                stdin=subprocess.PIPE,
                 stdout=stdout if stdout is not None else subprocess.PIPE,
                 stderr=subprocess.PIPE,
-                timeout=timeout_s,
             )
-        except subprocess.TimeoutExpired:
-            raise NodeError(node.name, f"{argv[0]} timed out after {timeout_s:g} s") from None
         except OSError as exc:
             if local_argv[0] == argv[0]:  # local: a missing program reads like a shell's 127
                 return CommandResult(127, "", f"{argv[0]}: {exc.strerror or exc}")
             detail = exc.strerror or exc
             raise NodeError(node.name, f"cannot run {local_argv[0]}: {detail}") from None
+        with proc:
+            try:
+                out, err = proc.communicate(input if input is not None else b"", timeout_s)
+            except subprocess.TimeoutExpired:
+                self.abandon(proc)
+                proc.communicate()
+                raise NodeError(node.name, f"{argv[0]} timed out after {timeout_s:g} s") from None
+            except BaseException:  # Ctrl-C: the transport process must not linger either
+                self.abandon(proc)
+                raise
         result = CommandResult(
             proc.returncode,
-            (proc.stdout or b"").decode(errors="surrogateescape"),
-            proc.stderr.decode(errors="replace"),
+            (out or b"").decode(errors="surrogateescape"),
+            err.decode(errors="replace"),
         )
-        error = self.transport_error(node, result)
-        if error is not None:
-            raise error
-        return result
+        return self.settle(node, result)
+
+    def stream(self, node: NodeConfig, argv: list[str]) -> LineStream:
+        if not argv:
+            raise ValueError("empty argv")
+        try:
+            proc = subprocess.Popen(
+                self.command(node, argv), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE, start_new_session=True,
+            )
+        except OSError as exc:
+            raise NodeError(node.name, f"cannot run {argv[0]}: {exc.strerror or exc}") from None
+        return _ProcessStream(proc)
 
     def _script(
         self, node: NodeConfig, script: str, args: list[str], timeout_s: float = _CONTROL_TIMEOUT_S
@@ -168,16 +218,14 @@ class PosixBackend(Backend):
         cwd: str | None = None,
     ) -> ProcessHandle:
         self.check_start(argv, log_path)
-        for name in env:
-            if not _ENV_NAME.match(name):
-                raise NodeError(node.name, f"env: {name!r} is not a valid variable name")
+        check_env(node, env)
         exit_file = exit_path(log_path)
         workdir = cwd or self.workdir(node)
         result = self.run(
             node,
-            ["sh", "-s", "--", log_path, exit_file, workdir, *argv],
+            ["sh", "-s", "--", log_path, exit_file, tag_path(log_path), workdir, *argv],
             timeout_s=_CONTROL_TIMEOUT_S,
-            input=_start_script(env).encode(),
+            input=start_script(env, f"WRAPPER={shlex.quote(_WRAPPER)}", _START).encode(),
         )
         fields = result.stdout.split()
         if result.returncode != 0 or len(fields) != 3 or not fields[0].isdigit():
@@ -186,14 +234,26 @@ class PosixBackend(Backend):
         pid, pgid, starttime = int(fields[0]), int(fields[1]), fields[2]
         if pgid != pid:
             raise NodeError(node.name, f"{argv[0]} did not get its own process group")
+        return self._handle(node, pid, starttime, log_path)
+
+    def _handle(self, node: NodeConfig, pid: int, starttime: str, log_path: str) -> ProcessHandle:
         return ProcessHandle(
             node=node.name,
             pid=pid,
-            pgid=pgid,
+            pgid=pid,
             log_path=log_path,
             backend=self.name,
-            extra={"starttime": starttime, "exit_path": exit_file},
+            extra={"starttime": starttime, "exit_path": exit_path(log_path)},
         )
+
+    def recover(self, node: NodeConfig, log_path: str, wait_s: float = 2.0) -> ProcessHandle | None:
+        """From the tag the wrapper wrote first (waiting wait_s for a start still under way)."""
+        ticks = str(max(0, math.ceil(wait_s * 10)))
+        result = self._script(node, RECOVER_SCRIPT, [tag_path(log_path), ticks], timeout_s=wait_s + _CONTROL_TIMEOUT_S)
+        fields = result.stdout.split()
+        if result.returncode != 0 or len(fields) != 3 or not fields[0].isdigit() or fields[0] != fields[1]:
+            return None
+        return self._handle(node, int(fields[0]), fields[2], log_path)
 
     def _status(self, node: NodeConfig, handle: ProcessHandle) -> list[str]:
         args = [str(handle.pid), str(handle.extra.get("starttime", "")), _exit_file(handle)]
@@ -256,6 +316,36 @@ class PosixBackend(Backend):
             if fnmatch.fnmatchcase(name, pattern):
                 files.append(RemoteFile(posixpath.join(directory, name), int(size), float(mtime)))
         return sorted(files, key=lambda f: f.path)
+
+
+class _ProcessStream(LineStream):
+    """A local process (the command itself, or the ssh client running it on the node). It has its
+    own session: Ctrl-C at the terminal is ours to handle, not a reason for it to die first."""
+
+    def __init__(self, proc: subprocess.Popen[bytes]) -> None:
+        self.proc = proc
+
+    def readline(self) -> str | None:
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline()
+        return line.decode(errors="replace") if line else None
+
+    def close(self) -> None:
+        for pipe in (self.proc.stdin, self.proc.stdout):
+            if pipe is not None:
+                pipe.close()  # the command sees EOF and ends
+        try:
+            self.proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        if self.proc.stderr is not None:
+            self.proc.stderr.close()
+
+    def why_ended(self) -> str:
+        code = self.proc.wait()
+        err = self.proc.stderr.read().decode(errors="replace") if self.proc.stderr else ""
+        return _last_line(err) or f"it exited with code {code}"
 
 
 def _exit_file(handle: ProcessHandle) -> str:

@@ -30,12 +30,18 @@ from ray.actor import ActorHandle
 from ray.exceptions import GetTimeoutError, RayActorError, RayError, RayTaskError
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-from magpie_trace import fsutil
+from magpie_trace import fsutil, interrupts
 from magpie_trace.backends import ray_node
-from magpie_trace.backends.base import Backend, CommandResult, ProcessHandle, RemoteFile
+from magpie_trace.backends.base import (
+    Backend,
+    CommandResult,
+    LineStream,
+    ProcessHandle,
+    RemoteFile,
+)
 from magpie_trace.backends.posix import exit_path
 from magpie_trace.config import NodeConfig, SchedulerConfig
-from magpie_trace.errors import MagpieError, NodeError
+from magpie_trace.errors import MagpieError, NodeError, NodeGone
 
 # Pickle the node-side functions and actor class by value rather than by module reference.
 cloudpickle.register_pickle_by_value(ray_node)
@@ -43,6 +49,7 @@ cloudpickle.register_pickle_by_value(ray_node)
 _ProcessAgent = ray.remote(ray_node.ProcessAgent)
 _run_command = ray.remote(ray_node.run_command)
 _read_chunks = ray.remote(ray_node.read_chunks)
+_stream_lines = ray.remote(ray_node.stream_lines)
 _list_files = ray.remote(ray_node.list_files)
 _read_exit_code = ray.remote(ray_node.read_exit_code)
 
@@ -91,6 +98,7 @@ class RayBackend(Backend):
             self._checked = True
             if ray.is_initialized():
                 return
+            handlers = interrupts.current()
             try:
                 ray.init(
                     address=address,
@@ -103,6 +111,8 @@ class RayBackend(Backend):
                     f"scheduler.ray.address: cannot join the Ray cluster at {address}: "
                     f"{_first_line(exc)}"
                 ) from None
+            finally:
+                interrupts.reinstall(handlers)  # ray.init makes SIGTERM a bare sys.exit
             self._connected_here = True
 
     def ray_node_id(self, node: NodeConfig) -> str:
@@ -247,7 +257,6 @@ class RayBackend(Backend):
         cwd: str | None = None,
     ) -> ProcessHandle:
         self.check_start(argv, log_path)
-        namespace = self.scheduler.ray.namespace
         # A Ray driver that the command starts (vLLM's Ray executor) joins this same cluster.
         full_env = {"RAY_ADDRESS": ray.get_runtime_context().gcs_address, **env}
         exit_file = exit_path(log_path)
@@ -275,24 +284,45 @@ class RayBackend(Backend):
                     "stop it first",
                 )
             if isinstance(pid, int):
-                return ProcessHandle(
-                    node=node.name,
-                    pid=pid,
-                    pgid=pid,
-                    log_path=log_path,
-                    backend=self.name,
-                    extra={
-                        "exit_path": exit_file,
-                        "actor": name,
-                        "namespace": namespace,
-                        "ray_node_id": node_id,
-                    },
-                )
+                return self._handle(node, pid, log_path, node_id)
             ray.kill(agent)  # closing, so it holds nothing; its last stopper may not have killed it
             if time.monotonic() >= deadline:
                 break
             time.sleep(AGENT_RETRY_S)
         raise NodeError(node.name, f"{what}: its Ray actor {name} kept closing or dying")
+
+    def _handle(self, node: NodeConfig, pid: int, log_path: str, node_id: str) -> ProcessHandle:
+        return ProcessHandle(
+            node=node.name,
+            pid=pid,
+            pgid=pid,
+            log_path=log_path,
+            backend=self.name,
+            extra={
+                "exit_path": exit_path(log_path),
+                "actor": agent_name(node_id),
+                "namespace": self.scheduler.ray.namespace,
+                "ray_node_id": node_id,
+            },
+        )
+
+    def recover(self, node: NodeConfig, log_path: str, wait_s: float = 2.0) -> ProcessHandle | None:
+        """Ask the node's agent, which keys its commands by log path."""
+        node_id = self.ray_node_id(node)
+        deadline = time.monotonic() + wait_s
+        while True:
+            try:
+                agent = ray.get_actor(agent_name(node_id), namespace=self.scheduler.ray.namespace)
+                pid = ray.get(agent.find.remote(log_path), timeout=CONTROL_TIMEOUT_S)
+            except (ValueError, RayActorError):
+                pid = None  # no agent there: nothing of ours was started
+            except RayError as exc:
+                raise _node_error(node, "cannot look for its command", exc, CONTROL_TIMEOUT_S) from None
+            if pid is not None:
+                return self._handle(node, pid, log_path, node_id)
+            if time.monotonic() >= deadline:
+                return None
+            time.sleep(0.1)
 
     def alive(self, node: NodeConfig, handle: ProcessHandle) -> bool:
         known, code = self._status(node, handle)
@@ -358,6 +388,13 @@ class RayBackend(Backend):
             if os.path.exists(tmp):
                 os.unlink(tmp)
 
+    def stream(self, node: NodeConfig, argv: list[str]) -> LineStream:
+        if not argv:
+            raise ValueError("empty argv")
+        options = self._on(self.ray_node_id(node))
+        lines = _stream_lines.options(**options, _generator_backpressure_num_objects=16).remote(argv)
+        return _RayStream(self, node, lines)
+
     def listdir(self, node: NodeConfig, directory: str, pattern: str = "*") -> list[RemoteFile]:
         """Regular files only, sorted by path; a directory that does not exist (yet) is empty."""
         ref = _list_files.options(**self._on(self.ray_node_id(node))).remote(directory, pattern)
@@ -378,6 +415,39 @@ class RayBackend(Backend):
             if self._connected_here:
                 ray.shutdown()
                 self._connected_here = False
+
+
+class _RayStream(LineStream):
+    """A streaming task pinned to the node; cancelling it kills the command's group there."""
+
+    def __init__(self, backend: RayBackend, node: NodeConfig, lines: Any) -> None:
+        self.backend = backend
+        self.node = node
+        self.lines = lines
+        self.error = "its output ended"
+
+    def readline(self) -> str | None:
+        try:
+            return str(ray.get(next(self.lines)))
+        except StopIteration:
+            return None
+        except RayError as exc:
+            try:
+                self.backend.ray_node_id(self.node)
+            except NodeError as gone:
+                self.error = str(gone)[len(self.node.name) + 2 :]
+            else:
+                self.error = _first_line(exc)
+            return None
+
+    def close(self) -> None:
+        try:
+            ray.cancel(self.lines)
+        except RayError:
+            pass  # its node is gone, and the command with it
+
+    def why_ended(self) -> str:
+        return self.error
 
 
 def _check_reachable(address: str) -> None:
@@ -421,9 +491,9 @@ def _node_error(node: NodeConfig, what: str, exc: RayError, timeout_s: float) ->
     return NodeError(node.name, f"{what}: {_first_line(exc)}")
 
 
-def _gone(node: NodeConfig, ray_node: dict[str, Any]) -> NodeError:
+def _gone(node: NodeConfig, ray_node: dict[str, Any]) -> NodeGone:
     reason = _first_line(ray_node.get("DeathReasonMessage") or "no longer in the cluster")
-    return NodeError(node.name, f"Ray node {ray_node['NodeID']} is gone: {reason}")
+    return NodeGone(node.name, f"Ray node {ray_node['NodeID']} is gone: {reason}")
 
 
 def _has_labels(ray_node: dict[str, Any], labels: dict[str, str]) -> bool:

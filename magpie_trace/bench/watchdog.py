@@ -13,20 +13,20 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from magpie_trace import interrupts
 from magpie_trace.backends.base import Backend, ProcessHandle
 from magpie_trace.bench.client import Progress
 from magpie_trace.bench.telemetry import NodeSampler
 from magpie_trace.config import NodeConfig
-from magpie_trace.errors import MagpieError, NodeError
-from magpie_trace.fanout import NodesFailed, on_nodes
+from magpie_trace.errors import MagpieError
+from magpie_trace.nodewatch import STREAM_POLL_S, NodeLost, ProcessCheck, Trip
 
 
-class RunAborted(NodeError):
+class RunAborted(NodeLost):
     """A node was lost during the benchmark; the result file is written and marked invalid."""
-
-    exit_code = 3
 
     def __init__(self, node: str, reason: str, result_path: str | None = None) -> None:
         where = f" (partial results, marked invalid: {result_path})" if result_path else ""
@@ -36,13 +36,13 @@ class RunAborted(NodeError):
 
 
 class BenchInterrupted(MagpieError):
-    """Ctrl-C during the load: what was measured is written, marked invalid; exit like any Ctrl-C."""
-
-    exit_code = 130
+    """Ctrl-C (or SIGTERM, SIGHUP, a closed output) during the load: what was measured is
+    written, marked invalid; exit like that signal (128 + its number)."""
 
     def __init__(self, result_path: str) -> None:
-        super().__init__(f"interrupted (partial results, marked invalid: {result_path})")
+        super().__init__(f"{interrupts.describe()} (partial results, marked invalid: {result_path})")
         self.result_path = result_path
+        self.exit_code = interrupts.exit_code()
 
 
 class BenchInvalid(MagpieError):
@@ -57,12 +57,7 @@ class BenchInvalid(MagpieError):
 
 
 FAILURE_POLL_S = 0.05  # how soon a failed request leads to a process check
-
-
-@dataclass
-class Trip:
-    node: str
-    reason: str
+LOST_GRACE_S = 2.0  # a lost node's tree gets this long after SIGTERM (a frozen one ignores it)
 
 
 @dataclass
@@ -79,26 +74,28 @@ class Watchdog:
     silence_s: float = 10.0
     poll_s: float = 1.0
     trip: Trip | None = None
+    streams: Callable[[], Trip | None] | None = None  # the nodes' monitors (Monitors.check)
+
+    def __post_init__(self) -> None:
+        if self.streams is not None:
+            self.poll_s = min(self.poll_s, STREAM_POLL_S)  # a look at memory, not at the nodes
 
     def check_processes(self) -> Trip | None:
-        """Blocking (it may ssh): call from a thread. Every node is checked at once."""
+        """Blocking without streams (it may ssh): call from a thread. Every node at once."""
         if self.backend is None:
             return None
-        watched = [self.nodes[name] for name in self.handles if name in self.nodes]
-        try:
-            found = on_nodes(self._check_one, watched)
-        except NodesFailed as exc:
-            return Trip(exc.node, f"cannot check its process: {exc.failures.get(exc.node, exc)}")
-        return next((trip for trip in found.values() if trip is not None), None)
+        return ProcessCheck(self.backend, self.nodes, self.handles, "the benchmark", self.streams)()
 
-    def _check_one(self, node: NodeConfig) -> Trip | None:
-        assert self.backend is not None
-        handle = self.handles[node.name]
-        if self.backend.alive(node, handle):
-            return None
-        code = self.backend.exit_code(node, handle)
-        code_text = "an unknown code" if code is None else f"code {code}"
-        return Trip(node.name, f"engine process {handle.pid} exited with {code_text} during the benchmark")
+    def stop_lost_node(self) -> None:
+        """Stop the whole process tree of the node that was lost: a node with a dead or frozen
+        rank must not go on holding its GPUs and its peers (blocking: call from a thread)."""
+        trip = self.trip
+        if trip is None or self.backend is None or trip.node not in self.handles:
+            return
+        try:
+            self.backend.stop(self.nodes[trip.node], self.handles[trip.node], grace_s=LOST_GRACE_S)
+        except MagpieError:
+            pass  # teardown (or `magpie-trace stop`) tries again
 
     def check_telemetry(self) -> Trip | None:
         now = time.monotonic()

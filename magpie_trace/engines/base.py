@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import abc
+import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
 from magpie_trace.config import Config, NodeConfig, ProfileConfig
+from magpie_trace.groups import Group
 from magpie_trace.topology import Layout, Rank
 
 if TYPE_CHECKING:
@@ -15,7 +17,11 @@ if TYPE_CHECKING:
 
 @dataclass
 class NodeContext:
-    """What an engine needs to write one node's command line."""
+    """What an engine needs to write one node's command line.
+
+    `index` is the node's rank inside its group (the engine's node rank) and `head` its group's
+    head; `node_index` is its place in scheduler.nodes (what per-node config keys are keyed by).
+    """
 
     config: Config
     layout: Layout
@@ -26,6 +32,9 @@ class NodeContext:
     port: int
     rendezvous_port: int
     trace_dir: str | None
+    group: Group
+    node_index: int
+    bootstrap_port: int | None = None  # a prefill or decode group's KV handoff port
 
     @property
     def is_head(self) -> bool:
@@ -71,6 +80,10 @@ class Engine(abc.ABC):
     health_path: str = "/health"
     # Extra head endpoints that must answer before the server counts as ready.
     ready_paths: tuple[str, ...] = ()
+    # A prefill group's KV handoff port when the config gives none (SGLang's bootstrap port).
+    default_bootstrap_port: int = 8998
+    # The KV connector a PD group uses when the config names none (vLLM only).
+    default_kv_connector: str | None = None
 
     @abc.abstractmethod
     def default_command(self) -> list[str]:
@@ -94,11 +107,26 @@ class Engine(abc.ABC):
         node's environment if at all (the probe runs with it): none."""
         return []
 
+    # ---- watching: which processes of a node's tree are its ranks ----------------------------
+
+    rank_title: re.Pattern[str] | None = None  # matches a rank process's command line
+
+    def rank_process(self, cmdline: str) -> str | None:
+        """The rank a process of the engine's tree serves, as `ps` shows it (e.g.
+        VLLM::Worker_TP1); None for its other processes (API server, helpers)."""
+        match = self.rank_title.search(cmdline) if self.rank_title else None
+        return match.group(1) if match else None
+
     # ---- profiling: HTTP calls, which API servers to call, trace file names -----------------
 
+    def router_bootstrap_port(self, port: int | None) -> int | None:
+        """What a router is told with a prefill server's URL (SGLang's bootstrap port)."""
+        return port
+
     def profile_urls(self, plan: Plan) -> list[str]:
-        """Base URLs to send start/stop to: one call through the head arms every rank."""
-        return [plan.head_url]
+        """Base URLs to send start/stop to: every group's API servers (one call through a
+        group's head arms every rank of it)."""
+        return plan.api_urls
 
     @abc.abstractmethod
     def start_profile_call(self, profile: ProfileConfig, profile_id: str) -> HttpCall:

@@ -24,6 +24,7 @@ _ACTIVITIES = {"CPU": "CPU", "CUDA": "GPU", "GPU": "GPU", "XPU": "XPU", "MEM": "
 
 class SglangEngine(Engine):
     name = "sglang"
+    rank_title = re.compile(r"^(sglang::scheduler\S*)")  # its scheduler processes' titles
     default_port = 30000
     default_rendezvous_port = 20000
     # Worker nodes answer /health with a constant 200; only the head's /health_generate generates.
@@ -48,8 +49,19 @@ class SglangEngine(Engine):
                 "--node-rank", str(ctx.index),
                 "--dist-init-addr", f"{ctx.head.address}:{ctx.rendezvous_port}",
             ]
+        if server.served_model_name:
+            args += ["--served-model-name", server.served_model_name]
         args += ["--host", server.host, "--port", str(ctx.port)]
-        return args + list(server.extra_args)
+        group = ctx.group
+        if group.is_pd:
+            args += ["--disaggregation-mode", group.role]
+            if group.role == "prefill":
+                args += ["--disaggregation-bootstrap-port", str(ctx.bootstrap_port)]
+            if group.transfer_backend:
+                args += ["--disaggregation-transfer-backend", group.transfer_backend]
+            if group.ib_device:
+                args += ["--disaggregation-ib-device", group.ib_device]
+        return args + list(group.extra_args)
 
     def node_env(self, ctx: NodeContext) -> dict[str, str]:
         env = {"SGLANG_HOST_IP": ctx.node.address}

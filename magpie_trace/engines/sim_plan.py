@@ -6,6 +6,7 @@ headless. Fixed latencies, per-node clock offsets and failure injection come fro
 
 from __future__ import annotations
 
+import re
 import sys
 
 from magpie_trace.config import Config
@@ -21,6 +22,11 @@ class SimEngine(VllmStyleProfiling, Engine):
     """Profiles like vLLM: same endpoints, same GPU-worker and API-server trace names."""
 
     name = "sim"
+    rank_title = re.compile(r"engines\.sim\.ranks .*?\"global_rank\": ?(\d+)")
+
+    def rank_process(self, cmdline: str) -> str | None:
+        rank = super().rank_process(cmdline)
+        return None if rank is None else f"rank {rank}"
     default_port = 8000
     default_rendezvous_port = 29501
     health_path = "/health"
@@ -40,6 +46,7 @@ class SimEngine(VllmStyleProfiling, Engine):
         args = [
             "serve",
             "--model", server.model,
+            *(["--served-model-name", server.served_model_name] if server.served_model_name else []),
             "--node-rank", str(ctx.index),
             "--nnodes", str(layout.nnodes),
             "--ranks", ",".join(str(rank.global_rank) for rank in ctx.ranks),
@@ -59,12 +66,17 @@ class SimEngine(VllmStyleProfiling, Engine):
             "--startup-s", _number(sim.startup_s),
             "--layers", str(sim.layers),
         ]
-        if ctx.index in sim.clock_offset_ms:
-            args += ["--clock-offset-ms", _number(sim.clock_offset_ms[ctx.index])]
-        if ctx.index in sim.clock_drift_ppm:
-            args += ["--clock-drift-ppm", _number(sim.clock_drift_ppm[ctx.index])]
-        if ctx.index in sim.die_after_s:
-            args += ["--die-after-s", _number(sim.die_after_s[ctx.index])]
+        if ctx.group.is_pd:
+            args += ["--pd-role", ctx.group.role]
+            if ctx.group.role == "prefill" and ctx.is_head:
+                args += ["--kv-port", str(ctx.bootstrap_port), "--kv-address", ctx.node.address,
+                         "--transfer-ms", _number(sim.transfer_ms)]
+        if ctx.node_index in sim.clock_offset_ms:
+            args += ["--clock-offset-ms", _number(sim.clock_offset_ms[ctx.node_index])]
+        if ctx.node_index in sim.clock_drift_ppm:
+            args += ["--clock-drift-ppm", _number(sim.clock_drift_ppm[ctx.node_index])]
+        if ctx.node_index in sim.die_after_s:
+            args += ["--die-after-s", _number(sim.die_after_s[ctx.node_index])]
         if ctx.trace_dir is not None:
             args += ["--profile-dir", ctx.trace_dir]
-        return args + list(server.extra_args)
+        return args + list(ctx.group.extra_args)

@@ -8,15 +8,11 @@ when a replica fits on a node, and `--nnodes/--node-rank/--master-addr` when it 
 from __future__ import annotations
 
 import re
-from typing import TYPE_CHECKING
 
 import orjson
 
 from magpie_trace.config import ProfileConfig
 from magpie_trace.engines.base import Engine, HttpCall, NodeContext, TraceName
-
-if TYPE_CHECKING:
-    from magpie_trace.plan import Plan
 
 # vLLM's profile_prefix: 1-128 of [A-Za-z0-9._-], the first alphanumeric; never an underscore, so
 # the first `_` of a file name ends the prefix.
@@ -31,14 +27,12 @@ _CPU_WORKER = re.compile(_PREFIX + r"rank(?P<rank>\d+)" + _TAIL + r"\Z")
 _API_SERVER = re.compile(_PREFIX + r"(?P<host>.+)_(?P<pid>\d+)\.async_llm" + _TAIL + r"\Z")
 # Flags with which every node runs its own API server, each fronting only its local engines.
 _PER_NODE_API_FLAGS = ("--data-parallel-hybrid-lb", "--data-parallel-external-lb")
+# A PD group's role in --kv-transfer-config (vLLM deprecates kv_both for NIXL prefill/decode).
+_KV_ROLES = {"prefill": "kv_producer", "decode": "kv_consumer"}
 
 
 def _int(value: str | None) -> int | None:
     return None if value is None else int(value)
-
-
-def _url(address: str, port: int) -> str:
-    return f"http://[{address}]:{port}" if ":" in address else f"http://{address}:{port}"
 
 
 def profiler_config_json(profile: ProfileConfig, trace_dir: str) -> str:
@@ -105,16 +99,21 @@ class VllmStyleProfiling:
 
 class VllmEngine(VllmStyleProfiling, Engine):
     name = "vllm"
+    # Worker processes set their title (setproctitle): VLLM::Worker[_DP<d>][_PP<p>]_TP<t>...
+    rank_title = re.compile(r"^(VLLM::Worker\S*)")
     default_port = 8000
     default_rendezvous_port = 29501
     default_dp_rpc_port = 29550
     health_path = "/health"
+    default_bootstrap_port = 5600  # vLLM's VLLM_NIXL_SIDE_CHANNEL_PORT default
+    default_kv_connector = "NixlConnector"
 
     def default_command(self) -> list[str]:
         return ["vllm"]
 
     def node_args(self, ctx: NodeContext) -> list[str] | None:
         server = ctx.config.server
+        group = ctx.group
         layout = ctx.layout
         if server.executor == "ray" and not ctx.is_head:
             return None  # vLLM's Ray executor places every worker from the single driver
@@ -143,7 +142,7 @@ class VllmEngine(VllmStyleProfiling, Engine):
         elif layout.dp > 1:
             args += ["--data-parallel-size", str(layout.dp)]
             if layout.nnodes > 1:
-                rpc_port = server.dp_rpc_port or self.default_dp_rpc_port
+                rpc_port = group.dp_rpc_port or self.default_dp_rpc_port
                 args += [
                     "--data-parallel-size-local", str(layout.replicas_per_node),
                     "--data-parallel-address", ctx.head.address,
@@ -154,21 +153,36 @@ class VllmEngine(VllmStyleProfiling, Engine):
                     args += ["--data-parallel-start-rank", str(first_dp)]
         if layout.ep > 1:
             args.append("--enable-expert-parallel")
+        if server.served_model_name:
+            args += ["--served-model-name", server.served_model_name]
         if ctx.is_head:
             args += ["--host", server.host, "--port", str(ctx.port)]
         elif server.executor != "ray" and layout.nnodes > 1:
             args.append("--headless")
         if ctx.trace_dir is not None:
             args += ["--profiler-config", profiler_config_json(ctx.config.profile, ctx.trace_dir)]
-        return args + list(server.extra_args)
+        if group.is_pd:
+            # Every node of the group builds its own config, so every node gets the connector.
+            kv_config = {"kv_connector": group.kv_connector or self.default_kv_connector,
+                         "kv_role": _KV_ROLES[group.role]}
+            args += ["--kv-transfer-config", orjson.dumps(kv_config).decode()]
+        return args + list(group.extra_args)
 
     def node_env(self, ctx: NodeContext) -> dict[str, str]:
-        return {"VLLM_HOST_IP": ctx.node.address}
+        env = {"VLLM_HOST_IP": ctx.node.address}
+        if ctx.group.is_pd and ctx.bootstrap_port is not None:
+            # NIXL's handshake listener: the decode reaches the prefill's ranks there.
+            env["VLLM_NIXL_SIDE_CHANNEL_HOST"] = ctx.node.address
+            env["VLLM_NIXL_SIDE_CHANNEL_PORT"] = str(ctx.bootstrap_port)
+        return env
 
-    def profile_urls(self, plan: Plan) -> list[str]:
-        """Hybrid and external DP load balancing run an API server per node, and each one's
-        /start_profile reaches only its local engines: call them all."""
-        extra = plan.config.server.extra_args
-        if not any(flag in extra for flag in _PER_NODE_API_FLAGS):
-            return [plan.head_url]
-        return [_url(node.address, plan.port) for node in plan.nodes if node.argv]
+    def serves_http(self, ctx: NodeContext) -> bool:
+        """Hybrid and external DP load balancing run an API server on every node, each fronting
+        only its local engines (so each is a benchmark endpoint and gets its own /start_profile)."""
+        per_node = any(flag in ctx.group.extra_args for flag in _PER_NODE_API_FLAGS)
+        return ctx.is_head or (per_node and ctx.config.server.executor != "ray")
+
+    def router_bootstrap_port(self, port: int | None) -> int | None:
+        """NIXL needs none (the prefill's kv_transfer_params say where its KV is); vllm-router's
+        Mooncake mode asks each prefill's bootstrap server."""
+        return None

@@ -69,11 +69,13 @@ VLLM_KEYS = (
     "data_parallel_size_local", "data_parallel_address", "data_parallel_rpc_port",
     "data_parallel_start_rank", "data_parallel_rank", "data_parallel_backend", "nnodes",
     "node_rank", "master_addr", "master_port", "headless", "enable_expert_parallel",
-    "distributed_executor_backend", "host", "port", "api_server_count",
+    "distributed_executor_backend", "host", "port", "api_server_count", "kv_transfer_config",
 )  # fmt: skip
 SGLANG_KEYS = (
     "model_path", "tp_size", "pp_size", "dp_size", "ep_size", "nnodes", "node_rank",
     "dist_init_addr", "host", "port", "enable_dp_attention", "moe_a2a_backend", "device",
+    "disaggregation_mode", "disaggregation_bootstrap_port", "disaggregation_transfer_backend",
+    "disaggregation_ib_device",
 )  # fmt: skip
 
 

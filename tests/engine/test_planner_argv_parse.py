@@ -34,10 +34,35 @@ CASES = [
     *(f"example:{path.name}" for path in EXAMPLES),
     *(f"{engine}:{name}" for engine in ("vllm", "sglang") for name in TOPOLOGIES),
     "vllm:tp16-2x8-ray-executor",
+    "vllm:pd-2p2d", "sglang:pd-2p2d",
 ]
 
 
+def _pd_config(engine: str) -> Config:
+    """Two prefill servers (TP8, one node each) and one decode server (TP16 x EP16 over two
+    nodes) behind the engine's router, as the SGLang multi-node guide deploys DeepSeek-R1."""
+    return config_from_dict(
+        {
+            "scheduler": {
+                "backend": "ssh",
+                "nodes": [{"host": f"gpu{i}", "address": f"127.0.0.{i + 2}"} for i in range(4)],
+                "gpus_per_node": 8,
+            },
+            "server": {"engine": engine, "model": "org/some-model", "groups": [
+                {"name": "prefill0", "role": "prefill", "nodes": [0], "tp": 8},
+                {"name": "prefill1", "role": "prefill", "nodes": [1], "tp": 8},
+                {"name": "decode", "role": "decode", "nodes": [2, 3], "tp": 16, "ep": 16},
+            ]},
+            "router": {"kind": "vllm-router" if engine == "vllm" else "sglang-router"},
+            "profile": {"enabled": True},
+        },
+        source=f"{engine}:pd-2p2d",
+    )
+
+
 def _topology_config(engine: str, name: str) -> Config:
+    if name == "pd-2p2d":
+        return _pd_config(engine)
     executor = {}
     if name.endswith("-ray-executor"):
         name, executor = name.removesuffix("-ray-executor"), {"executor": "ray"}
@@ -83,16 +108,30 @@ def parsed_plans(parse_engine_args) -> dict[str, tuple[Plan, list[dict | None]]]
     return {case: (plans[case], results[case]) for case in CASES}
 
 
+def _in_group(plan: Plan, node: NodePlan) -> tuple[int, int, NodePlan]:
+    """(node rank in its group, nodes in its group, its group's head)."""
+    group = plan.group_of(node)
+    head = next(n for n in plan.nodes if n.index == group.nodes[0])
+    return group.nodes.index(node.index), len(group.nodes), head
+
+
 def _check_vllm_node(plan: Plan, node: NodePlan, p: dict[str, Any]) -> None:
-    layout, head = plan.layout, plan.head
+    layout = node.layout
+    node_rank, nnodes, head = _in_group(plan, node)
     assert (p["tensor_parallel_size"], p["pipeline_parallel_size"], p["data_parallel_size"]) == (
         layout.tp, layout.pp, layout.dp,
     )  # fmt: skip
     assert p["model"] == plan.config.server.model
     assert p["enable_expert_parallel"] == (layout.ep > 1)
-    assert p["headless"] == (node.index > 0)
-    if node.index == 0:
-        assert p["port"] == plan.port
+    assert p["headless"] == (node_rank > 0)
+    if node_rank == 0:
+        assert p["port"] == node.port
+    if node.group_role == "serve":
+        assert p["kv_transfer_config"] is None
+    else:
+        roles = {"prefill": "kv_producer", "decode": "kv_consumer"}
+        assert p["kv_transfer_config"]["kv_connector"] == "NixlConnector"
+        assert p["kv_transfer_config"]["kv_role"] == roles[node.group_role]
     if node.trace_dir is not None:
         assert p["profiler_config"]["profiler"] == "torch"
         assert p["profiler_config"]["torch_profiler_dir"] == node.trace_dir
@@ -102,7 +141,7 @@ def _check_vllm_node(plan: Plan, node: NodePlan, p: dict[str, Any]) -> None:
         assert p["world_size"] * p["data_parallel_size"] == layout.world_size
         return
     if p["nnodes"] > 1:
-        assert (p["nnodes"], p["node_rank"], p["master_addr"]) == (len(plan.nodes), node.index, head.address)
+        assert (p["nnodes"], p["node_rank"], p["master_addr"]) == (nnodes, node_rank, head.address)
     # vLLM's placement of this node's ranks must be the plan's: its first DP rank, how many DP
     # replicas it hosts, and which ranks of each replica (pp * tp_size + tp) it holds.
     replicas = sorted({r.dp for r in node.ranks})
@@ -115,11 +154,17 @@ def _check_vllm_node(plan: Plan, node: NodePlan, p: dict[str, Any]) -> None:
 
 
 def _check_sglang_node(plan: Plan, node: NodePlan, p: dict[str, Any]) -> None:
-    layout = plan.layout
+    layout = node.layout
+    node_rank, nnodes, head = _in_group(plan, node)
+    group = plan.group_of(node)
     assert (p["tp_size"], p["pp_size"], p["dp_size"], p["ep_size"]) == (layout.tp, layout.pp, layout.dp, layout.ep)
-    assert (p["nnodes"], p["node_rank"]) == (len(plan.nodes), node.index)
-    assert p["dist_init_addr"] == f"{plan.head.address}:{plan.rendezvous_port}"
-    assert (p["model_path"], p["port"]) == (plan.config.server.model, plan.port)
+    assert (p["nnodes"], p["node_rank"]) == (nnodes, node_rank)
+    if nnodes > 1:
+        assert p["dist_init_addr"] == f"{head.address}:{group.rendezvous_port}"
+    assert (p["model_path"], p["port"]) == (plan.config.server.model, node.port)
+    assert p["disaggregation_mode"] == ("null" if node.group_role == "serve" else node.group_role)
+    if node.group_role == "prefill":
+        assert p["disaggregation_bootstrap_port"] == group.bootstrap_port
 
 
 @pytest.mark.parametrize("case", CASES)

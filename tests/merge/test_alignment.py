@@ -16,7 +16,6 @@ import pytest
 
 from magpie_trace.merge import MergeOptions, merge
 from tests.merge.traces import (
-    NCCL_RANK0,
     gpu_partner,
     load,
     save,
@@ -25,6 +24,7 @@ from tests.merge.traces import (
     truth,
     vllm_rank,
 )
+from tests.real_traces import NCCL_RANK0
 
 OFFSETS_NS = (500_000, 3_000_000, 50_000_000)
 DRIFTS_PPM = (0.0, 20.0)

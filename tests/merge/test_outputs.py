@@ -1,7 +1,7 @@
 """The outputs obey the rules their readers have: TraceLens's loader and multi-rank file naming for the
 aligned per-rank files, Perfetto's JSON importer for the merged file; tables and alignment.json.
 
-Rules checked (../shared/reference/magpie-and-tracelens.md 2.2-2.6, kineto-traces-and-clock-alignment.md 3.1):
+Rules checked (read from TraceLens's DataLoader and Perfetto's JSON importer):
 TraceLens loads `.json.gz` with gzip + orjson, needs `traceEvents`, keeps other top-level keys as
 metadata and finds ranks with `rank[\\[\\-_/]?(?P<rank>\\d+)` on the file name. Perfetto rejects a
 `dur` that is null or not a number, coerces pids to uint32, keys v1 flows by (id, cat, name) across
@@ -22,8 +22,6 @@ import pytest
 
 from magpie_trace.merge import MergeOptions, merge
 from tests.merge.traces import (
-    LEGACY,
-    NCCL_RANK0,
     gpu_partner,
     load,
     save,
@@ -31,6 +29,7 @@ from tests.merge.traces import (
     span,
     vllm_rank,
 )
+from tests.real_traces import LEGACY, NCCL_RANK0, vllm_cpu
 
 TRACELENS_RANK_REGEX = re.compile(r"rank[\[\-_/]?(?P<rank>\d+)")
 OFFSET_NS, DRIFT_PPM = 3_000_000, 20.0
@@ -94,7 +93,7 @@ def cpu_run(tmp_path_factory) -> tuple[Path, Path, dict, dict]:
     shifted = shift(rank1, OFFSET_NS, DRIFT_PPM, span(rank1)[0])
     save(shifted, inp / "node1-TP1.trace.json.gz")
     (inp / "node1-api-server.trace.json.gz").write_bytes(
-        next(vllm_rank(0).parent.glob("vm_*.async_llm.*")).read_bytes())
+        vllm_cpu("vm_*.async_llm.*").read_bytes())
     result = merge(inp, tmp / "out", MergeOptions())
     return inp, tmp / "out", {"node0-TP0": rank0, "node1-TP1": shifted}, result.to_dict()
 

@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 
 from magpie_trace.merge import MergeOptions, merge
-from tests.merge.traces import NCCL_RANK0, gpu_partner, load, save, shift, span, truth, vllm_rank
+from tests.merge.traces import gpu_partner, load, save, shift, span, truth, vllm_rank
+from tests.real_traces import NCCL_RANK0
 
 COMM = ("gloo:", "nccl", "c10d::")
 

@@ -1,4 +1,4 @@
-"""Test inputs made from the real traces in ../shared/traces, with known clock errors injected.
+"""Test inputs made from the real traces in tests/data/traces, with known clock errors injected.
 
 Written with orjson + stdlib gzip (not with the merge's own byte-level code), so the merge is checked
 against an independent writer; orjson also prints floats in their shortest form, unlike Kineto,
@@ -15,15 +15,13 @@ from typing import Any
 
 import orjson
 
-SHARED = Path(__file__).resolve().parents[3] / "shared" / "traces"
-VLLM_PAIR = SHARED / "vllm-cpu-tp2-2node"
-NCCL_RANK0 = SHARED / "hta" / "nccl-2rank-rank0.json.gz"
-LEGACY = SHARED / "hta" / "legacy-abs-ts-16rank-rank0.json.gz"
+from tests.real_traces import vllm_cpu
+
 GPU_COLLECTIVE = re.compile(r"nccl", re.I)
 
 
 def vllm_rank(rank: int) -> Path:
-    return next(VLLM_PAIR.glob(f"rank{rank}.*.pt.trace.json.gz"))
+    return vllm_cpu(f"rank{rank}.*.pt.trace.json.gz")
 
 
 def load(path: Path) -> dict[str, Any]:

@@ -42,13 +42,13 @@ def test_plan_prints_per_node_host_role_ranks_command_env():
 
 def test_cli_error_is_one_line_exit_2(tmp_path):
     bad = tmp_path / "bad.yaml"
-    bad.write_text("scheduler: {nodes: [a]}\nserver: {model: m, tp: 12, gpus: 1}\n")
+    bad.write_text("scheduler: {nodes: [a]}\nserver: {model: m, tp: 12, xyz: 1}\n")
     proc = subprocess.run(
         [sys.executable, "-m", "magpie_trace.cli", "plan", str(bad)],
         capture_output=True, text=True, timeout=60,
     )
     assert proc.returncode == 2
-    assert proc.stderr.strip() == f"error: {bad}: server.gpus: unknown key"
+    assert proc.stderr.strip() == f"error: {bad}: server.xyz: unknown key"
     assert "Traceback" not in proc.stderr
 
 

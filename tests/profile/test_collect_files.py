@@ -1,6 +1,6 @@
 """find/wait/collect on real vLLM traces placed in each node's trace dir (local backend, no server).
 
-The two rank files of ../shared/traces/vllm-cpu-tp2-2node come from a real vLLM TP=2 across two
+The two rank files of tests/data/traces/vllm-cpu-tp2-2node come from a real vLLM TP=2 across two
 "nodes" (CPU worker names `rank{R}`, distributedInfo rank 0 and 1 of 2); here they are laid out as
 that run left them: rank 0 and the API server's trace in node0's trace dir, rank 1 in node1's.
 """
@@ -30,13 +30,9 @@ from magpie_trace.errors import TraceError
 from magpie_trace.plan import Plan, make_plan
 from magpie_trace.profile import find_traces, wait_for_traces
 from magpie_trace.rundir import RunDir, new_run_dir
+from tests.real_traces import vllm_cpu as real
 
-PAIR = Path(__file__).resolve().parents[3] / "shared" / "traces" / "vllm-cpu-tp2-2node"
 PID = "run1-p1"
-
-
-def real(pattern: str) -> Path:
-    return next(PAIR.glob(pattern))
 
 
 def make(tmp_path: Path, shared: bool = False) -> tuple[Plan, RunDir]:
@@ -200,8 +196,8 @@ def test_other_captures_are_left_alone(setup):
     plan, _run_dir, backend, _sources = setup
     place(plan, 1, real("rank1.*"), "run1-p10_rank1.1.pt.trace.json.gz")
     place(plan, 1, real("rank1.*"), "rank1.2.pt.trace.json.gz")
-    traces = find_traces(plan, backend, PID)
-    assert [t.name.split("_")[0] for t in traces] == [PID] * 3
+    traces, missing, _problems = find_traces(plan, backend, PID)
+    assert [t.name.split("_")[0] for t in traces] == [PID] * 3 and not missing
 
 
 def test_wait_times_out_naming_missing_ranks_and_nodes(setup):

@@ -17,13 +17,8 @@ from magpie_trace.engines import get_engine
 from magpie_trace.errors import ConfigError
 from magpie_trace.profile import FoundTrace, check_profile_id
 from magpie_trace.topology import Layout, Rank
+from tests.real_traces import vllm_cpu as real
 
-SHARED = Path(__file__).resolve().parents[3] / "shared" / "traces"
-CPU_PAIR = SHARED / "vllm-cpu-tp2-2node"
-
-
-def real(pattern: str) -> Path:
-    return next(CPU_PAIR.glob(pattern))
 
 
 @pytest.mark.parametrize(

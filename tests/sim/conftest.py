@@ -41,7 +41,8 @@ class SimCluster:
                  ttft_ms: float = 20, itl_ms: float = 5, startup_s: float = 0.2,
                  offsets_ms: dict[int, float] | None = None,
                  die_after_s: dict[int, float] | None = None, profile: bool = True,
-                 layers: int = 4) -> None:
+                 layers: int = 4, extra: list[str] | None = None,
+                 head_extra: list[str] | None = None) -> None:
         self.root = root
         self.nnodes = nnodes
         self.port = free_port()
@@ -57,6 +58,8 @@ class SimCluster:
         self.offsets_ms = offsets_ms or {}
         self.die_after_s = die_after_s or {}
         self.profile = profile
+        self.extra = list(extra or [])  # arguments for every node (e.g. a PD role)
+        self.head_extra = list(head_extra or [])  # arguments for the head only
 
     def profile_dir(self, node: int) -> Path:
         return self.root / f"node{node}" / "traces"
@@ -74,7 +77,7 @@ class SimCluster:
             argv += ["--die-after-s", str(self.die_after_s[node])]
         if self.profile:
             argv += ["--profile-dir", str(self.profile_dir(node))]
-        return argv
+        return argv + self.extra + ([] if node else self.head_extra)
 
     def start(self, nodes: list[int] | None = None) -> SimCluster:
         for node in range(self.nnodes) if nodes is None else nodes:

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import NoReturn
 
 from magpie_trace.engines.sim import SIM_VERSION
+from magpie_trace.engines.sim.disagg import ROLES
 from magpie_trace.engines.sim.node import NodeConfig, run
 from magpie_trace.topology import Layout
 
@@ -27,7 +28,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"magpie-trace-sim {SIM_VERSION}")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     serve = commands.add_parser("serve", help="run one node")
-    serve.add_argument("--model", required=True, help="the served model name")
+    serve.add_argument("--model", required=True, help="the model (its served name by default)")
+    serve.add_argument("--served-model-name", nargs="+", metavar="NAME",
+                       help="the name(s) requests use and /v1/models lists, as in vLLM")
     serve.add_argument("--node-rank", type=int, required=True)
     serve.add_argument("--nnodes", type=int, required=True)
     serve.add_argument("--ranks", required=True,
@@ -49,6 +52,14 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--profile-dir", type=Path,
                        help="where ranks write traces; without it /start_profile is 404")
     serve.add_argument("--layers", type=int, default=4, help="all-reduces per engine step")
+    serve.add_argument("--pd-role", choices=ROLES,
+                       help="serve behind a PD router as its prefill or decode server")
+    serve.add_argument("--kv-port", type=int,
+                       help="prefill: the KV side-channel (bootstrap) port decode servers pull from")
+    serve.add_argument("--kv-address",
+                       help="prefill: the address decode servers reach the KV port at (default --host)")
+    serve.add_argument("--transfer-ms", type=float, default=0.0,
+                       help="prefill: how long one KV transfer to a decode server takes")
     return parser
 
 
@@ -79,6 +90,12 @@ def _config(args: argparse.Namespace, parser: argparse.ArgumentParser) -> NodeCo
         parser.error("--rendezvous HOST:PORT is required with --nnodes > 1")
     if args.ttft_ms < 0 or args.itl_ms <= 0 or args.startup_s < 0:
         parser.error("--ttft-ms and --startup-s must be >= 0 and --itl-ms > 0")
+    if args.transfer_ms < 0:
+        parser.error("--transfer-ms must be >= 0")
+    if (args.kv_port is not None) != (args.pd_role == "prefill" and not args.headless):
+        parser.error("--kv-port is required on a prefill head (--pd-role prefill) and only there")
+    if args.kv_port is not None and not 0 < args.kv_port < 65536:
+        parser.error(f"--kv-port {args.kv_port} is not a TCP port")
     if args.die_after_s is not None and args.die_after_s < 0:
         parser.error("--die-after-s must be >= 0")
     if args.profile_dir is not None:
@@ -89,11 +106,13 @@ def _config(args: argparse.Namespace, parser: argparse.ArgumentParser) -> NodeCo
         if not os.access(args.profile_dir, os.W_OK):
             parser.error(f"--profile-dir {args.profile_dir} is not writable")
     return NodeConfig(
-        model=args.model, node_rank=args.node_rank, nnodes=args.nnodes, ranks=ranks,
+        model=args.model, served_names=tuple(args.served_model_name or [args.model]), node_rank=args.node_rank, nnodes=args.nnodes, ranks=ranks,
         layout=layout, rendezvous_host=host, rendezvous_port=port, headless=args.headless,
         host=args.host, port=args.port, ttft_s=args.ttft_ms / 1000, itl_s=args.itl_ms / 1000,
         startup_s=args.startup_s, offset_ns=round(args.clock_offset_ms * 1_000_000), drift_ppm=args.clock_drift_ppm,
         die_after_s=args.die_after_s, profile_dir=args.profile_dir, layers=args.layers,
+        pd_role=args.pd_role, kv_port=args.kv_port, kv_address=args.kv_address or "",
+        transfer_s=args.transfer_ms / 1000,
     )
 
 

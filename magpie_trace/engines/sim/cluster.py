@@ -116,6 +116,8 @@ async def serve_head(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
         if message["op"] == "step":
             if message.get("rec"):
                 pool.send(message)
+        elif message["op"] == "kv":  # sent only inside a capture window
+            pool.send(message)
         else:  # start / stop: forwarded now (so later steps stay behind them), acked when done
             acked = pool.request({k: v for k, v in message.items() if k != "req"})
             task = asyncio.create_task(relay(message["req"], acked))

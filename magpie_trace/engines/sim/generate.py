@@ -85,12 +85,16 @@ class TokenEngine:
         self._ctx_reqs = self._ctx_tokens = self._gen_reqs = 0
 
     def submit(self, request_id: str, prompt_tokens: int, max_tokens: int, output: Output,
-               arrival: float, arrival_ns: int) -> asyncio.Future[bool]:
-        """Schedule a request; the future resolves when its last token has been written."""
+               arrival: float, arrival_ns: int, first: float | None = None) -> asyncio.Future[bool]:
+        """Schedule a request; the future resolves when its last token has been written.
+
+        `first` (loop time) overrides arrival + TTFT: a decode server's first token is due when
+        the prompt's KV cache has arrived from its prefill server.
+        """
         loop = asyncio.get_running_loop()
         stream = Stream(request_id, prompt_tokens, max_tokens, output, arrival, arrival_ns,
                         loop.create_future())
-        stream.first = arrival + self.ttft
+        stream.first = arrival + self.ttft if first is None else first
         self.metrics.running += 1
         self.metrics.prompt_tokens += prompt_tokens
         self._active.set()

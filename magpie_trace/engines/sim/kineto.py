@@ -1,6 +1,6 @@
 """Kineto (torch.profiler) JSON traces for the sim's ranks and API server, named as vLLM names them.
 
-Layout and conventions follow ../shared/reference/kineto-traces-and-clock-alignment.md section 1:
+Layout and conventions follow real Kineto traces (tests/data/traces):
 `ts`/`dur` in microseconds relative to `baseTimeNanoseconds` (wall clock floored to 7889238 s),
 GPU events on pid = device index and tid = stream, ac2g flows from the launch to the kernel, and
 the collective metadata c10d puts on `record_param_comms` copied onto the kernel.
@@ -224,6 +224,22 @@ def rank_trace(
         "vllm_version": "sim",
     })
     return {**header, "traceEvents": meta + events + [window_end], "traceName": trace_name}
+
+
+def transfer_events(pid: int, transfers: list[dict[str, Any]], offset_ns: int,
+                    base_ns: int) -> list[dict[str, Any]]:
+    """KV handoffs as CPU spans `kv_transfer.send` (prefill) / `kv_transfer.recv` (decode).
+
+    A send spans pull received -> KV sent; a recv spans pull sent -> KV received, so the pair of
+    one `transfer_id` nests recv around send in true time (an NTP exchange between the nodes).
+    """
+    return [
+        {"ph": "X", "cat": "user_annotation", "name": f"kv_transfer.{t['side']}", "pid": pid,
+         "tid": pid, "ts": _us(t["start_ns"] + offset_ns - base_ns),
+         "dur": _us(t["end_ns"] - t["start_ns"]),
+         "args": {"transfer_id": t["key"], "peer": t["peer"], "xfer_us": _us(t["xfer_ns"])}}
+        for t in transfers
+    ]
 
 
 def frontend_trace(

@@ -1,5 +1,7 @@
 """One sim node process: its rank children, and either the head's HTTP API or a headless relay.
 
+A head may play a prefill or decode role behind a PD router (disagg.py, kvlink.py).
+
 Lifecycle, as in vLLM's multi-node mp executor: every node starts its rank children and takes
 --startup-s (model loading); headless nodes then join the head's rendezvous port; the head
 listens on HTTP only once every node has joined (until then a client gets connection refused).
@@ -22,9 +24,11 @@ from typing import Any
 from aiohttp import web
 
 from magpie_trace.engines.sim import cluster as rendezvous
+from magpie_trace.engines.sim.disagg import DecodeRole, PrefillRole, Role
 from magpie_trace.engines.sim.generate import Stream, TokenEngine
+from magpie_trace.engines.sim.kvlink import KvReceiver, KvSender, Transfer
 from magpie_trace.engines.sim.loop import new_event_loop
-from magpie_trace.engines.sim.metrics import Metrics
+from magpie_trace.engines.sim.metrics import XFER_BUCKETS, Histogram, Metrics
 from magpie_trace.engines.sim.profiler import Profiler
 from magpie_trace.engines.sim.ranks import RankPool, RankSpec
 from magpie_trace.engines.sim.server import HeadServer
@@ -39,6 +43,7 @@ CONNECT_GRACE_S = 30.0
 @dataclass(frozen=True)
 class NodeConfig:
     model: str
+    served_names: tuple[str, ...]
     node_rank: int
     nnodes: int
     ranks: list[int]
@@ -56,6 +61,10 @@ class NodeConfig:
     die_after_s: float | None
     profile_dir: Path | None
     layers: int
+    pd_role: str | None = None  # "prefill" | "decode" behind a PD router
+    kv_port: int | None = None  # prefill: the KV side channel (bootstrap) port
+    kv_address: str = ""  # prefill: the address decode servers reach that port at
+    transfer_s: float = 0.0  # prefill: how long one KV transfer takes
 
 
 def run(config: NodeConfig) -> int:
@@ -133,7 +142,7 @@ class _Node:
         await self.pool.start()
         await asyncio.sleep(started + config.startup_s - asyncio.get_running_loop().time())
         await cluster.joined.wait()
-        metrics = Metrics(config.model)
+        metrics = Metrics(config.served_names[0])
         profiler = None
         if config.profile_dir is not None:
             profiler = Profiler(str(config.profile_dir), cluster, self.pool, config.offset_ns,
@@ -153,13 +162,37 @@ class _Node:
         if self.lost:
             self.engine.hang()
         tasks = [asyncio.create_task(self.engine.run()), asyncio.create_task(self.engine.run_steps())]
-        server = HeadServer(config.model, self.engine, metrics, profiler)
+        role = await self._role(metrics, profiler)
+        server = HeadServer(config.model, self.engine, metrics, profiler, role, config.served_names)
         runner = web.AppRunner(server.app(), access_log=None, handle_signals=False)
         await runner.setup()
         await web.TCPSite(runner, config.host, config.port, backlog=4096).start()
-        log.info("%s: ready, serving %s on http://%s:%d", self.name, config.model, config.host,
+        log.info("%s: ready, serving %s on http://%s:%d", self.name, ", ".join(config.served_names), config.host,
                  config.port)
         await asyncio.gather(*tasks)
+
+    async def _role(self, metrics: Metrics, profiler: Profiler | None) -> Role | None:
+        """The PD role's KV side: a prefill listens on its KV port, a decode pulls from them."""
+        config = self.config
+
+        def on_transfer(transfer: Transfer) -> None:
+            if metrics.kv_transfer is not None:
+                metrics.kv_transfer.observe(transfer.xfer_ns / 1e9)
+            if profiler is not None:
+                profiler.on_transfer(transfer.to_message())
+
+        if config.pd_role == "prefill":
+            assert config.kv_port is not None
+            sender = KvSender(config.transfer_s, on_transfer)
+            await sender.listen(config.host, config.kv_port)
+            log.info("%s: prefill role, KV port %d", self.name, config.kv_port)
+            return PrefillRole(sender, config.kv_address or config.host, config.kv_port,
+                               f"sim-{config.kv_address or config.host}-{config.kv_port}",
+                               config.layout.tp)
+        if config.pd_role == "decode":
+            metrics.kv_transfer = Histogram(XFER_BUCKETS)
+            return DecodeRole(KvReceiver(on_transfer))
+        return None
 
     async def _headless(self, started: float) -> None:
         config = self.config

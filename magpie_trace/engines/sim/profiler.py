@@ -94,6 +94,12 @@ class Profiler:
                 self._cluster.request({"op": "stop"})
                 self._pool.request({"op": "stop"})
 
+    def on_transfer(self, message: dict[str, Any]) -> None:
+        """A KV handoff seen by this server: every rank of it records it inside the window."""
+        if self._capturing:
+            self._cluster.broadcast(message)
+            self._pool.send(message)
+
     def on_finish(self, stream: Stream, finish_ns: int) -> None:
         if self.active:
             self._requests.append((stream.request_id,

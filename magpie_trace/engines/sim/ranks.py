@@ -1,6 +1,6 @@
 """One child process per rank, like vLLM's worker processes; each writes its rank's trace.
 
-A child reads one JSON message per line on stdin (`start`, `step`, `stop`, `exit`) and answers
+A child reads one JSON message per line on stdin (`start`, `step`, `kv`, `stop`, `exit`) and answers
 `ready` once and an `ack` per start/stop on stdout. It exits 0 on `exit` and 1 on end of input:
 stdin is a pipe from its node process, so when that process dies, however it dies, its children
 see EOF and exit too.
@@ -50,6 +50,7 @@ class _Recording:
     prefix: str | None
     start_ns: int  # node clock
     steps: list[kineto.Step] = field(default_factory=list)
+    transfers: list[dict[str, Any]] = field(default_factory=list)  # KV handoffs (PD roles)
 
 
 def _child_main(spec: RankSpec) -> int:
@@ -76,6 +77,9 @@ def _child_main(spec: RankSpec) -> int:
         if op == "step":
             if recording is not None:
                 recording.steps.append(kineto.Step.from_message(message))
+        elif op == "kv":
+            if recording is not None:
+                recording.transfers.append(message)
         elif op == "start":
             recording = _Recording(message.get("prefix"), clock_ns())
             reply({"op": "ack", "req": message["req"], "rank": spec.global_rank, "path": None})
@@ -90,6 +94,8 @@ def _child_main(spec: RankSpec) -> int:
                     base_ns=base_ns, start_ns=recording.start_ns, end_ns=now,
                     trace_name=os.path.join(spec.profile_dir, name),
                 )
+                trace["traceEvents"] += kineto.transfer_events(pid, recording.transfers,
+                                                               spec.offset_ns, base_ns)
                 path = str(kineto.write_trace(spec.profile_dir, name, trace))
             recording = None
             reply({"op": "ack", "req": message["req"], "rank": spec.global_rank, "path": path})
