@@ -14,8 +14,7 @@ import numpy as np
 import pytest
 
 from magpie_trace.merge import MergeOptions, merge
-from tests.merge.traces import gpu_partner, load, save, shift, span, truth, vllm_rank
-from tests.real_traces import NCCL_RANK0
+from tests.merge.traces import load, save, shift, span, truth, vllm_rank
 
 COMM = ("gloo:", "nccl", "c10d::")
 
@@ -53,17 +52,6 @@ def _right_or_refused(node: dict, doc: dict, offset_ns: int, drift_ppm: float, t
     error = _error(node, doc, offset_ns, drift_ppm, t_ref)
     assert error <= node["uncertainty_us"] * 1e3, f"wrong by {error / 1e3:.1f} us, claims +-{node['uncertainty_us']}"
     return f"recovered within {error / 1e3:.2f} us (+-{node['uncertainty_us']} us)"
-
-
-@pytest.fixture(scope="module")
-def vllm_pair() -> tuple[dict, dict]:
-    return load(vllm_rank(0)), load(vllm_rank(1))
-
-
-@pytest.fixture(scope="module")
-def nccl_pair() -> tuple[dict, dict]:
-    rank0 = load(NCCL_RANK0)
-    return rank0, gpu_partner(rank0, rank=1, jitter_us=3.0)
 
 
 @pytest.mark.parametrize("keep0,keep1", [(0.7, 0.4), (0.5, 0.6), (0.4, 0.4)])
