@@ -277,6 +277,7 @@ def profile_command(
     """Profile every rank of the running server at once and wait for every rank's trace file."""
     from magpie_trace.backends import make_backend
     from magpie_trace.launch import load_state, plan_for_run
+    from magpie_trace.monitor import monitors_for
     from magpie_trace.nodewatch import process_guard
     from magpie_trace.profile import capture
     from magpie_trace.rundir import find_run_dir
@@ -286,7 +287,10 @@ def profile_command(
     handles = load_state(run_dir).handles if run_dir.state.exists() else {}
     backend = make_backend(plan.config.scheduler)
     try:
-        with display() as say, process_guard(plan, backend, handles, "the profile capture") as guard:
+        interval = plan.config.benchmark.telemetry_interval_s
+        with display() as say, monitors_for(plan, backend, handles, interval) as monitors, \
+                process_guard(plan, backend, handles, "the profile capture", monitors.check) as guard:
+            monitors.wait_first_samples()
             record = capture(plan, backend, run_dir, profile_id, duration, progress=say, guard=guard)
     finally:
         backend.close()
@@ -304,11 +308,14 @@ def profile_command(
 @set_option
 @run_option
 @profile_id_option
+@click.option("--allow-missing", is_flag=True,
+              help="Take a partial capture: collect the ranks that have a complete trace and list "
+                   "the missing ones (in manifest.json too) instead of failing.")
 @json_option
 @handle_errors
 def collect_command(
     config_path: str, overrides: tuple[str, ...], run: str | None, profile_id: str | None,
-    as_json: bool,
+    allow_missing: bool, as_json: bool,
 ) -> None:
     """Bring every rank's trace into <run>/traces as node<N>-TP<R>.trace.json.gz + manifest.json."""
     from magpie_trace.backends import make_backend
@@ -321,9 +328,14 @@ def collect_command(
     backend = make_backend(plan.config.scheduler)
     try:
         with display() as say:
-            result = collect(plan, backend, run_dir, profile_id, progress=say)
+            result = collect(plan, backend, run_dir, profile_id, progress=say,
+                             allow_missing=allow_missing)
     finally:
         backend.close()
+    missing = result.manifest["missing"]
+    if missing:
+        ranks = ", ".join(f"{m['node_name']} {m['rank']}" for m in missing)
+        click.echo(f"warning: partial capture: {len(missing)} rank(s) missing: {ranks}", err=True)
     command = tracelens_command(result.manifest, result.traces_dir)
     if as_json:
         print_json({"traces_dir": str(result.traces_dir), "fetched": result.fetched,
@@ -340,37 +352,95 @@ def collect_command(
 
 
 
+def _vllm_flags(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """`vllm bench serve`'s common flags (magpie_trace.bench.flags maps them to config keys)."""
+    options = [
+        click.option("--model", help="The model name requests carry (default: what /v1/models lists)."),
+        click.option("--served-model-name", help="As vLLM: the name requests carry (--model then names the tokenizer)."),
+        click.option("--backend", help="openai (/v1/completions) or openai-chat (/v1/chat/completions)."),
+        click.option("--endpoint", help="/v1/completions or /v1/chat/completions."),
+        click.option("--dataset-name", help="random, prefix_repetition, sharegpt, custom (jsonl), mooncake, burstgpt."),
+        click.option("--dataset-path", help="The dataset file (sharegpt, custom, mooncake, burstgpt)."),
+        click.option("--input-len", type=int, help="Input tokens (random)."),
+        click.option("--output-len", type=int, help="Output tokens."),
+        click.option("--random-input-len", type=int, help="Input tokens of random prompts."),
+        click.option("--random-output-len", type=int, help="Output tokens of random prompts."),
+        click.option("--random-range-ratio", type=float, help="Lengths uniform on [L(1-r), L(1+r)]."),
+        click.option("--random-prefix-len", type=int, help="A prefix of this many tokens shared by every prompt."),
+        click.option("--prefix-repetition-prefix-len", type=int, help="prefix_repetition: tokens per prefix."),
+        click.option("--prefix-repetition-suffix-len", type=int, help="prefix_repetition: unique tokens after it."),
+        click.option("--prefix-repetition-num-prefixes", type=int, help="prefix_repetition: distinct prefixes."),
+        click.option("--prefix-repetition-output-len", type=int, help="prefix_repetition: output tokens."),
+        click.option("--sharegpt-output-len", type=int, help="Fixed output length for ShareGPT prompts."),
+        click.option("--custom-output-len", type=int, help="Output length for custom prompts without one."),
+        click.option("--turns", type=int, help="User turns per conversation (sharegpt: 0 = all)."),
+        click.option("--max-concurrency", type=int, multiple=True, help="Concurrency cap (repeat for a sweep)."),
+        click.option("--request-rate", type=float, multiple=True, help="Req/s, inf for no pacing (repeat for a sweep)."),
+        click.option("--burstiness", type=float, help="Gamma shape of arrival gaps (1 Poisson)."),
+        click.option("--ramp-up-strategy", type=click.Choice(["linear", "exponential"]), help="Raise the rate over each point."),
+        click.option("--ramp-up-start-rps", type=float, help="Ramp start rate."),
+        click.option("--ramp-up-end-rps", type=float, help="Ramp end rate."),
+        click.option("--duration", type=float, help="Seconds per load point (it also ends after --num-prompts)."),
+        click.option("--seed", type=int, help="Prompts and arrival gaps."),
+        click.option("--ignore-eos/--no-ignore-eos", default=None, help="Generate exactly the output length."),
+        click.option("--tokenizer", help="Local tokenizer (HF name or folder); default: the server's /tokenize."),
+        click.option("--num-warmups", type=int, help="Warmup requests before the first point."),
+        click.option("--metric-percentiles", help="Comma-separated percentiles, e.g. 50,90,99."),
+        click.option("--goodput", multiple=True, help="SLO KEY:MS (ttft, tpot, e2el); repeatable."),
+        click.option("--label", help="The results' label (vLLM's --label)."),
+        click.option("--sglang-result", is_flag=True, default=None, help="Also write SGLang bench_serving's JSONL."),
+        click.option("--result-dir", type=click.Path(file_okay=False), help="Same as --out."),
+        click.option("--save-result", is_flag=True, help="Accepted for vLLM's command lines: results are always saved."),
+        click.option("--save-detailed", is_flag=True, help="Accepted: per-request lists are always saved."),
+        click.option("--disable-tqdm", is_flag=True, help="Accepted: the progress line shows only on a terminal."),
+    ]
+    for option in reversed(options):
+        fn = option(fn)
+    return fn
+
+
 @main.command("bench")
 @verbosity_options
-@config_argument
+@click.argument("config_path", metavar="[CONFIG]", required=False, type=click.Path(dir_okay=False))
 @set_option
 @run_option
-@click.option("--url", metavar="URL", help="Benchmark this already-running endpoint instead of a run.")
+@click.option("--url", "--base-url", "url", metavar="URL", help="Benchmark this already-running endpoint instead of a run.")
 @click.option("--concurrency", "-c", type=int, multiple=True, help="Concurrency (repeat for a sweep).")
 @click.option("--num-prompts", "-n", type=int, help="Requests per load point.")
-@click.option("--request-rate", type=float, help="Requests per second (Poisson unless burstiness is set).")
-@click.option("--out", type=click.Path(file_okay=False), help="Output folder (default: <run>/bench).")
+@_vllm_flags
+@click.option("--out", type=click.Path(file_okay=False), help="Output folder (default: <run>/bench); each invocation writes a new attempt-NNN in it.")
 @json_option
 @handle_errors
 def bench_command(
-    config_path: str, overrides: tuple[str, ...], run: str | None, url: str | None,
-    concurrency: tuple[int, ...], num_prompts: int | None, request_rate: float | None,
-    out: str | None, as_json: bool,
+    config_path: str | None, overrides: tuple[str, ...], run: str | None, url: str | None,
+    concurrency: tuple[int, ...], num_prompts: int | None, out: str | None, as_json: bool,
+    result_dir: str | None, save_result: bool, save_detailed: bool, disable_tqdm: bool, **flags: Any,
 ) -> None:
-    """Benchmark the running server through its endpoint; stop at once if a node is lost."""
+    """Benchmark the running server through its endpoint; stop at once if a node is lost.
+
+    Takes `vllm bench serve`'s common flags; with --url no config file is needed.
+    """
     import dataclasses
 
     from magpie_trace.bench import run_benchmark
+    from magpie_trace.bench.flags import overrides as flag_overrides
+    from magpie_trace.config import benchmark_config
 
-    extra = [f"benchmark.concurrency={list(concurrency)}"] if concurrency else []
-    extra += [f"benchmark.num_prompts={num_prompts}"] if num_prompts is not None else []
-    extra += [f"benchmark.request_rate={request_rate}"] if request_rate is not None else []
-    config = read_config(config_path, (*overrides, *extra))
+    flags["max_concurrency"] = (*concurrency, *flags["max_concurrency"])
+    flags["num_prompts"] = num_prompts
+    extra = [*flag_overrides(flags, with_config=config_path is not None), *overrides]
+    out = out or result_dir
+    if config_path is None:
+        if not url:
+            raise click.UsageError("give a CONFIG, or --url to benchmark an endpoint without one")
+        config = benchmark_config(extra)
+    else:
+        config = read_config(config_path, tuple(extra))
     if url:
         from magpie_trace.plan import new_run_id
         from magpie_trace.rundir import new_run_dir
 
-        out_dir = out or new_run_dir(config.output.dir, new_run_id()).bench
+        out_dir = out or new_run_dir(config.output.dir, new_run_id(), latest=False).bench
         with display() as say:
             result = run_benchmark(config, None, out_dir, url=url, say=say)
     else:
@@ -396,10 +466,10 @@ def bench_command(
     click.echo(f"{'point':<14}{'done':>6}{'fail':>5}{'req/s':>9}{'out tok/s':>11}"
                f"{'TTFT p50':>10}{'p99':>9}{'TPOT p50':>10}{'p99':>9}  (ms)")
     for p in result.points:
-        click.echo(f"{p['label']:<14}{p['completed']:>6}{p['failed'] + p['incomplete']:>5}"
+        click.echo(f"{p['point']:<14}{p['completed']:>6}{p['failed']:>5}"
                    f"{p['request_throughput'] or 0:>9.2f}{p['output_throughput'] or 0:>11.1f}"
-                   f"{p['median_ttft_ms'] or 0:>10.2f}{p['p99_ttft_ms'] or 0:>9.2f}"
-                   f"{p['median_tpot_ms'] or 0:>10.2f}{p['p99_tpot_ms'] or 0:>9.2f}")
+                   f"{p.get('median_ttft_ms') or 0:>10.2f}{p.get('p99_ttft_ms') or 0:>9.2f}"
+                   f"{p.get('median_tpot_ms') or 0:>10.2f}{p.get('p99_tpot_ms') or 0:>9.2f}")
     click.echo(f"results: {result.result_path}")
 
 
@@ -443,6 +513,7 @@ def run_command(
 
 
 @main.command("submit", context_settings={"ignore_unknown_options": True})
+@verbosity_options
 @config_argument
 @set_option
 @click.option("--dry-run", is_flag=True, help="Print the batch script and the sbatch command; submit nothing.")
@@ -568,7 +639,6 @@ def merge_command(input_dir: str, output_dir: str | None, window: str | None, st
     default = source.with_name("merged" if source.name == "traces" else source.name + "-merged")
     target = Path(output_dir) if output_dir else default
     with display() as say:
-        say(f"merging the traces in {source} into {target}")
         if notice := compile_notice():
             say(notice)
         result = merge(source, target, options)
@@ -591,6 +661,7 @@ def merge_command(input_dir: str, output_dir: str | None, window: str | None, st
 
 
 @main.command("analyze")
+@verbosity_options
 @click.argument("merged_dir", type=click.Path(file_okay=False))
 @click.option("--jobs", "-j", default=1, show_default=True, type=click.IntRange(1),
               help="Worker processes building the events table.")
@@ -623,6 +694,7 @@ def analyze_command(merged_dir: str, jobs: int, rebuild: bool, no_plots: bool, a
 
 
 @main.command("query")
+@verbosity_options
 @click.argument("merged_dir", type=click.Path(file_okay=False))
 @click.argument("sql")
 @click.option("-o", "--output", default=None, type=click.Path(dir_okay=False),

@@ -91,29 +91,57 @@ def preflight_section(run_dir: RunDir) -> Section:
     section.tables.append(
         (["node", "engine version", "GPUs", "clock offset vs head (ms)", "probe RTT (ms)"], rows)
     )
+    section.lines.append(
+        "Clock offset vs head: each node's host wall clock against the head's, from a few process-start "
+        "round trips through the backend at launch (RTT in the last column, so only good to about half of "
+        "it). It is the host's clock, not necessarily the engine's (an engine under a shifted clock, e.g. "
+        "libfaketime, is not seen here) and not the trace's; the capture's clock probe and the alignment "
+        "below measure those."
+    )
     return section
+
+
+def bench_attempt_dirs(run_dir: RunDir) -> list[Path]:
+    """Every bench invocation's folder, oldest first (a pre-attempt run kept its files in bench/)."""
+    from magpie_trace.bench.results import attempts
+
+    legacy = [run_dir.bench] if (run_dir.bench / "result.json").is_file() else []
+    return legacy + attempts(run_dir.bench)
+
+
+BENCH_COLUMNS = (
+    "point", "profiled", "max_concurrency", "request_rate", "completed", "failed", "request_throughput",
+    "output_throughput", "median_ttft_ms", "p99_ttft_ms", "median_tpot_ms", "p99_tpot_ms", "p99_itl_ms",
+)
 
 
 def bench_section(run_dir: RunDir) -> Section:
     section = Section("Benchmark")
-    sweep = run_dir.bench / "sweep.csv"
-    result = _load_json(run_dir.bench / "result.json")
-    if not sweep.exists() and result is None:
+    folders = bench_attempt_dirs(run_dir)
+    if not folders:
         section.notes.append("no benchmark results in this run")
         return section
-    if result is not None and result.get("valid") is False:
-        reasons = "; ".join(result.get("invalid_reasons") or ["(no reason recorded)"])
-        section.notes.append(f"INVALID RUN: {reasons}. Numbers below are partial.")
-    if sweep.exists():
-        with sweep.open(newline="") as handle:
-            rows = list(csv.DictReader(handle))
-        wanted = [c for c in (
-            "max_concurrency", "request_rate", "completed", "failed", "request_throughput",
-            "output_throughput", "median_ttft_ms", "p99_ttft_ms", "median_tpot_ms", "p99_tpot_ms",
-            "p99_itl_ms", "valid",
-        ) if rows and c in rows[0]]
-        section.tables.append((wanted, [[_num(row[c]) for c in wanted] for row in rows]))
-    section.images.extend(sorted((run_dir.bench / "plots").glob("*.png")))
+    for folder in folders:
+        result = _load_json(folder / "result.json") or {}
+        name = folder.name if folder != run_dir.bench else "bench"
+        state = "INVALID" if result.get("valid") is False else "valid" if result else "no result.json"
+        section.lines.append(f"{name} ({state}, started {result.get('started_utc', '?')}): "
+                             f"`{_rel(run_dir, folder)}`")
+        if result.get("valid") is False:
+            reasons = "; ".join(result.get("invalid_reasons") or ["(no reason recorded)"])
+            section.notes.append(f"INVALID RUN ({name}): {reasons}. Numbers below are partial.")
+        sweep = folder / "sweep.csv"
+        if sweep.exists():
+            with sweep.open(newline="") as handle:
+                rows = list(csv.DictReader(handle))
+            wanted = [c for c in BENCH_COLUMNS if rows and c in rows[0]]
+            table = [[_num(row[c]) for c in wanted] for row in rows]
+            if "profiled" in wanted:
+                at = wanted.index("profiled")
+                for row in table:
+                    row[at] = "yes: profiler overhead" if row[at] == "True" else ""
+            section.tables.append(([c.replace("_", " ") for c in wanted], table))
+        section.images.extend(sorted((folder / "plots").glob("*.png")))
     return section
 
 
@@ -126,7 +154,8 @@ def _num(text: str) -> Any:
 
 def per_node_section(run_dir: RunDir) -> Section:
     section = Section("Per node during the benchmark")
-    result = _load_json(run_dir.bench / "result.json") or {}
+    folders = bench_attempt_dirs(run_dir)
+    result = (_load_json(folders[-1] / "result.json") or {}) if folders else {}
     per_node = result.get("per_node")
     if not per_node:
         section.notes.append("no per-node figures recorded")
@@ -164,27 +193,48 @@ def alignment_section(run_dir: RunDir) -> Section:
         section.notes.append("no merge in this run (merged/alignment.json missing)")
         return section
     section.lines.append(
-        f"Reference node {data.get('reference_node')}; {data.get('collectives')} matched collectives. "
-        "Offset: how far each node's clock runs ahead of the reference's at the start of the "
-        "capture (drift: how fast that grows); it is taken out of every event of that node."
+        f"Reference node {data.get('reference_node')}; {data.get('collectives')} matched collectives and "
+        "transfers. Offset: how far each node's trace clock runs ahead of the reference's at the start of "
+        "the capture (drift: how fast that grows); it is taken out of every event of that node. "
+        "Placed by: collectives and send/recv bound it by causality (nothing ends on one rank before it "
+        "started on the other), to within the uncertainty shown; the clock probe (UDP round trips with "
+        "each node's engine clock right before and after the capture) places a node nothing else ties to "
+        "the reference, to within half its round trip plus 0.1 ms (each process converts its own clock). "
+        "Probe offset: what the probe measured against the reference, for comparison."
     )
+    probes = _probe_offsets(run_dir, data.get("reference_node"))
     rows = []
     for name, node in (data.get("nodes") or {}).items():
         residuals = node.get("residuals") or {}
+        offset = node.get("offset_ns", 0) / 1000.0 if node.get("aligned", True) else "not aligned"
         rows.append([
-            name, node.get("offset_ns", 0) / 1000.0, node.get("drift_ppm"), node.get("n_anchors"),
-            node.get("method"), node.get("uncertainty_us"), residuals.get("end_skew_p05_us"),
+            name, offset, node.get("drift_ppm"), ", ".join(node.get("placed_by") or []), node.get("n_anchors"),
+            node.get("method"), node.get("uncertainty_us"), probes.get(name), residuals.get("end_skew_p05_us"),
             residuals.get("end_skew_median_us"), residuals.get("end_skew_p95_us"),
             residuals.get("causality_violations"),
         ])
         section.notes += [f"{name}: {warning}" for warning in node.get("warnings") or []]
     section.tables.append((
-        ["node", "offset (µs)", "drift (ppm)", "anchors", "method", "uncertainty (µs)",
-         "end skew p05 (µs)", "end skew p50 (µs)", "end skew p95 (µs)", "causality violations"],
+        ["node", "offset (µs)", "drift (ppm)", "placed by", "anchors", "method", "uncertainty (µs)",
+         "probe offset (µs)", "end skew p05 (µs)", "end skew p50 (µs)", "end skew p95 (µs)",
+         "causality violations"],
         rows,
     ))
     section.notes += [f"WARNING: {warning}" for warning in data.get("warnings") or []]
     return section
+
+
+def _probe_offsets(run_dir: RunDir, reference: str | None) -> dict[str, str]:
+    """Per node name: the capture's clock probe (before the capture) against the reference, "µs +- µs"."""
+    manifest = _load_json(run_dir.traces / "manifest.json") or {}
+    names = {str(f.get("node")): f.get("node_name") for f in manifest.get("files") or [] if isinstance(f, dict)}
+    first = {names.get(key, key): points[0] for key, points in (manifest.get("clock_probes") or {}).items()
+             if isinstance(points, list) and points}
+    if reference not in first:
+        return {}
+    ref = first[reference]
+    return {name: f"{(p['offset_ns'] - ref['offset_ns']) / 1e3:,.1f} ± "
+                  f"{(p['uncertainty_ns'] + ref['uncertainty_ns']) / 1e3:,.1f}" for name, p in first.items()}
 
 
 def collectives_section(run_dir: RunDir) -> Section:
@@ -198,12 +248,7 @@ def collectives_section(run_dir: RunDir) -> Section:
     if rows:
         header = list(rows[0])
         section.tables.append((header, [[_num(row[c]) for c in header] for row in rows]))
-        waits = max(rows, key=lambda r: float(r.get("wait_time_per_rank_us") or 0))
-        late = max(rows, key=lambda r: float(r.get("times_last_to_arrive") or 0))
-        section.lines.append(
-            f"{waits['node']} waits the most in collectives; {late['node']} arrives last most often "
-            "(the straggler the others wait for)."
-        )
+        section.lines += _waits_statement(rows)
     section.lines.append(f"Every matched collective, per rank: `{_rel(run_dir, run_dir.merged / 'collectives.csv')}`")
     return section
 
@@ -254,6 +299,22 @@ def analysis_section(run_dir: RunDir) -> Section:
     return section
 
 
+def _waits_statement(rows: list[dict[str, str]]) -> list[str]:
+    """Who waits for whom, from the wait column alone: a rank's wait in a collective is the time
+    from its arrival to the last arrival, so the node that waits least is the one the others wait
+    for. (`times_last_to_arrive` counts every collective, those inside one node too, so it is
+    not a measure of who holds up the others.)"""
+    if len(rows) < 2:
+        return []
+    wait = {row["node"]: float(row.get("wait_time_per_rank_us") or 0) for row in rows}
+    most = max(wait, key=lambda n: wait[n])
+    least = min(wait, key=lambda n: wait[n])
+    if wait[most] == wait[least]:
+        return ["Every node waits as long as the others in collectives: none holds them up."]
+    return [f"{most} waits the most in collectives ({wait[most]:.0f} µs per rank), {least} the least "
+            f"({wait[least]:.0f} µs per rank): the others wait for {least}."]
+
+
 def files_section(run_dir: RunDir) -> Section:
     section = Section("Files")
     for path in (run_dir.config, run_dir.plan, run_dir.preflight, run_dir.logs, run_dir.bench,
@@ -263,7 +324,27 @@ def files_section(run_dir: RunDir) -> Section:
     return section
 
 
-SECTIONS = (topology_section, preflight_section, bench_section, per_node_section,
+def attempts_section(run_dir: RunDir) -> Section:
+    """Every attempt at this run (a resume with --from is a new one): what each ran, and how
+    it ended. Stages an attempt skipped keep the status of the attempt that ran them."""
+    data = _load_json(run_dir.root / "run.json") or {}
+    section = Section("Attempts")
+    attempts = data.get("attempts") or []
+    if len(attempts) < 2:
+        section.notes.append("one attempt (no resume)")
+        return section
+    rows = []
+    for attempt in attempts:
+        ran = ", ".join(f"{s['name']} {s['status']}" for s in attempt.get("stages", []))
+        rows.append([attempt["attempt"], attempt.get("from") or "start", ran or "-",
+                     "ok" if attempt.get("ok") else (attempt.get("error") or "failed")])
+    section.tables.append((["attempt", "from", "stages run", "outcome"], rows))
+    if not data.get("ok", True):
+        section.notes.append(f"the run is not ok: {data.get('error')}")
+    return section
+
+
+SECTIONS = (topology_section, attempts_section, preflight_section, bench_section, per_node_section,
             alignment_section, collectives_section, analysis_section, files_section)
 
 
@@ -313,9 +394,12 @@ def render_html(run_dir: RunDir, sections: list[Section]) -> str:
             body.append(f'<figure><img alt="{esc(image.stem)}" src="data:image/png;base64,{data}">'
                         f"<figcaption>{esc(image.stem)}</figcaption></figure>")
     style = (
-        "body{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto;padding:0 1em}"
-        "table{border-collapse:collapse;margin:1em 0;font-size:0.9em}"
-        "td,th{border:1px solid #ccc;padding:4px 8px;text-align:left;vertical-align:top}"
+        "body{font-family:system-ui,sans-serif;max-width:1400px;margin:2em auto;padding:0 1em;"
+        "box-sizing:border-box}"
+        "table{border-collapse:collapse;margin:1em 0;font-size:0.85em;display:block;max-width:100%;"
+        "overflow-x:auto}"
+        "td,th{border:1px solid #ccc;padding:3px 6px;text-align:left;vertical-align:top;"
+        "overflow-wrap:anywhere}"
         "th{background:#f3f3f3}.note{background:#fff4d6;padding:6px 10px}img{max-width:100%}"
     )
     return (

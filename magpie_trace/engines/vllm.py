@@ -8,6 +8,7 @@ when a replica fits on a node, and `--nnodes/--node-rank/--master-addr` when it 
 from __future__ import annotations
 
 import re
+
 import orjson
 
 from magpie_trace.config import ProfileConfig
@@ -98,6 +99,8 @@ class VllmStyleProfiling:
 
 class VllmEngine(VllmStyleProfiling, Engine):
     name = "vllm"
+    # Worker processes set their title (setproctitle): VLLM::Worker[_DP<d>][_PP<p>]_TP<t>...
+    rank_title = re.compile(r"^(VLLM::Worker\S*)")
     default_port = 8000
     default_rendezvous_port = 29501
     default_dp_rpc_port = 29550
@@ -150,6 +153,8 @@ class VllmEngine(VllmStyleProfiling, Engine):
                     args += ["--data-parallel-start-rank", str(first_dp)]
         if layout.ep > 1:
             args.append("--enable-expert-parallel")
+        if server.served_model_name:
+            args += ["--served-model-name", server.served_model_name]
         if ctx.is_head:
             args += ["--host", server.host, "--port", str(ctx.port)]
         elif server.executor != "ray" and layout.nnodes > 1:

@@ -257,7 +257,12 @@ def _merge(files: list[TraceFile], manifest: dict[str, Any] | None, output_dir: 
     ref_anchor_starts = [a.start for a in scanned[ref_file].anchors]
     t0 = min(ref_anchor_starts) if ref_anchor_starts else (scanned[ref_file].span or (0, 0))[0]
     times = NodeTimes.build(matched, {i: files[i].node_name for i in ranks}, nodes, t0)
-    fits, notes = solve(times, reference, t0, probes, all_nodes)
+    on_ref = [scanned[i] for i in ranks if files[i].node_name == reference]  # one clock: the reference's
+    extent = [t for sc in on_ref for t in ([*sc.span] if sc.span else [])] + [
+        t for sc in on_ref for a in [*sc.anchors[:1], *sc.anchors[-1:], *sc.steps[:1], *sc.steps[-1:]]
+        for t in (a.start, a.end)]
+    horizon = ((min(extent) - t0) / 1e9, (max(extent) - t0) / 1e9) if extent else (0.0, 0.0)
+    fits, notes = solve(times, reference, t0, probes, all_nodes, horizon)
     warnings += notes
     durations = matched.end - matched.start
     typical = float(np.median(durations)) if len(durations) else None
