@@ -66,10 +66,12 @@ def test_run_asks_for_an_allocation(slurm_cluster: SlurmCluster, tmp_path: Path,
 
 def test_submit_runs_the_whole_job_as_a_batch_job(slurm_cluster: SlurmCluster, tmp_path: Path) -> None:
     config = sim_run_config(slurm_cluster, tmp_path, 2)
-    dry = subprocess.run([*CLI, "submit", str(config), "--dry-run"], env=outside_env(slurm_cluster),
-                         cwd=REPO, capture_output=True, text=True, timeout=60)
+    dry = subprocess.run([sys.executable, "-m", "magpie_trace.cli", "submit", str(config), "--dry-run"],
+                         env=outside_env(slurm_cluster), cwd=REPO, capture_output=True, text=True,
+                         timeout=60)
     assert dry.returncode == 0, dry.stderr
-    assert "#SBATCH --nodes=2\n#SBATCH --partition=debug\n#SBATCH --time=10\n" in dry.stdout
+    assert ("#SBATCH --nodes=2\n#SBATCH --signal=B:TERM@120\n#SBATCH --partition=debug\n"
+            "#SBATCH --time=10\n") in dry.stdout
     assert f"magpie_trace.cli run {config}" in dry.stdout
     assert slurm_cluster.squeue() == [] and not (tmp_path / "runs").exists()  # nothing submitted
 
