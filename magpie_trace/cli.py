@@ -12,39 +12,92 @@ import orjson
 
 from magpie_trace import interrupts
 from magpie_trace.config import Config, load_config
+from magpie_trace.console import NORMAL, QUIET, VERBOSE, Display
 from magpie_trace.errors import MagpieError
 
 
-def _fail(message: str, code: int) -> None:
+def error_object(exc: BaseException, code: int) -> dict[str, Any]:
+    """What `--json` prints on failure: the same one line, its kind and exit code, and the node
+    when one is to blame."""
+    error: dict[str, Any] = {"type": type(exc).__name__, "message": _message(exc), "exit_code": code}
+    node = getattr(exc, "node", None)
+    if node is not None:
+        error["node"] = node
+    return {"ok": False, "error": error}
+
+
+def _message(exc: BaseException) -> str:
+    if isinstance(exc, click.ClickException):
+        return exc.format_message()
+    if isinstance(exc, KeyboardInterrupt):
+        return interrupts.describe()
+    return str(exc) or type(exc).__name__
+
+
+def _fail(exc: BaseException, code: int, as_json: bool) -> None:
     try:
-        click.echo(f"error: {message}", err=True)
+        if as_json:
+            print_json(error_object(exc, code))
+        click.echo(f"error: {_message(exc)}", err=True)
     except OSError:
         interrupts.output_closed(interrupt=False)
     sys.exit(code)
 
 
 def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """User-facing failures become one line on stderr and the error's exit code. Ctrl-C, SIGTERM,
-    SIGHUP and a closed output all end the same way (teardown first), exit 128 + the signal."""
+    """User-facing failures become one line on stderr and the error's exit code (with --json, also a
+    JSON error object on stdout). Ctrl-C, SIGTERM, SIGHUP and a closed output all end the same way
+    (teardown first), exit 128 + the signal. Anything else is a bug: its traceback is shown (after
+    the JSON error object, with --json)."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        as_json = bool(kwargs.get("as_json"))
         interrupts.install()
         try:
             return fn(*args, **kwargs)
         except MagpieError as exc:
-            _fail(str(exc), exc.exit_code)
-        except KeyboardInterrupt:
-            _fail(interrupts.describe(), interrupts.exit_code())
+            _fail(exc, exc.exit_code, as_json)
+        except KeyboardInterrupt as exc:
+            _fail(exc, interrupts.exit_code(), as_json)
         except BrokenPipeError:  # the final output's reader had gone: all is done but saying so
             interrupts.output_closed(interrupt=False)
             sys.exit(interrupts.exit_code())
+        except click.ClickException:
+            raise  # a usage error: click prints it; Commands.invoke adds the JSON object
+        except Exception as exc:
+            if as_json:
+                print_json(error_object(exc, 1))
+            raise
 
     return wrapper
 
 
 def print_json(data: Any) -> None:
     click.echo(orjson.dumps(data, option=orjson.OPT_INDENT_2 | orjson.OPT_NON_STR_KEYS).decode())
+
+
+def _set_verbosity(level: int) -> Callable[[click.Context, click.Parameter, bool], None]:
+    def callback(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
+        if value:
+            ctx.find_root().meta["magpie_trace.verbosity"] = level
+
+    return callback
+
+
+def verbosity_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """-v / -q, accepted before or after the command name."""
+    fn = click.option("-q", "--quiet", is_flag=True, expose_value=False, callback=_set_verbosity(QUIET),
+                      help="Show only errors and the result (no progress).")(fn)
+    return click.option("-v", "--verbose", is_flag=True, expose_value=False, callback=_set_verbosity(VERBOSE),
+                        help="Time every progress line; a line for every change of a count.")(fn)
+
+
+def display() -> Display:
+    """The progress view for this command, at the -v/-q level given."""
+    ctx = click.get_current_context(silent=True)
+    level = ctx.find_root().meta.get("magpie_trace.verbosity", NORMAL) if ctx else NORMAL
+    return Display(level)
 
 
 config_argument = click.argument("config_path", metavar="CONFIG", type=click.Path(dir_okay=False))
@@ -62,13 +115,35 @@ def read_config(config_path: str, overrides: tuple[str, ...]) -> Config:
     return load_config(config_path, list(overrides))
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class Commands(click.Group):
+    """The command group; a usage error (bad option, bad value) of a command run with --json also
+    prints the JSON error object."""
+
+    def make_context(self, info_name: str | None, args: list[str], parent: click.Context | None = None,
+                     **extra: Any) -> click.Context:
+        wants_json = "--json" in args
+        ctx = super().make_context(info_name, args, parent, **extra)
+        ctx.meta["magpie_trace.json"] = wants_json
+        return ctx
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except click.ClickException as exc:
+            if ctx.meta.get("magpie_trace.json"):
+                print_json(error_object(exc, exc.exit_code))
+            raise
+
+
+@click.group(cls=Commands, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="magpie-trace")
+@verbosity_options
 def main() -> None:
     """Launch, benchmark, profile and merge traces of multi-node vLLM / SGLang servers."""
 
 
 @main.command("plan")
+@verbosity_options
 @config_argument
 @set_option
 @json_option
@@ -83,7 +158,8 @@ def plan_command(config_path: str, overrides: tuple[str, ...], as_json: bool) ->
 
         backend = make_backend(config.scheduler)
         try:
-            backend.acquire_nodes(progress_line, config.source, ask=False)
+            with display() as say:
+                backend.acquire_nodes(say, config.source, ask=False)
         finally:
             backend.close()
     plan = make_plan(config)
@@ -119,15 +195,8 @@ run_option = click.option(
 )
 
 
-def progress_line(message: str) -> None:
-    """One progress line on stderr; once nobody reads it, the run stops as on SIGPIPE."""
-    try:
-        click.echo(f"magpie-trace: {message}", err=True)
-    except OSError:
-        interrupts.output_closed()
-
-
 @main.command("launch")
+@verbosity_options
 @config_argument
 @set_option
 @click.option("--no-preflight", is_flag=True, help="Skip the per-node checks before starting.")
@@ -149,10 +218,11 @@ def launch_command(
     config = read_config(config_path, overrides)
     backend = make_backend(config.scheduler)
     try:
-        backend.acquire_nodes(progress_line, config.source)
-        plan = make_plan(config)
-        run_dir = new_run_dir(config.output.dir, plan.run_id)
-        state = launch(plan, run_dir, backend, preflight=not no_preflight, progress=progress_line)
+        with display() as say:
+            backend.acquire_nodes(say, config.source)
+            plan = make_plan(config)
+            run_dir = new_run_dir(config.output.dir, plan.run_id)
+            state = launch(plan, run_dir, backend, preflight=not no_preflight, progress=say)
     except BaseException:
         backend.close()
         raise
@@ -163,6 +233,7 @@ def launch_command(
 
 
 @main.command("stop")
+@verbosity_options
 @config_argument
 @set_option
 @run_option
@@ -190,6 +261,7 @@ profile_id_option = click.option(
 
 
 @main.command("profile")
+@verbosity_options
 @config_argument
 @set_option
 @run_option
@@ -214,9 +286,8 @@ def profile_command(
     handles = load_state(run_dir).handles if run_dir.state.exists() else {}
     backend = make_backend(plan.config.scheduler)
     try:
-        with process_guard(plan, backend, handles, "the profile capture") as guard:
-            record = capture(plan, backend, run_dir, profile_id, duration, progress=progress_line,
-                             guard=guard)
+        with display() as say, process_guard(plan, backend, handles, "the profile capture") as guard:
+            record = capture(plan, backend, run_dir, profile_id, duration, progress=say, guard=guard)
     finally:
         backend.close()
     if as_json:
@@ -228,6 +299,7 @@ def profile_command(
 
 
 @main.command("collect")
+@verbosity_options
 @config_argument
 @set_option
 @run_option
@@ -248,7 +320,8 @@ def collect_command(
     plan = plan_for_run(run_dir)
     backend = make_backend(plan.config.scheduler)
     try:
-        result = collect(plan, backend, run_dir, profile_id, progress=progress_line)
+        with display() as say:
+            result = collect(plan, backend, run_dir, profile_id, progress=say)
     finally:
         backend.close()
     command = tracelens_command(result.manifest, result.traces_dir)
@@ -267,37 +340,97 @@ def collect_command(
 
 
 
+def _vllm_flags(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """`vllm bench serve`'s common flags (magpie_trace.bench.flags maps them to config keys)."""
+    options = [
+        click.option("--model", help="The model name requests carry (default: what /v1/models lists)."),
+        click.option("--served-model-name", help="As vLLM: the name requests carry (--model then names the tokenizer)."),
+        click.option("--backend", help="openai (/v1/completions) or openai-chat (/v1/chat/completions)."),
+        click.option("--endpoint", help="/v1/completions or /v1/chat/completions."),
+        click.option("--dataset-name", help="random, prefix_repetition, sharegpt, custom (jsonl), mooncake, burstgpt."),
+        click.option("--dataset-path", help="The dataset file (sharegpt, custom, mooncake, burstgpt)."),
+        click.option("--input-len", type=int, help="Input tokens (random)."),
+        click.option("--output-len", type=int, help="Output tokens."),
+        click.option("--random-input-len", type=int, help="Input tokens of random prompts."),
+        click.option("--random-output-len", type=int, help="Output tokens of random prompts."),
+        click.option("--random-range-ratio", type=float, help="Lengths uniform on [L(1-r), L(1+r)]."),
+        click.option("--random-prefix-len", type=int, help="A prefix of this many tokens shared by every prompt."),
+        click.option("--prefix-repetition-prefix-len", type=int, help="prefix_repetition: tokens per prefix."),
+        click.option("--prefix-repetition-suffix-len", type=int, help="prefix_repetition: unique tokens after it."),
+        click.option("--prefix-repetition-num-prefixes", type=int, help="prefix_repetition: distinct prefixes."),
+        click.option("--prefix-repetition-output-len", type=int, help="prefix_repetition: output tokens."),
+        click.option("--sharegpt-output-len", type=int, help="Fixed output length for ShareGPT prompts."),
+        click.option("--custom-output-len", type=int, help="Output length for custom prompts without one."),
+        click.option("--turns", type=int, help="User turns per conversation (sharegpt: 0 = all)."),
+        click.option("--max-concurrency", type=int, multiple=True, help="Concurrency cap (repeat for a sweep)."),
+        click.option("--request-rate", type=float, multiple=True, help="Req/s, inf for no pacing (repeat for a sweep)."),
+        click.option("--burstiness", type=float, help="Gamma shape of arrival gaps (1 Poisson)."),
+        click.option("--ramp-up-strategy", type=click.Choice(["linear", "exponential"]), help="Raise the rate over each point."),
+        click.option("--ramp-up-start-rps", type=float, help="Ramp start rate."),
+        click.option("--ramp-up-end-rps", type=float, help="Ramp end rate."),
+        click.option("--duration", type=float, help="Seconds per load point (it also ends after --num-prompts)."),
+        click.option("--seed", type=int, help="Prompts and arrival gaps."),
+        click.option("--ignore-eos/--no-ignore-eos", default=None, help="Generate exactly the output length."),
+        click.option("--tokenizer", help="Local tokenizer (HF name or folder); default: the server's /tokenize."),
+        click.option("--num-warmups", type=int, help="Warmup requests before the first point."),
+        click.option("--metric-percentiles", help="Comma-separated percentiles, e.g. 50,90,99."),
+        click.option("--goodput", multiple=True, help="SLO KEY:MS (ttft, tpot, e2el); repeatable."),
+        click.option("--label", help="The results' label (vLLM's --label)."),
+        click.option("--sglang-result", is_flag=True, default=None, help="Also write SGLang bench_serving's JSONL."),
+        click.option("--result-dir", type=click.Path(file_okay=False), help="Same as --out."),
+        click.option("--save-result", is_flag=True, help="Accepted for vLLM's command lines: results are always saved."),
+        click.option("--save-detailed", is_flag=True, help="Accepted: per-request lists are always saved."),
+        click.option("--disable-tqdm", is_flag=True, help="Accepted: the progress line shows only on a terminal."),
+    ]
+    for option in reversed(options):
+        fn = option(fn)
+    return fn
+
+
 @main.command("bench")
-@config_argument
+@verbosity_options
+@click.argument("config_path", metavar="[CONFIG]", required=False, type=click.Path(dir_okay=False))
 @set_option
 @run_option
-@click.option("--url", metavar="URL", help="Benchmark this already-running endpoint instead of a run.")
+@click.option("--url", "--base-url", "url", metavar="URL", help="Benchmark this already-running endpoint instead of a run.")
 @click.option("--concurrency", "-c", type=int, multiple=True, help="Concurrency (repeat for a sweep).")
 @click.option("--num-prompts", "-n", type=int, help="Requests per load point.")
-@click.option("--request-rate", type=float, help="Requests per second (Poisson unless burstiness is set).")
-@click.option("--out", type=click.Path(file_okay=False), help="Output folder (default: <run>/bench).")
+@_vllm_flags
+@click.option("--out", type=click.Path(file_okay=False), help="Output folder (default: <run>/bench); each invocation writes a new attempt-NNN in it.")
 @json_option
 @handle_errors
 def bench_command(
-    config_path: str, overrides: tuple[str, ...], run: str | None, url: str | None,
-    concurrency: tuple[int, ...], num_prompts: int | None, request_rate: float | None,
-    out: str | None, as_json: bool,
+    config_path: str | None, overrides: tuple[str, ...], run: str | None, url: str | None,
+    concurrency: tuple[int, ...], num_prompts: int | None, out: str | None, as_json: bool,
+    result_dir: str | None, save_result: bool, save_detailed: bool, disable_tqdm: bool, **flags: Any,
 ) -> None:
-    """Benchmark the running server through its endpoint; stop at once if a node is lost."""
+    """Benchmark the running server through its endpoint; stop at once if a node is lost.
+
+    Takes `vllm bench serve`'s common flags; with --url no config file is needed.
+    """
     import dataclasses
 
     from magpie_trace.bench import run_benchmark
+    from magpie_trace.bench.flags import overrides as flag_overrides
+    from magpie_trace.config import benchmark_config
 
-    extra = [f"benchmark.concurrency={list(concurrency)}"] if concurrency else []
-    extra += [f"benchmark.num_prompts={num_prompts}"] if num_prompts is not None else []
-    extra += [f"benchmark.request_rate={request_rate}"] if request_rate is not None else []
-    config = read_config(config_path, (*overrides, *extra))
+    flags["max_concurrency"] = (*concurrency, *flags["max_concurrency"])
+    flags["num_prompts"] = num_prompts
+    extra = [*flag_overrides(flags, with_config=config_path is not None), *overrides]
+    out = out or result_dir
+    if config_path is None:
+        if not url:
+            raise click.UsageError("give a CONFIG, or --url to benchmark an endpoint without one")
+        config = benchmark_config(extra)
+    else:
+        config = read_config(config_path, tuple(extra))
     if url:
         from magpie_trace.plan import new_run_id
         from magpie_trace.rundir import new_run_dir
 
         out_dir = out or new_run_dir(config.output.dir, new_run_id()).bench
-        result = run_benchmark(config, None, out_dir, url=url, say=progress_line)
+        with display() as say:
+            result = run_benchmark(config, None, out_dir, url=url, say=say)
     else:
         from magpie_trace.backends import make_backend
         from magpie_trace.launch import load_state, plan_for_run
@@ -309,10 +442,10 @@ def bench_command(
         config = dataclasses.replace(plan.config, benchmark=config.benchmark)
         backend = make_backend(plan.config.scheduler)
         try:
-            result = run_benchmark(
-                config, plan, out or run_dir.bench, backend=backend, handles=state.handles,
-                say=progress_line,
-            )
+            with display() as say:
+                result = run_benchmark(
+                    config, plan, out or run_dir.bench, backend=backend, handles=state.handles, say=say,
+                )
         finally:
             backend.close()
     if as_json:
@@ -321,10 +454,10 @@ def bench_command(
     click.echo(f"{'point':<14}{'done':>6}{'fail':>5}{'req/s':>9}{'out tok/s':>11}"
                f"{'TTFT p50':>10}{'p99':>9}{'TPOT p50':>10}{'p99':>9}  (ms)")
     for p in result.points:
-        click.echo(f"{p['label']:<14}{p['completed']:>6}{p['failed'] + p['incomplete']:>5}"
+        click.echo(f"{p['point']:<14}{p['completed']:>6}{p['failed']:>5}"
                    f"{p['request_throughput'] or 0:>9.2f}{p['output_throughput'] or 0:>11.1f}"
-                   f"{p['median_ttft_ms'] or 0:>10.2f}{p['p99_ttft_ms'] or 0:>9.2f}"
-                   f"{p['median_tpot_ms'] or 0:>10.2f}{p['p99_tpot_ms'] or 0:>9.2f}")
+                   f"{p.get('median_ttft_ms') or 0:>10.2f}{p.get('p99_ttft_ms') or 0:>9.2f}"
+                   f"{p.get('median_tpot_ms') or 0:>10.2f}{p.get('p99_tpot_ms') or 0:>9.2f}")
     click.echo(f"results: {result.result_path}")
 
 
@@ -342,6 +475,7 @@ def print_run_summary(result: Any) -> None:
 
 
 @main.command("run")
+@verbosity_options
 @config_argument
 @set_option
 @click.option(
@@ -357,9 +491,9 @@ def run_command(
     """The whole job: launch, benchmark with a profile window, collect, merge, report, tear down."""
     from magpie_trace.run import run as run_all
 
-    result = run_all(
-        read_config(config_path, overrides), from_stage=from_stage, run_ref=run, progress=progress_line
-    )
+    config = read_config(config_path, overrides)
+    with display() as say:
+        result = run_all(config, from_stage=from_stage, run_ref=run, progress=say)
     if as_json:
         print_json(result.to_dict())
     else:
@@ -396,6 +530,7 @@ def submit_command(
 
 
 @main.command("demo")
+@verbosity_options
 @click.option("--output", "output", default="magpie-runs", show_default=True, help="Where the run folder goes.")
 @set_option
 @json_option
@@ -415,7 +550,8 @@ def demo_command(output: str, overrides: tuple[str, ...], as_json: bool) -> None
     if not as_json:
         echo_plan(make_plan(config))
         click.echo("")
-    result = run_all(config, progress=progress_line)
+    with display() as say:
+        result = run_all(config, progress=say)
     if as_json:
         print_json(result.to_dict())
     else:
@@ -423,17 +559,30 @@ def demo_command(output: str, overrides: tuple[str, ...], as_json: bool) -> None
 
 
 @main.command("report")
-@config_argument
+@verbosity_options
+@click.argument("config_path", metavar="[CONFIG]", required=False, type=click.Path(dir_okay=False))
 @set_option
 @run_option
 @handle_errors
-def report_command(config_path: str, overrides: tuple[str, ...], run: str | None) -> None:
-    """(Re)write report.md and report.html of a run from its files."""
+def report_command(config_path: str | None, overrides: tuple[str, ...], run: str | None) -> None:
+    """(Re)write report.md and report.html of a run from its files.
+
+    `report --run RUN_FOLDER` needs no config (the run folder holds what the report reads); with
+    CONFIG, --run may also be a run id under its output.dir (default: the latest run there).
+    """
+    from pathlib import Path
+
+    from magpie_trace.errors import ConfigError
     from magpie_trace.report import write_report
     from magpie_trace.rundir import find_run_dir
 
-    config = read_config(config_path, overrides)
-    md, html = write_report(find_run_dir(config.output.dir, run))
+    if config_path is None:
+        if not run or not Path(run).is_dir():
+            raise ConfigError("report: give the run folder (--run DIR), or CONFIG to find the run in its output.dir")
+        run_dir = find_run_dir(Path(run).parent, run)
+    else:
+        run_dir = find_run_dir(read_config(config_path, overrides).output.dir, run)
+    md, html = write_report(run_dir)
     click.echo(f"{md}\n{html}")
 
 
@@ -448,6 +597,7 @@ def _range(text: str | None, kind: type) -> tuple[Any, Any] | None:
 
 
 @main.command("merge")
+@verbosity_options
 @click.argument("input_dir", type=click.Path(file_okay=False))
 @click.option("-o", "--output", "output_dir", default=None,
               help="Output folder [default: RUN/merged for a run's RUN/traces, else INPUT_DIR-merged].")
@@ -466,6 +616,7 @@ def merge_command(input_dir: str, output_dir: str | None, window: str | None, st
     from pathlib import Path
 
     from magpie_trace.merge import MergeOptions, merge
+    from magpie_trace.merge.bytescan import compile_notice
 
     options = MergeOptions(
         outputs=tuple(o.strip() for o in outputs.split(",") if o.strip()), jobs=jobs,
@@ -473,7 +624,12 @@ def merge_command(input_dir: str, output_dir: str | None, window: str | None, st
     )
     source = Path(input_dir)
     default = source.with_name("merged" if source.name == "traces" else source.name + "-merged")
-    result = merge(source, Path(output_dir) if output_dir else default, options)
+    target = Path(output_dir) if output_dir else default
+    with display() as say:
+        say(f"merging the traces in {source} into {target}")
+        if notice := compile_notice():
+            say(notice)
+        result = merge(source, target, options)
     if as_json:
         print_json(result.to_dict())
         return
@@ -490,6 +646,63 @@ def merge_command(input_dir: str, output_dir: str | None, window: str | None, st
         click.echo(f"  warning: {warning}")
     if result.tracelens_command:
         click.echo(f"TraceLens: {result.tracelens_command}")
+
+
+@main.command("analyze")
+@click.argument("merged_dir", type=click.Path(file_okay=False, exists=True))
+@click.option("--jobs", "-j", default=1, show_default=True, type=click.IntRange(1),
+              help="Worker processes building the events table.")
+@click.option("--rebuild", is_flag=True, help="Rebuild the events table even if it is up to date.")
+@click.option("--no-plots", is_flag=True, help="Write the tables only.")
+@json_option
+@handle_errors
+def analyze_command(merged_dir: str, jobs: int, rebuild: bool, no_plots: bool, as_json: bool) -> None:
+    """Exposed communication, per node and step, and who waits for whom: SQL over a merge's events."""
+    from pathlib import Path
+
+    from magpie_trace.analyze import AnalyzeOptions, analyze
+
+    result = analyze(Path(merged_dir), AnalyzeOptions(jobs=jobs, rebuild=rebuild, plots=not no_plots))
+    if as_json:
+        print_json(result.to_dict())
+        return
+    ev = result.events
+    click.echo(f"events: {ev['events']:,} from {ev['ranks']} rank(s) "
+               f"({'built' if ev['built'] else 'up to date'}) -> {ev['folder']}")
+    for row in result.nodes:
+        click.echo(f"  {row['node']}: {row['domain']}, exposed comm {row['exposed_comm_pct'] or 0:.1f}% of time, "
+                   f"{row['comm_hidden_pct'] or 0:.1f}% of comm hidden, idle {row['idle_us'] / 1e3:.1f} ms per rank")
+    for row in result.stragglers:
+        click.echo(f"  {row['node']}: last to arrive in {row['steps_as_straggler']} step(s), "
+                   f"{row['longest_streak']} in a row")
+    for warning in result.warnings:
+        click.echo(f"  warning: {warning}")
+    click.echo(f"tables and plots in {Path(merged_dir) / 'analysis'} ({result.seconds:.1f}s)")
+
+
+@main.command("query")
+@click.argument("merged_dir", type=click.Path(file_okay=False, exists=True))
+@click.argument("sql")
+@click.option("-o", "--output", default=None, type=click.Path(dir_okay=False),
+              help="Write the result to this .csv or .parquet file instead of printing it.")
+@json_option
+@handle_errors
+def query_command(merged_dir: str, sql: str, output: str | None, as_json: bool) -> None:
+    """Run SQL against a merge's events and tables (events, steps, segments, ranks, collectives, nodes,
+    breakdown, ...; see docs/analyze.md)."""
+    from pathlib import Path
+
+    from magpie_trace.analyze import query
+
+    columns, rows = query(Path(merged_dir), sql, Path(output) if output else None)
+    if output:
+        click.echo(f"wrote {output}")
+    elif as_json:
+        print_json([dict(zip(columns, row)) for row in rows])
+    elif columns:
+        click.echo("\t".join(columns))
+        for row in rows:
+            click.echo("\t".join("" if v is None else str(v) for v in row))
 
 
 if __name__ == "__main__":

@@ -25,6 +25,7 @@ from magpie_trace.fsutil import atomic_write_bytes
 from magpie_trace.launch import LaunchState, launch, stop
 from magpie_trace.nodewatch import NodeGuard, Trip, process_guard
 from magpie_trace.plan import Plan, make_plan
+from magpie_trace.progress import stage, stage_ended
 from magpie_trace.rundir import RunDir, find_run_dir, new_run_dir
 
 RUN_SCHEMA = "magpie-trace/run/1"
@@ -118,7 +119,7 @@ def run(
         if failure is None and "collect" in wanted:
             _stage(result, "collect", say, lambda: _collect(plan, backend, run_dir, result, say))
         if failure is None and "merge" in wanted:
-            _stage(result, "merge", say, lambda: _merge(plan, run_dir, result))
+            _stage(result, "merge", say, lambda: _merge(plan, run_dir, result, say))
     except BaseException as exc:  # noqa: BLE001
         failure = exc
     finally:
@@ -163,14 +164,16 @@ def _describe(failure: BaseException) -> str:
 
 
 def _stage(result: RunResult, name: str, say: Progress, fn: Callable[[], Any]) -> Any:
-    say(f"stage {name}")
+    stage(say, name)
     started = time.monotonic()
     try:
         value = fn()
     except BaseException as exc:
         result.stages.append(StageRecord(name, "failed", time.monotonic() - started, _describe(exc)))
+        stage_ended(say, name, time.monotonic() - started, failed=True)
         raise
     result.stages.append(StageRecord(name, "ok", time.monotonic() - started))
+    stage_ended(say, name, time.monotonic() - started)
     return value
 
 
@@ -182,6 +185,7 @@ def _bench_and_capture(
         BenchInterrupted,
         BenchInvalid,
         RunAborted,
+        profile_point,
         run_benchmark,
     )
     from magpie_trace.profile import capture
@@ -190,10 +194,12 @@ def _bench_and_capture(
     captured: list[BaseException] = []
     load_started = threading.Event()
     bench_done = threading.Event()
+    profile_done = threading.Event()
     guard = process_guard(plan, backend, state.handles, "the profile capture") if state else NodeGuard()
 
     def capture_window() -> None:
-        """Open the window start_after_s into the first measured load point (not the warmup)."""
+        """Open the window start_after_s into the profiled load point, which runs before the
+        measured ones and lasts until the capture is done (so they carry no profiler overhead)."""
         try:
             if config.benchmark.enabled:
                 while not load_started.wait(0.2):
@@ -203,6 +209,8 @@ def _bench_and_capture(
             capture(plan, backend, run_dir, progress=say, guard=guard)
         except BaseException as exc:  # noqa: BLE001 - raised by the main thread
             captured.append(exc)
+        finally:
+            profile_done.set()
 
     thread = None
     with guard:
@@ -216,6 +224,8 @@ def _bench_and_capture(
                         config, plan, run_dir.bench, backend=backend,
                         handles=state.handles if state else None, say=say,
                         on_point_start=lambda _point: load_started.set(),
+                        profile_point=profile_point(config) if config.profile.enabled else None,
+                        profile_done=profile_done.is_set,
                     )
                 except (BenchInterrupted, BenchInvalid, RunAborted) as exc:
                     # Partial results were written and marked invalid; the run stops with this error.
@@ -246,9 +256,12 @@ def _collect(plan: Plan, backend: Backend, run_dir: RunDir, result: RunResult, s
     result.tracelens_command = getattr(collected, "tracelens_command", None)
 
 
-def _merge(plan: Plan, run_dir: RunDir, result: RunResult) -> None:
+def _merge(plan: Plan, run_dir: RunDir, result: RunResult, say: Progress) -> None:
     from magpie_trace.merge import MergeOptions, merge
+    from magpie_trace.merge.bytescan import compile_notice
 
+    if notice := compile_notice():
+        say(notice)
     merged = merge(run_dir.traces, run_dir.merged, MergeOptions())
     result.outputs["merged"] = str(merged.output_dir)
     if isinstance(merged.outputs.get("merged"), str):

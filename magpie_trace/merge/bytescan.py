@@ -497,3 +497,20 @@ def event_bounds(src: np.ndarray, positions: np.ndarray, floor: int) -> np.ndarr
                 out[r, 1] = k + 1
                 break
     return out
+
+
+def compile_notice() -> str | None:
+    """A line to show before a merge that will first compile these scanners (numba keeps them on
+    disk, so only the first merge after an install or upgrade pays), else None."""
+    for value in list(globals().values()):
+        cache_file = getattr(getattr(value, "_cache", None), "_cache_file", None)
+        if cache_file is None:
+            continue
+        try:
+            cached = bool(cache_file._load_index())  # {} when absent or made from other sources
+        except Exception:  # noqa: BLE001 - numba internals: assume it must compile
+            cached = False
+        if not cached:
+            return ("merge: compiling the trace scanners for this machine first (numba, once after an "
+                    "install or upgrade, about 15 s; cached after)")
+    return None
