@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -19,37 +20,43 @@ from tests.slurm.configs import outside_env, processes_under, sim_run_config
 
 REPO = Path(__file__).resolve().parents[2]
 CLI = [sys.executable, "-m", "magpie_trace.cli"]
-LONG_BENCH = {"num_prompts": 4000, "output_len": 200, "concurrency": [8], "stall_timeout_s": 4.0,
+LONG_BENCH = {"num_prompts": 600, "output_len": 200, "concurrency": [8], "stall_timeout_s": 4.0,
               "max_duration_s": 120}
 
 
-def run_cli(cluster: SlurmCluster, config: Path) -> subprocess.Popen[str]:
-    """`magpie-trace run` outside any allocation (it asks for one)."""
-    return subprocess.Popen([*CLI, "run", str(config)], env=outside_env(cluster), cwd=REPO,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+class RunningCli:
+    """`magpie-trace run` outside any allocation (it asks for one), its stderr read as it comes."""
 
+    def __init__(self, cluster: SlurmCluster, config: Path) -> None:
+        self.proc = subprocess.Popen([*CLI, "run", str(config)], env=outside_env(cluster), cwd=REPO,
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        self.lines: list[str] = []
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
 
-def the_error(proc: subprocess.Popen[str], timeout_s: float = 180) -> tuple[int, str]:
-    """(exit code, the one `error:` line); every error is exactly one line."""
-    try:
-        _, err = proc.communicate(timeout=timeout_s)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    errors = [line for line in err.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1, err[-3000:]
-    return proc.returncode, errors[0]
+    def _read(self) -> None:
+        assert self.proc.stderr is not None
+        for line in self.proc.stderr:
+            self.lines.append(line.rstrip("\n"))
 
+    def the_error(self, timeout_s: float = 180) -> tuple[int, str]:
+        """(exit code, the one `error:` line); every error is exactly one line."""
+        try:
+            self.proc.wait(timeout=timeout_s)
+        finally:
+            if self.proc.poll() is None:
+                self.proc.kill()
+        self._reader.join(10)
+        errors = [line for line in self.lines if line.startswith("error:")]
+        assert len(errors) == 1, "\n".join(self.lines[-40:])
+        return self.proc.returncode, errors[0]
 
-def benchmarking(tmp_path: Path) -> RunDir:
-    """The run folder once every node is ready and the load has begun."""
-    runs = tmp_path / "runs"
-    state = wait_for(lambda: next(runs.glob("*/state.json"), None), 90)
-    assert state, "launch never wrote state.json"
-    run_dir = RunDir(state.parent)
-    assert wait_for(lambda: load_state(run_dir).ready_at is not None, 90)
-    time.sleep(3.0)  # telemetry started, warmup done, the measured load under way
-    return run_dir
+    def benchmarking(self, tmp_path: Path) -> RunDir:
+        """The run folder once the measured load is under way (its progress line came)."""
+        assert wait_for(lambda: any(": c8: 600 " in line for line in self.lines), 180), \
+            "\n".join(self.lines[-40:])
+        time.sleep(1.0)
+        return RunDir(next((tmp_path / "runs").glob("*/state.json")).parent)
 
 
 def check_nothing_left(cluster: SlurmCluster, tmp_path: Path) -> None:
@@ -72,7 +79,7 @@ def engine_pid(handle_pid: int) -> int:
 
 def test_a_step_that_exits_during_startup(slurm_cluster: SlurmCluster, tmp_path: Path) -> None:
     config = sim_run_config(slurm_cluster, tmp_path, 2, server={"sim": {"die_after_s": {1: 0.05}}})
-    code, error = the_error(run_cli(slurm_cluster, config))
+    code, error = RunningCli(slurm_cluster, config).the_error()
     assert code == 1
     assert error.startswith("error: node1: process exited with code 1 during startup"), error
     check_nothing_left(slurm_cluster, tmp_path)
@@ -80,10 +87,10 @@ def test_a_step_that_exits_during_startup(slurm_cluster: SlurmCluster, tmp_path:
 
 def test_an_engine_killed_mid_benchmark(slurm_cluster: SlurmCluster, tmp_path: Path) -> None:
     config = sim_run_config(slurm_cluster, tmp_path, 2, benchmark=LONG_BENCH, profile={"enabled": False})
-    proc = run_cli(slurm_cluster, config)
-    run_dir = benchmarking(tmp_path)
+    run = RunningCli(slurm_cluster, config)
+    run_dir = run.benchmarking(tmp_path)
     os.kill(engine_pid(load_state(run_dir).handles["node1"].pid), signal.SIGKILL)
-    code, error = the_error(proc)
+    code, error = run.the_error()
     assert code == 3, error
     assert error.startswith("error: node1: engine process "), error
     assert "exited with code 137 during the benchmark" in error
@@ -92,11 +99,11 @@ def test_an_engine_killed_mid_benchmark(slurm_cluster: SlurmCluster, tmp_path: P
 
 def test_a_step_cancelled_mid_benchmark(slurm_cluster: SlurmCluster, tmp_path: Path) -> None:
     config = sim_run_config(slurm_cluster, tmp_path, 2, benchmark=LONG_BENCH, profile={"enabled": False})
-    proc = run_cli(slurm_cluster, config)
-    run_dir = benchmarking(tmp_path)
+    run = RunningCli(slurm_cluster, config)
+    run_dir = run.benchmarking(tmp_path)
     step = load_state(run_dir).handles["node1"].extra["step_id"]
     assert slurm_cluster.run("scancel", step).returncode == 0
-    code, error = the_error(proc)
+    code, error = run.the_error()
     assert code == 3, error
     assert error.startswith("error: node1: engine process "), error
     check_nothing_left(slurm_cluster, tmp_path)
@@ -106,12 +113,12 @@ def test_a_step_stopped_mid_benchmark(slurm_cluster: SlurmCluster, tmp_path: Pat
     """SIGSTOP on the head's step: the server hangs; the run ends on the stall, naming it, and the
     stopped step is still ended at teardown (SIGTERM, then SIGCONT)."""
     config = sim_run_config(slurm_cluster, tmp_path, 2, benchmark=LONG_BENCH, profile={"enabled": False})
-    proc = run_cli(slurm_cluster, config)
-    run_dir = benchmarking(tmp_path)
+    run = RunningCli(slurm_cluster, config)
+    run_dir = run.benchmarking(tmp_path)
     step = load_state(run_dir).handles["node0"].extra["step_id"]
     slurm_cluster.run("scancel", "--signal=STOP", step)
     started = time.monotonic()
-    code, error = the_error(proc)
+    code, error = run.the_error()
     assert code == 3, error
     assert time.monotonic() - started < 40
     assert error.startswith("error: node0: no token progress for "), error
@@ -122,7 +129,7 @@ def test_an_allocation_that_never_comes(slurm_cluster: SlurmCluster, tmp_path: P
     """More nodes than the partition has: Slurm keeps the request pending; it is given up."""
     config = sim_run_config(slurm_cluster, tmp_path, 4, scheduler={"slurm": {"wait_s": 3}})
     started = time.monotonic()
-    code, error = the_error(run_cli(slurm_cluster, config))
+    code, error = RunningCli(slurm_cluster, config).the_error()
     assert time.monotonic() - started < 30
     assert code == 1
     assert error.startswith("error: scheduler.slurm: allocation (4 nodes, partition debug) not "
