@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 from magpie_trace.launch import load_state
 from magpie_trace.rundir import RunDir, find_run_dir
@@ -95,3 +96,30 @@ def test_submit_runs_the_whole_job_as_a_batch_job(slurm_cluster: SlurmCluster, t
     check_ran_on_slurm_nodes(run_dir, 2)
     assert load_state(run_dir).handles["node0"].extra["job_id"] == job  # inside the batch job
     check_nothing_left(slurm_cluster, tmp_path)
+
+
+def test_launch_asks_for_an_allocation_that_a_later_stop_finds(slurm_cluster: SlurmCluster,
+                                                                tmp_path: Path) -> None:
+    """`launch` outside an allocation keeps it (the server runs in it) and records its job id in the
+    run's config.yaml; `stop`, another process, ends every step; the allocation is the user's to end."""
+    config = sim_run_config(slurm_cluster, tmp_path, 2, profile={"enabled": False})
+    env = outside_env(slurm_cluster)
+    launched = subprocess.run([sys.executable, "-m", "magpie_trace.cli", "launch", str(config)],
+                              env=env, cwd=REPO, capture_output=True, text=True, timeout=180)
+    assert launched.returncode == 0, launched.stderr[-3000:]
+    run_dir = find_run_dir(tmp_path / "runs")
+    state = load_state(run_dir)
+    job = state.handles["node0"].extra["job_id"]
+    assert str(yaml.safe_load(run_dir.config.read_text())["scheduler"]["slurm"]["job_id"]) == job
+    steps = {h.extra["step_id"] for h in state.handles.values()}
+    assert steps <= set(" ".join(slurm_cluster.squeue()).split())
+    try:
+        stopped = subprocess.run([sys.executable, "-m", "magpie_trace.cli", "stop", str(config)],
+                                 env=env, cwd=REPO, capture_output=True, text=True, timeout=120)
+        assert stopped.returncode == 0, stopped.stderr[-3000:]
+        assert not steps & set(" ".join(slurm_cluster.squeue()).split())
+        assert [line.split()[:2] for line in slurm_cluster.squeue()] == [[job, "RUNNING"]]
+    finally:
+        slurm_cluster.run("scancel", job)
+    check_nothing_left(slurm_cluster, tmp_path)
+    assert sorted(p.name for p in run_dir.logs.iterdir()) == ["node0.log", "node1.log"]
