@@ -174,6 +174,7 @@ async def run_benchmark_async(
         samplers=samplers,
         silence_s=max(10.0, 3 * bench.telemetry_interval_s),
         streams=monitors.check if monitors is not None else None,
+        fresh_s=2 * bench.telemetry_interval_s + 0.5,
     )
     result: dict[str, Any] = {
         "schema": SCHEMA,

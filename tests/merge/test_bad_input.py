@@ -24,6 +24,13 @@ def run_cli(inp: Path, out: Path) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=120)
 
 
+def error_lines(stderr: str) -> list[str]:
+    """The error lines of a failed command (progress lines before them are the display's)."""
+    lines = stderr.strip().splitlines()
+    assert lines and lines[-1].startswith("error: "), stderr
+    return [line for line in lines if line.startswith("error: ") or "Traceback" in line]
+
+
 @pytest.fixture
 def good_pair(tmp_path) -> Path:
     inp = tmp_path / "in"
@@ -109,7 +116,7 @@ def test_bad_input_is_one_line_naming_the_file(good_pair, tmp_path, spoil):
     assert expected in message and "\n" not in message
     proc = run_cli(good_pair, tmp_path / "out-cli")
     assert proc.returncode == 1
-    assert proc.stderr.strip().splitlines() == [f"error: {message}"]
+    assert error_lines(proc.stderr) == [f"error: {message}"]
     assert "Traceback" not in proc.stderr
     assert snapshot(good_pair) == before, "inputs untouched"
     leftovers = [p for p in (tmp_path / "out").rglob("*") if p.is_file()] if (tmp_path / "out").exists() else []
@@ -186,8 +193,8 @@ def test_a_full_disk_leaves_no_temp_file_and_no_partial_output(good_pair, tmp_pa
     proc = subprocess.run([sys.executable, "-c", script, str(good_pair), str(out)], capture_output=True, text=True,
                           timeout=120)
     assert proc.returncode == 1, proc.stderr
-    lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: ") and "nothing was written" in lines[0], proc.stderr
+    lines = error_lines(proc.stderr)
+    assert len(lines) == 1 and "nothing was written" in lines[0], proc.stderr
     assert files() == before
     assert not [p for p in out.rglob("*") if p.name.startswith(".")]
 
@@ -198,7 +205,7 @@ def test_an_unwritable_output_folder_is_one_line(good_pair, tmp_path):
     (tmp_path / "afile").write_text("")
     out = tmp_path / "afile" / "out"
     proc = run_cli(good_pair, out)
-    assert proc.returncode == 1 and proc.stderr.strip().splitlines() == [
+    assert proc.returncode == 1 and error_lines(proc.stderr) == [
         f"error: {out}: cannot write the merge there (Not a directory)"]
 
 
