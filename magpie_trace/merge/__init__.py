@@ -25,6 +25,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 import orjson
+import polars as pl
 
 from magpie_trace.errors import MagpieError, TraceError
 from magpie_trace.merge import gzipjoin, perfetto, tables
@@ -386,19 +387,15 @@ def _perfetto_extras(jobs: list[RewriteJob], scanned: list[Scanned], order: list
     gpu_pids: list[set[str]] = [set() for _ in order]
     members: list[tuple[int, int, str, str, int, int]] = []
     if events_dir is not None and (events_dir / "events").is_dir():
-        import duckdb
-
         k_of = {rank: k for k, rank in rank_of.items() if rank is not None}
-        pattern = str(events_dir / "events" / "rank[0-9]*.parquet").replace("'", "''")
-        con = duckdb.connect(":memory:")
-        for rank, pid in con.execute(f"SELECT DISTINCT rank, pid FROM read_parquet('{pattern}') WHERE device = 'gpu'"
-                                     ).fetchall():
+        table = pl.scan_parquet(events_dir / "events" / "rank[0-9]*.parquet").select(
+            "rank", "pid", "tid", "device", "start_ns", "end_ns", "collective")
+        for rank, pid in table.filter(pl.col("device") == "gpu").select("rank", "pid").unique().collect().iter_rows():
             gpu_pids[k_of[rank]].add(pid)
-        for cid, rank, pid, tid, start, end in con.execute(
-                f"""SELECT collective, rank, pid, tid, start_ns, end_ns FROM read_parquet('{pattern}')
-                    WHERE collective IS NOT NULL ORDER BY collective, rank""").fetchall():
+        linked = table.filter(pl.col("collective").is_not_null()).sort("collective", "rank").collect()
+        for cid, rank, pid, tid, start, end in linked.select(
+                "collective", "rank", "pid", "tid", "start_ns", "end_ns").iter_rows():
             members.append((cid, k_of[rank], pid, tid, start, end))
-        con.close()
     pids = [r.pids for r in results]
     clocks = [perfetto.clock_label(node_reports.get(scanned[i].file.node_name, {})) for i in order]
     return (perfetto.process_events([j.label for j in jobs], [scanned[i].process_names for i in order], pids, gpu_pids,
