@@ -5,10 +5,12 @@ pair repeated to >= 200 MB uncompressed per rank, 4 nodes with shifted clocks). 
 fresh subprocess; CPU seconds (user+sys, workers included), wall seconds and peak RSS come from the
 kernel (getrusage):
 
-  1. merge (every output), as the merge benchmark measures it;
-  2. analyze: the events table (compiled scan of every aligned file, one Parquet per rank) plus every
-     SQL analysis, the plots and analysis.json;
-  3. the SQL analyses and plots alone, on the events table just written.
+  1. merge without its events output (aligned, merged, tables, alignment);
+  2. analyze on that merge: the events table (compiled scan of every aligned file, one Parquet per
+     rank) plus every SQL analysis, the plots and analysis.json;
+  3. the SQL analyses and plots alone, on the events table just written;
+  4. merge with every output (its default: the events table too, ids in the aligned traces' args,
+     flows in the merged trace), after which analyze needs only step 3.
 
 Events per second is the events-table rows over the analyze step's CPU and wall time.
 
@@ -36,6 +38,8 @@ def _child(kind: str, in_dir: str, out_dir: str, jobs: int) -> None:
     from magpie_trace.merge import MergeOptions, merge
 
     if kind == "merge":
+        merge(Path(in_dir), Path(out_dir), MergeOptions(jobs=jobs, outputs=("aligned", "merged", "tables", "alignment")))
+    elif kind == "merge-all":
         merge(Path(in_dir), Path(out_dir), MergeOptions(jobs=jobs))
     else:
         analyze(Path(out_dir), AnalyzeOptions(jobs=jobs, rebuild=kind == "analyze"))
@@ -68,7 +72,8 @@ def main() -> None:
         out = work / "out"
         rows = [("merge", measure("merge", in_dir, out, args.jobs)),
                 ("analyze (events + SQL)", measure("analyze", in_dir, out, args.jobs)),
-                ("SQL + plots only", measure("sql", in_dir, out, args.jobs))]
+                ("SQL + plots only", measure("sql", in_dir, out, args.jobs)),
+                ("merge with events", measure("merge-all", in_dir, work / "out-all", args.jobs))]
         meta = orjson.loads((out / "events" / "meta.json").read_bytes())
         align = orjson.loads((out / "alignment.json").read_bytes())
         mb = align["input_bytes"] / 1e6

@@ -2,16 +2,18 @@
 
 `launch` starts every node at once (preflight, start and readiness checks fan out in parallel), so
 8 nodes should be ready about as fast as 1. This script measures it against real transports:
-local processes, real sshd instances on 127.0.0.2... (its own, started here, as in the tests) and
-a temporary Ray cluster on loopback (config nodes mapped by label onto its Ray nodes, round robin).
+local processes, real sshd instances on 127.0.0.2... (its own, started here, as in the tests),
+a temporary Ray cluster on loopback (config nodes mapped by label onto its Ray nodes, round robin)
+and a temporary Slurm cluster on loopback (its own munged, slurmctld and slurmd, as in the tests;
+one allocation of all its nodes, config nodes mapped onto them round robin, each a job step).
 
 Each launch is a fresh `launch(plan, run_dir)` with its own backend object (cold ssh control
 masters, as in a new `magpie-trace launch` process); the sim starts after 0.2 s. Figures are the
 median over --repeat launches: preflight, start -> ready (start every node, wait for /health and
 every node alive), total launch, and stop (every process group ended, logs fetched).
 
-    python benchmarks/launch_fanout.py [--nodes 1 8] [--backends local ssh ray] [--repeat 3]
-        [--ray-nodes 3]
+    python benchmarks/launch_fanout.py [--nodes 1 8] [--backends local ssh ray slurm] [--repeat 3]
+        [--ray-nodes 3] [--slurm-nodes 3]
 """
 
 from __future__ import annotations
@@ -75,6 +77,28 @@ def ray_nodes(count: int) -> Iterator[SchedulerFor]:
         cluster.shutdown()
 
 
+@contextmanager
+def slurm_nodes(root: Path, count: int) -> Iterator[SchedulerFor]:
+    """A temporary loopback Slurm cluster of `count` nodes and one allocation of all of them."""
+    import os
+
+    from tests.fixtures import slurm_cluster as slurm_fixture
+
+    cluster = slurm_fixture.start_cluster(root, count)
+    previous = os.environ.get("SLURM_CONF")
+    os.environ["SLURM_CONF"] = str(cluster.conf)
+    try:
+        print(f"slurm: {count}-node cluster up in {cluster.start_s:.1f} s", file=sys.stderr)
+        job = cluster.hold(count)
+        yield lambda tmp, n: cluster.scheduler(tmp / "nodes", n, job)
+    finally:
+        cluster.close()
+        if previous is None:
+            os.environ.pop("SLURM_CONF", None)
+        else:
+            os.environ["SLURM_CONF"] = previous
+
+
 def one_launch(scheduler_for: SchedulerFor, nodes: int, root: Path) -> dict[str, float]:
     tmp = Path(tempfile.mkdtemp(dir=root))
     config = sim_config(scheduler_for(tmp, nodes), tmp)
@@ -98,10 +122,11 @@ def one_launch(scheduler_for: SchedulerFor, nodes: int, root: Path) -> dict[str,
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--nodes", type=int, nargs="+", default=[1, 8])
-    parser.add_argument("--backends", nargs="+", default=["local", "ssh", "ray"],
-                        choices=["local", "ssh", "ray"])
+    parser.add_argument("--backends", nargs="+", default=["local", "ssh", "ray", "slurm"],
+                        choices=["local", "ssh", "ray", "slurm"])
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--ray-nodes", type=int, default=3, help="Ray nodes in the temporary cluster")
+    parser.add_argument("--slurm-nodes", type=int, default=3, help="slurmd in the temporary cluster")
     args = parser.parse_args()
 
     rows = []
@@ -113,8 +138,11 @@ def main() -> None:
             elif name == "ssh":
                 (root / "sshd").mkdir()
                 scheduler_for = stack.enter_context(ssh_nodes(root / "sshd"))
-            else:
+            elif name == "ray":
                 scheduler_for = stack.enter_context(ray_nodes(args.ray_nodes))
+            else:
+                (root / "slurm").mkdir()
+                scheduler_for = stack.enter_context(slurm_nodes(root / "slurm", args.slurm_nodes))
             for nodes in args.nodes:
                 runs = [one_launch(scheduler_for, nodes, root) for _ in range(args.repeat)]
                 row = {key: statistics.median(r[key] for r in runs) for key in runs[0]}

@@ -515,6 +515,7 @@ def run_command(
 
 
 @main.command("submit", context_settings={"ignore_unknown_options": True})
+@verbosity_options
 @config_argument
 @set_option
 @click.option("--dry-run", is_flag=True, help="Print the batch script and the sbatch command; submit nothing.")
@@ -619,8 +620,8 @@ def _range(text: str | None, kind: type) -> tuple[Any, Any] | None:
 @click.option("--window", default=None, metavar="START:END",
               help="Cut every rank at the same aligned instants: ms from the reference rank's profile start.")
 @click.option("--steps", default=None, metavar="FIRST:LAST", help="Cut to these step annotations of the reference rank.")
-@click.option("--outputs", default="aligned,merged,tables,alignment", show_default=True,
-              help="Comma-separated subset of aligned,merged,tables,alignment.")
+@click.option("--outputs", default="aligned,merged,tables,alignment,events", show_default=True,
+              help="Comma-separated subset of aligned,merged,tables,alignment,events.")
 @click.option("--jobs", "-j", default=1, show_default=True, type=click.IntRange(1), help="Worker processes.")
 @click.option("--reference-node", default=None, help="Node whose clock the others are aligned to.")
 @json_option
@@ -663,7 +664,8 @@ def merge_command(input_dir: str, output_dir: str | None, window: str | None, st
 
 
 @main.command("analyze")
-@click.argument("merged_dir", type=click.Path(file_okay=False, exists=True))
+@verbosity_options
+@click.argument("merged_dir", type=click.Path(file_okay=False))
 @click.option("--jobs", "-j", default=1, show_default=True, type=click.IntRange(1),
               help="Worker processes building the events table.")
 @click.option("--rebuild", is_flag=True, help="Rebuild the events table even if it is up to date.")
@@ -695,7 +697,8 @@ def analyze_command(merged_dir: str, jobs: int, rebuild: bool, no_plots: bool, a
 
 
 @main.command("query")
-@click.argument("merged_dir", type=click.Path(file_okay=False, exists=True))
+@verbosity_options
+@click.argument("merged_dir", type=click.Path(file_okay=False))
 @click.argument("sql")
 @click.option("-o", "--output", default=None, type=click.Path(dir_okay=False),
               help="Write the result to this .csv or .parquet file instead of printing it.")

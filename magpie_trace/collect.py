@@ -32,6 +32,7 @@ from magpie_trace.profile import (
     NodeFiles,
     find_traces,
     latest_profile_id,
+    load_captures,
     rank_label,
 )
 from magpie_trace.rundir import RunDir
@@ -119,7 +120,7 @@ def collect(
         if full:
             raise full[0] from None
         raise
-    manifest = build_manifest(plan, run_dir, traces, names)
+    manifest = build_manifest(plan, run_dir, traces, names, profile_id)
     manifest["missing"] = [m.to_dict(plan.layout) for m in missing]
     manifest["problems"] = problems
     atomic_write_bytes(target / MANIFEST_NAME, orjson.dumps(manifest, option=orjson.OPT_INDENT_2))
@@ -208,7 +209,7 @@ def _link_or_copy(source: Path, staging: Path) -> None:
 
 
 def build_manifest(
-    plan: Plan, run_dir: RunDir, traces: list[FoundTrace], names: dict[int, str]
+    plan: Plan, run_dir: RunDir, traces: list[FoundTrace], names: dict[int, str], profile_id: str | None = None
 ) -> dict[str, Any]:
     """manifest.json (schema magpie-trace/manifest/1), read by the merge stage."""
     layout = plan.layout
@@ -232,8 +233,18 @@ def build_manifest(
             for name, value in offsets_by_name.items()
             if name in index_of
         },
+        "clock_probes": _capture_probes(run_dir, profile_id),
         "files": [_file_entry(trace, names[id(trace)]) for trace in traces],
     }
+
+
+def _capture_probes(run_dir: RunDir, profile_id: str | None) -> dict[str, Any]:
+    """The clock probes taken around this capture (captures.json), for the merge: node index ->
+    [{t_ns, offset_ns, uncertainty_ns, ...}, ...] (node clock minus the controller's)."""
+    for capture in load_captures(run_dir):
+        if capture.get("profile_id") == profile_id:
+            return dict(capture.get("clock_probes") or {})
+    return {}
 
 
 def _file_entry(trace: FoundTrace, name: str) -> dict[str, Any]:

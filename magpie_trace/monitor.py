@@ -32,6 +32,7 @@ from magpie_trace.plan import Plan
 
 _SOURCE = Path(node_monitor.__file__).read_text()
 STOPPED_STATES = ("T", "t")
+FIRST_SAMPLE_S = 30.0
 
 
 @dataclass
@@ -144,7 +145,8 @@ class NodeMonitor:
         if self.trip is not None:
             return self.trip
         silent = time.monotonic() - self.last_ok
-        if silent > self.silence_s:
+        # Its first sample waits for a python to start on the node: slow on a busy one.
+        if silent > (self.silence_s if self.samples else max(self.silence_s, FIRST_SAMPLE_S)):
             return Trip(self.node.name, f"no status from the node for {silent:.0f} s "
                                         "(frozen or unreachable)")
         return None

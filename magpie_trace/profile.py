@@ -23,7 +23,7 @@ from typing import Any
 
 import orjson
 
-from magpie_trace import trace_probe
+from magpie_trace import clock_probe, trace_probe
 from magpie_trace.backends.base import Backend
 from magpie_trace.engines import get_engine
 from magpie_trace.engines.base import Engine, HttpCall, TraceName
@@ -77,6 +77,11 @@ class Capture:
     started_at: float
     stopped_at: float | None = None
     traces: list[FoundTrace] = field(default_factory=list)
+    clock_probes: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # node index -> probes
+
+    def add_probes(self, probes: dict[str, dict[str, Any]]) -> None:
+        for node, result in probes.items():
+            self.clock_probes.setdefault(node, []).append(result)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -85,6 +90,7 @@ class Capture:
             "started_at": self.started_at,
             "stopped_at": self.stopped_at,
             "traces": [trace.to_dict() for trace in self.traces],
+            "clock_probes": self.clock_probes,
         }
 
 
@@ -603,8 +609,10 @@ def capture(
         profile_id = new_profile_id(run_dir)
     engine = get_engine(plan.engine)
     by_window = duration_s is None and engine.has_step_window(profile)
+    before = clock_probe.probe_all(plan, backend, "before", say)
     urls = guard.call(lambda: start_profile(plan, profile_id))
     record = Capture(profile_id=profile_id, urls=urls, started_at=time.time())
+    record.add_probes(before)
     if run_dir is not None:  # recorded now, so a failed capture's id is never handed out again
         record_capture(run_dir, record)
     say(f"capture {profile_id} open on {', '.join(urls)}")
@@ -621,6 +629,7 @@ def capture(
     say("closing the capture (the ranks write their traces)")
     guard.call(lambda: stop_profile(plan))
     record.stopped_at = time.time()
+    record.add_probes(clock_probe.probe_all(plan, backend, "after", say))
     record.traces = wait_for_traces(plan, backend, profile_id, progress=say, guard=guard)
     if run_dir is not None:
         record_capture(run_dir, record)

@@ -91,6 +91,13 @@ def preflight_section(run_dir: RunDir) -> Section:
     section.tables.append(
         (["node", "engine version", "GPUs", "clock offset vs head (ms)", "probe RTT (ms)"], rows)
     )
+    section.lines.append(
+        "Clock offset vs head: each node's host wall clock against the head's, from a few process-start "
+        "round trips through the backend at launch (RTT in the last column, so only good to about half of "
+        "it). It is the host's clock, not necessarily the engine's (an engine under a shifted clock, e.g. "
+        "libfaketime, is not seen here) and not the trace's; the capture's clock probe and the alignment "
+        "below measure those."
+    )
     return section
 
 
@@ -186,27 +193,48 @@ def alignment_section(run_dir: RunDir) -> Section:
         section.notes.append("no merge in this run (merged/alignment.json missing)")
         return section
     section.lines.append(
-        f"Reference node {data.get('reference_node')}; {data.get('collectives')} matched collectives. "
-        "Offset: how far each node's clock runs ahead of the reference's at the start of the "
-        "capture (drift: how fast that grows); it is taken out of every event of that node."
+        f"Reference node {data.get('reference_node')}; {data.get('collectives')} matched collectives and "
+        "transfers. Offset: how far each node's trace clock runs ahead of the reference's at the start of "
+        "the capture (drift: how fast that grows); it is taken out of every event of that node. "
+        "Placed by: collectives and send/recv bound it by causality (nothing ends on one rank before it "
+        "started on the other), to within the uncertainty shown; the clock probe (UDP round trips with "
+        "each node's engine clock right before and after the capture) places a node nothing else ties to "
+        "the reference, to within half its round trip plus 0.1 ms (each process converts its own clock). "
+        "Probe offset: what the probe measured against the reference, for comparison."
     )
+    probes = _probe_offsets(run_dir, data.get("reference_node"))
     rows = []
     for name, node in (data.get("nodes") or {}).items():
         residuals = node.get("residuals") or {}
+        offset = node.get("offset_ns", 0) / 1000.0 if node.get("aligned", True) else "not aligned"
         rows.append([
-            name, node.get("offset_ns", 0) / 1000.0, node.get("drift_ppm"), node.get("n_anchors"),
-            node.get("method"), node.get("uncertainty_us"), residuals.get("end_skew_p05_us"),
+            name, offset, node.get("drift_ppm"), ", ".join(node.get("placed_by") or []), node.get("n_anchors"),
+            node.get("method"), node.get("uncertainty_us"), probes.get(name), residuals.get("end_skew_p05_us"),
             residuals.get("end_skew_median_us"), residuals.get("end_skew_p95_us"),
             residuals.get("causality_violations"),
         ])
         section.notes += [f"{name}: {warning}" for warning in node.get("warnings") or []]
     section.tables.append((
-        ["node", "offset (µs)", "drift (ppm)", "anchors", "method", "uncertainty (µs)",
-         "end skew p05 (µs)", "end skew p50 (µs)", "end skew p95 (µs)", "causality violations"],
+        ["node", "offset (µs)", "drift (ppm)", "placed by", "anchors", "method", "uncertainty (µs)",
+         "probe offset (µs)", "end skew p05 (µs)", "end skew p50 (µs)", "end skew p95 (µs)",
+         "causality violations"],
         rows,
     ))
     section.notes += [f"WARNING: {warning}" for warning in data.get("warnings") or []]
     return section
+
+
+def _probe_offsets(run_dir: RunDir, reference: str | None) -> dict[str, str]:
+    """Per node name: the capture's clock probe (before the capture) against the reference, "µs +- µs"."""
+    manifest = _load_json(run_dir.traces / "manifest.json") or {}
+    names = {str(f.get("node")): f.get("node_name") for f in manifest.get("files") or [] if isinstance(f, dict)}
+    first = {names.get(key, key): points[0] for key, points in (manifest.get("clock_probes") or {}).items()
+             if isinstance(points, list) and points}
+    if reference not in first:
+        return {}
+    ref = first[reference]
+    return {name: f"{(p['offset_ns'] - ref['offset_ns']) / 1e3:,.1f} ± "
+                  f"{(p['uncertainty_ns'] + ref['uncertainty_ns']) / 1e3:,.1f}" for name, p in first.items()}
 
 
 def collectives_section(run_dir: RunDir) -> Section:
@@ -220,12 +248,7 @@ def collectives_section(run_dir: RunDir) -> Section:
     if rows:
         header = list(rows[0])
         section.tables.append((header, [[_num(row[c]) for c in header] for row in rows]))
-        waits = max(rows, key=lambda r: float(r.get("wait_time_per_rank_us") or 0))
-        late = max(rows, key=lambda r: float(r.get("times_last_to_arrive") or 0))
-        section.lines.append(
-            f"{waits['node']} waits the most in collectives; {late['node']} arrives last most often "
-            "(the straggler the others wait for)."
-        )
+        section.lines += _waits_statement(rows)
     section.lines.append(f"Every matched collective, per rank: `{_rel(run_dir, run_dir.merged / 'collectives.csv')}`")
     return section
 
@@ -274,6 +297,22 @@ def analysis_section(run_dir: RunDir) -> Section:
     section.lines.append(f"Tables: `{_rel(run_dir, folder)}`; your own SQL: `magpie-trace query "
                          f"{_rel(run_dir, run_dir.merged)} \"SELECT ...\"` (docs/analyze.md).")
     return section
+
+
+def _waits_statement(rows: list[dict[str, str]]) -> list[str]:
+    """Who waits for whom, from the wait column alone: a rank's wait in a collective is the time
+    from its arrival to the last arrival, so the node that waits least is the one the others wait
+    for. (`times_last_to_arrive` counts every collective, those inside one node too, so it is
+    not a measure of who holds up the others.)"""
+    if len(rows) < 2:
+        return []
+    wait = {row["node"]: float(row.get("wait_time_per_rank_us") or 0) for row in rows}
+    most = max(wait, key=lambda n: wait[n])
+    least = min(wait, key=lambda n: wait[n])
+    if wait[most] == wait[least]:
+        return ["Every node waits as long as the others in collectives: none holds them up."]
+    return [f"{most} waits the most in collectives ({wait[most]:.0f} µs per rank), {least} the least "
+            f"({wait[least]:.0f} µs per rank): the others wait for {least}."]
 
 
 def files_section(run_dir: RunDir) -> Section:

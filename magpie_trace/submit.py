@@ -54,7 +54,10 @@ def prepare(
     if count is None:
         raise ConfigError(f"{src}: scheduler.slurm.nodes: how many nodes the batch job asks for "
                           "(scheduler.nodes lists none)")
-    directives = [f"--job-name={JOB_NAME}", f"--nodes={count}", *allocation_options(slurm_config)]
+    # B:TERM@120: SIGTERM to the run 2 minutes before the time limit, so it tears down and writes
+    # its results while it can (at the limit Slurm waits only KillWait before SIGKILL).
+    directives = [f"--job-name={JOB_NAME}", f"--nodes={count}", "--signal=B:TERM@120",
+                  *allocation_options(slurm_config)]
     if hosts:
         directives.append(f"--nodelist={','.join(hosts)}")
     for word in slurm_config.salloc_args:

@@ -12,6 +12,7 @@ Reading is compiled (`eventscan`): each distinct string is decoded once, the res
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,10 +21,13 @@ from typing import Any
 import numpy as np
 import orjson
 import polars as pl
+from isal import igzip
 
 from magpie_trace.analyze import eventscan as es
 from magpie_trace.analyze import timeline
 from magpie_trace.errors import TraceError
+from magpie_trace.fsutil import temp_path_for
+from magpie_trace.merge.gzipjoin import LEVEL
 from magpie_trace.merge.anchors import GPU_COLLECTIVE
 from magpie_trace.merge.load import _STEP_NAME, Scratch, decompress
 
@@ -74,6 +78,7 @@ class RankSource:
     rank: int
     label: str
     collectives: pl.DataFrame | None  # this rank's rows of collectives.parquet
+    annotate: bool = False  # rewrite the trace with each matched collective's id in its args (merge only)
 
 
 def category(cat: str | None, name: str) -> str:
@@ -134,33 +139,40 @@ def _ids(kind: np.ndarray, val: np.ndarray, lo: np.ndarray, length: np.ndarray, 
     return codes, values
 
 
-def _scan_rows(src: np.ndarray, size: int, path: Path) -> np.ndarray:
-    """Every X and M event's row. The first chunk tells the bytes per event, which sizes one array
-    for the rest (no list of chunks to join: that copy cost as much as the scan)."""
+def _scan_rows(src: np.ndarray, size: int, path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """(a row per timed X event, the [lo, hi) span of every M event). The first chunk tells the bytes
+    per event, which sizes one array for the rest (no list of chunks to join: that copy cost as much
+    as the scan)."""
     i = es.event_array(src, size)
     if i < 0:
         raise TraceError(f"{path}: not a trace (no traceEvents array)")
     out = np.empty((_FIRST_ROWS, es.N_COLUMNS), np.int64)
+    meta = np.empty((1024, 2), np.int64)
+    n_meta = np.zeros(1, np.int64)
     start = i
     rows = 0
     while True:
-        got, i = es.scan(src, i, size, out[rows:])
+        got, i = es.scan(src, i, size, out[rows:], meta, n_meta)
         if i < 0:
             raise TraceError(f"{path}: malformed JSON in traceEvents")
         rows += got
+        if n_meta[0] > meta.shape[0]:  # rare: more metadata events than room; scan again with room
+            meta = np.empty((2 * n_meta[0], 2), np.int64)
+            i, rows, n_meta[0] = start, 0, 0
+            continue
         if i >= size:
-            return out[:rows]
+            return out[:rows], meta[: n_meta[0]]
         per_row = max(1.0, (i - start) / max(rows, 1))
         more = np.empty((int(rows + (size - i) / per_row * 1.1) + _FIRST_ROWS, es.N_COLUMNS), np.int64)
         more[:rows] = out[:rows]
         out = more
 
 
-def _thread_names(src: np.ndarray, rows: np.ndarray) -> dict[tuple[str, str], str]:
+def _thread_names(src: np.ndarray, spans: np.ndarray) -> dict[tuple[str, str], str]:
     """Thread names by (pid, tid), from the `thread_name` metadata events."""
     threads: dict[tuple[str, str], str] = {}
-    for r in rows:
-        ev = orjson.loads(bytes(src[r[es.EV_LO] : r[es.EV_HI]]))
+    for lo, hi in spans.tolist():
+        ev = orjson.loads(bytes(src[lo:hi]))
         args = ev.get("args")
         if ev.get("name") == "thread_name" and isinstance(args, dict) and "name" in args:
             threads.setdefault((str(ev.get("pid")), str(ev.get("tid"))), str(args["name"]))
@@ -270,14 +282,46 @@ def _collective_ids(table: pl.DataFrame | None, names: list[str | None], name_co
     return out, groups
 
 
+def annotate_ids(path: Path, src: np.ndarray, x: np.ndarray, collective: np.ndarray) -> None:
+    """Rewrite `path` (an aligned trace, held in src) with `"magpie_collective": <id>` first in the
+    args of every matched collective, so tools that pair collectives by order (TraceLens) or by hand
+    can pair them by id instead. Everything else stays byte for byte."""
+    rows = np.flatnonzero(collective >= 0)
+    if not rows.size:
+        return
+    inserts: list[tuple[int, bytes]] = []
+    for r in rows.tolist():
+        at = int(x[r, es.ARGS_LO])
+        if at >= 0 and src[at] == ord("{"):
+            k = at + 1
+            while int(src[k]) in b" \n\r\t":
+                k += 1
+            sep = b"" if src[k] == ord("}") else b", "
+            inserts.append((at + 1, b'"magpie_collective": %d%s' % (collective[r], sep)))
+        else:
+            inserts.append((int(x[r, es.EV_LO]) + 1, b'"args": {"magpie_collective": %d}, ' % collective[r]))
+    inserts.sort()
+    tmp = temp_path_for(path)
+    try:
+        with igzip.open(tmp, "wb", compresslevel=LEVEL) as out:
+            view = memoryview(src)
+            last = 0
+            for at, text in inserts:
+                out.write(view[last:at])
+                out.write(text)
+                last = at
+            out.write(view[last:])
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 def build(source: RankSource) -> RankTables:
     """The tables of one aligned rank trace."""
     buf, size, _ = decompress(source.path, _SCRATCH)
     src = np.frombuffer(buf, dtype=np.uint8, count=size)
-    rows = _scan_rows(src, size, source.path)
-    threads = _thread_names(src, rows[rows[:, es.PH] == ord("M")])
-    x = rows[(rows[:, es.PH] == ord("X")) & (rows[:, es.TS] != es.MISSING)]
-    del rows
+    x, meta = _scan_rows(src, size, source.path)
+    threads = _thread_names(src, meta)
     name_code, names = _decode(src, x[:, es.NAME_LO], x[:, es.NAME_LEN], x[:, es.NAME_HASH], source.path)
     cat_code, cats = _decode(src, x[:, es.CAT_LO], x[:, es.CAT_LEN], x[:, es.CAT_HASH], source.path)
     pid_code, pids = _ids(x[:, es.PID_KIND], x[:, es.PID_VAL], x[:, es.PID_LO], x[:, es.PID_LEN], src)
@@ -287,9 +331,9 @@ def build(source: RankSource) -> RankTables:
     kinds = [category(cats[cat_code[f]], names[name_code[f]] or "") for f in first.tolist()]
     category_code = np.array([CATEGORIES.index(k) for k in kinds], np.int64)[pair_code]
     gpu = np.array([c in GPU_CATS for c in cats], bool)[cat_code]
-    start, dur = x[:, es.TS], x[:, es.DUR]
+    start, dur = x[:, es.TS].copy(), x[:, es.DUR].copy()
     end = start + dur
-    external, correlation = x[:, es.EXTERNAL_ID], x[:, es.CORRELATION]
+    external, correlation = x[:, es.EXTERNAL_ID].copy(), x[:, es.CORRELATION].copy()
 
     steps = step_windows(cats, names, cat_code, name_code, start, end)
     launch = category_code == CATEGORIES.index("runtime")
@@ -297,6 +341,9 @@ def build(source: RankSource) -> RankTables:
     comm = np.isin(category_code, [CATEGORIES.index("comm_kernel"), CATEGORIES.index("cpu_comm")])
     pg_code, groups, msg_bytes = _collective_args(src, x, comm, external)
     collective, table_pg = _collective_ids(source.collectives, names, name_code, start)
+    if source.annotate:
+        annotate_ids(source.path, src, x, collective)
+    del x  # the rest works on the columns taken out above
     for r in np.flatnonzero((collective >= 0) & (pg_code < 0)).tolist():
         group = table_pg.get(int(collective[r]))
         if group:  # the merge's stream name ("" when the trace names no group)
@@ -312,7 +359,7 @@ def build(source: RankSource) -> RankTables:
         tracks.append(f"stream {tid}" if gpu[f] else threads.get((pid, tid), f"thread {tid}"))
     algorithms = [algorithm(n) if n else None for n in names]  # only NCCL/RCCL kernel names carry one
 
-    n = len(x)
+    n = start.size
     events = pl.DataFrame({
         "node": pl.repeat(source.node, n, dtype=pl.Utf8, eager=True),
         "rank": pl.repeat(source.rank, n, dtype=pl.Int32, eager=True),

@@ -252,9 +252,10 @@ def _clear(row: np.ndarray) -> None:
 
 
 @njit(cache=True, nogil=True)
-def scan(src: np.ndarray, i: int, hi: int, out: np.ndarray) -> tuple[int, int]:
-    """Events of the array body src[i:hi] (i just after `[` or at an event boundary) into out's rows
-    until it is full: (rows written, index to resume at; hi when done, -1 on malformed JSON)."""
+def scan(src: np.ndarray, i: int, hi: int, out: np.ndarray, meta: np.ndarray, n_meta: np.ndarray) -> tuple[int, int]:
+    """Events of the array body src[i:hi] (i just after `[` or at an event boundary): each timed X
+    event into out's rows until it is full, each M event's span into meta (n_meta[0] counts them,
+    also past meta's size): (rows written, index to resume at; hi when done, -1 on malformed JSON)."""
     rows = 0
     cap = out.shape[0]
     while rows < cap:
@@ -271,9 +272,12 @@ def scan(src: np.ndarray, i: int, hi: int, out: np.ndarray) -> tuple[int, int]:
         i = _event(src, row, i, hi)
         if i < 0:
             return rows, -1
-        ph = row[PH]
-        if ph == 88 or ph == 77:  # X, M
+        if row[PH] == 88 and row[TS] != MISSING:  # X
             rows += 1
+        elif row[PH] == 77:  # M
+            if n_meta[0] < meta.shape[0]:
+                meta[n_meta[0], 0], meta[n_meta[0], 1] = row[EV_LO], row[EV_HI]
+            n_meta[0] += 1
     return rows, i
 
 

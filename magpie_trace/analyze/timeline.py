@@ -99,7 +99,11 @@ def segments(start: np.ndarray, end: np.ndarray, cls: np.ndarray, track: np.ndar
     d = np.concatenate([np.ones(start.size, np.int64), -np.ones(start.size, np.int64)])
     c = np.concatenate([cls, cls]).astype(np.int64)
     tr = np.concatenate([track, track]).astype(np.int64)
-    order = np.lexsort((t, tr))
+    span = int(t.max() - t.min()) + 1
+    if span < (1 << 52) and int(tr.max()) < (1 << 10):  # one int64 key: a plain sort, twice as fast as lexsort
+        order = np.argsort((tr << 52) | (t - t.min()), kind="stable")
+    else:
+        order = np.lexsort((t, tr))
     p0, p1, pc = _track_pieces(tr[order], t[order], d[order], c[order])
     t = np.concatenate([p0, p1])
     d = np.concatenate([np.ones(p0.size, np.int64), -np.ones(p0.size, np.int64)])

@@ -20,6 +20,7 @@ import os
 import posixpath
 import shlex
 import subprocess
+from collections.abc import Callable
 from typing import IO
 
 from magpie_trace import fsutil
@@ -234,7 +235,7 @@ class PosixBackend(Backend):
             )
         except OSError as exc:
             raise NodeError(node.name, f"cannot run {argv[0]}: {exc.strerror or exc}") from None
-        return _ProcessStream(proc)
+        return _ProcessStream(proc, self.abandon)
 
     def _script(
         self, node: NodeConfig, script: str, args: list[str], timeout_s: float = _CONTROL_TIMEOUT_S
@@ -354,8 +355,11 @@ class _ProcessStream(LineStream):
     """A local process (the command itself, or the ssh client running it on the node). It has its
     own session: Ctrl-C at the terminal is ours to handle, not a reason for it to die first."""
 
-    def __init__(self, proc: subprocess.Popen[bytes]) -> None:
+    def __init__(
+        self, proc: subprocess.Popen[bytes], abandon: Callable[[subprocess.Popen[bytes]], None]
+    ) -> None:
         self.proc = proc
+        self.abandon = abandon  # the backend's way to end its transport process
 
     def readline(self) -> str | None:
         assert self.proc.stdout is not None
@@ -369,7 +373,7 @@ class _ProcessStream(LineStream):
         try:
             self.proc.wait(timeout=5)
         except subprocess.TimeoutExpired:
-            self.proc.kill()
+            self.abandon(self.proc)
             self.proc.wait()
         if self.proc.stderr is not None:
             self.proc.stderr.close()

@@ -64,6 +64,7 @@ exit $c
 
 # srun's and slurmstepd's own lines on stderr; the task's status lines are not transport failures.
 _SLURM_LINE = re.compile(r"^(srun|slurmstepd(-\S+)?): ")
+_SLURM_PREFIX = re.compile(r"^(srun|slurmstepd(-\S+)?): ((error|fatal): )?")
 _TASK_LINE = re.compile(r"^srun: error: \S+: tasks? [\d,-]+: ")
 START_TIMEOUT_S = 120.0  # step creation can wait for the controller
 STEPS_TTL_S = 0.2  # one squeue answers the liveness checks of every node at once
@@ -78,9 +79,9 @@ class SlurmBackend(PosixBackend):
         self._asked: str | None = None  # the allocation this backend asked for (close releases it)
         self._lock = threading.Lock()
         self._sruns: dict[str, subprocess.Popen[bytes]] = {}  # step id -> its srun here
+        self._steps_lock = threading.Lock()  # held across one squeue: the others wait and reuse it
         self._steps: dict[str, tuple[float, set[str]]] = {}  # job id -> (when, step ids)
-        srun = shutil.which("srun")
-        self._srun = srun or "srun"
+        self._srun = shutil.which("srun") or "srun"
 
     # -- the allocation ---------------------------------------------------------------------------
 
@@ -147,7 +148,7 @@ class SlurmBackend(PosixBackend):
         failures = [line for line in failures if not _TASK_LINE.match(line)
                     and not line.startswith("slurmstepd")]
         if result.returncode != 0 and failures:
-            raise NodeError(node.name, f"srun on {node.host}: {failures[-1].split(': ', 1)[1]}")
+            raise NodeError(node.name, f"srun on {node.host}: {_SLURM_PREFIX.sub('', failures[-1])}")
         stderr = "".join(line for line in result.stderr.splitlines(keepends=True)
                          if not _SLURM_LINE.match(line))
         return CommandResult(result.returncode, result.stdout, stderr)
@@ -223,7 +224,7 @@ class SlurmBackend(PosixBackend):
                 raise NodeError(node.name, f"cannot start {what}: unexpected {line[0][:200]!r}")
             if proc.poll() is not None:
                 errors = _read(err).decode(errors="replace")
-                lines = [ln.split(": ", 1)[-1] for ln in errors.splitlines() if ln.strip()]
+                lines = [_SLURM_PREFIX.sub("", ln) for ln in errors.splitlines() if ln.strip()]
                 detail = lines[-1] if lines else f"srun exited with code {proc.returncode}"
                 raise NodeError(node.name, f"cannot start {what} on Slurm node {node.host}: {detail}")
             if time.monotonic() > deadline:
@@ -235,7 +236,7 @@ class SlurmBackend(PosixBackend):
 
     def steps(self, job: str, fresh: bool = False) -> set[str]:
         """The job's steps in squeue (JOB.STEP); empty once the job is gone."""
-        with self._lock:
+        with self._steps_lock:
             cached = self._steps.get(job)
             if not fresh and cached and time.monotonic() - cached[0] < STEPS_TTL_S:
                 return cached[1]

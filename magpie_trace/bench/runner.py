@@ -174,6 +174,7 @@ async def run_benchmark_async(
         samplers=samplers,
         silence_s=max(10.0, 3 * bench.telemetry_interval_s),
         streams=monitors.check if monitors is not None else None,
+        fresh_s=2 * bench.telemetry_interval_s + 0.5,
     )
     result: dict[str, Any] = {
         "schema": SCHEMA,
@@ -279,6 +280,7 @@ async def run_benchmark_async(
                     on_point_start(point)  # e.g. `run` opens its profile window during the load
                 await client.open_connections(min(point.concurrency or len(supply), len(supply), 256))
                 before = await scrape_all(session, targets)
+                client.progress.touch()  # a stall is counted from the point's start, not from the last point
                 run = PointRun(point)
                 requests = sum(len(c.turns) for c in (measured if point.profiled else supply))
                 bar_task = asyncio.create_task(report_progress(say, point.label, requests, client.progress))

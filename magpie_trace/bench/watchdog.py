@@ -75,6 +75,7 @@ class Watchdog:
     poll_s: float = 1.0
     trip: Trip | None = None
     streams: Callable[[], Trip | None] | None = None  # the nodes' monitors (Monitors.check)
+    fresh_s: float = 2.5  # how old the monitors' news can be: two samples and a margin
 
     def __post_init__(self) -> None:
         if self.streams is not None:
@@ -144,6 +145,16 @@ class Watchdog:
             await asyncio.wait({task}, timeout=FAILURE_POLL_S)
 
     async def after_failures(self, failed_before: int) -> None:
-        """The load ended with failed requests faster than a poll: name a lost node, if any."""
-        if self.trip is None and self.failed() != failed_before:
+        """The load ended with failed requests faster than a poll: name a lost node, if any.
+
+        A dead rank makes the head fail every request within milliseconds (vLLM's
+        EngineDeadError), before the node's monitor has sent its next sample: wait for up to
+        `fresh_s` of samples before calling the failures the server's own."""
+        if self.trip is not None or self.failed() == failed_before:
+            return
+        deadline = time.monotonic() + (self.fresh_s if self.streams is not None else 0.0)
+        while True:
             self.trip = await asyncio.to_thread(self.check_processes)
+            if self.trip is not None or time.monotonic() >= deadline:
+                return
+            await asyncio.sleep(FAILURE_POLL_S)

@@ -101,6 +101,12 @@ class Engine(abc.ABC):
         """Does this node run an API server? (Only the head for TP/PP across nodes.)"""
         return ctx.is_head
 
+    def probe_clock_args(self, config: Config, index: int) -> list[str]:
+        """Extra arguments for the clock probe's client on node `index` (clock_client), so it reads
+        the clock the engine reads there. A real engine's clock is the node's own, shifted by the
+        node's environment if at all (the probe runs with it): none."""
+        return []
+
     # ---- watching: which processes of a node's tree are its ranks ----------------------------
 
     rank_title: re.Pattern[str] | None = None  # matches a rank process's command line

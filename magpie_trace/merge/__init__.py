@@ -25,9 +25,10 @@ from typing import Any, TypeVar
 
 import numpy as np
 import orjson
+import polars as pl
 
 from magpie_trace.errors import MagpieError, TraceError
-from magpie_trace.merge import gzipjoin, tables
+from magpie_trace.merge import gzipjoin, perfetto, tables
 from magpie_trace.merge.align import ClockFit, NodeTimes, ProbePoint, residuals, solve
 from magpie_trace.merge.anchors import Matched
 from magpie_trace.merge.discover import TraceFile, discover, manifest_probes
@@ -35,7 +36,7 @@ from magpie_trace.merge.matching import Place, Prior, match
 from magpie_trace.merge.load import SCRATCH, Scanned, scan, size_hint
 from magpie_trace.merge.rewrite import RewriteJob, RewriteResult, Transform, rewrite
 
-OUTPUTS = ("aligned", "merged", "tables", "alignment")
+OUTPUTS = ("aligned", "merged", "tables", "alignment", "events")
 TRIMONTH_NS = 7_889_238 * 10**9  # Kineto floors baseTimeNanoseconds to this period
 ALIGNMENT_SCHEMA = "magpie-trace/alignment/1"
 TRACELENS_REPORT = "TraceLens_generate_multi_rank_collective_report_pytorch"
@@ -62,6 +63,8 @@ class MergeOptions:
         unknown = set(self.outputs) - set(OUTPUTS)
         if unknown:
             raise MagpieError(f"unknown output(s) {sorted(unknown)}; choose from {', '.join(OUTPUTS)}")
+        if "events" in self.outputs and not {"aligned", "tables"} <= set(self.outputs):
+            raise MagpieError("the events output is built from the aligned traces and the tables: ask for those too")
         if self.jobs < 1:
             raise MagpieError("jobs must be at least 1")
         if self.window_ms is not None and self.steps is not None:
@@ -212,7 +215,7 @@ def _publish(work: Path, output_dir: Path, result: MergeResult) -> None:
     """Move the finished outputs from `work` into `output_dir`: the previous alignment.json goes
     first and the new one comes last, so a folder with an alignment.json is always complete."""
     (output_dir / "alignment.json").unlink(missing_ok=True)
-    for name in ("aligned", "unaligned"):
+    for name in ("aligned", "unaligned", "events"):
         if (output_dir / name).exists():
             (output_dir / name).rename(work / f"old-{name}")
     staged = sorted(p for p in work.iterdir() if not p.name.startswith(("old-", ".")) and p.suffix != ".part")
@@ -255,7 +258,12 @@ def _merge(files: list[TraceFile], manifest: dict[str, Any] | None, output_dir: 
     ref_anchor_starts = [a.start for a in scanned[ref_file].anchors]
     t0 = min(ref_anchor_starts) if ref_anchor_starts else (scanned[ref_file].span or (0, 0))[0]
     times = NodeTimes.build(matched, {i: files[i].node_name for i in ranks}, nodes, t0)
-    fits, notes = solve(times, reference, t0, probes, all_nodes)
+    on_ref = [scanned[i] for i in ranks if files[i].node_name == reference]  # one clock: the reference's
+    extent = [t for sc in on_ref for t in ([*sc.span] if sc.span else [])] + [
+        t for sc in on_ref for a in [*sc.anchors[:1], *sc.anchors[-1:], *sc.steps[:1], *sc.steps[-1:]]
+        for t in (a.start, a.end)]
+    horizon = ((min(extent) - t0) / 1e9, (max(extent) - t0) / 1e9) if extent else (0.0, 0.0)
+    fits, notes = solve(times, reference, t0, probes, all_nodes, horizon)
     warnings += notes
     durations = matched.end - matched.start
     typical = float(np.median(durations)) if len(durations) else None
@@ -302,6 +310,19 @@ def _merge(files: list[TraceFile], manifest: dict[str, Any] | None, output_dir: 
     if "aligned" in opts.outputs:
         for job in jobs:
             outputs.setdefault(job.aligned_path.parent.name, []).append(str(job.aligned_path))  # type: ignore[union-attr]
+    if "tables" in opts.outputs:
+        frame = tables.collectives_frame(matched, files, fits, base_out)
+        outputs["tables"] = [str(p) for p in tables.write(frame, work, "collectives")]
+        outputs["tables"] += [str(p) for p in tables.write(tables.nodes_frame(frame), work, "nodes")]
+    if "events" in opts.outputs:
+        from magpie_trace.analyze.store import build_events  # analyze reads merge's modules: imported late
+
+        files_doc = [{"file": files[i].path.name, "kind": files[i].kind, "label": files[i].label,
+                      "node": files[i].node_name, "global_rank": files[i].global_rank,
+                      "aligned": jobs[k].aligned_path.name} for k, i in enumerate(order)]  # type: ignore[union-attr]
+        info = build_events(work, {"files": files_doc, "nodes": node_reports, "reference_node": reference,
+                                   "base_time_ns": base_out}, jobs=opts.jobs, annotate=True)
+        outputs["events"] = str(info.folder)
     if "merged" in opts.outputs:
         merged_path = work / "merged.trace.json.gz"
         summary = {"reference_node": reference, "base_time_ns": base_out,
@@ -318,13 +339,12 @@ def _merge(files: list[TraceFile], manifest: dict[str, Any] | None, output_dir: 
                     parts.append(gzipjoin.deflate(b","))
                 first_part = False
                 parts.append(res)
+        extras = _perfetto_extras(jobs, scanned, order, results, node_reports, work if "events" in opts.outputs else None)
+        if extras:
+            parts.append(gzipjoin.deflate((b"" if first_part else b",") + b",".join(extras)))
         parts.append(gzipjoin.deflate(tail))
         gzipjoin.join(parts, merged_path)
         outputs["merged"] = str(merged_path)
-    if "tables" in opts.outputs:
-        frame = tables.collectives_frame(matched, files, fits, base_out)
-        outputs["tables"] = [str(p) for p in tables.write(frame, work, "collectives")]
-        outputs["tables"] += [str(p) for p in tables.write(tables.nodes_frame(frame), work, "nodes")]
     file_reports = []
     for k, i in enumerate(order):
         tf, sc = files[i], scanned[i]
@@ -357,6 +377,30 @@ def _merge(files: list[TraceFile], manifest: dict[str, Any] | None, output_dir: 
         doc["outputs"] = {key: _relocate(value, work, output_dir) for key, value in result.outputs.items()}
         path.write_bytes(orjson.dumps(doc, option=orjson.OPT_INDENT_2))
     return result
+
+
+def _perfetto_extras(jobs: list[RewriteJob], scanned: list[Scanned], order: list[int], results: list[RewriteResult],
+                     node_reports: dict[str, dict[str, Any]], events_dir: Path | None) -> list[bytes]:
+    """The merged file's process names, sort indexes and clock labels, and (from the events table,
+    when it was built) the flows linking each matched collective across ranks (perfetto.py)."""
+    rank_of = {k: scanned[i].file.global_rank for k, i in enumerate(order)}
+    gpu_pids: list[set[str]] = [set() for _ in order]
+    members: list[tuple[int, int, str, str, int, int]] = []
+    if events_dir is not None and (events_dir / "events").is_dir():
+        k_of = {rank: k for k, rank in rank_of.items() if rank is not None}
+        table = pl.scan_parquet(events_dir / "events" / "rank[0-9]*.parquet").select(
+            "rank", "pid", "tid", "device", "start_ns", "end_ns", "collective")
+        for rank, pid in table.filter(pl.col("device") == "gpu").select("rank", "pid").unique().collect().iter_rows():
+            gpu_pids[k_of[rank]].add(pid)
+        linked = table.filter(pl.col("collective").is_not_null()).sort("collective", "rank").collect()
+        for cid, rank, pid, tid, start, end in linked.select(
+                "collective", "rank", "pid", "tid", "start_ns", "end_ns").iter_rows():
+            members.append((cid, k_of[rank], pid, tid, start, end))
+    pids = [r.pids for r in results]
+    clocks = [perfetto.clock_label(node_reports.get(scanned[i].file.node_name, {})) for i in order]
+    return (perfetto.process_events([j.label for j in jobs], [scanned[i].process_names for i in order], pids, gpu_pids,
+                                    clocks)
+            + perfetto.collective_flows(members, pids))
 
 
 def _relocate(value: Any, work: Path, output_dir: Path) -> Any:

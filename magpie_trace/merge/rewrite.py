@@ -4,8 +4,8 @@ its aligned per-rank file and its part of the merged Perfetto file.
 Aligned file: every top-level key kept in order, `baseTimeNanoseconds` set to the common base, every
 `ts` mapped onto the reference clock (and `dur` too when there is drift); pids and ids untouched, so
 TraceLens reads it like the original. Merged part: the same events with dense per-file pids, flow ids
-made unique per file (`id * n_files + index`), the original `process_*` metadata replaced by names
-like `node1-TP3 ...`.
+made unique per file (`id * n_files + index`), the original `process_*` metadata left out (perfetto.py
+names the processes, from the pid map returned here).
 """
 
 from __future__ import annotations
@@ -76,6 +76,7 @@ class RewriteResult:
     merged: tuple[Path, int, int] | None  # (part path, crc, length)
     events_kept: int | None  # only counted when a window is cut
     events_timed: int | None = None  # of those, events with a time (not metadata)
+    pids: dict[bytes, int] = field(default_factory=dict)  # original pid token -> merged pid (perfetto.py names them)
 
 
 class _Light(msgspec.Struct):
@@ -208,21 +209,6 @@ def _window_filter(job: RewriteJob, data: bytes) -> tuple[bytes, bytes, int, int
     return b",".join(keep_aligned), b",".join(keep_merged), len(keep_aligned), timed
 
 
-def _process_events(rw: _Rewriter, job: RewriteJob) -> list[bytes]:
-    """Our process_name / process_sort_index events for every pid seen in the merged part."""
-    out = []
-    for token, pid in rw.pids.items():
-        original = job.process_names.get(token)
-        if original is None:
-            original = token.decode("utf-8", "replace").strip('"') or "markers"
-            original = f"pid {original}" if token[:1] != b'"' else original
-        name = f"{job.label} {original}"
-        out.append(orjson.dumps({"ph": "M", "name": "process_name", "pid": pid, "tid": 0, "args": {"name": name}}))
-        out.append(orjson.dumps({"ph": "M", "name": "process_sort_index", "pid": pid, "tid": 0,
-                                 "args": {"sort_index": pid}}))
-    return out
-
-
 def _header_and_footer(job: RewriteJob) -> tuple[bytes, bytes]:
     """The aligned file's bytes before and after the event array content."""
     before: list[bytes] = []
@@ -294,14 +280,13 @@ def rewrite(job: RewriteJob) -> RewriteResult:
             os.replace(tmp_aligned, job.aligned_path)  # type: ignore[arg-type]
         merged = None
         if merged_part is not None and merged_sink is not None:
-            meta = _process_events(rw, job)
-            merged_part.write((b"" if merged_sink.empty else b",") + b",".join(meta))
             crc, length = merged_part.close()
-            merged = (job.merged_part, crc, length)
+            if not merged_sink.empty:  # a part with no event is left out of the merged file
+                merged = (job.merged_part, crc, length)
     except BaseException:
         if aligned_file is not None:
             aligned_file.close()
         if tmp_aligned is not None and tmp_aligned.exists():
             tmp_aligned.unlink()
         raise
-    return RewriteResult(job.index, ev_hi - ev_lo, merged, kept, timed)
+    return RewriteResult(job.index, ev_hi - ev_lo, merged, kept, timed, dict(rw.pids))

@@ -4,7 +4,6 @@ that node's whole process tree is stopped. Over ssh, with `magpie-trace bench` o
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import time

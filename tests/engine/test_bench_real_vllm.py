@@ -19,6 +19,8 @@ About 2-4 minutes per launch on 2 cores.
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import threading
 import time
@@ -34,7 +36,7 @@ from magpie_trace.plan import make_plan
 from magpie_trace.rundir import new_run_dir
 from tests.engine.test_launch_real_vllm import vllm_config
 from tests.launch.simcluster import local_scheduler
-from tests.procs import leftover_processes, wait_for
+from tests.procs import group_members, leftover_processes, wait_for
 
 pytestmark = pytest.mark.engine
 
@@ -99,14 +101,20 @@ def test_our_files_and_numbers_match_vllm_bench_serve(one_vllm, tmp_path, engine
     ]
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=engine_env)
     output: list[str] = []
-    try:
+
+    def together(_point: object) -> None:
+        """Our load starts the moment vLLM's does (both clients' setup done by then)."""
         assert proc.stdout is not None
         for line in proc.stdout:  # bounded: the process ends, and the test's timeout holds
             output.append(line)
             if line.startswith("Starting main benchmark run"):
-                break
+                return
+
+    try:
         config.benchmark.warmup_requests = 0
-        result = run_benchmark(config, plan, run_dir.bench, backend=backend, handles=state.handles)
+        result = run_benchmark(config, plan, run_dir.bench, backend=backend, handles=state.handles,
+                               on_point_start=together)
+        assert proc.stdout is not None
         output.append(proc.stdout.read())
         assert proc.wait(timeout=600) == 0, "".join(output)[-3000:]
     finally:
@@ -163,3 +171,24 @@ def test_killing_the_worker_stops_the_benchmark_naming_it(real_vllm):
     assert stopped_at - killed_at[0] < 15
     data = read_result(run_dir.bench)
     assert data["valid"] is False and data["abort"]["node"] == worker.name
+
+
+def test_killing_one_rank_process_names_the_node_and_the_rank(real_vllm):
+    """kill -9 of VLLM::Worker_TP1 alone (node1's engine process stays up for a moment): the
+    head fails every request at once, and the run names node1 and the worker, not "N failed"."""
+    config, plan, run_dir, backend, state = real_vllm
+    config.benchmark = BenchmarkConfig(input_len=16, output_len=256, num_prompts=400, concurrency=[4],
+                                       warmup_requests=1, stall_timeout_s=60)
+    group = state.handles["node1"].pgid
+    worker = next(pid for pid in group_members(group)
+                  if Path(f"/proc/{pid}/cmdline").read_bytes().startswith(b"VLLM::Worker_TP1"))
+    killer = threading.Timer(8, os.kill, (worker, signal.SIGKILL))
+    killer.start()
+    with pytest.raises(RunAborted) as caught:
+        run_benchmark(config, plan, run_dir.bench, backend=backend, handles=state.handles)
+    killer.join()
+    assert caught.value.node == "node1" and caught.value.exit_code == 3
+    assert caught.value.reason.startswith(f"VLLM::Worker_TP1 {worker} exited during the benchmark"), caught.value
+    data = read_result(run_dir.bench)
+    assert data["valid"] is False and data["abort"]["node"] == "node1"
+    assert wait_for(lambda: not leftover_processes([group]), 20)  # node1's whole tree is stopped

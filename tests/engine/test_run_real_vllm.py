@@ -1,5 +1,5 @@
-"""`magpie-trace run` on a real vLLM (CPU build), TP=2 across two ssh "nodes", node 1's clock 250 ms
-ahead under libfaketime: benchmark results, collected node0-TP0/node1-TP1 traces, an alignment that
+"""`magpie-trace run` on a real vLLM (CPU build), TP=2 across two ssh "nodes" or two Slurm nodes,
+node 1's clock 250 ms ahead under libfaketime: benchmark results, collected node0-TP0/node1-TP1 traces, an alignment that
 recovers the injected offset within 1 ms with its residuals in the report, and the report itself.
 
 On these CPU traces two processes' clocks already differ by about 0.1 ms through Kineto's own time
@@ -26,8 +26,11 @@ from tests.procs import leftover_processes, wait_for
 pytestmark = pytest.mark.engine
 
 
-def test_run_real_vllm_tp2_two_ssh_nodes_with_clock_offset(skewed_vllm_tp2):
-    config = skewed_vllm_tp2(
+@pytest.mark.parametrize("on", ["ssh", "slurm"])
+def test_run_real_vllm_tp2_two_nodes_with_clock_offset(on, request):
+    """ssh: two sshd "nodes"; slurm: two Slurm nodes of an allocation, each engine a job step."""
+    make = request.getfixturevalue("skewed_vllm_tp2" if on == "ssh" else "skewed_vllm_tp2_slurm")
+    config = make(
         "real-vllm-run-test",
         profile=ProfileConfig(enabled=True, with_stack=False, start_after_s=1.0, duration_s=3.0, timeout_s=300.0),
         benchmark=BenchmarkConfig(input_len=32, output_len=16, num_prompts=24, concurrency=[4],
@@ -53,3 +56,8 @@ def test_run_real_vllm_tp2_two_ssh_nodes_with_clock_offset(skewed_vllm_tp2):
     assert "end skew p95 (µs)" in alignment_part and "| node1 |" in alignment_part
     state = load_state(run_dir)
     assert wait_for(lambda: not leftover_processes(h.pgid for h in state.handles.values()), 15)
+    if on == "slurm":
+        assert [state.handles[f"node{i}"].extra["slurm_node"] for i in range(2)] == ["n1", "n2"]
+        steps = [line for line in request.getfixturevalue("slurm_cluster").squeue()
+                 if "." in line.split()[0]]
+        assert steps == []

@@ -21,3 +21,15 @@ def test_fanout_benchmark_prints_its_table():
     assert fields[:2] == ["local", "1"]
     preflight, ready, total, stop = map(float, fields[2:])
     assert 0 < ready <= total and abs(preflight + ready - total) < 0.02 and stop > 0
+
+
+def test_fanout_benchmark_on_slurm_starts_and_stops_its_own_cluster():
+    result = subprocess.run(
+        [sys.executable, str(SCRIPT), "--nodes", "1", "--backends", "slurm", "--slurm-nodes", "1",
+         "--repeat", "1"],
+        capture_output=True, text=True, timeout=180, check=False,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    row = result.stdout.splitlines()[1].split()
+    assert row[:2] == ["slurm", "1"] and 0 < float(row[3]) <= float(row[4])
+    assert "slurm: 1-node cluster up in" in result.stderr

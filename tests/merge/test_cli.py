@@ -52,4 +52,4 @@ def test_bad_options_are_one_line(tmp_path):
     assert proc.returncode == 2 and "expected START:END" in proc.stderr
     proc = run(str(inp), "--outputs", "aligned,pictures")
     assert proc.returncode == 1 and proc.stderr.strip() == (
-        "error: unknown output(s) ['pictures']; choose from aligned, merged, tables, alignment")
+        "error: unknown output(s) ['pictures']; choose from aligned, merged, tables, alignment, events")

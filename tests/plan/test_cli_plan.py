@@ -24,7 +24,13 @@ def test_there_are_examples():
 
 @pytest.mark.parametrize("example", EXAMPLES, ids=lambda p: p.name)
 def test_every_example_plans(example):
-    result = CliRunner().invoke(main, ["plan", str(example), "--json"])
+    scheduler = yaml.safe_load(example.read_text())["scheduler"]
+    extra = []
+    if not scheduler.get("nodes") and "head_node" not in scheduler:  # slurm: the allocation's
+        count = scheduler["slurm"]["nodes"]
+        hosts = ", ".join(f"{{host: gpu-{i:03d}}}" for i in range(count))
+        extra = ["--set", f"scheduler.nodes=[{hosts}]"]
+    result = CliRunner().invoke(main, ["plan", str(example), "--json", *extra])
     assert result.exit_code == 0, result.output
     plan = json.loads(result.output)
     assert plan["schema"] == "magpie-trace/plan/1"

@@ -3,7 +3,6 @@ error is the one reported (exit 3), run.json and the report are written, `stop` 
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess

@@ -25,6 +25,7 @@ from tests.run.ending import (
     stop_leftovers,
     write_config,
 )
+from tests.run.report_statements import check_statements
 
 
 def test_resumes_are_attempts_that_keep_earlier_measurements(tmp_path, request):
@@ -70,6 +71,7 @@ def test_resumes_are_attempts_that_keep_earlier_measurements(tmp_path, request):
     assert (run_dir.traces / "manifest.json").is_file() and "bench" in data["outputs"]
     report = run_dir.report_md.read_text()
     assert "## Attempts" in report and "bench failed in attempt 1" in report
+    check_statements(run_dir)
 
     # Attempt 3: a new launch and bench; attempt 1's partial bench results are kept as they were.
     third = subprocess.run([sys.executable, "-m", "magpie_trace.cli", "run", path, "--from", "bench",
@@ -85,3 +87,4 @@ def test_resumes_are_attempts_that_keep_earlier_measurements(tmp_path, request):
         "launch": 3, "bench": 3, "collect": 3, "merge": 3, "analyze": 3, "report": 3}
     assert [a["ok"] for a in data["attempts"]] == [False, True, True]
     check_torn_down(run_dir)
+    check_statements(run_dir)

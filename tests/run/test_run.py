@@ -23,6 +23,7 @@ from tests.launch.simcluster import local_scheduler, sim_config
 from tests.launch.test_launch_ray import ray_scheduler
 from tests.procs import leftover_processes, wait_for
 from tests.run.ending import read_until
+from tests.run.report_statements import check_statements
 
 OFFSET_MS = 2.5
 
@@ -78,6 +79,7 @@ def check_run_layout(run_dir: RunDir, nodes: int, ranks_per_node: int) -> None:
     for title in ("Topology and plan", "Benchmark", "Per node", "Clock alignment", "Cross-node collectives"):
         assert title in report
     assert "| profile-c8 | yes: profiler overhead |" in report
+    check_statements(run_dir)  # every sentence the report derives, against its own tables
     html = run_dir.report_html.read_text()
     assert "data:image/png;base64," in html and "<table>" in html
     run_json = json.loads((root / "run.json").read_text())

@@ -5,7 +5,6 @@ exit 128 + the signal's number. Over ssh and Ray, where each was seen to leave e
 from __future__ import annotations
 
 import signal
-import subprocess
 import time
 
 import pytest
