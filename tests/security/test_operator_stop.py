@@ -10,7 +10,6 @@ import json
 import re
 import subprocess
 import sys
-import time
 
 import yaml
 
@@ -26,12 +25,16 @@ from tests.security.runs import running
 def test_a_stop_during_a_run_is_reported_as_the_operators_not_a_nodes(ssh_scheduler, tmp_path):
     config = sim_config(ssh_scheduler(2), tmp_path, sim=SimConfig(startup_s=0.2, ttft_ms=5, itl_ms=5))
     bench = config.benchmark
-    bench.input_len, bench.output_len, bench.num_prompts = 16, 50, 2000
-    bench.concurrency, bench.warmup_requests = [4], 1
+    bench.input_len, bench.output_len, bench.num_prompts = 16, 20, 200
+    bench.concurrency, bench.warmup_requests = [2, 4], 1  # stopped during c4, once c2 is measured
     path = tmp_path / "run.yaml"
     path.write_text(yaml.safe_dump(config.to_dict()))
     with running(path, config.output.dir) as (proc, run_dir):
-        time.sleep(1.0)  # the benchmark is under way
+        def first_point_measured() -> bool:
+            attempt = latest_attempt(run_dir.bench)
+            return attempt is not None and (attempt / "points" / "c2.json").is_file()
+
+        assert wait_for(first_point_measured, 120), "the first load point never ended"
         stopper = subprocess.run([sys.executable, "-m", "magpie_trace.cli", "stop", str(path)],
                                  capture_output=True, text=True, timeout=120)
         _, err = proc.communicate(timeout=120)
@@ -48,6 +51,7 @@ def test_a_stop_during_a_run_is_reported_as_the_operators_not_a_nodes(ssh_schedu
     assert run_dir.report_md.is_file()
     result = json.loads((latest_attempt(run_dir.bench) / "result.json").read_text())
     assert result["valid"] is False  # the partial benchmark is kept, marked invalid
+    assert result["points"][0]["point"] == "c2" and result["points"][0]["completed"] == 200
     state = load_state(run_dir)
     assert state.stop_requested and state.stopped_at is not None
     assert wait_for(lambda: not leftover_processes(h.pgid for h in state.handles.values()), 10)
