@@ -309,6 +309,10 @@ async def run_benchmark_async(
         # between points): what was measured is still written.
         if watchdog.trip is None:
             watchdog.trip = Trip("benchmark", INTERRUPTED)
+    except BaseException:
+        if not any(out.iterdir()):
+            out.rmdir()  # failed before anything was measured (a bad model name, a bad file)
+        raise
     finally:
         gc.unfreeze()
         if monitors is not None:

@@ -344,3 +344,10 @@ def test_a_slow_start_of_a_point_is_not_a_stall(sim):
     result = run_benchmark(sim.config, sim.plan, sim.run_dir.bench, on_point_start=lambda _p: time.sleep(1.5),
                            url=sim.url)
     assert result.valid and result.points[0]["completed"] == 4
+
+
+def test_a_benchmark_that_fails_before_measuring_leaves_no_attempt_folder(sim, tmp_path):
+    with pytest.raises(MagpieError, match=r"nothing\.json: cannot read"):
+        sim.bench(tmp_path / "b", dataset="custom", dataset_path=str(tmp_path / "nothing.json"))
+    assert list((tmp_path / "b").iterdir()) == []
+    assert sim.bench(tmp_path / "b", concurrency=[1], num_prompts=1).out_dir.name == "attempt-001"
