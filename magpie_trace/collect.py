@@ -1,5 +1,7 @@
 """Bring every rank's trace of a capture into the run folder, verified, under a name that says
-where it came from: `node<N>-TP<R>[-DP<d>][-PP<p>].trace.json.gz`, plus `manifest.json`.
+where it came from: `node<N>-TP<R>[-DP<d>][-PP<p>][-<group>].trace.json.gz`, plus `manifest.json`.
+N numbers the nodes across the whole deployment; a deployment of several groups adds the group's
+name (lower case, so it never reads as a rank part), whose ranks are numbered within the group.
 
 Every node is read at once, through the backend (or directly when the trace dirs are on
 scheduler.shared_dir: a hard link, no copy, where the filesystem allows it). Each copy is checked
@@ -25,7 +27,7 @@ from magpie_trace.backends.base import Backend
 from magpie_trace.errors import TraceError
 from magpie_trace.fanout import on_nodes
 from magpie_trace.fsutil import atomic_write_bytes, temp_path_for
-from magpie_trace.plan import NodePlan, Plan
+from magpie_trace.plan import GroupPlan, NodePlan, Plan
 from magpie_trace.profile import (
     FoundTrace,
     NodeFiles,
@@ -56,17 +58,18 @@ class Collected:
         return self.traces_dir / MANIFEST_NAME
 
 
-def output_name(trace: FoundTrace, layout: Layout) -> str:
-    """node<N>-TP<R>.trace.json.gz, -DP<d>/-PP<p> only when that size is above 1; the API
-    server's own trace is node<N>-api-server.trace.json.gz."""
+def output_name(trace: FoundTrace, layout: Layout, group: str | None = None) -> str:
+    """node<N>-TP<R>.trace.json.gz, -DP<d>/-PP<p> only when that size is above 1, then -<group>
+    in a deployment of groups; the API server's own trace is node<N>-api-server[-<group>]."""
+    suffix = f"-{group}" if group else ""
     if trace.rank is None:
-        return f"node{trace.node}-api-server.trace.json.gz"
+        return f"node{trace.node}-api-server{suffix}.trace.json.gz"
     name = f"node{trace.node}-TP{trace.rank.tp}"
     if layout.dp > 1:
         name += f"-DP{trace.rank.dp}"
     if layout.pp > 1:
         name += f"-PP{trace.rank.pp}"
-    return name + ".trace.json.gz"
+    return name + suffix + ".trace.json.gz"
 
 
 def collect(
@@ -83,8 +86,9 @@ def collect(
     profile_id = profile_id or latest_profile_id(run_dir)
     say(f"looking for capture {profile_id} on {len(plan.nodes)} node(s)")
     traces = find_traces(plan, backend, profile_id)
-    names = {id(trace): output_name(trace, plan.layout) for trace in traces}
-    _refuse_clashes(traces, names, plan.layout)
+    node_at = {node.index: node for node in plan.nodes}
+    names = {id(t): output_name(t, node_at[t.node].layout, node_at[t.node].group) for t in traces}
+    _refuse_clashes(traces, names, plan)
     target = run_dir.traces
     target.mkdir(parents=True, exist_ok=True)
     files = NodeFiles(plan, backend)
@@ -106,7 +110,7 @@ def collect(
                 reused += 1
         return fetched, reused
 
-    counts = on_nodes(bring_node, plan.config.scheduler.nodes)
+    counts = on_nodes(bring_node, [plan.node_config(node.index) for node in plan.nodes])
     manifest = build_manifest(plan, run_dir, traces, names)
     atomic_write_bytes(target / MANIFEST_NAME, orjson.dumps(manifest, option=orjson.OPT_INDENT_2))
     return Collected(
@@ -117,12 +121,13 @@ def collect(
     )
 
 
-def _refuse_clashes(traces: list[FoundTrace], names: dict[int, str], layout: Layout) -> None:
+def _refuse_clashes(traces: list[FoundTrace], names: dict[int, str], plan: Plan) -> None:
     """Two files must never get one name (a layout the naming rule cannot tell apart)."""
     seen: dict[str, FoundTrace] = {}
     for trace in traces:
         name = names[id(trace)]
         if name in seen:
+            layout = plan.nodes[trace.node].layout
             what = rank_label(trace.rank, layout) if trace.rank else "the API server"
             raise TraceError(
                 f"{trace.node_name}: {what}: {trace.path} and {seen[name].path} would both be "
@@ -145,7 +150,7 @@ def _bring(files: NodeFiles, plan: Plan, node: NodePlan, trace: FoundTrace, dest
         size = staging.stat().st_size
         digest = trace_probe.sha256_file(staging)
         if size != trace.size or digest != trace.sha256:
-            label = rank_label(trace.rank, plan.layout) if trace.rank else "the API server"
+            label = rank_label(trace.rank, node.layout) if trace.rank else "the API server"
             raise TraceError(
                 f"{node.name}: {label}: the copy of {trace.path} differs from the source "
                 f"({size} bytes, sha256 {digest[:12]}; the source has {trace.size} bytes, "
@@ -192,17 +197,27 @@ def build_manifest(
             for name, value in offsets_by_name.items()
             if name in index_of
         },
-        "files": [_file_entry(trace, names[id(trace)]) for trace in traces],
+        **({"groups": [_group_entry(group) for group in plan.groups]} if plan.has_groups else {}),
+        "files": [_file_entry(trace, names[id(trace)], plan.nodes[trace.node].group)
+                  for trace in traces],
     }
 
 
-def _file_entry(trace: FoundTrace, name: str) -> dict[str, Any]:
+def _group_entry(group: GroupPlan) -> dict[str, Any]:
+    layout = group.layout
+    return {"name": group.name, "role": group.role, "nodes": group.nodes,
+            "world_size": layout.world_size, "tp": layout.tp, "pp": layout.pp, "dp": layout.dp,
+            "ep": layout.ep, "ranks_per_node": layout.ranks_per_node}
+
+
+def _file_entry(trace: FoundTrace, name: str, group: str | None) -> dict[str, Any]:
     rank = trace.rank
     return {
         "file": name,
         "kind": trace.kind,
         "node": trace.node,
         "node_name": trace.node_name,
+        **({"group": group} if group else {}),
         "host": trace.host,
         "global_rank": rank.global_rank if rank else None,
         "tp_rank": rank.tp if rank else None,
@@ -229,18 +244,30 @@ def tracelens_command(manifest: dict[str, Any], traces_dir: Path) -> str | None:
 
     Its default rank regex (`rank[-_]?N`) matches none of our names and it reads one integer per
     file, so `TP(?P<rank>\\d+)` works when the TP rank is the global rank (DP = PP = 1). Otherwise
-    TP numbers repeat across replicas or stages and no regex can tell them apart: None.
+    TP numbers repeat across replicas or stages and no regex can tell them apart: None. Groups
+    share no collective: one report per group (its files end in -<group>), joined with `&&`.
     """
-    if manifest["dp"] > 1 or manifest["pp"] > 1:
+    groups = manifest.get("groups")
+    if groups:
+        commands = [_tracelens_one(group, manifest["files"], traces_dir, f"-{group['name']}")
+                    for group in groups]
+        found = [command for command in commands if command]
+        return " && ".join(found) if found else None
+    return _tracelens_one(manifest, manifest["files"], traces_dir, "")
+
+
+def _tracelens_one(layout: dict[str, Any], files: list[dict[str, Any]], traces_dir: Path,
+                   suffix: str) -> str | None:
+    if layout["dp"] > 1 or layout["pp"] > 1:
         return None
     per_node: dict[int, int] = {}
-    for entry in manifest["files"]:
-        if entry["kind"] == "rank":
+    for entry in files:
+        if entry["kind"] == "rank" and entry["file"].endswith(f"{suffix}.trace.json.gz"):
             per_node[entry["node"]] = per_node.get(entry["node"], 0) + 1
     return shlex.join([
         TRACELENS_REPORT,
-        "--trace_glob", str(traces_dir / "node*-TP*.trace.json.gz"),
+        "--trace_glob", str(traces_dir / f"node*-TP*{suffix}.trace.json.gz"),
         "--rank_regex", r"TP(?P<rank>\d+)",
-        "--world_size", str(manifest["world_size"]),
+        "--world_size", str(layout["world_size"]),
         "--gpus_per_node", str(max(per_node.values(), default=1)),
     ])

@@ -203,6 +203,7 @@ class BenchmarkConfig:
     stall_timeout_s: float = 30.0
     telemetry_interval_s: float = 1.0
     max_duration_s: float = 3600.0
+    spread: Literal["round_robin", "least_outstanding"] = "round_robin"  # over several endpoints
 
 
 @dataclass

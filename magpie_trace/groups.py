@@ -158,11 +158,11 @@ def validate_deployment(config: Config) -> None:
                               f"prefill and decode servers (use {fits})")
     if router is not None:
         _router(config)
-    unused = [node.name for i, node in enumerate(config.scheduler.nodes)
-              if i not in owner and not (router and router_node(config) == i)]
+    unused = [node.name for i, node in enumerate(config.scheduler.nodes) if i not in owner]
     if unused:
         raise ConfigError(f"{src}: scheduler.nodes: {', '.join(unused)} in no server group "
-                          "(list it under a group's nodes, or remove it)")
+                          "(list it under a group's nodes, or remove it; the router runs on a "
+                          "group's node)")
 
 
 def _engine_keys(config: Config, key: str, raw: GroupConfig) -> None:

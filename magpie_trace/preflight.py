@@ -132,11 +132,29 @@ def _engine_version(plan: Plan, backend: Backend, node: NodePlan) -> str | None:
 
 def _planned_ports(plan: Plan, node: NodePlan) -> list[int]:
     ports = []
+    group = plan.group_of(node)
+    group_head = node.index == group.nodes[0]
     if node.serves_http or plan.engine == "sglang":
-        ports.append(plan.port)  # SGLang's worker nodes bind it too, for their dummy /health
-    if node.index == 0 and node.argv is not None and plan.config.server.executor != "ray":
-        ports.append(plan.rendezvous_port)  # vLLM's Ray executor rendezvouses through Ray
+        ports.append(node.port)  # SGLang's worker nodes bind it too, for their dummy /health
+    if group_head and node.argv is not None and plan.config.server.executor != "ray":
+        ports.append(group.rendezvous_port)  # vLLM's Ray executor rendezvouses through Ray
+    if group_head and group.role == "prefill" and group.bootstrap_port is not None:
+        ports.append(group.bootstrap_port)  # the KV handoff listener decode servers reach
+    if plan.router is not None and plan.router.index == node.index:
+        ports += [plan.router.port, plan.router.metrics_port]
     return ports
+
+
+def check_router(plan: Plan, backend: Backend) -> None:
+    """The router's command must start on its node (`--help` answers)."""
+    router = plan.router
+    if router is None:
+        return
+    result = backend.run(plan.node_config(router.index), [*router.command, "--help"], 120)
+    if result.returncode != 0:
+        detail = (result.stderr.strip().splitlines() or [f"exit code {result.returncode}"])[-1]
+        raise NodeError(plan.label(router.name),
+                        f"preflight: {shlex.join(router.command)} does not start: {detail}")
 
 
 def _count_gpus(backend: Backend, config: Any) -> tuple[str | None, int | None]:
@@ -199,7 +217,8 @@ def run_preflight(plan: Plan, backend: Backend, run_dir: RunDir | None = None) -
             check.problems.insert(0, f"{plan.engine} is not installed or does not start ({shlex.join(node.command)})")
     for check in checks:
         if check.problems:
-            raise NodeError(check.node, "preflight: " + "; ".join(check.problems))
+            raise NodeError(plan.label(check.node), "preflight: " + "; ".join(check.problems))
+    check_router(plan, backend)
     return checks
 
 

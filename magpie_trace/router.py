@@ -51,7 +51,7 @@ class RouterPlan:
     """The router's process: where it runs, its argv, its URL and the workers it must see."""
 
     kind: str
-    node: int
+    index: int  # the node it runs on (scheduler index)
     node_name: str
     address: str
     port: int
@@ -61,8 +61,11 @@ class RouterPlan:
     env: dict[str, str]
     workers: list[Worker]
     log_path: str
+    workdir: str
     ready_timeout_s: float
     url: str = field(init=False)
+    # Launch starts, watches and stops it like a node's command, under this name.
+    name: str = field(default="router", init=False)
 
     def __post_init__(self) -> None:
         host = f"[{self.address}]" if ":" in self.address else self.address
@@ -74,7 +77,7 @@ class RouterPlan:
 
     def to_dict(self, mask_secrets: bool = True) -> dict[str, Any]:
         return {
-            "kind": self.kind, "node": self.node, "node_name": self.node_name, "url": self.url,
+            "kind": self.kind, "node": self.index, "node_name": self.node_name, "url": self.url,
             "metrics_port": self.metrics_port, "argv": self.argv,
             "env": mask_env(self.env) if mask_secrets else dict(self.env),
             "workers": [worker.to_dict() for worker in self.workers], "log_path": self.log_path,

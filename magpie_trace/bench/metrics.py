@@ -47,6 +47,7 @@ class RequestRecord:
     http_status: int | None = None
     error: str | None = None
     queued_ns: int | None = None
+    endpoint: str | None = None  # the API server it went to (several without a router)
 
     @property
     def last_chunk_ns(self) -> int | None:

@@ -19,12 +19,14 @@ from magpie_trace.backends.base import Backend, ProcessHandle
 from magpie_trace.bench.arrivals import LoadPoint, sweep_points
 from magpie_trace.bench.attribution import attribution, engine_nodes, per_node
 from magpie_trace.bench.client import StreamClient
+from magpie_trace.bench.endpoints import per_endpoint
 from magpie_trace.bench.load import PointRun, run_point
 from magpie_trace.bench.metrics import RequestRecord, aggregate
 from magpie_trace.bench.plots import write_plots
 from magpie_trace.bench.progressbar import ProgressBar
 from magpie_trace.bench.prometheus import (
     fetch_text,
+    group_totals,
     metrics_targets,
     scrape_all,
     server_deltas,
@@ -115,6 +117,8 @@ async def run_benchmark_async(
     base_url = url or (plan.head_url if plan else "")
     if not base_url:
         raise MagpieError("bench: no endpoint (give a plan or a URL)")
+    # The router, else every API server (requests spread over them): one URL for one server.
+    endpoints = [url] if url else plan.endpoints if plan else [base_url]
     points = points or sweep_points(bench)
     tokenizer, tokenizer_note = load_tokenizer(bench.tokenizer)
     prompts = build_workload(bench, bench.warmup_requests + bench.num_prompts, tokenizer)
@@ -122,6 +126,9 @@ async def run_benchmark_async(
     kind, kind_note = attribution(plan)
     head = plan.head.name if plan else base_url
     nodes = {plan.nodes[i].name: plan.node_config(i) for i in range(len(plan.nodes))} if plan else {}
+    watched = dict(nodes)
+    if plan is not None and plan.router is not None:  # a lost router stops the run too
+        watched[plan.router.name] = replace(plan.node_config(plan.router.index), name=plan.router.name)
 
     samplers: dict[str, NodeSampler] = {}
     if backend is not None and plan is not None:
@@ -133,7 +140,7 @@ async def run_benchmark_async(
         head=head,
         stall_timeout_s=bench.stall_timeout_s,
         backend=backend,
-        nodes=nodes,
+        nodes=watched,
         handles=dict(handles or {}),
         samplers=samplers,
         silence_s=max(10.0, 3 * bench.telemetry_interval_s),
@@ -159,9 +166,13 @@ async def run_benchmark_async(
         "topology": {
             "layout": plan.layout.to_dict() if plan else None,
             "nodes": [
-                {"name": n.name, "role": n.role, "host": n.host, "serves_http": n.serves_http}
+                {"name": n.name, "role": n.role, "host": n.host, "serves_http": n.serves_http,
+                 **({"group": n.group, "group_role": n.group_role} if n.group else {})}
                 for n in (plan.nodes if plan else [])
             ],
+            "endpoints": endpoints,
+            "spread": bench.spread if len(endpoints) > 1 else None,
+            "router": plan.router.to_dict() if plan and plan.router else None,
             "attribution": kind,
             "attribution_note": kind_note,
             "engine_nodes": engine_nodes(plan) if kind == "engine_label" else {},
@@ -190,8 +201,8 @@ async def run_benchmark_async(
     gc.freeze()  # as vLLM does: no full collections of the (large, static) heap mid-run
     try:
         async with StreamClient(
-            base_url, config.server.model, bench.endpoint, max_concurrency,
-            bench.request_timeout_s, bench.ignore_eos, tokenizer,
+            endpoints, config.server.model, bench.endpoint, max_concurrency,
+            bench.request_timeout_s, bench.ignore_eos, tokenizer, bench.spread,
         ) as client:
             watchdog.progress = client.progress
             session = client.session
@@ -232,9 +243,15 @@ async def run_benchmark_async(
                     "started_unix": run.started_unix,
                     "ended_unix": run.ended_unix,
                     "server": server_deltas(before, after) if after else {},
+                    **({"per_endpoint": per_endpoint(run.records, client.endpoints.urls,
+                                                     run.duration_s, bench.percentiles,
+                                                     bench.goodput or None)}
+                       if len(endpoints) > 1 else {}),
                     "telemetry": {n: s.summary(run.started_unix, run.ended_unix) for n, s in samplers.items()},
                     "partial": watchdog.trip is not None,
                 }
+                if plan is not None and plan.has_groups:
+                    summary["server_groups"] = group_totals(plan, summary["server"])
                 _reconcile(summary, result["warnings"])
                 result["points"].append(summary)
     except asyncio.CancelledError:
@@ -246,6 +263,8 @@ async def run_benchmark_async(
         for sampler in samplers.values():
             sampler.stop()
     trip = watchdog.trip
+    if trip is not None and plan is not None:
+        trip = Trip(plan.label(trip.node), trip.reason)  # names its group too
     if trip is not None:
         result["valid"] = False
         result["invalid_reasons"].append(f"{trip.node}: {trip.reason}")
