@@ -206,15 +206,19 @@ def profile_command(
 ) -> None:
     """Profile every rank of the running server at once and wait for every rank's trace file."""
     from magpie_trace.backends import make_backend
-    from magpie_trace.launch import plan_for_run
+    from magpie_trace.launch import load_state, plan_for_run
+    from magpie_trace.nodewatch import process_guard
     from magpie_trace.profile import capture
     from magpie_trace.rundir import find_run_dir
 
     run_dir = find_run_dir(read_config(config_path, overrides).output.dir, run)
     plan = plan_for_run(run_dir)
+    handles = load_state(run_dir).handles if run_dir.state.exists() else {}
     backend = make_backend(plan.config.scheduler)
     try:
-        record = capture(plan, backend, run_dir, profile_id, duration, progress=progress_line)
+        with process_guard(plan, backend, handles, "the profile capture") as guard:
+            record = capture(plan, backend, run_dir, profile_id, duration, progress=progress_line,
+                             guard=guard)
     finally:
         backend.close()
     if as_json:

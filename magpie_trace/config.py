@@ -62,6 +62,25 @@ class RayConfig:
 
 
 @dataclass
+class SlurmConfig:
+    """The Slurm allocation to run in: the current one (SLURM_JOB_ID), `job_id`, or one asked for
+    with these settings (salloc options), held for the run and released at its end."""
+
+    job_id: str | None = None
+    partition: str | None = None
+    account: str | None = None
+    qos: str | None = None
+    time: str | None = None
+    nodes: int | None = None
+    gpus_per_node: int | None = None
+    gres: str | None = None
+    constraint: str | None = None
+    salloc_args: list[str] = field(default_factory=list)
+    srun_args: list[str] = field(default_factory=list)
+    wait_s: float = 600.0
+
+
+@dataclass
 class SchedulerConfig:
     backend: Literal["local", "ssh", "ray", "slurm"] = "local"
     nodes: list[NodeConfig] = field(default_factory=list)
@@ -71,6 +90,7 @@ class SchedulerConfig:
     workdir: str = "/tmp/magpie-trace"
     ssh: SshConfig = field(default_factory=SshConfig)
     ray: RayConfig = field(default_factory=RayConfig)
+    slurm: SlurmConfig = field(default_factory=SlurmConfig)
 
     def node_workdir(self, node: NodeConfig) -> str:
         """The node's own working directory on that node (logs, local traces).
@@ -416,8 +436,8 @@ def validate(config: Config) -> None:
     src = config.source
     sched, server = config.scheduler, config.server
     if sched.backend == "slurm":
-        raise ConfigError(f"{src}: scheduler.backend: slurm is not supported yet (use local, ssh or ray)")
-    if not sched.nodes:
+        _validate_slurm(src, sched.slurm)
+    elif not sched.nodes:
         raise ConfigError(f"{src}: scheduler.nodes: at least one node is needed (the head first)")
     if sched.gpus_per_node < 1:
         raise ConfigError(f"{src}: scheduler.gpus_per_node: must be at least 1")
@@ -465,3 +485,23 @@ def validate(config: Config) -> None:
     for key in bench.goodput:
         if key not in ("ttft", "tpot", "e2el"):
             raise ConfigError(f"{src}: benchmark.goodput.{key}: unknown SLO (ttft, tpot, e2el)")
+
+
+# Slurm takes these as one word each (salloc/sbatch options, #SBATCH lines): no spaces, no newlines.
+_SLURM_WORDS = ("job_id", "partition", "account", "qos", "time", "gres", "constraint")
+
+
+def _validate_slurm(src: str, slurm: SlurmConfig) -> None:
+    """scheduler.nodes may be left out with slurm: the allocation decides them."""
+    for key in _SLURM_WORDS:
+        value = getattr(slurm, key)
+        if value is not None and (not value.strip() or any(c.isspace() or not c.isprintable() for c in value)):
+            raise ConfigError(f"{src}: scheduler.slurm.{key}: {value!r} is not one word")
+    if slurm.job_id is not None and not slurm.job_id.isdigit():
+        raise ConfigError(f"{src}: scheduler.slurm.job_id: {slurm.job_id!r} is not a Slurm job id")
+    for key in ("nodes", "gpus_per_node"):
+        value = getattr(slurm, key)
+        if value is not None and value < 1:
+            raise ConfigError(f"{src}: scheduler.slurm.{key}: must be at least 1")
+    if not slurm.wait_s > 0:
+        raise ConfigError(f"{src}: scheduler.slurm.wait_s: must be more than 0")

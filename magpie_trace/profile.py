@@ -30,6 +30,7 @@ from magpie_trace.engines.base import Engine, HttpCall, TraceName
 from magpie_trace.errors import ConfigError, MagpieError, TraceError
 from magpie_trace.fanout import on_nodes
 from magpie_trace.fsutil import atomic_write_bytes
+from magpie_trace.nodewatch import NodeGuard
 from magpie_trace.plan import NodePlan, Plan
 from magpie_trace.preflight import python_of
 from magpie_trace.rundir import RunDir
@@ -515,17 +516,21 @@ def wait_for_traces(
     timeout_s: float | None = None,
     poll_s: float = POLL_S,
     progress: Progress | None = None,
+    guard: NodeGuard | None = None,
 ) -> list[FoundTrace]:
     """Wait until every rank's file of this capture is complete on every node (a valid gzip whose
     size held still between two looks), and no other file of the capture is still being written.
     Raises TraceError at once for duplicates and conflicts, and at timeout_s (default
-    profile.timeout_s) naming the missing or incomplete ranks and their nodes."""
+    profile.timeout_s) naming the missing or incomplete ranks and their nodes; NodeLost as soon
+    as the guard sees a node's engine gone (its files will never come)."""
+    guard = guard or NodeGuard()
     timeout_s = plan.config.profile.timeout_s if timeout_s is None else timeout_s
     scanner = Scanner(plan, backend, profile_id)
     deadline = time.monotonic() + timeout_s
     expected = len(plan.ranks)
     last_count = -1
     while True:
+        guard.raise_if_tripped()
         scans = scanner.look(settle=True)
         fatal = [problem for scan in scans for problem in scan.fatal]
         if fatal:
@@ -541,7 +546,7 @@ def wait_for_traces(
             raise TraceError(
                 _one_line(pending, f"capture {profile_id}: after {timeout_s:g} s: ")
             )
-        time.sleep(poll_s)
+        guard.wait(poll_s)
 
 
 # --------------------------------------------------------------------------------------------
@@ -555,12 +560,15 @@ def capture(
     profile_id: str | None = None,
     duration_s: float | None = None,
     progress: Progress | None = None,
+    guard: NodeGuard | None = None,
 ) -> Capture:
     """Open a capture, keep it open for duration_s (default profile.duration_s) or, when a step
     window is configured and no duration is given, until the window has closed on every rank;
     close it; wait until every rank's file is complete. Recorded in <run>/captures.json (from
-    the moment it opens)."""
+    the moment it opens). With a guard watching the nodes, a lost node ends every wait at once
+    (NodeLost naming it) instead of at profile.timeout_s."""
     say = progress or (lambda _msg: None)
+    guard = guard or NodeGuard()
     profile = plan.config.profile
     if profile_id is None:
         if run_dir is None:
@@ -568,7 +576,7 @@ def capture(
         profile_id = new_profile_id(run_dir)
     engine = get_engine(plan.engine)
     by_window = duration_s is None and engine.has_step_window(profile)
-    urls = start_profile(plan, profile_id)
+    urls = guard.call(lambda: start_profile(plan, profile_id))
     record = Capture(profile_id=profile_id, urls=urls, started_at=time.time())
     if run_dir is not None:  # recorded now, so a failed capture's id is never handed out again
         record_capture(run_dir, record)
@@ -576,16 +584,17 @@ def capture(
     try:
         if by_window:
             say("waiting for the step window to close on every rank")
-            wait_for_traces(plan, backend, profile_id, progress=say)
+            wait_for_traces(plan, backend, profile_id, progress=say, guard=guard)
         else:
-            time.sleep(profile.duration_s if duration_s is None else duration_s)
+            guard.wait(profile.duration_s if duration_s is None else duration_s)
     except BaseException:
-        _close_quietly(plan, say)
+        if guard.tripped is None:  # a server that lost a node cannot close it: it is torn down
+            _close_quietly(plan, say)
         raise
     say("closing the capture (the ranks write their traces)")
-    stop_profile(plan)
+    guard.call(lambda: stop_profile(plan))
     record.stopped_at = time.time()
-    record.traces = wait_for_traces(plan, backend, profile_id, progress=say)
+    record.traces = wait_for_traces(plan, backend, profile_id, progress=say, guard=guard)
     if run_dir is not None:
         record_capture(run_dir, record)
     return record

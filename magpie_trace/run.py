@@ -24,6 +24,7 @@ from magpie_trace.config import Config
 from magpie_trace.errors import MagpieError
 from magpie_trace.fsutil import atomic_write_bytes
 from magpie_trace.launch import LaunchState, launch, stop
+from magpie_trace.nodewatch import NodeGuard, Trip, process_guard
 from magpie_trace.plan import Plan, make_plan
 from magpie_trace.rundir import RunDir, find_run_dir, new_run_dir
 
@@ -169,6 +170,7 @@ def _bench_and_capture(
     captured: list[BaseException] = []
     load_started = threading.Event()
     bench_done = threading.Event()
+    guard = process_guard(plan, backend, state.handles, "the profile capture") if state else NodeGuard()
 
     def capture_window() -> None:
         """Open the window start_after_s into the first measured load point (not the warmup)."""
@@ -177,35 +179,41 @@ def _bench_and_capture(
                 while not load_started.wait(0.2):
                     if bench_done.is_set():
                         return  # the benchmark ended (or failed) before any load: nothing to profile
-            time.sleep(config.profile.start_after_s)
-            capture(plan, backend, run_dir, progress=say)
+            guard.wait(config.profile.start_after_s)
+            capture(plan, backend, run_dir, progress=say, guard=guard)
         except BaseException as exc:  # noqa: BLE001 - raised by the main thread
             captured.append(exc)
 
     thread = None
-    if config.profile.enabled:
-        thread = threading.Thread(target=capture_window, name="profile-capture", daemon=True)
-        thread.start()
-    try:
-        if config.benchmark.enabled:
-            try:
-                bench = run_benchmark(
-                    config, plan, run_dir.bench, backend=backend,
-                    handles=state.handles if state else None, say=say,
-                    on_point_start=lambda _point: load_started.set(),
-                )
-            except (BenchInterrupted, BenchInvalid, RunAborted) as exc:
-                # Partial results were written and marked invalid; the run stops with this error.
-                result.bench_valid = False
-                if exc.result_path:
-                    result.outputs["bench"] = str(exc.result_path)
-                raise
-            result.bench_valid = bench.valid
-            result.outputs["bench"] = str(bench.result_path)
-    finally:
-        bench_done.set()
-        if thread is not None:
-            thread.join(config.profile.timeout_s + config.profile.duration_s + config.profile.start_after_s)
+    with guard:
+        if config.profile.enabled:
+            thread = threading.Thread(target=capture_window, name="profile-capture", daemon=True)
+            thread.start()
+        try:
+            if config.benchmark.enabled:
+                try:
+                    bench = run_benchmark(
+                        config, plan, run_dir.bench, backend=backend,
+                        handles=state.handles if state else None, say=say,
+                        on_point_start=lambda _point: load_started.set(),
+                    )
+                except (BenchInterrupted, BenchInvalid, RunAborted) as exc:
+                    # Partial results were written and marked invalid; the run stops with this error.
+                    result.bench_valid = False
+                    if exc.result_path:
+                        result.outputs["bench"] = str(exc.result_path)
+                    raise
+                result.bench_valid = bench.valid
+                result.outputs["bench"] = str(bench.result_path)
+        except BaseException as exc:
+            # The capture waits no longer: the node is lost, or the run is ending anyway.
+            lost = isinstance(exc, RunAborted)
+            guard.trip(Trip(exc.node, exc.reason) if lost else Trip("run", "the run is ending"))
+            raise
+        finally:
+            bench_done.set()
+            if thread is not None:
+                thread.join(config.profile.timeout_s + config.profile.duration_s + config.profile.start_after_s)
     if captured:
         raise captured[0]
 

@@ -1,5 +1,5 @@
 """A separate process that uses a backend the way `magpie-trace launch` and `stop` do: one starts
-and exits, a later one stops from the handles alone. Shared by the ssh and Ray backend tests.
+and exits, a later one stops from the handles alone. Shared by the ssh, Ray and Slurm backend tests.
 
     python tests/backend_driver.py SCHEDULER_JSON NODE_INDEX launch
     python tests/backend_driver.py SCHEDULER_JSON NODE_INDEX stop HANDLE_JSON
@@ -13,7 +13,7 @@ import sys
 from dataclasses import asdict
 
 from magpie_trace.backends import Backend, ProcessHandle, make_backend
-from magpie_trace.config import NodeConfig, RayConfig, SchedulerConfig, SshConfig
+from magpie_trace.config import NodeConfig, RayConfig, SchedulerConfig, SlurmConfig, SshConfig
 
 
 def drive(backend: Backend, node_index: int, *args: str) -> str:
@@ -31,6 +31,7 @@ def _main(raw_scheduler: str, node_index: str, action: str, *rest: str) -> None:
     raw["nodes"] = [NodeConfig(**n) for n in raw["nodes"]]
     raw["ssh"] = SshConfig(**raw["ssh"])
     raw["ray"] = RayConfig(**raw["ray"])
+    raw["slurm"] = SlurmConfig(**raw["slurm"])
     backend = make_backend(SchedulerConfig(**raw))
     node = backend.scheduler.nodes[int(node_index)]
     workdir = backend.workdir(node)

@@ -3,5 +3,6 @@
 pytest_plugins: list[str] = [
     "tests.fixtures.engine_env",
     "tests.fixtures.ray_cluster",
+    "tests.fixtures.slurm_cluster",
     "tests.fixtures.sshd",
 ]

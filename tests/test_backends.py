@@ -21,10 +21,11 @@ import pytest
 
 from magpie_trace.backends import Backend, ProcessHandle, make_backend
 from magpie_trace.backends.posix import exit_path
-from magpie_trace.config import NodeConfig, SchedulerConfig
+from magpie_trace.config import NodeConfig, SchedulerConfig, SlurmConfig
 from magpie_trace.errors import NodeError
 from magpie_trace.fanout import NodesFailed, on_nodes
 from tests.backend_driver import drive
+from tests.fixtures.slurm_cluster import SlurmCluster
 from tests.fixtures.sshd import SshdPool
 from tests.procs import group_members, wait_for
 
@@ -33,14 +34,28 @@ HOSTILE = "it's \"quoted\"; $(touch {canary}) `touch {canary}2` & | > < \\ *\n s
 Cluster = Callable[[int], tuple[Backend, list[NodeConfig]]]
 
 
-@pytest.fixture(params=["local", "ssh"])
+@pytest.fixture(params=["local", "ssh", "slurm"])
 def cluster(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Cluster]:
-    """cluster(n) -> (backend, n nodes) for the parametrised transport; closed after the test."""
+    """cluster(n) -> (backend, n nodes) for the parametrised transport; closed after the test.
+
+    slurm: an allocation of the whole test cluster, the n config nodes on its Slurm nodes round
+    robin (each with its own workdir); cancelled after the test."""
     backends: list[Backend] = []
+    jobs: list[str] = []
 
     def make(count: int) -> tuple[Backend, list[NodeConfig]]:
         if request.param == "ssh":
             scheduler = request.getfixturevalue("ssh_scheduler")(count)
+        elif request.param == "slurm":
+            slurm: SlurmCluster = request.getfixturevalue("slurm_cluster")
+            jobs.append(slurm.hold(len(slurm.nodes)))
+            nodes = [
+                NodeConfig(host=slurm.nodes[i % len(slurm.nodes)], name=f"node{i}",
+                           workdir=str(tmp_path / "nodes" / f"node{i}"))
+                for i in range(count)
+            ]
+            scheduler = SchedulerConfig(backend="slurm", nodes=nodes, workdir=str(tmp_path / "nodes"),
+                                        slurm=SlurmConfig(job_id=jobs[-1]))
         else:
             nodes = [NodeConfig(host="localhost", name=f"node{i}") for i in range(count)]
             workdir = str(tmp_path / "nodes")
@@ -52,6 +67,10 @@ def cluster(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Cluster]
     yield make
     for backend in backends:
         backend.close()
+    if jobs:
+        slurm = request.getfixturevalue("slurm_cluster")
+        slurm.run("scancel", *jobs)
+        assert slurm.wait_idle(), slurm.squeue()
 
 
 def test_start_alive_stop_leaves_no_process(cluster: Cluster) -> None:

@@ -23,4 +23,10 @@ def make_backend(scheduler: SchedulerConfig) -> Backend:
         from magpie_trace.backends.ray import RayBackend
 
         return RayBackend(scheduler)
-    raise ConfigError(f"scheduler.backend: {scheduler.backend} is not supported (local, ssh, ray)")
+    if scheduler.backend == "slurm":
+        from magpie_trace.backends.slurm import SlurmBackend
+
+        return SlurmBackend(scheduler)
+    raise ConfigError(
+        f"scheduler.backend: {scheduler.backend} is not supported (local, ssh, ray, slurm)"
+    )

@@ -1,6 +1,6 @@
 """The backend seam: the only place that knows how a command reaches a node.
 
-One small interface, one class per transport (local, ssh, ray); callers never branch on the
+One small interface, one class per transport (local, ssh, ray, slurm); callers never branch on the
 transport. Every method takes the node's config so the same backend object serves all nodes.
 """
 
@@ -9,6 +9,7 @@ from __future__ import annotations
 import abc
 import posixpath
 from dataclasses import asdict, dataclass, field
+from collections.abc import Callable
 from typing import Any
 
 from magpie_trace.config import NodeConfig, SchedulerConfig
@@ -89,6 +90,13 @@ class Backend(abc.ABC):
         log_path is absolute; its directory and cwd (default: workdir(node)) are created. env is
         added to the node's environment. The exit code is recorded next to the log (exit_path).
         """
+
+    def acquire_nodes(
+        self, progress: Callable[[str], None] | None = None, source: str = "<config>"
+    ) -> None:
+        """Settle scheduler.nodes before a plan is made: the config lists them for local, ssh and
+        ray (nothing to do); slurm takes them from its allocation, asking Slurm for one when
+        there is none, and close() gives that back. source names the config in errors."""
 
     def prepare(self, node: NodeConfig) -> None:
         """Get ready to start a command on the node soon (preflight calls it); nothing by default.

@@ -29,13 +29,13 @@ from magpie_trace.config import NodeConfig
 from magpie_trace.errors import NodeError
 
 # Sets state, pgrp and start (clock ticks since boot) for pid $1; fails when there is no such pid.
-_PROC_STAT = r"""
+PROC_STAT = r"""
 st() { s=; { read -r s < /proc/$1/stat; } 2>/dev/null || return 1
   s=${s##*) }; set -- $s; state=$1; pgrp=$3; start=${20}; }
 """
 
 # $1 = exit file, rest = the command. Runs as the session leader (setsid -f).
-_WRAPPER = _PROC_STAT + r"""
+_WRAPPER = PROC_STAT + r"""
 f=$1; shift
 st $$; echo "$$ $pgrp $start" >&3; exec 3>&-
 trap : TERM INT HUP
@@ -57,14 +57,14 @@ echo "$info"
 """
 
 # $1 pid, $2 starttime, $3 exit file -> "exited CODE" | "running" | "gone"
-_STATUS = _PROC_STAT + r"""
+_STATUS = PROC_STAT + r"""
 if [ -f "$3" ]; then read -r c < "$3"; echo "exited $c"; exit 0; fi
 if st $1 && [ "$state" != Z ] && [ "$start" = "$2" ]; then echo running; else echo gone; fi
 """
 
 # $1 pgid, $2 leader starttime, $3 grace in tenths of a second -> "gone" | "stopped" | "killed" |
 # "remaining N". The group is ours unless its leader's pid now belongs to a younger process.
-_STOP = _PROC_STAT + r"""
+_STOP = PROC_STAT + r"""
 G=$1; S=$2
 members() { n=0; for d in /proc/[0-9]*; do st "${d#/proc/}" || continue
   [ "$pgrp" = "$G" ] && [ "$state" != Z ] && n=$((n + 1)); done; }
@@ -93,10 +93,17 @@ def exit_path(log_path: str) -> str:
     return log_path + ".exit"
 
 
-def _start_script(env: dict[str, str]) -> str:
-    """The start script, env exported first (shlex-quoted values; sent on stdin, never in argv)."""
+def start_script(env: dict[str, str], *script: str) -> str:
+    """A start script, env exported first (shlex-quoted values; sent on stdin, never in argv)."""
     exports = [f"export {name}={shlex.quote(value)}" for name, value in env.items()]
-    return "\n".join([*exports, f"WRAPPER={shlex.quote(_WRAPPER)}", _START])
+    return "\n".join([*exports, *script])
+
+
+def check_env(node: NodeConfig, env: dict[str, str]) -> None:
+    """Refuse a variable name that an export line could not carry as it is."""
+    for name in env:
+        if not _ENV_NAME.match(name):
+            raise NodeError(node.name, f"env: {name!r} is not a valid variable name")
 
 
 class PosixBackend(Backend):
@@ -106,9 +113,14 @@ class PosixBackend(Backend):
     def command(self, node: NodeConfig, argv: list[str]) -> list[str]:
         """The local argv that runs argv on the node (the words arrive there unchanged)."""
 
-    def transport_error(self, node: NodeConfig, result: CommandResult) -> NodeError | None:
-        """A NodeError when result is a failure of the transport rather than of the command."""
-        return None
+    def settle(self, node: NodeConfig, result: CommandResult) -> CommandResult:
+        """The command's own result: raise NodeError when the transport failed rather than the
+        command, and drop the transport's own messages from stderr."""
+        return result
+
+    def abandon(self, proc: subprocess.Popen[bytes]) -> None:
+        """End a transport process that ran past its timeout (a subclass may let it clean up)."""
+        proc.kill()
 
     # ---------------------------------------------------------------------------------------
 
@@ -130,29 +142,33 @@ class PosixBackend(Backend):
             raise ValueError("empty argv")
         local_argv = self.command(node, argv)
         try:
-            proc = subprocess.run(
+            proc = subprocess.Popen(
                 local_argv,
-                input=input if input is not None else b"",
+                stdin=subprocess.PIPE,
                 stdout=stdout if stdout is not None else subprocess.PIPE,
                 stderr=subprocess.PIPE,
-                timeout=timeout_s,
             )
-        except subprocess.TimeoutExpired:
-            raise NodeError(node.name, f"{argv[0]} timed out after {timeout_s:g} s") from None
         except OSError as exc:
             if local_argv[0] == argv[0]:  # local: a missing program reads like a shell's 127
                 return CommandResult(127, "", f"{argv[0]}: {exc.strerror or exc}")
             detail = exc.strerror or exc
             raise NodeError(node.name, f"cannot run {local_argv[0]}: {detail}") from None
+        with proc:
+            try:
+                out, err = proc.communicate(input if input is not None else b"", timeout_s)
+            except subprocess.TimeoutExpired:
+                self.abandon(proc)
+                proc.communicate()
+                raise NodeError(node.name, f"{argv[0]} timed out after {timeout_s:g} s") from None
+            except BaseException:  # Ctrl-C: the transport process must not linger either
+                self.abandon(proc)
+                raise
         result = CommandResult(
             proc.returncode,
-            (proc.stdout or b"").decode(errors="surrogateescape"),
-            proc.stderr.decode(errors="replace"),
+            (out or b"").decode(errors="surrogateescape"),
+            err.decode(errors="replace"),
         )
-        error = self.transport_error(node, result)
-        if error is not None:
-            raise error
-        return result
+        return self.settle(node, result)
 
     def _script(
         self, node: NodeConfig, script: str, args: list[str], timeout_s: float = _CONTROL_TIMEOUT_S
@@ -168,16 +184,14 @@ class PosixBackend(Backend):
         cwd: str | None = None,
     ) -> ProcessHandle:
         self.check_start(argv, log_path)
-        for name in env:
-            if not _ENV_NAME.match(name):
-                raise NodeError(node.name, f"env: {name!r} is not a valid variable name")
+        check_env(node, env)
         exit_file = exit_path(log_path)
         workdir = cwd or self.workdir(node)
         result = self.run(
             node,
             ["sh", "-s", "--", log_path, exit_file, workdir, *argv],
             timeout_s=_CONTROL_TIMEOUT_S,
-            input=_start_script(env).encode(),
+            input=start_script(env, f"WRAPPER={shlex.quote(_WRAPPER)}", _START).encode(),
         )
         fields = result.stdout.split()
         if result.returncode != 0 or len(fields) != 3 or not fields[0].isdigit():

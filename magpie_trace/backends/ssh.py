@@ -74,12 +74,12 @@ class SshBackend(PosixBackend):
                 self._masters[node.name] = [*options, "-O", "exit", "--", node.host]
         return [*self.ssh_argv(node), " ".join(shlex.quote(word) for word in argv)]
 
-    def transport_error(self, node: NodeConfig, result: CommandResult) -> NodeError | None:
+    def settle(self, node: NodeConfig, result: CommandResult) -> CommandResult:
         if result.returncode != _SSH_FAILED:
-            return None
+            return result
         lines = [line.strip() for line in result.stderr.splitlines() if line.strip()]
         detail = lines[-1] if lines else "ssh failed (exit 255)"
-        return NodeError(node.name, f"ssh {node.host}: {detail}")
+        raise NodeError(node.name, f"ssh {node.host}: {detail}")
 
     def close(self) -> None:
         """End the control masters this backend opened and remove their sockets' directory.

@@ -20,14 +20,12 @@ from magpie_trace.backends.base import Backend, ProcessHandle
 from magpie_trace.bench.client import Progress
 from magpie_trace.bench.telemetry import NodeSampler
 from magpie_trace.config import NodeConfig
-from magpie_trace.errors import MagpieError, NodeError
-from magpie_trace.fanout import NodesFailed, on_nodes
+from magpie_trace.errors import MagpieError
+from magpie_trace.nodewatch import NodeLost, ProcessCheck, Trip
 
 
-class RunAborted(NodeError):
+class RunAborted(NodeLost):
     """A node was lost during the benchmark; the result file is written and marked invalid."""
-
-    exit_code = 3
 
     def __init__(self, node: str, reason: str, result_path: str | None = None) -> None:
         where = f" (partial results, marked invalid: {result_path})" if result_path else ""
@@ -61,12 +59,6 @@ FAILURE_POLL_S = 0.05  # how soon a failed request leads to a process check
 
 
 @dataclass
-class Trip:
-    node: str
-    reason: str
-
-
-@dataclass
 class Watchdog:
     """Owns the checks; `watch(task)` cancels task on the first failure and records why."""
 
@@ -85,21 +77,7 @@ class Watchdog:
         """Blocking (it may ssh): call from a thread. Every node is checked at once."""
         if self.backend is None:
             return None
-        watched = [self.nodes[name] for name in self.handles if name in self.nodes]
-        try:
-            found = on_nodes(self._check_one, watched)
-        except NodesFailed as exc:
-            return Trip(exc.node, f"cannot check its process: {exc.failures.get(exc.node, exc)}")
-        return next((trip for trip in found.values() if trip is not None), None)
-
-    def _check_one(self, node: NodeConfig) -> Trip | None:
-        assert self.backend is not None
-        handle = self.handles[node.name]
-        if self.backend.alive(node, handle):
-            return None
-        code = self.backend.exit_code(node, handle)
-        code_text = "an unknown code" if code is None else f"code {code}"
-        return Trip(node.name, f"engine process {handle.pid} exited with {code_text} during the benchmark")
+        return ProcessCheck(self.backend, self.nodes, self.handles, "the benchmark")()
 
     def check_telemetry(self) -> Trip | None:
         now = time.monotonic()

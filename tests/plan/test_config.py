@@ -57,7 +57,11 @@ def test_overrides_sweep_like_users_do(tmp_path):
         ("scheduler: {nodes: [a]}\nserver: {engine: vllm}\n", "server.model: missing"),
         ("scheduler: {backend: ssh, nodes: [a, a]}\nserver: {model: m}\n", "host 'a' is listed twice"),
         ("scheduler: {backend: pbs, nodes: [a]}\nserver: {model: m}\n", "scheduler.backend: 'pbs' is not one of: local, ssh, ray, slurm"),
-        ("scheduler: {backend: slurm, nodes: [a]}\nserver: {model: m}\n", "slurm is not supported yet"),
+        ("scheduler: {backend: slurm, slurm: {partition: 'gpu a'}}\nserver: {model: m}\n", "scheduler.slurm.partition: 'gpu a' is not one word"),
+        ("scheduler: {backend: slurm, slurm: {job_id: '12;x'}}\nserver: {model: m}\n", "scheduler.slurm.job_id: '12;x' is not a Slurm job id"),
+        ("scheduler: {backend: slurm, slurm: {nodes: 0}}\nserver: {model: m}\n", "scheduler.slurm.nodes: must be at least 1"),
+        ("scheduler: {backend: slurm, slurm: {wait_s: 0}}\nserver: {model: m}\n", "scheduler.slurm.wait_s: must be more than 0"),
+        ("scheduler: {backend: slurm, slurm: {partiton: gpu}}\nserver: {model: m}\n", "scheduler.slurm.partiton: unknown key (did you mean partition?)"),
         ("scheduler: {nodes: []}\nserver: {model: m}\n", "scheduler.nodes: at least one node"),
         ("server: [1, 2]\n", "server: expected a mapping, got a list"),
         ("scheduler: {nodes: [a]}\nserver: {model: m}\nbenchmark: {goodput: {ttfb: 3}}\n", "benchmark.goodput.ttfb: unknown SLO"),
@@ -68,6 +72,13 @@ def test_overrides_sweep_like_users_do(tmp_path):
 )
 def test_bad_config_names_file_and_key(tmp_path, text, expected):
     assert expected in error_of(tmp_path, text)
+
+
+def test_slurm_nodes_may_come_from_the_allocation(tmp_path):
+    config = load(tmp_path, "scheduler: {backend: slurm, slurm: {partition: gpu, nodes: 2, time: '1:00:00'}}\n"
+                            "server: {model: m}\n")
+    assert config.scheduler.nodes == [] and config.scheduler.slurm.nodes == 2
+    assert config.scheduler.slurm.time == "1:00:00"
 
 
 def test_bad_override_is_named(tmp_path):

@@ -1,0 +1,152 @@
+"""Notice a lost node while the run waits on something that cannot see it.
+
+An open profile window, an HTTP call to the head that only returns once every rank has written
+its trace, the wait for trace files: none of these fail when a node dies, they wait (up to
+profile.timeout_s, ten minutes by default) with the cluster held. A NodeGuard checks every node's
+processes from a thread meanwhile; its waits end the moment a node is lost, with NodeLost naming
+the node (exit code 3, as for a node lost during the benchmark).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TypeVar
+
+from magpie_trace.backends.base import Backend, ProcessHandle
+from magpie_trace.config import NodeConfig
+from magpie_trace.errors import NodeError
+from magpie_trace.fanout import NodesFailed, on_nodes
+from magpie_trace.plan import Plan
+
+T = TypeVar("T")
+
+
+class NodeLost(NodeError):
+    """A node was lost while the run needed it; everything is torn down and recorded."""
+
+    exit_code = 3
+
+
+@dataclass
+class Trip:
+    node: str
+    reason: str
+
+
+@dataclass
+class ProcessCheck:
+    """Is every node's engine still running? Blocking (it may go over ssh): call from a thread."""
+
+    backend: Backend
+    nodes: dict[str, NodeConfig]
+    handles: dict[str, ProcessHandle] = field(default_factory=dict)
+    during: str = "the run"
+
+    def __call__(self) -> Trip | None:
+        watched = [self.nodes[name] for name in self.handles if name in self.nodes]
+        try:
+            found = on_nodes(self._check_one, watched)
+        except NodesFailed as exc:
+            return Trip(exc.node, f"cannot check its process: {exc.failures.get(exc.node, exc)}")
+        return next((trip for trip in found.values() if trip is not None), None)
+
+    def _check_one(self, node: NodeConfig) -> Trip | None:
+        handle = self.handles[node.name]
+        if self.backend.alive(node, handle):
+            return None
+        code = self.backend.exit_code(node, handle)
+        code_text = "an unknown code" if code is None else f"code {code}"
+        return Trip(node.name, f"engine process {handle.pid} exited with {code_text} during {self.during}")
+
+
+class NodeGuard:
+    """Runs a check every poll_s in a thread; `wait` and `call` end early once it has tripped.
+
+    Without a check (nothing launched by this run: a bare URL) it never trips.
+    """
+
+    def __init__(self, check: Callable[[], Trip | None] | None = None, poll_s: float = 1.0) -> None:
+        self._check = check
+        self.poll_s = poll_s
+        self._tripped = threading.Event()
+        self._stopped = threading.Event()
+        self._trip: Trip | None = None
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+
+    def __enter__(self) -> "NodeGuard":
+        if self._check is not None:
+            self._thread = threading.Thread(target=self._loop, name="node-guard", daemon=True)
+            self._thread.start()
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self._stopped.set()
+        if self._thread is not None:
+            self._thread.join(timeout=30)
+
+    def _loop(self) -> None:
+        assert self._check is not None
+        while not self._stopped.is_set() and not self._tripped.is_set():
+            try:
+                trip = self._check()
+            except Exception as exc:  # noqa: BLE001 - a check that cannot run says why
+                trip = Trip("node-guard", f"cannot check the nodes: {exc}")
+            if trip is not None:
+                self.trip(trip)
+                return
+            self._stopped.wait(self.poll_s)
+
+    def trip(self, trip: Trip) -> None:
+        """Record a lost node (the first one wins) and end every wait."""
+        with self._lock:
+            if self._trip is None:
+                self._trip = trip
+        self._tripped.set()
+
+    @property
+    def tripped(self) -> Trip | None:
+        return self._trip
+
+    def raise_if_tripped(self) -> None:
+        trip = self._trip
+        if trip is not None:
+            raise NodeLost(trip.node, trip.reason)
+
+    def wait(self, seconds: float) -> None:
+        """Sleep, or raise NodeLost as soon as a node is lost."""
+        self._tripped.wait(max(0.0, seconds))
+        self.raise_if_tripped()
+
+    def call(self, fn: Callable[[], T]) -> T:
+        """fn() in a thread (it may block for minutes on a head that lost a node); its result,
+        or NodeLost as soon as a node is lost (fn is then abandoned, still running)."""
+        self.raise_if_tripped()
+        done = threading.Event()
+        box: dict[str, object] = {}
+
+        def target() -> None:
+            try:
+                box["value"] = fn()
+            except BaseException as exc:  # noqa: BLE001 - handed to the caller
+                box["error"] = exc
+            finally:
+                done.set()
+
+        threading.Thread(target=target, name="node-guard-call", daemon=True).start()
+        while not done.wait(0.1):
+            self.raise_if_tripped()
+        self.raise_if_tripped()  # a node lost meanwhile explains what fn met
+        if "error" in box:
+            raise box["error"]  # type: ignore[misc]
+        return box["value"]  # type: ignore[return-value]
+
+
+def process_guard(
+    plan: Plan, backend: Backend, handles: dict[str, ProcessHandle], during: str
+) -> NodeGuard:
+    """A guard over the processes launch started on every node of plan."""
+    nodes = {node.name: plan.node_config(node.index) for node in plan.nodes}
+    return NodeGuard(ProcessCheck(backend, nodes, dict(handles), during))
