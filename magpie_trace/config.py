@@ -128,6 +128,7 @@ class GroupConfig:
     pp: int | None = None
     dp: int | None = None
     ep: int | None = None
+    host: str | None = None  # the API server's bind address (server.host when unset)
     port: int | None = None
     rendezvous_port: int | None = None
     dp_rpc_port: int | None = None

@@ -41,6 +41,7 @@ class Group:
     pp: int
     dp: int
     ep: int
+    host: str = "0.0.0.0"  # the API server's bind address
     port: int | None = None
     rendezvous_port: int | None = None
     dp_rpc_port: int | None = None
@@ -78,8 +79,9 @@ def deployment_groups(config: Config) -> list[Group]:
     server = config.server
     if not server.groups:
         return [Group(None, "serve", tuple(range(len(config.scheduler.nodes))), server.tp,
-                      server.pp, server.dp, server.ep, server.port, server.rendezvous_port,
-                      server.dp_rpc_port, extra_args=tuple(server.extra_args))]
+                      server.pp, server.dp, server.ep, server.host, server.port,
+                      server.rendezvous_port, server.dp_rpc_port,
+                      extra_args=tuple(server.extra_args))]
     return [_group(config, i, raw) for i, raw in enumerate(server.groups)]
 
 
@@ -94,7 +96,7 @@ def _group(config: Config, i: int, raw: GroupConfig) -> Group:
 
     return Group(
         name=raw.name, role=raw.role, nodes=nodes, tp=size("tp"), pp=size("pp"), dp=size("dp"),
-        ep=size("ep"), port=raw.port or server.port,
+        ep=size("ep"), host=raw.host or server.host, port=raw.port or server.port,
         rendezvous_port=raw.rendezvous_port or server.rendezvous_port,
         dp_rpc_port=raw.dp_rpc_port or server.dp_rpc_port, bootstrap_port=raw.bootstrap_port,
         kv_connector=raw.kv_connector, transfer_backend=raw.transfer_backend,

@@ -147,6 +147,12 @@ class NodeGuard:
 def process_guard(
     plan: Plan, backend: Backend, handles: dict[str, ProcessHandle], during: str
 ) -> NodeGuard:
-    """A guard over the processes launch started on every node of plan."""
-    nodes = {node.name: plan.node_config(node.index) for node in plan.nodes}
-    return NodeGuard(ProcessCheck(backend, nodes, dict(handles), during))
+    """A guard over the processes launch started on every node of plan (and its router); a trip
+    names the node's group."""
+    check = ProcessCheck(backend, plan.watched_nodes(), dict(handles), during)
+
+    def labelled() -> Trip | None:
+        trip = check()
+        return Trip(plan.label(trip.node), trip.reason) if trip is not None else None
+
+    return NodeGuard(labelled)

@@ -137,6 +137,15 @@ class Plan:
         """What launch starts, watches and stops: every node's command, then the router."""
         return [*self.nodes, *([self.router] if self.router else [])]
 
+    def watched_nodes(self) -> dict[str, NodeConfig]:
+        """Each started process's name -> the node it runs on (the router under its own name),
+        for the checks that its process is still alive."""
+        nodes = {node.name: self.node_config(node.index) for node in self.nodes}
+        if self.router is not None:
+            nodes[self.router.name] = dataclasses.replace(self.node_config(self.router.index),
+                                                          name=self.router.name)
+        return nodes
+
     def label(self, name: str) -> str:
         """A started process by its name, with its group: `node2 (group decode)`,
         `router (sglang-router on node0)`; a plain server's node is just its name."""

@@ -126,9 +126,7 @@ async def run_benchmark_async(
     kind, kind_note = attribution(plan)
     head = plan.head.name if plan else base_url
     nodes = {plan.nodes[i].name: plan.node_config(i) for i in range(len(plan.nodes))} if plan else {}
-    watched = dict(nodes)
-    if plan is not None and plan.router is not None:  # a lost router stops the run too
-        watched[plan.router.name] = replace(plan.node_config(plan.router.index), name=plan.router.name)
+    watched = plan.watched_nodes() if plan else {}  # a lost router stops the run too
 
     samplers: dict[str, NodeSampler] = {}
     if backend is not None and plan is not None:

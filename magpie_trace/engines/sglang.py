@@ -48,7 +48,7 @@ class SglangEngine(Engine):
                 "--node-rank", str(ctx.index),
                 "--dist-init-addr", f"{ctx.head.address}:{ctx.rendezvous_port}",
             ]
-        args += ["--host", server.host, "--port", str(ctx.port)]
+        args += ["--host", ctx.group.host, "--port", str(ctx.port)]
         group = ctx.group
         if group.is_pd:
             args += ["--disaggregation-mode", group.role]

@@ -151,7 +151,7 @@ class VllmEngine(VllmStyleProfiling, Engine):
         if layout.ep > 1:
             args.append("--enable-expert-parallel")
         if ctx.is_head:
-            args += ["--host", server.host, "--port", str(ctx.port)]
+            args += ["--host", ctx.group.host, "--port", str(ctx.port)]
         elif server.executor != "ray" and layout.nnodes > 1:
             args.append("--headless")
         if ctx.trace_dir is not None:

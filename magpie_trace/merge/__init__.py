@@ -30,6 +30,7 @@ from magpie_trace.merge import gzipjoin, tables
 from magpie_trace.merge.align import ClockFit, NodeTimes, residuals, solve
 from magpie_trace.merge.anchors import Matched, match
 from magpie_trace.merge.discover import TraceFile, discover, manifest_offsets
+from magpie_trace.merge.handoff import place_groups, read_handoffs
 from magpie_trace.merge.load import SCRATCH, Scanned, scan, size_hint
 from magpie_trace.merge.rewrite import RewriteJob, RewriteResult, Transform, rewrite
 
@@ -99,8 +100,9 @@ def _run(fn: Callable[[T], R], items: Iterable[T], jobs: int) -> list[R]:
 
 
 def _resolve_ranks(scanned: list[Scanned]) -> None:
-    """Fill global ranks from distributedInfo and refuse two files that claim one rank."""
-    owners: dict[int, Path] = {}
+    """Fill global ranks from distributedInfo and refuse two files that claim one rank (of one
+    group: each group of a deployment numbers its own ranks)."""
+    owners: dict[tuple[str | None, int], Path] = {}
     for sc in scanned:
         tf = sc.file
         dist_rank = (sc.distributed_info or {}).get("rank")
@@ -117,9 +119,40 @@ def _resolve_ranks(scanned: list[Scanned]) -> None:
             tf.notes.append(f"distributedInfo.rank {dist_rank} differs from {tf.global_rank} (name/manifest wins)")
         if tf.global_rank is None:
             raise TraceError(f"{tf.path}: cannot tell its rank (no manifest entry, rank in the name or distributedInfo)")
-        if tf.global_rank in owners:
-            raise TraceError(f"{owners[tf.global_rank]} and {tf.path} both claim rank {tf.global_rank}")
-        owners[tf.global_rank] = tf.path
+        key = (tf.group, tf.global_rank)
+        if key in owners:
+            raise TraceError(f"{owners[key]} and {tf.path} both claim rank {tf.global_rank}")
+        owners[key] = tf.path
+
+
+def _solve_groups(files: list[TraceFile], scanned: list[Scanned], ranks: list[int],
+                  times: NodeTimes, reference: str, t0: int) -> tuple[dict[str, ClockFit], list[str]]:
+    """Node fits to the reference node. Groups of a deployment share no collective: each is fitted
+    on its own collectives, then placed by the KV handoffs between groups (handoff.py), read from
+    one rank file per node."""
+    groups: dict[str | None, list[str]] = {}
+    for i in ranks:
+        members = groups.setdefault(files[i].group, [])
+        if files[i].node_name not in members:
+            members.append(files[i].node_name)
+    if len(groups) < 2:
+        fits, _pairs, missing = solve(times, reference, t0)
+        return fits, missing
+    group_fits: dict[str, dict[str, ClockFit]] = {}
+    missing: list[str] = []
+    for group, members in groups.items():
+        head = reference if reference in members else members[0]
+        fits, _pairs, lost = solve(times, head, t0)
+        group_fits[str(group)] = {node: fits[node] for node in members if node in fits}
+        missing += [node for node in lost if node in members]
+    first = {}
+    for i in ranks:
+        first.setdefault(files[i].node_name, i)
+    handoffs = {node: read_handoffs(files[i].path, scanned[i].base_ns) for node, i in first.items()}
+    reference_group = str(next(g for g, members in groups.items() if reference in members))
+    fits, unplaced = place_groups(group_fits, handoffs, reference_group)
+    missing += [node for group in unplaced for node in group_fits[group]]
+    return fits, missing
 
 
 def _window(scanned: list[Scanned], ref: Scanned, fit: ClockFit, base: int, opts: MergeOptions) -> tuple[int, int] | None:
@@ -184,7 +217,10 @@ def _merge(files: list[TraceFile], manifest: dict[str, Any] | None, output_dir: 
     files = [sc.file for sc in scanned]  # workers return their own (updated) copies
     _resolve_ranks(scanned)
     warnings: list[str] = [f"{tf.path.name}: {note}" for tf in files for note in tf.notes]
-    order = sorted(range(len(files)), key=lambda i: (files[i].kind != "rank", files[i].global_rank or 0, i))
+    # Ranks first, by global rank; a deployment of groups (each numbering its own ranks) in node
+    # order, so the reference is the first node's clock, as for one server.
+    order = sorted(range(len(files)), key=lambda i: (
+        files[i].kind != "rank", (files[i].node or 0) if files[i].group else 0, files[i].global_rank or 0, i))
     ranks = [i for i in order if files[i].kind == "rank"]
     if not ranks:
         raise TraceError(f"{files[0].path.parent}: no rank traces (only API-server or unknown traces)")
@@ -195,17 +231,17 @@ def _merge(files: list[TraceFile], manifest: dict[str, Any] | None, output_dir: 
     node_of = {i: files[i].node_name for i in ranks}
     priors = manifest_offsets(manifest)
     anchors = {i: scanned[i].anchors for i in ranks}
-    group_of = {i: (files[i].dp_rank, files[i].pp_rank) for i in ranks}
+    group_of = {i: (files[i].group, files[i].dp_rank, files[i].pp_rank) for i in ranks}
     prior = {i: float(priors.get(str(files[i].node), priors.get(files[i].node_name, 0))) for i in ranks}
     matched = Matched.of(match(anchors, group_of, prior))
     ref_file = next(i for i in ranks if files[i].node_name == reference)
     ref_anchor_starts = [a.start for a in scanned[ref_file].anchors]
     t0 = min(ref_anchor_starts) if ref_anchor_starts else (scanned[ref_file].span or (0, 0))[0]
     times = NodeTimes.build(matched, node_of, nodes, t0)
-    fits, _pairs, missing = solve(times, reference, t0)
+    fits, missing = _solve_groups(files, scanned, ranks, times, reference, t0)
     if missing:
         lonely = next(i for i in ranks if files[i].node_name == missing[0])
-        raise TraceError(f"{files[lonely].path}: shares no collective with {files[ref_file].path.name} "
+        raise TraceError(f"{files[lonely].path}: shares no collective (nor KV handoff) with {files[ref_file].path.name} "
                          f"(node {missing[0]} cannot be aligned)")
     for node in {tf.node_name for tf in files} - set(fits):
         fits[node] = ClockFit(node, 0.0, 0.0, t0, "none", 0, 0.0,
@@ -228,7 +264,8 @@ def _merge(files: list[TraceFile], manifest: dict[str, Any] | None, output_dir: 
     jobs = []
     for k, i in enumerate(order):
         sc, tf, fit = scanned[i], files[i], fits[files[i].node_name]
-        meta = {"source": tf.path.name, "node": tf.node_name, "label": tf.label, "global_rank": tf.global_rank,
+        meta = {"source": tf.path.name, "node": tf.node_name, "label": tf.label, "group": tf.group,
+                "global_rank": tf.global_rank,
                 "clock_offset_ns": round(fit.offset_ns, 1), "clock_drift_ppm": fit.drift_ppm, "t0_ns": fit.t0_ns,
                 "method": fit.method, "reference_node": reference}
         jobs.append(RewriteJob(
@@ -275,7 +312,7 @@ def _merge(files: list[TraceFile], manifest: dict[str, Any] | None, output_dir: 
         tf, sc = files[i], scanned[i]
         file_reports.append({
             "file": tf.path.name, "kind": tf.kind, "label": tf.label, "node": tf.node_name,
-            "global_rank": tf.global_rank, "anchors": len(sc.anchors),
+            "group": tf.group, "global_rank": tf.global_rank, "anchors": len(sc.anchors),
             "anchor_kind": ("gpu" if any(a.gpu for a in sc.anchors) else "cpu") if sc.anchors else None,
             "format": "relative" if sc.base_ns is not None else "absolute", "uncompressed_bytes": sc.size,
             "aligned": jobs[k].aligned_path.name if jobs[k].aligned_path else None,
