@@ -105,6 +105,7 @@ class RequestRecord:
         return {
             "index": self.index,
             "point": self.point,
+            "endpoint": self.endpoint,
             "status": self.status,
             "http_status": self.http_status,
             "error": self.error,
