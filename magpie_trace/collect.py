@@ -197,6 +197,13 @@ def build_manifest(
             for name, value in offsets_by_name.items()
             if name in index_of
         },
+        # Each offset's round trip (its uncertainty is half of it): what places a group no KV
+        # handoff reaches.
+        "clock_rtts_ns": {
+            str(index_of[check["node"]]): int(check.get("clock_rtt_ns") or 0)
+            for check in preflight.get("nodes") or []
+            if isinstance(check, dict) and check.get("node") in index_of
+        },
         **({"groups": [_group_entry(group) for group in plan.groups]} if plan.has_groups else {}),
         "files": [_file_entry(trace, names[id(trace)], plan.nodes[trace.node].group)
                   for trace in traces],
@@ -249,20 +256,21 @@ def tracelens_command(manifest: dict[str, Any], traces_dir: Path) -> str | None:
     """
     groups = manifest.get("groups")
     if groups:
-        commands = [_tracelens_one(group, manifest["files"], traces_dir, f"-{group['name']}")
+        commands = [_tracelens_one(group, manifest["files"], traces_dir, group["name"])
                     for group in groups]
         found = [command for command in commands if command]
         return " && ".join(found) if found else None
-    return _tracelens_one(manifest, manifest["files"], traces_dir, "")
+    return _tracelens_one(manifest, manifest["files"], traces_dir, None)
 
 
 def _tracelens_one(layout: dict[str, Any], files: list[dict[str, Any]], traces_dir: Path,
-                   suffix: str) -> str | None:
+                   group: str | None) -> str | None:
     if layout["dp"] > 1 or layout["pp"] > 1:
         return None
+    suffix = f"-{group}" if group else ""
     per_node: dict[int, int] = {}
     for entry in files:
-        if entry["kind"] == "rank" and entry["file"].endswith(f"{suffix}.trace.json.gz"):
+        if entry["kind"] == "rank" and entry.get("group") == group:
             per_node[entry["node"]] = per_node.get(entry["node"], 0) + 1
     return shlex.join([
         TRACELENS_REPORT,

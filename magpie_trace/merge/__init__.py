@@ -125,11 +125,12 @@ def _resolve_ranks(scanned: list[Scanned]) -> None:
         owners[key] = tf.path
 
 
-def _solve_groups(files: list[TraceFile], scanned: list[Scanned], ranks: list[int],
-                  times: NodeTimes, reference: str, t0: int) -> tuple[dict[str, ClockFit], list[str]]:
+def _solve_groups(files: list[TraceFile], scanned: list[Scanned], ranks: list[int], times: NodeTimes,
+                  reference: str, t0: int, manifest: dict[str, Any] | None,
+                  ) -> tuple[dict[str, ClockFit], list[str]]:
     """Node fits to the reference node. Groups of a deployment share no collective: each is fitted
     on its own collectives, then placed by the KV handoffs between groups (handoff.py), read from
-    one rank file per node."""
+    one rank file per node; a group no handoff reaches, by the launch's clock measurement."""
     groups: dict[str | None, list[str]] = {}
     for i in ranks:
         members = groups.setdefault(files[i].group, [])
@@ -150,8 +151,18 @@ def _solve_groups(files: list[TraceFile], scanned: list[Scanned], ranks: list[in
         first.setdefault(files[i].node_name, i)
     handoffs = {node: read_handoffs(files[i].path, scanned[i].base_ns) for node, i in first.items()}
     reference_group = str(next(g for g, members in groups.items() if reference in members))
-    fits, unplaced = place_groups(group_fits, handoffs, reference_group)
-    missing += [node for group in unplaced for node in group_fits[group]]
+    offsets, rtts = manifest_offsets(manifest), manifest_offsets(manifest, "clock_rtts_ns")
+    measured = {}
+    for i in ranks:
+        key = str(files[i].node)
+        if key in offsets and key in rtts:
+            measured[files[i].node_name] = (float(offsets[key]), rtts[key] / 2)
+    fits, unplaced = place_groups(group_fits, handoffs, reference_group, measured)
+    if unplaced:
+        lonely = next(i for i in ranks if str(files[i].group) == unplaced[0])
+        raise TraceError(f"{files[lonely].path}: its group {unplaced[0]} shares no KV handoff with "
+                         f"group {reference_group} and has no launch clock measurement (collect's "
+                         "manifest.json): it cannot be aligned")
     return fits, missing
 
 
@@ -238,10 +249,10 @@ def _merge(files: list[TraceFile], manifest: dict[str, Any] | None, output_dir: 
     ref_anchor_starts = [a.start for a in scanned[ref_file].anchors]
     t0 = min(ref_anchor_starts) if ref_anchor_starts else (scanned[ref_file].span or (0, 0))[0]
     times = NodeTimes.build(matched, node_of, nodes, t0)
-    fits, missing = _solve_groups(files, scanned, ranks, times, reference, t0)
+    fits, missing = _solve_groups(files, scanned, ranks, times, reference, t0, manifest)
     if missing:
         lonely = next(i for i in ranks if files[i].node_name == missing[0])
-        raise TraceError(f"{files[lonely].path}: shares no collective (nor KV handoff) with {files[ref_file].path.name} "
+        raise TraceError(f"{files[lonely].path}: shares no collective with {files[ref_file].path.name} "
                          f"(node {missing[0]} cannot be aligned)")
     for node in {tf.node_name for tf in files} - set(fits):
         fits[node] = ClockFit(node, 0.0, 0.0, t0, "none", 0, 0.0,

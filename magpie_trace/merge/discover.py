@@ -172,10 +172,11 @@ def discover(input_dir: Path) -> tuple[list[TraceFile], dict[str, Any] | None]:
     return files, manifest
 
 
-def manifest_offsets(manifest: dict[str, Any] | None) -> dict[str, int]:
+def manifest_offsets(manifest: dict[str, Any] | None, key: str = "clock_offsets_ns") -> dict[str, int]:
     """The launch stage's measured node clock offsets (ns), keyed by node index (as a string) or name;
-    used only as a prior when choosing between equally consistent collective pairings."""
-    raw = (manifest or {}).get("clock_offsets_ns") or {}
+    used only as a prior when choosing between equally consistent collective pairings, and to place
+    a group no KV handoff reaches (`clock_rtts_ns`: each one's round trip)."""
+    raw = (manifest or {}).get(key) or {}
     if not isinstance(raw, dict):
         return {}
     return {str(key): int(value) for key, value in raw.items() if isinstance(value, (int, float))}

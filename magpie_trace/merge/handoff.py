@@ -62,14 +62,16 @@ def read_handoffs(path: Path, base_ns: int | None) -> list[Handoff]:
 
 
 def place_groups(group_fits: dict[str, dict[str, ClockFit]], handoffs: dict[str, list[Handoff]],
-                 reference_group: str) -> tuple[dict[str, ClockFit], list[str]]:
+                 reference_group: str, measured: dict[str, tuple[float, float]] | None = None,
+                 ) -> tuple[dict[str, ClockFit], list[str]]:
     """Every node's fit to the reference group's reference clock.
 
     group_fits: per group, its nodes' fits to the group's own reference node (from its
     collectives). Each group moves as one rigid body, so the alignment inside it keeps the
     collectives' accuracy; its offset comes from every KV handoff between its nodes and an already
-    placed group's, and its uncertainty adds to theirs. Returns the fits and the groups no handoff
-    reaches (left out).
+    placed group's, and its uncertainty adds to theirs. A group no handoff reaches is placed by
+    `measured` (node -> offset from the head and its uncertainty, ns: the launch's clock round
+    trips), method "preflight". Returns the fits and the groups still not placed (left out).
     """
     group_of = {node: group for group, fits in group_fits.items() for node in fits}
     placed = {reference_group: (0.0, 0.0, 0, [])}  # group -> (offset, uncertainty, n, warnings)
@@ -82,21 +84,44 @@ def place_groups(group_fits: dict[str, dict[str, ClockFit]], handoffs: dict[str,
                 if bound is not None and (best is None or bound[1] + base_u < best[2]):
                     best = (group, base + bound[0], bound[1] + base_u, bound[2], bound[3])
         if best is None:
+            best = _measured(group_fits, pending, reference_group, measured or {})
+        if best is None:
             break
         group, offset, uncertainty, n, warnings = best
         placed[group] = (offset, uncertainty, n, warnings)
         pending.discard(group)
     fits: dict[str, ClockFit] = {}
     for group, (offset, uncertainty, n, warnings) in placed.items():
+        how = "preflight" if n == 0 else "kv_transfer"
         for node, fit in group_fits[group].items():
             method = fit.method if group == reference_group else (
-                "kv_transfer" if fit.reference else f"kv_transfer+{fit.method}")
+                how if fit.reference else f"{how}+{fit.method}")
             fits[node] = replace(
                 fit, offset_ns=fit.offset_ns + offset, method=method,
                 n_anchors=fit.n_anchors + n, uncertainty_ns=fit.uncertainty_ns + uncertainty,
                 reference=fit.reference and group == reference_group,
                 warnings=[*fit.warnings, *warnings])
     return fits, sorted(pending)
+
+
+def _measured(group_fits: dict[str, dict[str, ClockFit]], pending: set[str], reference_group: str,
+              measured: dict[str, tuple[float, float]]
+              ) -> tuple[str, float, float, int, list[str]] | None:
+    """The pending group whose reference node the launch's clock measurement places most tightly."""
+    head = next(node for node, fit in group_fits[reference_group].items() if fit.reference)
+    if head not in measured:
+        return None
+    best = None
+    for group in sorted(pending):
+        node = next(node for node, fit in group_fits[group].items() if fit.reference)
+        if node in measured:
+            offset = measured[node][0] - measured[head][0]
+            uncertainty = measured[node][1] + measured[head][1]
+            if best is None or uncertainty < best[2]:
+                warning = (f"group {group}: no KV handoff with a placed group; placed by the launch's "
+                           f"clock measurement (+-{uncertainty / 1e3:.0f} us)")
+                best = (group, offset, uncertainty, 0, [warning])
+    return best
 
 
 def _group_bound(group_fits: dict[str, dict[str, ClockFit]], handoffs: dict[str, list[Handoff]],
