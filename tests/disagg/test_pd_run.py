@@ -158,6 +158,27 @@ def test_pd_run_over_ssh_behind_each_router(kind, tmp_path, ssh_scheduler):
     check_timing(c1, measurable)
 
 
+def test_a_real_clock_shift_on_the_decode_head_is_recovered_through_the_handoffs(tmp_path, libfaketime):
+    """libfaketime moves the decode head process's own wall clock 250 ms ahead: the handoffs it
+    timestamps (and, as the sim relays its steps, its whole group's traces) carry it."""
+    config = pd_config(local_scheduler(tmp_path, 4), tmp_path, "sglang-router")
+    config.scheduler.nodes[2].env = {"LD_PRELOAD": str(libfaketime), "FAKETIME": "+0.25"}
+    measurable = quiet()
+    result = run(config)
+    measurable = measurable and quiet()
+    alignment = json.loads((RunDir(result.run_dir).merged / "alignment.json").read_text())
+    for name in ("node2", "node3"):
+        fit = alignment["nodes"][name]
+        node = int(name.removeprefix("node"))
+        true_ns = 250e6 + (OFFSETS_MS[node] - OFFSETS_MS[0]) * 1e6
+        error_us = abs(fit["offset_ns"] - true_ns) / 1e3
+        print(f"{name}: recovered {fit['offset_ns'] / 1e6:.4f} ms, true {true_ns / 1e6:.4f} ms, "
+              f"+-{fit['uncertainty_us']:.1f} us")
+        assert error_us <= fit["uncertainty_us"] + 0.01, (name, fit)
+        if measurable:
+            assert error_us < ALIGN_TOL_US, (name, fit)
+
+
 def test_a_decode_node_lost_mid_benchmark_stops_the_run_naming_node_and_group(tmp_path):
     config = pd_config(local_scheduler(tmp_path, 4), tmp_path, "sglang-router",
                        die_after_s={3: 5.0})
