@@ -234,13 +234,19 @@ def _merge(plan: Plan, run_dir: RunDir, result: RunResult) -> None:
     if isinstance(merged.outputs.get("merged"), str):
         result.outputs["perfetto"] = merged.outputs["merged"]
     if merged.outputs.get("aligned"):
-        # Aligned files are named node<N>-TP<R>-rank<G>: TraceLens's default rank regex finds G.
-        result.tracelens_command = shlex.join([
-            "TraceLens_generate_multi_rank_collective_report_pytorch",
-            "--trace_glob", str(run_dir.merged / "aligned" / "node*-rank*.trace.json.gz"),
-            "--world_size", str(plan.layout.world_size),
-            "--gpus_per_node", str(plan.layout.ranks_per_node),
-        ])
+        # Aligned files are named node<N>-TP<R>[-<group>]-rank<G>: TraceLens's default rank regex
+        # finds G. Groups number their own ranks and share no collective: one report per group.
+        result.tracelens_command = " && ".join(
+            shlex.join([
+                "TraceLens_generate_multi_rank_collective_report_pytorch",
+                "--trace_glob", str(run_dir.merged / "aligned" /
+                                    (f"node*-{group.name}-rank*.trace.json.gz" if group.name
+                                     else "node*-rank*.trace.json.gz")),
+                "--world_size", str(group.layout.world_size),
+                "--gpus_per_node", str(group.layout.ranks_per_node),
+            ])
+            for group in plan.groups
+        )
 
 
 def _report(run_dir: RunDir, result: RunResult) -> None:
