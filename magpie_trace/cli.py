@@ -12,39 +12,92 @@ import orjson
 
 from magpie_trace import interrupts
 from magpie_trace.config import Config, load_config
+from magpie_trace.console import NORMAL, QUIET, VERBOSE, Display
 from magpie_trace.errors import MagpieError
 
 
-def _fail(message: str, code: int) -> None:
+def error_object(exc: BaseException, code: int) -> dict[str, Any]:
+    """What `--json` prints on failure: the same one line, its kind and exit code, and the node
+    when one is to blame."""
+    error: dict[str, Any] = {"type": type(exc).__name__, "message": _message(exc), "exit_code": code}
+    node = getattr(exc, "node", None)
+    if node is not None:
+        error["node"] = node
+    return {"ok": False, "error": error}
+
+
+def _message(exc: BaseException) -> str:
+    if isinstance(exc, click.ClickException):
+        return exc.format_message()
+    if isinstance(exc, KeyboardInterrupt):
+        return interrupts.describe()
+    return str(exc) or type(exc).__name__
+
+
+def _fail(exc: BaseException, code: int, as_json: bool) -> None:
     try:
-        click.echo(f"error: {message}", err=True)
+        if as_json:
+            print_json(error_object(exc, code))
+        click.echo(f"error: {_message(exc)}", err=True)
     except OSError:
         interrupts.output_closed(interrupt=False)
     sys.exit(code)
 
 
 def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """User-facing failures become one line on stderr and the error's exit code. Ctrl-C, SIGTERM,
-    SIGHUP and a closed output all end the same way (teardown first), exit 128 + the signal."""
+    """User-facing failures become one line on stderr and the error's exit code (with --json, also a
+    JSON error object on stdout). Ctrl-C, SIGTERM, SIGHUP and a closed output all end the same way
+    (teardown first), exit 128 + the signal. Anything else is a bug: its traceback is shown (after
+    the JSON error object, with --json)."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        as_json = bool(kwargs.get("as_json"))
         interrupts.install()
         try:
             return fn(*args, **kwargs)
         except MagpieError as exc:
-            _fail(str(exc), exc.exit_code)
-        except KeyboardInterrupt:
-            _fail(interrupts.describe(), interrupts.exit_code())
+            _fail(exc, exc.exit_code, as_json)
+        except KeyboardInterrupt as exc:
+            _fail(exc, interrupts.exit_code(), as_json)
         except BrokenPipeError:  # the final output's reader had gone: all is done but saying so
             interrupts.output_closed(interrupt=False)
             sys.exit(interrupts.exit_code())
+        except click.ClickException:
+            raise  # a usage error: click prints it; Commands.invoke adds the JSON object
+        except Exception as exc:
+            if as_json:
+                print_json(error_object(exc, 1))
+            raise
 
     return wrapper
 
 
 def print_json(data: Any) -> None:
     click.echo(orjson.dumps(data, option=orjson.OPT_INDENT_2 | orjson.OPT_NON_STR_KEYS).decode())
+
+
+def _set_verbosity(level: int) -> Callable[[click.Context, click.Parameter, bool], None]:
+    def callback(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
+        if value:
+            ctx.find_root().meta["magpie_trace.verbosity"] = level
+
+    return callback
+
+
+def verbosity_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """-v / -q, accepted before or after the command name."""
+    fn = click.option("-q", "--quiet", is_flag=True, expose_value=False, callback=_set_verbosity(QUIET),
+                      help="Show only errors and the result (no progress).")(fn)
+    return click.option("-v", "--verbose", is_flag=True, expose_value=False, callback=_set_verbosity(VERBOSE),
+                        help="Time every progress line; a line for every change of a count.")(fn)
+
+
+def display() -> Display:
+    """The progress view for this command, at the -v/-q level given."""
+    ctx = click.get_current_context(silent=True)
+    level = ctx.find_root().meta.get("magpie_trace.verbosity", NORMAL) if ctx else NORMAL
+    return Display(level)
 
 
 config_argument = click.argument("config_path", metavar="CONFIG", type=click.Path(dir_okay=False))
@@ -62,13 +115,35 @@ def read_config(config_path: str, overrides: tuple[str, ...]) -> Config:
     return load_config(config_path, list(overrides))
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class Commands(click.Group):
+    """The command group; a usage error (bad option, bad value) of a command run with --json also
+    prints the JSON error object."""
+
+    def make_context(self, info_name: str | None, args: list[str], parent: click.Context | None = None,
+                     **extra: Any) -> click.Context:
+        wants_json = "--json" in args
+        ctx = super().make_context(info_name, args, parent, **extra)
+        ctx.meta["magpie_trace.json"] = wants_json
+        return ctx
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except click.ClickException as exc:
+            if ctx.meta.get("magpie_trace.json"):
+                print_json(error_object(exc, exc.exit_code))
+            raise
+
+
+@click.group(cls=Commands, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="magpie-trace")
+@verbosity_options
 def main() -> None:
     """Launch, benchmark, profile and merge traces of multi-node vLLM / SGLang servers."""
 
 
 @main.command("plan")
+@verbosity_options
 @config_argument
 @set_option
 @json_option
@@ -77,7 +152,17 @@ def plan_command(config_path: str, overrides: tuple[str, ...], as_json: bool) ->
     """Show, per node, the role, ranks, command and env that `launch` would use."""
     from magpie_trace.plan import make_plan
 
-    plan = make_plan(read_config(config_path, overrides))
+    config = read_config(config_path, overrides)
+    if not config.scheduler.nodes:  # the backend decides them (slurm: the allocation's)
+        from magpie_trace.backends import make_backend
+
+        backend = make_backend(config.scheduler)
+        try:
+            with display() as say:
+                backend.acquire_nodes(say, config.source, ask=False)
+        finally:
+            backend.close()
+    plan = make_plan(config)
     if as_json:
         print_json(plan.to_dict())
         return
@@ -130,15 +215,8 @@ run_option = click.option(
 )
 
 
-def progress_line(message: str) -> None:
-    """One progress line on stderr; once nobody reads it, the run stops as on SIGPIPE."""
-    try:
-        click.echo(f"magpie-trace: {message}", err=True)
-    except OSError:
-        interrupts.output_closed()
-
-
 @main.command("launch")
+@verbosity_options
 @config_argument
 @set_option
 @click.option("--no-preflight", is_flag=True, help="Skip the per-node checks before starting.")
@@ -152,14 +230,22 @@ def launch_command(
     Ready means the head's health endpoint answers and every node's process is alive. On any
     failure (or Ctrl-C) every node is stopped again and the failing node is named.
     """
+    from magpie_trace.backends import make_backend
     from magpie_trace.launch import launch
     from magpie_trace.plan import make_plan
     from magpie_trace.rundir import new_run_dir
 
     config = read_config(config_path, overrides)
-    plan = make_plan(config)
-    run_dir = new_run_dir(config.output.dir, plan.run_id)
-    state = launch(plan, run_dir, preflight=not no_preflight, progress=progress_line)
+    backend = make_backend(config.scheduler)
+    try:
+        with display() as say:
+            backend.acquire_nodes(say, config.source)
+            plan = make_plan(config)
+            run_dir = new_run_dir(config.output.dir, plan.run_id)
+            state = launch(plan, run_dir, backend, preflight=not no_preflight, progress=say)
+    except BaseException:
+        backend.close()
+        raise
     if as_json:
         print_json({"run_dir": str(run_dir.root), "url": plan.head_url, **state.to_dict()})
         return
@@ -167,6 +253,7 @@ def launch_command(
 
 
 @main.command("stop")
+@verbosity_options
 @config_argument
 @set_option
 @run_option
@@ -181,8 +268,10 @@ def stop_command(config_path: str, overrides: tuple[str, ...], run: str | None) 
     state = stop(plan_for_run(run_dir), run_dir)
     if state is None:
         click.echo(f"nothing to stop in {run_dir.root}")
-    else:
-        click.echo(f"stopped {len(state.handles)} node(s); logs in {run_dir.logs}")
+        return
+    click.echo(f"stopped {len(state.handles) - len(state.lost)} node(s); logs in {run_dir.logs}")
+    for name, why in state.lost.items():
+        click.echo(f"{name}: lost, counted as stopped ({why})")
 
 
 profile_id_option = click.option(
@@ -192,6 +281,7 @@ profile_id_option = click.option(
 
 
 @main.command("profile")
+@verbosity_options
 @config_argument
 @set_option
 @run_option
@@ -216,9 +306,8 @@ def profile_command(
     handles = load_state(run_dir).handles if run_dir.state.exists() else {}
     backend = make_backend(plan.config.scheduler)
     try:
-        with process_guard(plan, backend, handles, "the profile capture") as guard:
-            record = capture(plan, backend, run_dir, profile_id, duration, progress=progress_line,
-                             guard=guard)
+        with display() as say, process_guard(plan, backend, handles, "the profile capture") as guard:
+            record = capture(plan, backend, run_dir, profile_id, duration, progress=say, guard=guard)
     finally:
         backend.close()
     if as_json:
@@ -230,6 +319,7 @@ def profile_command(
 
 
 @main.command("collect")
+@verbosity_options
 @config_argument
 @set_option
 @run_option
@@ -250,7 +340,8 @@ def collect_command(
     plan = plan_for_run(run_dir)
     backend = make_backend(plan.config.scheduler)
     try:
-        result = collect(plan, backend, run_dir, profile_id, progress=progress_line)
+        with display() as say:
+            result = collect(plan, backend, run_dir, profile_id, progress=say)
     finally:
         backend.close()
     command = tracelens_command(result.manifest, result.traces_dir)
@@ -270,6 +361,7 @@ def collect_command(
 
 
 @main.command("bench")
+@verbosity_options
 @config_argument
 @set_option
 @run_option
@@ -299,7 +391,8 @@ def bench_command(
         from magpie_trace.rundir import new_run_dir
 
         out_dir = out or new_run_dir(config.output.dir, new_run_id()).bench
-        result = run_benchmark(config, None, out_dir, url=url, say=progress_line)
+        with display() as say:
+            result = run_benchmark(config, None, out_dir, url=url, say=say)
     else:
         from magpie_trace.backends import make_backend
         from magpie_trace.launch import load_state, plan_for_run
@@ -311,10 +404,10 @@ def bench_command(
         config = dataclasses.replace(plan.config, benchmark=config.benchmark)
         backend = make_backend(plan.config.scheduler)
         try:
-            result = run_benchmark(
-                config, plan, out or run_dir.bench, backend=backend, handles=state.handles,
-                say=progress_line,
-            )
+            with display() as say:
+                result = run_benchmark(
+                    config, plan, out or run_dir.bench, backend=backend, handles=state.handles, say=say,
+                )
         finally:
             backend.close()
     if as_json:
@@ -344,6 +437,7 @@ def print_run_summary(result: Any) -> None:
 
 
 @main.command("run")
+@verbosity_options
 @config_argument
 @set_option
 @click.option(
@@ -359,16 +453,46 @@ def run_command(
     """The whole job: launch, benchmark with a profile window, collect, merge, report, tear down."""
     from magpie_trace.run import run as run_all
 
-    result = run_all(
-        read_config(config_path, overrides), from_stage=from_stage, run_ref=run, progress=progress_line
-    )
+    config = read_config(config_path, overrides)
+    with display() as say:
+        result = run_all(config, from_stage=from_stage, run_ref=run, progress=say)
     if as_json:
         print_json(result.to_dict())
     else:
         print_run_summary(result)
 
 
+@main.command("submit", context_settings={"ignore_unknown_options": True})
+@config_argument
+@set_option
+@click.option("--dry-run", is_flag=True, help="Print the batch script and the sbatch command; submit nothing.")
+@click.argument("sbatch_args", nargs=-1, type=click.UNPROCESSED, metavar="[-- SBATCH_OPTIONS...]")
+@handle_errors
+def submit_command(
+    config_path: str, overrides: tuple[str, ...], dry_run: bool, sbatch_args: tuple[str, ...]
+) -> None:
+    """Run the whole job (`magpie-trace run`) as a Slurm batch job in its own allocation.
+
+    The allocation comes from scheduler.slurm; options after `--` go to sbatch as they are.
+    Prints the job id, the run folder it will write, and how to follow it.
+    """
+    from magpie_trace.submit import prepare, submit
+
+    config = read_config(config_path, overrides)
+    submission = prepare(config, config_path, list(overrides), list(sbatch_args))
+    if dry_run:
+        click.echo(submission.script, nl=False)
+        click.echo(f"\n# would be written to {submission.script_path} and submitted with:")
+        click.echo("# " + shlex.join(submission.sbatch_argv))
+        return
+    submit(submission)
+    click.echo(f"submitted Slurm job {submission.job_id}")
+    click.echo(f"  run folder  {submission.run_dir} (written once the job runs)")
+    click.echo(f"  follow      squeue --jobs={submission.job_id}; tail -f {submission.output_path}")
+
+
 @main.command("demo")
+@verbosity_options
 @click.option("--output", "output", default="magpie-runs", show_default=True, help="Where the run folder goes.")
 @set_option
 @json_option
@@ -388,7 +512,8 @@ def demo_command(output: str, overrides: tuple[str, ...], as_json: bool) -> None
     if not as_json:
         echo_plan(make_plan(config))
         click.echo("")
-    result = run_all(config, progress=progress_line)
+    with display() as say:
+        result = run_all(config, progress=say)
     if as_json:
         print_json(result.to_dict())
     else:
@@ -396,17 +521,30 @@ def demo_command(output: str, overrides: tuple[str, ...], as_json: bool) -> None
 
 
 @main.command("report")
-@config_argument
+@verbosity_options
+@click.argument("config_path", metavar="[CONFIG]", required=False, type=click.Path(dir_okay=False))
 @set_option
 @run_option
 @handle_errors
-def report_command(config_path: str, overrides: tuple[str, ...], run: str | None) -> None:
-    """(Re)write report.md and report.html of a run from its files."""
+def report_command(config_path: str | None, overrides: tuple[str, ...], run: str | None) -> None:
+    """(Re)write report.md and report.html of a run from its files.
+
+    `report --run RUN_FOLDER` needs no config (the run folder holds what the report reads); with
+    CONFIG, --run may also be a run id under its output.dir (default: the latest run there).
+    """
+    from pathlib import Path
+
+    from magpie_trace.errors import ConfigError
     from magpie_trace.report import write_report
     from magpie_trace.rundir import find_run_dir
 
-    config = read_config(config_path, overrides)
-    md, html = write_report(find_run_dir(config.output.dir, run))
+    if config_path is None:
+        if not run or not Path(run).is_dir():
+            raise ConfigError("report: give the run folder (--run DIR), or CONFIG to find the run in its output.dir")
+        run_dir = find_run_dir(Path(run).parent, run)
+    else:
+        run_dir = find_run_dir(read_config(config_path, overrides).output.dir, run)
+    md, html = write_report(run_dir)
     click.echo(f"{md}\n{html}")
 
 
@@ -421,6 +559,7 @@ def _range(text: str | None, kind: type) -> tuple[Any, Any] | None:
 
 
 @main.command("merge")
+@verbosity_options
 @click.argument("input_dir", type=click.Path(file_okay=False))
 @click.option("-o", "--output", "output_dir", default=None,
               help="Output folder [default: RUN/merged for a run's RUN/traces, else INPUT_DIR-merged].")
@@ -439,6 +578,7 @@ def merge_command(input_dir: str, output_dir: str | None, window: str | None, st
     from pathlib import Path
 
     from magpie_trace.merge import MergeOptions, merge
+    from magpie_trace.merge.bytescan import compile_notice
 
     options = MergeOptions(
         outputs=tuple(o.strip() for o in outputs.split(",") if o.strip()), jobs=jobs,
@@ -446,17 +586,28 @@ def merge_command(input_dir: str, output_dir: str | None, window: str | None, st
     )
     source = Path(input_dir)
     default = source.with_name("merged" if source.name == "traces" else source.name + "-merged")
-    result = merge(source, Path(output_dir) if output_dir else default, options)
+    target = Path(output_dir) if output_dir else default
+    with display() as say:
+        say(f"merging the traces in {source} into {target}")
+        if notice := compile_notice():
+            say(notice)
+        result = merge(source, target, options)
     if as_json:
         print_json(result.to_dict())
         return
     click.echo(f"merged {len(result.files)} file(s), {result.input_bytes / 1e6:.0f} MB, "
                f"{result.collectives} matched collectives, in {result.seconds:.1f}s -> {result.output_dir}")
     for node, rep in result.nodes.items():
+        if not rep["aligned"]:
+            click.echo(f"  {node}: not aligned ({rep['unaligned']})")
+            continue
+        placed = ", ".join(rep["placed_by"])
         click.echo(f"  {node}: offset {rep['offset_ns'] / 1e3:+.1f} us, drift {rep['drift_ppm']:+.2f} ppm, "
-                   f"{rep['method']}, {rep['n_anchors']} anchors, +-{rep['uncertainty_us']:.1f} us")
+                   f"{rep['method']} ({placed}), {rep['n_anchors']} anchors, +-{rep['uncertainty_us']:.1f} us")
     for warning in result.warnings:
         click.echo(f"  warning: {warning}")
+    if result.tracelens_command:
+        click.echo(f"TraceLens: {result.tracelens_command}")
 
 
 if __name__ == "__main__":

@@ -28,6 +28,7 @@ from magpie_trace.errors import TraceError
 from magpie_trace.fanout import on_nodes
 from magpie_trace.fsutil import atomic_write_bytes, temp_path_for
 from magpie_trace.plan import GroupPlan, NodePlan, Plan
+from magpie_trace.progress import Tally
 from magpie_trace.profile import (
     FoundTrace,
     NodeFiles,
@@ -99,6 +100,7 @@ def collect(
     say(f"bringing {len(traces)} trace(s), {total / 1e6:.1f} MB, into {target}")
 
     node_of = {node.name: node for node in plan.nodes}
+    brought = Tally(say, "traces brought home", len(traces), total)
 
     def bring_node(config: Any) -> tuple[int, int]:
         node = node_of[config.name]
@@ -108,6 +110,7 @@ def collect(
                 fetched += 1
             else:
                 reused += 1
+            brought.add(trace.size)
         return fetched, reused
 
     counts = on_nodes(bring_node, [plan.node_config(node.index) for node in plan.nodes])

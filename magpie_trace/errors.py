@@ -25,3 +25,8 @@ class NodeError(MagpieError):
 
 class TraceError(MagpieError):
     """A trace file is unusable: the message names the file."""
+
+
+class NodeGone(NodeError):
+    """The node itself is gone (its Ray node died, it left the cluster): nothing of ours can be
+    running there any more, so teardown counts it as stopped instead of failing on it."""

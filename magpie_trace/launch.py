@@ -22,7 +22,8 @@ import yaml
 from magpie_trace import interrupts, router
 from magpie_trace.backends import make_backend
 from magpie_trace.backends.base import Backend, ProcessHandle
-from magpie_trace.errors import MagpieError, NodeError
+from magpie_trace.config import NodeConfig
+from magpie_trace.errors import MagpieError, NodeError, NodeGone
 from magpie_trace.fanout import on_nodes
 from magpie_trace.fsutil import atomic_write_bytes, atomic_write_text
 from magpie_trace.plan import NodePlan, Plan
@@ -43,6 +44,10 @@ class LaunchState:
     started_at: float = 0.0
     ready_at: float | None = None
     stopped_at: float | None = None
+    lost: dict[str, str] = field(default_factory=dict)  # node -> why it counts as stopped
+    # node -> log path of a start under way: recorded before it begins, so that a start whose
+    # reply never came (Ctrl-C) is still found on its node (Backend.recover) and stopped
+    starting: dict[str, str] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -52,6 +57,8 @@ class LaunchState:
             "started_at": self.started_at,
             "ready_at": self.ready_at,
             "stopped_at": self.stopped_at,
+            "lost": self.lost,
+            "starting": self.starting,
             "handles": {name: h.to_dict() for name, h in self.handles.items()},
         }
 
@@ -64,6 +71,8 @@ class LaunchState:
             started_at=data.get("started_at", 0.0),
             ready_at=data.get("ready_at"),
             stopped_at=data.get("stopped_at"),
+            lost=dict(data.get("lost") or {}),
+            starting=dict(data.get("starting") or {}),
         )
 
 
@@ -131,7 +140,10 @@ def launch(
         return state
     except BaseException:
         with interrupts.shielded():
-            stop(plan, run_dir, backend, state)
+            try:
+                stop(plan, run_dir, backend, state)
+            except MagpieError:
+                pass  # the launch failure is the one to report; state.json keeps what is left
             if owned:
                 backend.close()
         raise
@@ -147,11 +159,15 @@ def start_nodes(plan: Plan, backend: Backend, run_dir: RunDir, state: LaunchStat
         argv = node.argv
         if argv is None:
             return
+        with lock:
+            state.starting[node.name] = node.log_path
+            save_state(run_dir, state)
         handle = backend.start(
             plan.node_config(node.index), argv, node.env, node.log_path, cwd=node.workdir
         )
         with lock:
             state.handles[node.name] = handle
+            del state.starting[node.name]
             save_state(run_dir, state)
 
     on_nodes(start, plan.processes)
@@ -274,27 +290,55 @@ def stop(
     state: LaunchState | None = None,
     grace_s: float = 10.0,
 ) -> LaunchState | None:
-    """Stop every process group this run started, on every node at once; fetch the logs."""
+    """Stop every process group this run started, on every node at once; fetch the logs.
+
+    A node that is gone (NodeGone: its Ray node died) counts as stopped and is recorded in
+    state.lost; the others are stopped all the same. Any other failure is raised after every
+    node was tried and the state saved, so `stop` can be run again.
+    """
     backend = backend or make_backend(plan.config.scheduler)
     if state is None:
         if not run_dir.state.exists():
             return None
         state = load_state(run_dir)
     by_name = {node.name: node for node in plan.processes}
+    lock = threading.Lock()
 
     def stop_one(node: NodePlan | RouterPlan) -> None:
-        handle = state.handles.get(node.name)
-        if handle is None:
-            return
         config = plan.node_config(node.index)
-        backend.stop(config, handle, grace_s=grace_s)
+        try:
+            handle = state.handles.get(node.name) or _recover(config, node.name)
+            if handle is None:
+                return
+            backend.stop(config, handle, grace_s=grace_s)
+        except NodeGone as exc:
+            with lock:
+                state.lost[node.name] = str(exc).split(": ", 1)[-1]
+                state.starting.pop(node.name, None)
+            return
         try:
             backend.fetch(config, handle.log_path, str(run_dir.logs / f"{node.name}.log"))
         except MagpieError:
             pass  # a node that cannot be reached keeps its log; the stop itself succeeded
 
-    targets = [by_name[name] for name in state.handles if name in by_name]
-    on_nodes(stop_one, targets)
-    state.stopped_at = time.time()
-    save_state(run_dir, state)
+    def _recover(config: NodeConfig, name: str) -> ProcessHandle | None:
+        """A start that was under way when the launch ended: its command, if it began."""
+        log_path = state.starting.get(name)
+        if log_path is None:
+            return None
+        handle = backend.recover(config, log_path)
+        with lock:
+            del state.starting[name]
+            if handle is not None:
+                state.handles[name] = handle
+            save_state(run_dir, state)
+        return handle
+
+    names = [*state.handles, *(name for name in state.starting if name not in state.handles)]
+    targets = [by_name[name] for name in names if name in by_name]
+    try:
+        on_nodes(stop_one, targets)
+        state.stopped_at = time.time()
+    finally:
+        save_state(run_dir, state)
     return state

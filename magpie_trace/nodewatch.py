@@ -16,7 +16,7 @@ from typing import TypeVar
 
 from magpie_trace.backends.base import Backend, ProcessHandle
 from magpie_trace.config import NodeConfig
-from magpie_trace.errors import NodeError
+from magpie_trace.errors import NodeError, NodeGone
 from magpie_trace.fanout import NodesFailed, on_nodes
 from magpie_trace.plan import Plan
 
@@ -49,7 +49,10 @@ class ProcessCheck:
         try:
             found = on_nodes(self._check_one, watched)
         except NodesFailed as exc:
-            return Trip(exc.node, f"cannot check its process: {exc.failures.get(exc.node, exc)}")
+            cause = exc.failures.get(exc.node, exc)
+            if isinstance(cause, NodeGone):
+                return Trip(exc.node, f"lost: {str(cause)[len(exc.node) + 2 :]}")
+            return Trip(exc.node, f"cannot check its process: {cause}")
         return next((trip for trip in found.values() if trip is not None), None)
 
     def _check_one(self, node: NodeConfig) -> Trip | None:

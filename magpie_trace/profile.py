@@ -33,6 +33,7 @@ from magpie_trace.fsutil import atomic_write_bytes
 from magpie_trace.nodewatch import NodeGuard
 from magpie_trace.plan import NodePlan, Plan
 from magpie_trace.preflight import python_of
+from magpie_trace.progress import count, silent
 from magpie_trace.rundir import RunDir
 from magpie_trace.topology import Layout, Rank
 
@@ -527,6 +528,7 @@ def wait_for_traces(
     timeout_s = plan.config.profile.timeout_s if timeout_s is None else timeout_s
     scanner = Scanner(plan, backend, profile_id)
     deadline = time.monotonic() + timeout_s
+    say = progress or silent
     expected = len(plan.ranks)
     last_count = -1
     while True:
@@ -536,12 +538,13 @@ def wait_for_traces(
         if fatal:
             raise TraceError(_one_line(fatal, f"capture {profile_id}: "))
         pending = [problem for scan in scans for problem in scan.pending]
+        complete = sum(1 for scan in scans for trace in scan.traces if trace.kind == "rank")
         if not pending:
+            count(say, "rank traces complete", expected, expected)
             return _ordered(plan, scans)
-        count = sum(1 for scan in scans for trace in scan.traces if trace.kind == "rank")
-        if progress and count != last_count:
-            progress(f"{count}/{expected} rank traces complete")
-            last_count = count
+        # Written but not yet settled (its size must hold still between two looks) counts as not yet.
+        count(say, "rank traces complete", complete, expected, line=complete != last_count)
+        last_count = complete
         if time.monotonic() >= deadline:
             raise TraceError(
                 _one_line(pending, f"capture {profile_id}: after {timeout_s:g} s: ")

@@ -8,7 +8,6 @@ and each stage also exists as its own command.
 
 from __future__ import annotations
 
-import shlex
 import threading
 import time
 from dataclasses import asdict, dataclass, field
@@ -26,6 +25,7 @@ from magpie_trace.fsutil import atomic_write_bytes
 from magpie_trace.launch import LaunchState, launch, stop
 from magpie_trace.nodewatch import NodeGuard, Trip, process_guard
 from magpie_trace.plan import Plan, make_plan
+from magpie_trace.progress import stage, stage_ended
 from magpie_trace.rundir import RunDir, find_run_dir, new_run_dir
 
 RUN_SCHEMA = "magpie-trace/run/1"
@@ -54,6 +54,7 @@ class RunResult:
     outputs: dict[str, str] = field(default_factory=dict)
     bench_valid: bool | None = None
     tracelens_command: str | None = None
+    teardown: dict[str, Any] | None = None  # ok, lost (nodes counted as stopped), error
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -78,13 +79,18 @@ def run(
     if from_stage is not None and from_stage not in STAGES:
         raise MagpieError(f"--from {from_stage}: unknown stage (one of {', '.join(STAGES)})")
     first = STAGES.index(from_stage) if from_stage else 0
-    if first == 0 and run_ref is None:
-        plan = make_plan(config)
-        run_dir = new_run_dir(config.output.dir, plan.run_id)
-    else:
-        run_dir = find_run_dir(config.output.dir, run_ref)
-        plan = make_plan(config, run_id=run_dir.run_id)
     backend = backend or make_backend(config.scheduler)
+    try:
+        backend.acquire_nodes(say, config.source)
+        if first == 0 and run_ref is None:
+            plan = make_plan(config)
+            run_dir = new_run_dir(config.output.dir, plan.run_id)
+        else:
+            run_dir = find_run_dir(config.output.dir, run_ref)
+            plan = make_plan(config, run_id=run_dir.run_id)
+    except BaseException:
+        backend.close()  # gives back an allocation it asked for
+        raise
     result = RunResult(run_id=plan.run_id, run_dir=run_dir.root, url=plan.head_url)
     wanted = set(STAGES[first:])
     if not config.profile.enabled:
@@ -106,13 +112,14 @@ def run(
         if state is not None:
             with interrupts.shielded():
                 say("tearing down every node")
-                stop(plan, run_dir, backend, state)
+                teardown_error = _teardown(plan, run_dir, backend, state, result)
+            failure = failure or teardown_error  # the first error is the one reported
     failure = failure or interrupts.pending()  # a signal that came during the teardown
     try:
         if failure is None and "collect" in wanted:
             _stage(result, "collect", say, lambda: _collect(plan, backend, run_dir, result, say))
         if failure is None and "merge" in wanted:
-            _stage(result, "merge", say, lambda: _merge(plan, run_dir, result))
+            _stage(result, "merge", say, lambda: _merge(plan, run_dir, result, say))
     except BaseException as exc:  # noqa: BLE001
         failure = exc
     finally:
@@ -136,6 +143,20 @@ def run(
     return result
 
 
+def _teardown(
+    plan: Plan, run_dir: RunDir, backend: Backend, state: LaunchState, result: RunResult
+) -> MagpieError | None:
+    """Stop every node; a lost node counts as stopped. Recorded in run.json's `teardown`."""
+    error: MagpieError | None = None
+    try:
+        stop(plan, run_dir, backend, state)
+    except MagpieError as exc:
+        error = exc
+    result.teardown = {"ok": error is None, "lost": sorted(state.lost),
+                       "error": None if error is None else str(error)}
+    return error
+
+
 def _describe(failure: BaseException) -> str:
     if isinstance(failure, KeyboardInterrupt):
         return interrupts.describe()
@@ -143,14 +164,16 @@ def _describe(failure: BaseException) -> str:
 
 
 def _stage(result: RunResult, name: str, say: Progress, fn: Callable[[], Any]) -> Any:
-    say(f"stage {name}")
+    stage(say, name)
     started = time.monotonic()
     try:
         value = fn()
     except BaseException as exc:
         result.stages.append(StageRecord(name, "failed", time.monotonic() - started, _describe(exc)))
+        stage_ended(say, name, time.monotonic() - started, failed=True)
         raise
     result.stages.append(StageRecord(name, "ok", time.monotonic() - started))
+    stage_ended(say, name, time.monotonic() - started)
     return value
 
 
@@ -226,27 +249,18 @@ def _collect(plan: Plan, backend: Backend, run_dir: RunDir, result: RunResult, s
     result.tracelens_command = getattr(collected, "tracelens_command", None)
 
 
-def _merge(plan: Plan, run_dir: RunDir, result: RunResult) -> None:
+def _merge(plan: Plan, run_dir: RunDir, result: RunResult, say: Progress) -> None:
     from magpie_trace.merge import MergeOptions, merge
+    from magpie_trace.merge.bytescan import compile_notice
 
+    if notice := compile_notice():
+        say(notice)
     merged = merge(run_dir.traces, run_dir.merged, MergeOptions())
     result.outputs["merged"] = str(merged.output_dir)
     if isinstance(merged.outputs.get("merged"), str):
         result.outputs["perfetto"] = merged.outputs["merged"]
-    if merged.outputs.get("aligned"):
-        # Aligned files are named node<N>-TP<R>[-<group>]-rank<G>: TraceLens's default rank regex
-        # finds G. Groups number their own ranks and share no collective: one report per group.
-        result.tracelens_command = " && ".join(
-            shlex.join([
-                "TraceLens_generate_multi_rank_collective_report_pytorch",
-                "--trace_glob", str(run_dir.merged / "aligned" /
-                                    (f"node*-{group.name}-rank*.trace.json.gz" if group.name
-                                     else "node*-rank*.trace.json.gz")),
-                "--world_size", str(group.layout.world_size),
-                "--gpus_per_node", str(group.layout.ranks_per_node),
-            ])
-            for group in plan.groups
-        )
+    if merged.tracelens_command:
+        result.tracelens_command = merged.tracelens_command
 
 
 def _report(run_dir: RunDir, result: RunResult) -> None:

@@ -21,7 +21,7 @@ import pytest
 
 from magpie_trace.backends import Backend, ProcessHandle, make_backend
 from magpie_trace.backends.posix import exit_path
-from magpie_trace.config import NodeConfig, SchedulerConfig, SlurmConfig
+from magpie_trace.config import NodeConfig, SchedulerConfig
 from magpie_trace.errors import NodeError
 from magpie_trace.fanout import NodesFailed, on_nodes
 from tests.backend_driver import drive
@@ -49,13 +49,7 @@ def cluster(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Cluster]
         elif request.param == "slurm":
             slurm: SlurmCluster = request.getfixturevalue("slurm_cluster")
             jobs.append(slurm.hold(len(slurm.nodes)))
-            nodes = [
-                NodeConfig(host=slurm.nodes[i % len(slurm.nodes)], name=f"node{i}",
-                           workdir=str(tmp_path / "nodes" / f"node{i}"))
-                for i in range(count)
-            ]
-            scheduler = SchedulerConfig(backend="slurm", nodes=nodes, workdir=str(tmp_path / "nodes"),
-                                        slurm=SlurmConfig(job_id=jobs[-1]))
+            scheduler = slurm.scheduler(tmp_path / "nodes", count, jobs[-1])
         else:
             nodes = [NodeConfig(host="localhost", name=f"node{i}") for i in range(count)]
             workdir = str(tmp_path / "nodes")

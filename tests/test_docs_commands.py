@@ -30,7 +30,7 @@ def documented_commands() -> list[tuple[str, str]]:
             if not in_block:
                 continue
             for part in re.split(r"&&|;", line.split("#", 1)[0]):
-                part = part.strip().removeprefix("$ ").strip()
+                part = part.strip().removeprefix("$ ").removesuffix("&").strip()  # `... &`: in the background
                 if part.startswith("magpie-trace "):
                     found.append((doc.name, part))
     return found

@@ -17,19 +17,22 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import ray
-from ray.exceptions import RayActorError
-from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-from magpie_trace.backends import ProcessHandle, make_backend
-from magpie_trace.backends.posix import exit_path
-from magpie_trace.backends.ray import RayBackend, agent_name
-from magpie_trace.config import NodeConfig, RayConfig, SchedulerConfig
-from magpie_trace.errors import MagpieError, NodeError
-from magpie_trace.fanout import on_nodes
-from tests.backend_driver import drive
-from tests.fixtures.ray_cluster import ENV, LABEL, RayCluster
-from tests.procs import group_members, wait_for
+from tests.fixtures.missing import require_module
+
+ray = require_module("ray", "pip install -e '.[ray]'")
+from ray.exceptions import RayActorError  # noqa: E402
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy  # noqa: E402
+
+from magpie_trace.backends import ProcessHandle, make_backend  # noqa: E402
+from magpie_trace.backends.posix import exit_path  # noqa: E402
+from magpie_trace.backends.ray import RayBackend, agent_name  # noqa: E402
+from magpie_trace.config import NodeConfig, RayConfig, SchedulerConfig  # noqa: E402
+from magpie_trace.errors import MagpieError, NodeError  # noqa: E402
+from magpie_trace.fanout import on_nodes  # noqa: E402
+from tests.backend_driver import drive  # noqa: E402
+from tests.fixtures.ray_cluster import ENV, LABEL, RayCluster  # noqa: E402
+from tests.procs import group_members, wait_for  # noqa: E402
 
 WHERE = f"import os, sys; print(os.environ[{ENV!r}], *sys.argv[1:])"
 

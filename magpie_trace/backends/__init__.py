@@ -20,7 +20,15 @@ def make_backend(scheduler: SchedulerConfig) -> Backend:
 
         return SshBackend(scheduler)
     if scheduler.backend == "ray":
-        from magpie_trace.backends.ray import RayBackend
+        try:
+            from magpie_trace.backends.ray import RayBackend
+        except ModuleNotFoundError as exc:
+            if (exc.name or "").partition(".")[0] != "ray":
+                raise
+            raise ConfigError(
+                "scheduler.backend: ray needs Ray, which is not installed here: "
+                "pip install 'magpie-trace[ray]'"
+            ) from None
 
         return RayBackend(scheduler)
     if scheduler.backend == "slurm":

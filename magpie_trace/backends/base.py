@@ -38,6 +38,11 @@ class ProcessHandle:
         return cls(**data)
 
 
+def tag_path(log_path: str) -> str:
+    """Where the node-side launcher records "pid pgid starttime" before the command runs."""
+    return log_path + ".pid"
+
+
 @dataclass
 class CommandResult:
     returncode: int
@@ -92,11 +97,21 @@ class Backend(abc.ABC):
         """
 
     def acquire_nodes(
-        self, progress: Callable[[str], None] | None = None, source: str = "<config>"
+        self,
+        progress: Callable[[str], None] | None = None,
+        source: str = "<config>",
+        ask: bool = True,
     ) -> None:
         """Settle scheduler.nodes before a plan is made: the config lists them for local, ssh and
         ray (nothing to do); slurm takes them from its allocation, asking Slurm for one when
-        there is none, and close() gives that back. source names the config in errors."""
+        there is none (not when ask is False), and close() gives that back. source names the
+        config in errors."""
+
+    def recover(self, node: NodeConfig, log_path: str, wait_s: float = 2.0) -> ProcessHandle | None:
+        """The command a start with this log_path launched, found from what the node side
+        recorded first (for a start whose reply was lost: Ctrl-C while it was in flight); None
+        when nothing was started. Waits up to wait_s for a start that may still be under way."""
+        return None
 
     def prepare(self, node: NodeConfig) -> None:
         """Get ready to start a command on the node soon (preflight calls it); nothing by default.

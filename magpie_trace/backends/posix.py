@@ -24,7 +24,7 @@ import subprocess
 from typing import IO
 
 from magpie_trace import fsutil
-from magpie_trace.backends.base import Backend, CommandResult, ProcessHandle, RemoteFile
+from magpie_trace.backends.base import Backend, CommandResult, ProcessHandle, RemoteFile, tag_path
 from magpie_trace.config import NodeConfig
 from magpie_trace.errors import NodeError
 
@@ -34,24 +34,28 @@ st() { s=; { read -r s < /proc/$1/stat; } 2>/dev/null || return 1
   s=${s##*) }; set -- $s; state=$1; pgrp=$3; start=${20}; }
 """
 
-# $1 = exit file, rest = the command. Runs as the session leader (setsid -f).
+# $1 = exit file, $2 = tag file, rest = the command. Runs as the session leader (setsid -f).
+# The tag ("pid pgid starttime") is written before anything else, so a start whose reply is lost
+# (Ctrl-C reached the ssh client) can still be found and stopped (recover).
 _WRAPPER = PROC_STAT + r"""
-f=$1; shift
-st $$; echo "$$ $pgrp $start" >&3; exec 3>&-
+f=$1; t=$2; shift 2
+st $$; printf '%s\n' "$$ $pgrp $start" > "$t.tmp" && mv -f -- "$t.tmp" "$t"
+echo "$$ $pgrp $start" >&3; exec 3>&-
 trap : TERM INT HUP
 "$@"
 c=$?
 printf '%s\n' "$c" > "$f.tmp" && mv -f -- "$f.tmp" "$f"
 """
 
-# Read from stdin after the env exports: $1 log, $2 exit file, $3 cwd, rest = the command.
+# Read from stdin after the env exports: $1 log, $2 exit file, $3 tag file, $4 cwd, rest = the
+# command.
 # setsid -f (not `&`): a background job of a non-interactive shell would start with SIGINT ignored.
 _START = r"""
-log=$1; f=$2; cwd=$3; shift 3
+log=$1; f=$2; t=$3; cwd=$4; shift 4
 mkdir -p -- "$cwd" "${log%/*}/" || exit 97
 cd -- "$cwd" || exit 97
-rm -f -- "$f" "$f.tmp"
-info=$(setsid -f sh -c "$WRAPPER" sh "$f" "$@" 3>&1 >"$log" 2>&1 </dev/null)
+rm -f -- "$f" "$f.tmp" "$t" "$t.tmp"
+info=$(setsid -f sh -c "$WRAPPER" sh "$f" "$t" "$@" 3>&1 >"$log" 2>&1 </dev/null)
 [ -n "$info" ] || { echo "setsid did not start the command" >&2; exit 98; }
 echo "$info"
 """
@@ -76,6 +80,13 @@ kill -TERM -$G 2>/dev/null
 if wait_empty $3; then echo stopped; exit 0; fi
 kill -KILL -$G 2>/dev/null
 if wait_empty 50; then echo killed; else echo "remaining $n"; fi
+"""
+
+# $1 tag file, $2 tenths of a second to wait for it -> "pid pgid starttime", or nothing.
+RECOVER_SCRIPT = r"""
+i=0; while [ ! -f "$1" ] && [ $i -lt $2 ]; do sleep 0.1; i=$((i + 1)); done
+[ -f "$1" ] && cat -- "$1"
+exit 0
 """
 
 # $1 directory -> NUL-separated "size<TAB>mtime<TAB>name" of regular files; exit 3 if no directory.
@@ -189,7 +200,7 @@ class PosixBackend(Backend):
         workdir = cwd or self.workdir(node)
         result = self.run(
             node,
-            ["sh", "-s", "--", log_path, exit_file, workdir, *argv],
+            ["sh", "-s", "--", log_path, exit_file, tag_path(log_path), workdir, *argv],
             timeout_s=_CONTROL_TIMEOUT_S,
             input=start_script(env, f"WRAPPER={shlex.quote(_WRAPPER)}", _START).encode(),
         )
@@ -200,14 +211,26 @@ class PosixBackend(Backend):
         pid, pgid, starttime = int(fields[0]), int(fields[1]), fields[2]
         if pgid != pid:
             raise NodeError(node.name, f"{argv[0]} did not get its own process group")
+        return self._handle(node, pid, starttime, log_path)
+
+    def _handle(self, node: NodeConfig, pid: int, starttime: str, log_path: str) -> ProcessHandle:
         return ProcessHandle(
             node=node.name,
             pid=pid,
-            pgid=pgid,
+            pgid=pid,
             log_path=log_path,
             backend=self.name,
-            extra={"starttime": starttime, "exit_path": exit_file},
+            extra={"starttime": starttime, "exit_path": exit_path(log_path)},
         )
+
+    def recover(self, node: NodeConfig, log_path: str, wait_s: float = 2.0) -> ProcessHandle | None:
+        """From the tag the wrapper wrote first (waiting wait_s for a start still under way)."""
+        ticks = str(max(0, math.ceil(wait_s * 10)))
+        result = self._script(node, RECOVER_SCRIPT, [tag_path(log_path), ticks], timeout_s=wait_s + _CONTROL_TIMEOUT_S)
+        fields = result.stdout.split()
+        if result.returncode != 0 or len(fields) != 3 or not fields[0].isdigit() or fields[0] != fields[1]:
+            return None
+        return self._handle(node, int(fields[0]), fields[2], log_path)
 
     def _status(self, node: NodeConfig, handle: ProcessHandle) -> list[str]:
         args = [str(handle.pid), str(handle.extra.get("starttime", "")), _exit_file(handle)]

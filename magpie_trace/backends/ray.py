@@ -35,7 +35,7 @@ from magpie_trace.backends import ray_node
 from magpie_trace.backends.base import Backend, CommandResult, ProcessHandle, RemoteFile
 from magpie_trace.backends.posix import exit_path
 from magpie_trace.config import NodeConfig, SchedulerConfig
-from magpie_trace.errors import MagpieError, NodeError
+from magpie_trace.errors import MagpieError, NodeError, NodeGone
 
 # Pickle the node-side functions and actor class by value rather than by module reference.
 cloudpickle.register_pickle_by_value(ray_node)
@@ -250,7 +250,6 @@ class RayBackend(Backend):
         cwd: str | None = None,
     ) -> ProcessHandle:
         self.check_start(argv, log_path)
-        namespace = self.scheduler.ray.namespace
         # A Ray driver that the command starts (vLLM's Ray executor) joins this same cluster.
         full_env = {"RAY_ADDRESS": ray.get_runtime_context().gcs_address, **env}
         exit_file = exit_path(log_path)
@@ -278,24 +277,45 @@ class RayBackend(Backend):
                     "stop it first",
                 )
             if isinstance(pid, int):
-                return ProcessHandle(
-                    node=node.name,
-                    pid=pid,
-                    pgid=pid,
-                    log_path=log_path,
-                    backend=self.name,
-                    extra={
-                        "exit_path": exit_file,
-                        "actor": name,
-                        "namespace": namespace,
-                        "ray_node_id": node_id,
-                    },
-                )
+                return self._handle(node, pid, log_path, node_id)
             ray.kill(agent)  # closing, so it holds nothing; its last stopper may not have killed it
             if time.monotonic() >= deadline:
                 break
             time.sleep(AGENT_RETRY_S)
         raise NodeError(node.name, f"{what}: its Ray actor {name} kept closing or dying")
+
+    def _handle(self, node: NodeConfig, pid: int, log_path: str, node_id: str) -> ProcessHandle:
+        return ProcessHandle(
+            node=node.name,
+            pid=pid,
+            pgid=pid,
+            log_path=log_path,
+            backend=self.name,
+            extra={
+                "exit_path": exit_path(log_path),
+                "actor": agent_name(node_id),
+                "namespace": self.scheduler.ray.namespace,
+                "ray_node_id": node_id,
+            },
+        )
+
+    def recover(self, node: NodeConfig, log_path: str, wait_s: float = 2.0) -> ProcessHandle | None:
+        """Ask the node's agent, which keys its commands by log path."""
+        node_id = self.ray_node_id(node)
+        deadline = time.monotonic() + wait_s
+        while True:
+            try:
+                agent = ray.get_actor(agent_name(node_id), namespace=self.scheduler.ray.namespace)
+                pid = ray.get(agent.find.remote(log_path), timeout=CONTROL_TIMEOUT_S)
+            except (ValueError, RayActorError):
+                pid = None  # no agent there: nothing of ours was started
+            except RayError as exc:
+                raise _node_error(node, "cannot look for its command", exc, CONTROL_TIMEOUT_S) from None
+            if pid is not None:
+                return self._handle(node, pid, log_path, node_id)
+            if time.monotonic() >= deadline:
+                return None
+            time.sleep(0.1)
 
     def alive(self, node: NodeConfig, handle: ProcessHandle) -> bool:
         known, code = self._status(node, handle)
@@ -424,9 +444,9 @@ def _node_error(node: NodeConfig, what: str, exc: RayError, timeout_s: float) ->
     return NodeError(node.name, f"{what}: {_first_line(exc)}")
 
 
-def _gone(node: NodeConfig, ray_node: dict[str, Any]) -> NodeError:
+def _gone(node: NodeConfig, ray_node: dict[str, Any]) -> NodeGone:
     reason = _first_line(ray_node.get("DeathReasonMessage") or "no longer in the cluster")
-    return NodeError(node.name, f"Ray node {ray_node['NodeID']} is gone: {reason}")
+    return NodeGone(node.name, f"Ray node {ray_node['NodeID']} is gone: {reason}")
 
 
 def _has_labels(ray_node: dict[str, Any], labels: dict[str, str]) -> bool:

@@ -171,6 +171,12 @@ class ProcessAgent:
             group = self._groups.get(log_path)
         return group if group is not None and group.proc.pid == pid else None
 
+    def find(self, log_path: str) -> int | None:
+        """The pid of the command started with log_path (for a start whose reply was lost)."""
+        with self._lock:
+            group = self._groups.get(log_path)
+        return None if group is None else group.proc.pid
+
     def status(self, log_path: str, pid: int) -> tuple[bool, int | None]:
         """(known, returncode): known is False once the command was stopped or replaced, and
         then its exit code is in its exit file."""

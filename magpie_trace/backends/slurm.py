@@ -14,6 +14,7 @@ it, and waits until Slurm reports the step gone. run() is a step too (`srun ... 
 
 from __future__ import annotations
 
+import math
 import os
 import posixpath
 import re
@@ -26,21 +27,32 @@ import time
 
 from magpie_trace import fsutil
 from magpie_trace.backends import slurm_allocation as alloc
-from magpie_trace.backends.base import CommandResult, ProcessHandle, RemoteFile
+from magpie_trace.backends.base import CommandResult, ProcessHandle, RemoteFile, tag_path
 from magpie_trace.backends.ray_node import list_files
-from magpie_trace.backends.posix import PROC_STAT, PosixBackend, check_env, exit_path, start_script
+from magpie_trace.backends.posix import (
+    PROC_STAT,
+    RECOVER_SCRIPT,
+    PosixBackend,
+    check_env,
+    exit_path,
+    start_script,
+)
 from magpie_trace.config import NodeConfig, SchedulerConfig
-from magpie_trace.errors import MagpieError, NodeError
+from magpie_trace.errors import ConfigError, MagpieError, NodeError
 
 # The step's task, exec'd after the env exports (so its own environment has them): $1 log,
-# $2 exit file, $3 cwd, rest = the command. It reports "job step pid pgrp starttime node" on
-# stdout (to srun), runs the command with its output in the log, and records the exit code.
+# $2 exit file, $3 tag file, $4 cwd, rest = the command. It records "job step pid pgrp starttime
+# node" in the tag file first (so a start whose reply is lost is still found: recover), reports
+# the same on stdout (to srun), runs the command with its output in the log, and records the
+# exit code.
 _STEP = PROC_STAT + r"""
-log=$1; f=$2; cwd=$3; shift 3
+log=$1; f=$2; t=$3; cwd=$4; shift 4
 mkdir -p -- "$cwd" "${log%/*}/" || exit 97
 cd -- "$cwd" || exit 97
 rm -f -- "$f" "$f.tmp"
-st $$; echo "$SLURM_JOB_ID $SLURM_STEP_ID $$ $pgrp $start $SLURMD_NODENAME"
+st $$; info="$SLURM_JOB_ID $SLURM_STEP_ID $$ $pgrp $start $SLURMD_NODENAME"
+printf '%s\n' "$info" > "$t.tmp" && mv -f -- "$t.tmp" "$t"
+echo "$info"
 exec >"$log" 2>&1
 trap : TERM INT HUP
 "$@" </dev/null
@@ -71,11 +83,21 @@ class SlurmBackend(PosixBackend):
 
     # -- the allocation ---------------------------------------------------------------------------
 
-    def acquire_nodes(self, progress: alloc.Progress | None = None, source: str = "<config>") -> None:
+    def acquire_nodes(
+        self, progress: alloc.Progress | None = None, source: str = "<config>", ask: bool = True
+    ) -> None:
         """Settle scheduler.nodes from the allocation, asking Slurm for one when there is none."""
         say = progress or (lambda _msg: None)
         slurm = self.scheduler.slurm
         job = slurm.job_id or alloc.current_job()
+        if job is None and not ask:
+            if self.scheduler.nodes:
+                return  # as listed; Slurm places them when the run asks for the allocation
+            raise ConfigError(
+                f"{source}: scheduler.nodes: none listed and not inside a Slurm allocation, so "
+                "the nodes are not known before one is granted (run this inside salloc, set "
+                "scheduler.slurm.job_id, or list scheduler.nodes)"
+            )
         if job is None:
             job = alloc.request_allocation(self.scheduler, source, say)
             self._asked = job
@@ -150,7 +172,8 @@ class SlurmBackend(PosixBackend):
         with out, err:
             # Its own session: a Ctrl-C in the terminal reaches us, and we stop the step ourselves.
             proc = subprocess.Popen(
-                [*srun, "sh", "-s", "--", log_path, exit_file, cwd or self.workdir(node), *argv],
+                [*srun, "sh", "-s", "--", log_path, exit_file, tag_path(log_path),
+                 cwd or self.workdir(node), *argv],
                 stdin=subprocess.PIPE, stdout=out, stderr=err, start_new_session=True,
             )
             try:
@@ -162,15 +185,29 @@ class SlurmBackend(PosixBackend):
             except BaseException:
                 _reap(proc, 0.0)
                 raise
-        job_id, step, pid, pgid, starttime, where = fields
-        step_id = f"{job_id}.{step}"
+        handle = self._handle_of(node, fields, log_path)
         with self._lock:
-            self._sruns[step_id] = proc
+            self._sruns[handle.extra["step_id"]] = proc
+        return handle
+
+    def _handle_of(self, node: NodeConfig, fields: list[str], log_path: str) -> ProcessHandle:
+        """The handle from the wrapper's "job step pid pgrp starttime node"."""
+        job_id, step, pid, pgid, starttime, where = fields
         return ProcessHandle(
             node=node.name, pid=int(pid), pgid=int(pgid), log_path=log_path, backend=self.name,
-            extra={"job_id": job_id, "step_id": step_id, "slurm_node": where,
-                   "starttime": starttime, "exit_path": exit_file},
+            extra={"job_id": job_id, "step_id": f"{job_id}.{step}", "slurm_node": where,
+                   "starttime": starttime, "exit_path": exit_path(log_path)},
         )
+
+    def recover(self, node: NodeConfig, log_path: str, wait_s: float = 2.0) -> ProcessHandle | None:
+        """From the tag the step's wrapper wrote first (waiting wait_s for a start under way)."""
+        ticks = str(max(0, math.ceil(wait_s * 10)))
+        result = self._script(node, RECOVER_SCRIPT, [tag_path(log_path), ticks],
+                              timeout_s=wait_s + 30.0)
+        fields = result.stdout.split()
+        if result.returncode != 0 or len(fields) != 6 or not all(f.isdigit() for f in fields[:4]):
+            return None
+        return self._handle_of(node, fields, log_path)
 
     def _started(self, node: NodeConfig, what: str, proc: subprocess.Popen[bytes],
                  out: object, err: object) -> list[str]:

@@ -1,48 +1,34 @@
-"""A one-line live progress bar on stderr, drawn only when stderr is a terminal."""
+"""A load point's progress for the display: done of total requests, in flight, failures and rate,
+four times a second (a live bar with the point's ETA in a terminal; one line when it ends elsewhere)."""
 
 from __future__ import annotations
 
 import asyncio
-import sys
 import time
-from typing import TextIO
 
 from magpie_trace.bench.client import Progress
+from magpie_trace.progress import Say, count
+
+INTERVAL_S = 0.25
 
 
-class ProgressBar:
-    def __init__(self, label: str, total: int, progress: Progress, stream: TextIO | None = None) -> None:
-        self.label = label
-        self.total = total
-        self.progress = progress
-        self.stream = stream or sys.stderr
-        self.enabled = self.stream.isatty()
-        self.start = time.monotonic()
-        self.base_done = progress.done
-        self.base_failed = progress.failed
+async def report_progress(say: Say, label: str, total: int, progress: Progress) -> None:
+    """Report until cancelled (when the point ends), then once more with the final numbers."""
+    base_done, base_failed = progress.done, progress.failed
+    start = time.monotonic()
 
-    def line(self) -> str:
-        done = self.progress.done - self.base_done
-        failed = self.progress.failed - self.base_failed
-        frac = min(1.0, (done + failed) / self.total) if self.total else 1.0
-        bar = "#" * int(frac * 30)
-        elapsed = time.monotonic() - self.start
+    def report(final: bool) -> None:
+        done = progress.done - base_done
+        failed = progress.failed - base_failed
+        elapsed = time.monotonic() - start
         rate = done / elapsed if elapsed > 0 else 0.0
-        return (
-            f"\r{self.label} [{bar:<30}] {done + failed}/{self.total} "
-            f"in flight {self.progress.in_flight}, failed {failed}, {rate:.1f} req/s "
-        )
+        detail = f"{progress.in_flight} in flight, {failed} failed, {rate:.1f} req/s"
+        count(say, f"{label} requests", done + failed, total, detail, line=final)
 
-    async def run(self) -> None:
-        """Redraw 4 times a second until cancelled."""
-        if not self.enabled:
-            return
-        try:
-            while True:
-                self.stream.write(self.line())
-                self.stream.flush()
-                await asyncio.sleep(0.25)
-        except asyncio.CancelledError:
-            self.stream.write(self.line() + "\n")
-            self.stream.flush()
-            raise
+    try:
+        while True:
+            report(final=False)
+            await asyncio.sleep(INTERVAL_S)
+    except asyncio.CancelledError:
+        report(final=True)
+        raise

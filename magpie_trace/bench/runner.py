@@ -23,7 +23,7 @@ from magpie_trace.bench.endpoints import per_endpoint
 from magpie_trace.bench.load import PointRun, run_point
 from magpie_trace.bench.metrics import RequestRecord, aggregate
 from magpie_trace.bench.plots import write_plots
-from magpie_trace.bench.progressbar import ProgressBar
+from magpie_trace.bench.progressbar import report_progress
 from magpie_trace.bench.prometheus import (
     fetch_text,
     group_totals,
@@ -226,8 +226,7 @@ async def run_benchmark_async(
                 await client.open_connections(point.concurrency)
                 before = await scrape_all(session, targets)
                 run = PointRun(point, [], 0)
-                bar = ProgressBar(point.label, len(measured), client.progress)
-                bar_task = asyncio.create_task(bar.run())
+                bar_task = asyncio.create_task(report_progress(say, point.label, len(measured), client.progress))
                 try:
                     await _watched(watchdog, run_point(client, measured, point, bench.burstiness, bench.seed, run), deadline)
                 finally:

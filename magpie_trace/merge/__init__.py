@@ -12,9 +12,11 @@ collectives; `anchors` + `align` fit each node's clock; pass 2 (`rewrite`, with 
 from __future__ import annotations
 
 import os
+import shlex
 import shutil
 import tempfile
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
@@ -25,18 +27,19 @@ import numpy as np
 import orjson
 
 from magpie_trace.errors import MagpieError, TraceError
-from magpie_trace.fsutil import atomic_write_bytes, temp_path_for
 from magpie_trace.merge import gzipjoin, tables
-from magpie_trace.merge.align import ClockFit, NodeTimes, residuals, solve
-from magpie_trace.merge.anchors import Matched, match
-from magpie_trace.merge.discover import TraceFile, discover, manifest_offsets
-from magpie_trace.merge.handoff import place_groups, read_handoffs
+from magpie_trace.merge.align import ClockFit, NodeTimes, PairFit, PairRows, ProbePoint, fit_pair, probe_rows, residuals, solve
+from magpie_trace.merge.anchors import Matched
+from magpie_trace.merge.discover import TraceFile, discover, manifest_probes
+from magpie_trace.merge.handoff import launch_measurements, place_groups, read_handoffs
+from magpie_trace.merge.matching import MatchResult, Place, Prior, match
 from magpie_trace.merge.load import SCRATCH, Scanned, scan, size_hint
 from magpie_trace.merge.rewrite import RewriteJob, RewriteResult, Transform, rewrite
 
 OUTPUTS = ("aligned", "merged", "tables", "alignment")
 TRIMONTH_NS = 7_889_238 * 10**9  # Kineto floors baseTimeNanoseconds to this period
 ALIGNMENT_SCHEMA = "magpie-trace/alignment/1"
+TRACELENS_REPORT = "TraceLens_generate_multi_rank_collective_report_pytorch"
 T = TypeVar("T")
 R = TypeVar("R")
 
@@ -83,6 +86,7 @@ class MergeResult:
     warnings: list[str]
     input_bytes: int
     seconds: float
+    tracelens_command: str | None = None  # TraceLens's multi-rank collective report over aligned/
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
@@ -125,45 +129,81 @@ def _resolve_ranks(scanned: list[Scanned]) -> None:
         owners[key] = tf.path
 
 
+def _match_groups(files: list[TraceFile], ranks: list[int], anchors: dict[int, list[Any]],
+                  places: dict[int, Place], priors: dict[tuple[int, int], Prior]) -> MatchResult:
+    """Groups of a deployment share no collective, and their process groups and sequence numbers
+    repeat from one group to the next: each group's files are matched among themselves."""
+    by_group: dict[str | None, list[int]] = {}
+    for i in ranks:
+        by_group.setdefault(files[i].group, []).append(i)
+    if len(by_group) < 2:
+        return match(anchors, places, priors)
+    out = MatchResult([])
+    for members in by_group.values():
+        mine = set(members)
+        found = match({i: anchors[i] for i in members}, {i: places[i] for i in members},
+                      {key: prior for key, prior in priors.items() if set(key) <= mine})
+        out.collectives += found.collectives
+        out.refused += found.refused
+    return out
+
+
 def _solve_groups(files: list[TraceFile], scanned: list[Scanned], ranks: list[int], times: NodeTimes,
-                  reference: str, t0: int, manifest: dict[str, Any] | None,
-                  ) -> tuple[dict[str, ClockFit], list[str]]:
-    """Node fits to the reference node. Groups of a deployment share no collective: each is fitted
-    on its own collectives, then placed by the KV handoffs between groups (handoff.py), read from
-    one rank file per node; a group no handoff reaches, by the launch's clock measurement."""
+                  reference: str, t0: int, probes: dict[str, list[ProbePoint]], all_nodes: list[str],
+                  manifest: dict[str, Any] | None) -> tuple[dict[str, ClockFit], list[str]]:
+    """Node fits to the reference node, and warnings. Groups of a deployment share no collective:
+    each is fitted on its own anchors against its own first node, then placed as a whole by the KV
+    handoffs between groups (handoff.py, read from one rank file per node), else by the clock probe
+    (or, without one, the launch's preflight clock measurement)."""
     groups: dict[str | None, list[str]] = {}
     for i in ranks:
         members = groups.setdefault(files[i].group, [])
         if files[i].node_name not in members:
             members.append(files[i].node_name)
     if len(groups) < 2:
-        fits, _pairs, missing = solve(times, reference, t0)
-        return fits, missing
+        return solve(times, reference, t0, probes, all_nodes)
     group_fits: dict[str, dict[str, ClockFit]] = {}
-    missing: list[str] = []
+    notes: list[str] = []
     for group, members in groups.items():
         head = reference if reference in members else members[0]
-        fits, _pairs, lost = solve(times, head, t0)
-        group_fits[str(group)] = {node: fits[node] for node in members if node in fits}
-        missing += [node for node in lost if node in members]
-    first = {}
+        fits, found = solve(times, head, t0, probes, members)
+        group_fits[str(group)] = fits
+        notes += found
+    first: dict[str, int] = {}
     for i in ranks:
         first.setdefault(files[i].node_name, i)
     handoffs = {node: read_handoffs(files[i].path, scanned[i].base_ns) for node, i in first.items()}
+    empty = np.zeros((0, 2))
+
+    launch = launch_measurements(manifest, files)
+
+    def probed(n: str, m: str) -> tuple[float, float] | None:
+        """theta_m - theta_n from the clock probe, else from the launch's preflight measurement."""
+        rows = probe_rows(probes, n, m, t0)
+        if rows is not None:
+            fit = fit_pair(PairRows(empty, empty, empty, 0, []), rows, f"{n}<->{m}")
+            if fit.method != "refused":
+                return fit.a, fit.uncertainty_ns
+        if n in launch and m in launch:
+            return launch[m][0] - launch[n][0], launch[m][1] + launch[n][1]
+        return None
+
     reference_group = str(next(g for g, members in groups.items() if reference in members))
-    offsets, rtts = manifest_offsets(manifest), manifest_offsets(manifest, "clock_rtts_ns")
-    measured = {}
-    for i in ranks:
-        key = str(files[i].node)
-        if key in offsets and key in rtts:
-            measured[files[i].node_name] = (float(offsets[key]), rtts[key] / 2)
-    fits, unplaced = place_groups(group_fits, handoffs, reference_group, measured)
-    if unplaced:
-        lonely = next(i for i in ranks if str(files[i].group) == unplaced[0])
-        raise TraceError(f"{files[lonely].path}: its group {unplaced[0]} shares no KV handoff with "
-                         f"group {reference_group} and has no launch clock measurement (collect's "
-                         "manifest.json): it cannot be aligned")
-    return fits, missing
+    fits, unplaced = place_groups(group_fits, handoffs, reference_group, probed)
+    for group in unplaced:
+        why = (f"its group {group} shares no KV handoff with the other groups and its nodes have no "
+               "clock probe")
+        for node in group_fits[group]:
+            fits[node] = ClockFit(node, 0.0, 0.0, t0, "unaligned", 0, float("inf"),
+                                  warnings=[f"{node}: left on its own clock: {why}"], unaligned=why,
+                                  interval_ns=(-np.inf, np.inf))
+    for node in all_nodes:
+        if node not in fits:
+            why = "no rank trace of its group on it"
+            fits[node] = ClockFit(node, 0.0, 0.0, t0, "unaligned", 0, float("inf"),
+                                  warnings=[f"{node}: left on its own clock: {why}"], unaligned=why,
+                                  interval_ns=(-np.inf, np.inf))
+    return fits, notes
 
 
 def _window(scanned: list[Scanned], ref: Scanned, fit: ClockFit, base: int, opts: MergeOptions) -> tuple[int, int] | None:
@@ -186,35 +226,83 @@ def _window(scanned: list[Scanned], ref: Scanned, fit: ClockFit, base: int, opts
 
 
 def _node_reports(fits: dict[str, ClockFit], times: NodeTimes, reference: str) -> dict[str, dict[str, Any]]:
-    """Per node: the fit, plus residuals against the reference after correction."""
+    """Per node: the fit, what placed it, its interval, plus residuals against the reference."""
     out: dict[str, dict[str, Any]] = {}
     for node, fit in fits.items():
+        lo, hi = fit.interval_ns
         out[node] = {
             "offset_ns": round(fit.offset_ns, 1), "drift_ppm": round(fit.drift_ppm, 4), "t0_ns": fit.t0_ns,
-            "method": fit.method, "n_anchors": fit.n_anchors, "uncertainty_us": round(fit.uncertainty_ns / 1e3, 3),
+            "method": fit.method, "aligned": fit.aligned, "placed_by": fit.placed_by, "n_anchors": fit.n_anchors,
+            "uncertainty_us": round(fit.uncertainty_ns / 1e3, 3) if np.isfinite(fit.uncertainty_ns) else None,
+            "interval_us": [round(lo / 1e3, 3), round(hi / 1e3, 3)] if np.isfinite(lo) and np.isfinite(hi) else None,
             "reference": fit.reference, "warnings": fit.warnings,
         }
-        if node in times.nodes:
+        if fit.unaligned:
+            out[node]["unaligned"] = fit.unaligned
+        if node in times.nodes and fit.aligned:
             found = residuals(times, fit, reference)
             if found:
                 out[node]["residuals"] = found
     return out
 
 
+def _priors(files: list[TraceFile], ranks: list[int], probes: dict[str, list[ProbePoint]]) -> dict[tuple[int, int], Prior]:
+    """Per pair of rank files on two probed nodes: the interval the probe puts theta(g) - theta(f) in."""
+    out: dict[tuple[int, int], Prior] = {}
+    for f in ranks:
+        for g in ranks:
+            pf, pg = probes.get(files[f].node_name), probes.get(files[g].node_name)
+            if f == g or not pf or not pg or files[f].node_name == files[g].node_name:
+                continue
+            lows = [b.offset_ns - a.offset_ns - a.uncertainty_ns - b.uncertainty_ns for a, b in zip(pf, pg)]
+            highs = [b.offset_ns - a.offset_ns + a.uncertainty_ns + b.uncertainty_ns for a, b in zip(pf, pg)]
+            out[(f, g)] = Prior(min(lows), max(highs))
+    return out
+
+
 def merge(input_dir: Path, output_dir: Path, options: MergeOptions | None = None) -> MergeResult:
-    """Merge every trace in `input_dir` into `output_dir` (see the module docstring)."""
+    """Merge every trace in `input_dir` into `output_dir` (see the module docstring).
+
+    Everything is written into a hidden folder inside `output_dir` first and moved into place only
+    when all of it is complete (alignment.json last), so a failure (bad input, a full disk) leaves
+    the folder as it was, with no temp file."""
     opts = options or MergeOptions()
     started = time.perf_counter()
     input_dir, output_dir = Path(input_dir), Path(output_dir)
     if output_dir.resolve() == input_dir.resolve():
         raise MagpieError(f"{output_dir}: the output folder must not be the input folder")
     files, manifest = discover(input_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=".magpie-merge-", dir=output_dir))
     try:
-        return _merge(files, manifest, output_dir, work, opts, started)
+        output_dir.mkdir(parents=True, exist_ok=True)
+        work = Path(tempfile.mkdtemp(prefix=".magpie-merge-", dir=output_dir))
+    except OSError as exc:
+        raise MagpieError(f"{output_dir}: cannot write the merge there ({exc.strerror})") from None
+    try:
+        result = _merge(files, manifest, output_dir, work, opts, started)
+        _publish(work, output_dir, result)
+        return result
+    except OSError as exc:
+        where = exc.filename or output_dir
+        raise MagpieError(f"{where}: {exc.strerror or exc}; nothing was written to {output_dir}") from None
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def _publish(work: Path, output_dir: Path, result: MergeResult) -> None:
+    """Move the finished outputs from `work` into `output_dir`: the previous alignment.json goes
+    first and the new one comes last, so a folder with an alignment.json is always complete."""
+    (output_dir / "alignment.json").unlink(missing_ok=True)
+    for name in ("aligned", "unaligned"):
+        if (output_dir / name).exists():
+            (output_dir / name).rename(work / f"old-{name}")
+    staged = sorted(p for p in work.iterdir() if not p.name.startswith(("old-", ".")) and p.suffix != ".part")
+    for path in staged:
+        if path.name != "alignment.json":
+            os.replace(path, output_dir / path.name)
+    if (work / "alignment.json").exists():
+        os.replace(work / "alignment.json", output_dir / "alignment.json")
+
+    result.outputs = {key: _relocate(value, work, output_dir) for key, value in result.outputs.items()}
 
 
 def _merge(files: list[TraceFile], manifest: dict[str, Any] | None, output_dir: Path, work: Path,
@@ -236,29 +324,29 @@ def _merge(files: list[TraceFile], manifest: dict[str, Any] | None, output_dir: 
     if not ranks:
         raise TraceError(f"{files[0].path.parent}: no rank traces (only API-server or unknown traces)")
     nodes = list(dict.fromkeys(files[i].node_name for i in ranks))
+    all_nodes = list(dict.fromkeys(files[i].node_name for i in order))
     reference = opts.reference_node or files[ranks[0]].node_name
     if reference not in nodes:
         raise MagpieError(f"reference node {reference!r} is not one of {nodes}")
-    node_of = {i: files[i].node_name for i in ranks}
-    priors = manifest_offsets(manifest)
-    anchors = {i: scanned[i].anchors for i in ranks}
-    group_of = {i: (files[i].group, files[i].dp_rank, files[i].pp_rank) for i in ranks}
-    prior = {i: float(priors.get(str(files[i].node), priors.get(files[i].node_name, 0))) for i in ranks}
-    matched = Matched.of(match(anchors, group_of, prior))
+    probes = manifest_probes(manifest, files)
+    places = {i: Place(files[i].node_name, files[i].dp_rank or 0, files[i].pp_rank or 0,
+                       files[i].tp_rank, files[i].global_rank) for i in ranks}
+    matching = _match_groups(files, ranks, {i: scanned[i].anchors for i in ranks}, places,
+                             _priors(files, ranks, probes))
+    warnings += [f"not matched: {reason}" for reason in matching.refused]
+    matched = Matched.of(matching.collectives)
     ref_file = next(i for i in ranks if files[i].node_name == reference)
     ref_anchor_starts = [a.start for a in scanned[ref_file].anchors]
     t0 = min(ref_anchor_starts) if ref_anchor_starts else (scanned[ref_file].span or (0, 0))[0]
-    times = NodeTimes.build(matched, node_of, nodes, t0)
-    fits, missing = _solve_groups(files, scanned, ranks, times, reference, t0, manifest)
-    if missing:
-        lonely = next(i for i in ranks if files[i].node_name == missing[0])
-        raise TraceError(f"{files[lonely].path}: shares no collective with {files[ref_file].path.name} "
-                         f"(node {missing[0]} cannot be aligned)")
-    for node in {tf.node_name for tf in files} - set(fits):
-        fits[node] = ClockFit(node, 0.0, 0.0, t0, "none", 0, 0.0,
-                              warnings=[f"{node}: no collectives; left on its own clock"])
-        warnings.append(f"{node}: no rank trace shares its clock; left unaligned")
-    for fit in fits.values():
+    times = NodeTimes.build(matched, {i: files[i].node_name for i in ranks}, nodes, t0)
+    fits, notes = _solve_groups(files, scanned, ranks, times, reference, t0, probes, all_nodes, manifest)
+    warnings += notes
+    durations = matched.end - matched.start
+    typical = float(np.median(durations)) if len(durations) else None
+    for node, fit in fits.items():
+        if fit.aligned and not fit.reference and typical and fit.uncertainty_ns > typical:
+            fit.warnings.append(f"{node}: placed to +-{fit.uncertainty_ns / 1e3:.1f} us, more than the median "
+                                f"collective ({typical / 1e3:.1f} us): do not read cross-node gaps shorter than that")
         warnings.extend(fit.warnings)
     bases = [sc.base_ns for sc in scanned if sc.base_ns is not None]
     if bases:
@@ -269,9 +357,6 @@ def _merge(files: list[TraceFile], manifest: dict[str, Any] | None, output_dir: 
     window = _window(scanned, scanned[ref_file], fits[reference], base_out, opts)
     node_reports = _node_reports(fits, times, reference)
 
-    aligned_dir = output_dir / "aligned"
-    if "aligned" in opts.outputs:
-        aligned_dir.mkdir(exist_ok=True)
     jobs = []
     for k, i in enumerate(order):
         sc, tf, fit = scanned[i], files[i], fits[files[i].node_name]
@@ -279,45 +364,52 @@ def _merge(files: list[TraceFile], manifest: dict[str, Any] | None, output_dir: 
                 "global_rank": tf.global_rank,
                 "clock_offset_ns": round(fit.offset_ns, 1), "clock_drift_ppm": fit.drift_ppm, "t0_ns": fit.t0_ns,
                 "method": fit.method, "reference_node": reference}
+        folder = work / ("aligned" if fit.aligned else "unaligned")
         jobs.append(RewriteJob(
             index=k, n_files=len(order), label=tf.label, source=tf.path, events=sc.events, top=sc.top,
             values=sc.values,
             has_base=sc.base_ns is not None,
             transform=Transform(sc.base_ns or 0, base_out, fit.offset_ns, fit.drift_ppm, fit.t0_ns),
             meta_cuts=sc.meta_cuts, process_names=sc.process_names,
-            aligned_path=aligned_dir / tf.output_name() if "aligned" in opts.outputs else None,
-            merged_part=work / f"{i}.part" if "merged" in opts.outputs else None,
+            aligned_path=folder / tf.output_name() if "aligned" in opts.outputs else None,
+            merged_part=work / f"{i}.part" if "merged" in opts.outputs and fit.aligned else None,
             window=window, alignment_meta=meta,
         ))
+        if "aligned" in opts.outputs:
+            folder.mkdir(exist_ok=True)
     results: list[RewriteResult] = []
     if "aligned" in opts.outputs or "merged" in opts.outputs:
         results = _run(rewrite, jobs, opts.jobs)
+    if window is not None and results and not any(r.events_timed for r in results):
+        raise MagpieError(f"the window {window[0] / 1e6:.3f}..{window[1] / 1e6:.3f} ms after the common base "
+                          "holds no event of any trace (it lies wholly outside them)")
     outputs: dict[str, Any] = {}
     if "aligned" in opts.outputs:
-        outputs["aligned"] = [str(j.aligned_path) for j in jobs]
+        for job in jobs:
+            outputs.setdefault(job.aligned_path.parent.name, []).append(str(job.aligned_path))  # type: ignore[union-attr]
     if "merged" in opts.outputs:
-        merged_path = output_dir / "merged.trace.json.gz"
+        merged_path = work / "merged.trace.json.gz"
         summary = {"reference_node": reference, "base_time_ns": base_out,
-                   "nodes": {n: {k: r[k] for k in ("offset_ns", "drift_ppm", "method", "n_anchors")}
+                   "nodes": {n: {k: r[k] for k in ("offset_ns", "drift_ppm", "method", "n_anchors", "aligned")}
                              for n, r in node_reports.items()}}
         head = b'{"traceEvents": ['
         tail = (b'], "displayTimeUnit": "ms", "baseTimeNanoseconds": ' + str(base_out).encode()
                 + b', "magpie_trace": ' + orjson.dumps(summary) + b"}")
         parts: list[tuple[Path | bytes, int, int]] = [gzipjoin.deflate(head)]
-        for n, res in enumerate(r.merged for r in results):
+        first_part = True
+        for res in (r.merged for r in results):
             if res is not None:
-                if n:
+                if not first_part:
                     parts.append(gzipjoin.deflate(b","))
+                first_part = False
                 parts.append(res)
         parts.append(gzipjoin.deflate(tail))
-        tmp = temp_path_for(merged_path)
-        gzipjoin.join(parts, tmp)
-        os.replace(tmp, merged_path)
+        gzipjoin.join(parts, merged_path)
         outputs["merged"] = str(merged_path)
     if "tables" in opts.outputs:
         frame = tables.collectives_frame(matched, files, fits, base_out)
-        outputs["tables"] = [str(p) for p in tables.write(frame, output_dir, "collectives")]
-        outputs["tables"] += [str(p) for p in tables.write(tables.nodes_frame(frame), output_dir, "nodes")]
+        outputs["tables"] = [str(p) for p in tables.write(frame, work, "collectives")]
+        outputs["tables"] += [str(p) for p in tables.write(tables.nodes_frame(frame), work, "nodes")]
     file_reports = []
     for k, i in enumerate(order):
         tf, sc = files[i], scanned[i]
@@ -329,18 +421,42 @@ def _merge(files: list[TraceFile], manifest: dict[str, Any] | None, output_dir: 
             "aligned": jobs[k].aligned_path.name if jobs[k].aligned_path else None,
             "events_kept": results[k].events_kept if results else None,
         })
+    aligned_ranks = [files[i] for i in ranks if fits[files[i].node_name].aligned]
+    tracelens = None
+    if "aligned" in opts.outputs and aligned_ranks:
+        # Groups of a deployment number their own ranks and share no collective: a report each.
+        commands = []
+        for group in dict.fromkeys(tf.group for tf in aligned_ranks):
+            mine = [tf for tf in aligned_ranks if tf.group == group]
+            per_node = Counter(tf.node_name for tf in mine)
+            pattern = f"*-{group}-rank*.trace.json.gz" if group else "*rank*.trace.json.gz"
+            commands.append(shlex.join([
+                TRACELENS_REPORT, "--trace_glob", str(output_dir / "aligned" / pattern),
+                "--world_size", str(len(mine)), "--gpus_per_node", str(max(per_node.values())),
+            ]))
+        tracelens = " && ".join(commands)
     result = MergeResult(
         output_dir=output_dir, files=file_reports, nodes=node_reports, reference_node=reference,
         base_time_ns=base_out, collectives=len(matched.streams), window_ns=window, outputs=outputs,
         warnings=list(dict.fromkeys(warnings)), input_bytes=sum(sc.size for sc in scanned),
-        seconds=round(time.perf_counter() - started, 3),
+        seconds=round(time.perf_counter() - started, 3), tracelens_command=tracelens,
     )
     if "alignment" in opts.outputs:
-        path = output_dir / "alignment.json"
-        doc = {"schema": ALIGNMENT_SCHEMA, **result.to_dict()}
-        atomic_write_bytes(path, orjson.dumps(doc, option=orjson.OPT_INDENT_2))
+        path = work / "alignment.json"
         result.outputs["alignment"] = str(path)
+        doc = {"schema": ALIGNMENT_SCHEMA, **result.to_dict()}
+        doc["outputs"] = {key: _relocate(value, work, output_dir) for key, value in result.outputs.items()}
+        path.write_bytes(orjson.dumps(doc, option=orjson.OPT_INDENT_2))
     return result
+
+
+def _relocate(value: Any, work: Path, output_dir: Path) -> Any:
+    """A path inside the staging folder, as it will be once published."""
+    if isinstance(value, list):
+        return [_relocate(v, work, output_dir) for v in value]
+    if isinstance(value, str) and value.startswith(str(work)):
+        return str(output_dir / Path(value).relative_to(work))
+    return value
 
 
 __all__ = ["OUTPUTS", "MergeOptions", "MergeResult", "merge"]

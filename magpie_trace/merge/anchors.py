@@ -1,17 +1,20 @@
-"""Collective events ("anchors") and how one collective is found on every rank that ran it.
+"""Communication events ("anchors"): what each is, and the matched instances the clock fit reads.
 
-Keys, strongest first: `Comms Id`; (`Process Group Name`, `Seq`); else the order of the collective
-on its (process group, family) stream. Profiling windows can start a few collectives apart on
-different ranks, so the order key searches index shifts: the right shift is the one under which the
-most per-collective causality intervals (a collective cannot end on one rank before it started on
-the other) share a common clock offset.
+Two kinds tie two ranks' clocks together:
+
+* collectives (all-reduce, all-gather, ...): every rank of the group runs one, and none can end
+  before every rank has started it;
+* point-to-point transfers (pipeline stages' send/recv): a receive cannot end before its send
+  started. NCCL's `SendRecv` kernels do not say which way they go; a pair of them is treated as a
+  rendezvous (each overlaps the other), like a collective of two.
+
+Which event on one rank is which on another is decided in `matching`.
 """
 
 from __future__ import annotations
 
 import re
 import sys
-from collections import defaultdict
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
@@ -23,15 +26,15 @@ GPU_COLLECTIVE = re.compile(
 )
 _FAMILY = re.compile(r"all_?reduce|all_?gather|reduce_?scatter|all_?to_?allv?|broadcast|send_?recv|reduce|send|recv|"
                      r"barrier|gather|scatter", re.I)
-MAX_SHIFT = 32
-SHIFT_SAMPLE = 4096  # pairs scored per candidate shift (evenly spaced): enough to tell shifts apart
+P2P_FAMILIES = ("send", "recv", "sendrecv")
+COLL, SEND, RECV, P2P = "coll", "send", "recv", "p2p"  # roles: P2P is a send or receive, direction unknown
 
 
 @dataclass(slots=True)
 class Anchor:
-    """One collective on one rank: its stream, optional exact key, and start/end (ns, own clock)."""
+    """One communication event on one rank (ns, own clock)."""
 
-    stream: tuple[str, str]  # (process group name or "", collective family)
+    stream: tuple[str, str]  # (process group name or "", family)
     key: tuple[Any, ...] | None  # exact cross-rank key when the trace has one
     start: int
     end: int
@@ -39,6 +42,9 @@ class Anchor:
     gpu: bool
     nelems: int | None = None
     dtype: str | None = None
+    role: str = COLL
+    lane: str = ""  # CUDA stream of a kernel: one ordered sequence per lane
+    peer: int | None = None  # the other global rank of a send/recv, when the trace says
 
 
 @lru_cache(maxsize=4096)
@@ -62,63 +68,46 @@ def _stream(pg: str, fam: str) -> tuple[str, str]:
     return pg, fam
 
 
+def _int_arg(args: dict[str, Any], key: str) -> int | None:
+    value = args.get(key)
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
 def classify(ev: dict[str, Any], start: int, end: int) -> Anchor | None:
-    """An Anchor for a GPU collective kernel or a CPU (gloo) collective execution event, else None."""
+    """An Anchor for a GPU collective/p2p kernel or a CPU (gloo) communication event, else None.
+
+    A CPU send is taken from the `c10d::send` call, not from `gloo:send`: gloo records its span only
+    once the call has returned, which can be after the receiver already has the data (seen on real
+    vLLM pipeline traces), while the data cannot leave before the call began."""
     name = ev.get("name", "")
     gpu = ev.get("cat") == "kernel" and _gpu_collective(name)
-    if not gpu and not name.startswith("gloo:"):
+    if not gpu and not (name.startswith("gloo:") and name != "gloo:send") and name != "c10d::send":
         return None
     args = ev.get("args") if isinstance(ev.get("args"), dict) else {}
     pg = str(args.get("Process Group Name", ""))
     fam = family(str(args.get("Collective name") or name))
+    role = COLL
+    peer = None
+    if fam in P2P_FAMILIES:
+        role = {"send": SEND, "recv": RECV}.get(fam, P2P)
+        peer = _int_arg(args, "Dst Rank" if role == SEND else "Src Rank")
     name = sys.intern(name)  # one string for every anchor of that name
     key: tuple[Any, ...] | None = None
     if args.get("Comms Id") is not None:
         key = ("comms_id", str(args["Comms Id"]))
     elif args.get("Seq") is not None and pg:
-        key = ("seq", pg, fam in ("send", "recv", "sendrecv"), str(args["Seq"]))
-    nelems = args.get("In msg nelems")
-    return Anchor(_stream(pg, fam), key, start, end, name, gpu, nelems if isinstance(nelems, int) else None,
-                  str(args["dtype"]) if "dtype" in args else None)
-
-
-def _max_overlap(lower: np.ndarray, upper: np.ndarray) -> int:
-    """How many intervals [lower, upper] one point can lie in (sweep over sorted endpoints)."""
-    ok = lower <= upper
-    pts = np.concatenate([lower[ok], upper[ok]])
-    step = np.concatenate([np.ones(ok.sum(), np.int64), -np.ones(ok.sum(), np.int64)])
-    order = np.lexsort((-step, pts))
-    return int(np.cumsum(step[order]).max()) if len(pts) else 0
-
-
-def best_shift(ref: list[Anchor], other: list[Anchor], prior_ns: float = 0.0) -> tuple[int, int]:
-    """Index shift s pairing ref[k] with other[k+s], and how many pairs it makes consistent."""
-    rs = np.array([a.start for a in ref], np.int64)
-    re_ = np.array([a.end for a in ref], np.int64)
-    os_ = np.array([a.start for a in other], np.int64)
-    oe = np.array([a.end for a in other], np.int64)
-    limit = min(MAX_SHIFT, max(len(ref), len(other)) - 1)
-    scored = []
-    for s in range(-limit, limit + 1):
-        k0, k1 = max(0, -s), min(len(ref), len(other) - s)
-        if k1 - k0 < 1:
-            continue
-        step = -(-(k1 - k0) // SHIFT_SAMPLE)
-        lower = os_[k0 + s : k1 + s : step] - re_[k0:k1:step]
-        upper = oe[k0 + s : k1 + s : step] - rs[k0:k1:step]
-        median_end = float(np.median(oe[k0 + s : k1 + s : step] - re_[k0:k1:step]))
-        scored.append((_max_overlap(lower, upper) * step, abs(median_end - prior_ns), abs(s), s))
-    if not scored:
-        return 0, 0
-    best = max(sc[0] for sc in scored)
-    near = [sc for sc in scored if sc[0] >= 0.98 * best]
-    choice = min(near, key=lambda sc: (sc[1], sc[2]))
-    return choice[3], choice[0]
+        key = ("seq", pg, role != COLL, str(args["Seq"]))
+    # GPU kernels: one sequence per CUDA stream. CPU events are not split by thread: one rank's
+    # all-reduces run on two threads in real vLLM CPU traces, in proportions that differ per rank.
+    lane = args.get("stream", ev.get("tid", "")) if gpu else ""
+    return Anchor(_stream(pg, fam), key, start, end, name, gpu, _int_arg(args, "In msg nelems"),
+                  str(args["dtype"]) if "dtype" in args else None, role, sys.intern(str(lane)), peer)
 
 
 @dataclass
 class Collective:
-    """One collective instance matched across ranks: file index -> that rank's anchor."""
+    """One matched instance across ranks: file index -> that rank's anchor (a collective, or the two
+    sides of one transfer)."""
 
     stream: tuple[str, str]
     index: int
@@ -127,66 +116,32 @@ class Collective:
 
 @dataclass
 class Matched:
-    """The matched collectives as flat columns, one row per (collective, file), rows of one collective
-    together: what the clock fit and the tables read (numpy over ~10^5 rows, not Python loops)."""
+    """The matched instances as flat columns, one row per (instance, file), rows of one instance
+    together: what the clock fit and the tables read (numpy over ~10^5 rows, not Python loops).
+    `role` per row: 0 collective (or undirected transfer), 1 send, 2 receive."""
 
-    collective: np.ndarray  # position of the row's collective in the list
+    collective: np.ndarray  # position of the row's instance in the list
     file: np.ndarray
     start: np.ndarray  # ns, own clock
     end: np.ndarray
+    role: np.ndarray
     names: list[str]
-    streams: list[tuple[str, str]]  # per collective
-    indices: list[int]  # per collective: its number on its stream
+    streams: list[tuple[str, str]]  # per instance
+    indices: list[int]  # per instance: its number on its stream
+    p2p: np.ndarray  # per instance: is it a point-to-point transfer
 
     @classmethod
     def of(cls, collectives: list[Collective]) -> Matched:
         sizes = [len(c.members) for c in collectives]
         members = [a for c in collectives for a in c.members.values()]
         n = len(members)
+        codes = {COLL: 0, P2P: 0, SEND: 1, RECV: 2}
         return cls(
             np.repeat(np.arange(len(collectives), dtype=np.int64), sizes),
             np.fromiter((f for c in collectives for f in c.members), np.int64, n),
             np.fromiter((a.start for a in members), np.int64, n),
             np.fromiter((a.end for a in members), np.int64, n),
+            np.fromiter((codes[a.role] for a in members), np.int64, n),
             [a.name for a in members], [c.stream for c in collectives], [c.index for c in collectives],
+            np.array([any(a.role != COLL for a in c.members.values()) for c in collectives], dtype=bool),
         )
-
-
-def match(anchors: dict[int, list[Anchor]], group_of: dict[int, Any], priors: dict[int, float]) -> list[Collective]:
-    """Match collectives across files. `group_of[file]` separates ranks whose unnamed streams are
-    different collectives (e.g. TP groups of different DP replicas); `priors[file]` is the expected
-    clock offset (ns) used only to break ties between equally consistent shifts."""
-    out: list[Collective] = []
-    keyed: dict[tuple[Any, ...], dict[int, Anchor]] = defaultdict(dict)
-    streams: dict[tuple[Any, ...], dict[int, list[Anchor]]] = defaultdict(lambda: defaultdict(list))
-    for f, items in anchors.items():
-        for a in items:
-            if a.key is not None:
-                keyed[a.key][f] = a
-            else:
-                group = () if a.stream[0] else (group_of.get(f),)
-                streams[(a.stream, *group)][f].append(a)
-    for members in keyed.values():
-        if len(members) > 1:
-            first = next(iter(members.values()))
-            out.append(Collective(first.stream, len(out), members))
-    for skey, per_file in streams.items():
-        files = sorted(per_file)
-        if len(files) < 2:
-            continue
-        for f in files:
-            per_file[f].sort(key=lambda a: a.start)
-        ref = files[0]
-        table: dict[int, dict[int, Anchor]] = defaultdict(dict)
-        for k, a in enumerate(per_file[ref]):
-            table[k][ref] = a
-        for f in files[1:]:
-            shift, _ = best_shift(per_file[ref], per_file[f], priors.get(f, 0.0) - priors.get(ref, 0.0))
-            for k in range(len(per_file[ref])):
-                j = k + shift
-                if 0 <= j < len(per_file[f]):
-                    table[k][f] = per_file[f][j]
-        for k in sorted(table):
-            if len(table[k]) > 1:
-                out.append(Collective(skey[0], k, table[k]))
-    return out

@@ -27,6 +27,8 @@ from numba.core import cgutils, types
 from numba.extending import intrinsic
 
 _KEY_TS, _KEY_DUR, _KEY_PID, _KEY_ID = 1, 2, 3, 4
+_OUT_OF_RANGE = np.int64(-(2**63))  # _parse's value for a number no int64 holds
+OUT_OF_RANGE = -2  # rewrite's third value when a ts or dur is out of range
 
 
 def pid_table(capacity: int) -> np.ndarray:
@@ -153,6 +155,8 @@ def _parse(src: np.ndarray, j: int, n: int, scale: int) -> tuple[bool, int, int]
     p = e + scale
     if p >= 0:
         for _ in range(p):
+            if m > 922337203685477580:  # beyond int64 ns (1e300, ...): no clock reads that
+                return True, _OUT_OF_RANGE, k
             m *= 10
     elif p > -19:
         div = 1
@@ -315,7 +319,7 @@ def rewrite(src: np.ndarray, colons: np.ndarray, out_a: np.ndarray, out_m: np.nd
             flow_mul: int, flow_add: int, last_ts: np.ndarray) -> tuple[int, int, int]:
     """Rewrite src into out_a (aligned) and/or out_m (merged); returns their lengths and how many
     rows of new_pids ([new pid, 0 number | 1 string, value | start, end]) were filled (-1: more
-    pids than `known` holds). pid_rows[0] counts the rows of `known` (`pid_table`) in use.
+    pids than `known` holds; OUT_OF_RANGE: a ts or dur no int64 of ns holds). pid_rows[0] counts the rows of `known` (`pid_table`) in use.
     `drift` is ppm * 1e-6; cuts are sorted, disjoint [start, end) rows left out of out_m;
     last_ts[0] carries the latest `ts` across chunks (a `dur` may start the next chunk).
 
@@ -360,6 +364,8 @@ def rewrite(src: np.ndarray, colons: np.ndarray, out_a: np.ndarray, out_m: np.nd
         ok, v, end = _parse(src, i, n, scale)
         if not ok:  # null, a string, ...: left as it is
             continue
+        if v == _OUT_OF_RANGE and code <= _KEY_DUR:
+            return oa, om, OUT_OF_RANGE
         if code == _KEY_TS or (code == _KEY_DUR and fix_dur):
             if code == _KEY_TS:
                 last_ts[0] = v
@@ -491,3 +497,20 @@ def event_bounds(src: np.ndarray, positions: np.ndarray, floor: int) -> np.ndarr
                 out[r, 1] = k + 1
                 break
     return out
+
+
+def compile_notice() -> str | None:
+    """A line to show before a merge that will first compile these scanners (numba keeps them on
+    disk, so only the first merge after an install or upgrade pays), else None."""
+    for value in list(globals().values()):
+        cache_file = getattr(getattr(value, "_cache", None), "_cache_file", None)
+        if cache_file is None:
+            continue
+        try:
+            cached = bool(cache_file._load_index())  # {} when absent or made from other sources
+        except Exception:  # noqa: BLE001 - numba internals: assume it must compile
+            cached = False
+        if not cached:
+            return ("merge: compiling the trace scanners for this machine first (numba, once after an "
+                    "install or upgrade, about 15 s; cached after)")
+    return None

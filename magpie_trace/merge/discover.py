@@ -8,6 +8,7 @@ is unknown is its own clock domain.
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,6 +17,7 @@ from typing import Any
 import orjson
 
 from magpie_trace.errors import TraceError
+from magpie_trace.merge.align import ProbePoint
 
 MANIFEST_SCHEMA = "magpie-trace/manifest/1"
 TRACE_SUFFIXES = (".json.gz", ".json")
@@ -172,11 +174,27 @@ def discover(input_dir: Path) -> tuple[list[TraceFile], dict[str, Any] | None]:
     return files, manifest
 
 
-def manifest_offsets(manifest: dict[str, Any] | None, key: str = "clock_offsets_ns") -> dict[str, int]:
-    """The launch stage's measured node clock offsets (ns), keyed by node index (as a string) or name;
-    used only as a prior when choosing between equally consistent collective pairings, and to place
-    a group no KV handoff reaches (`clock_rtts_ns`: each one's round trip)."""
-    raw = (manifest or {}).get(key) or {}
+def manifest_probes(manifest: dict[str, Any] | None, files: list[TraceFile]) -> dict[str, list[ProbePoint]]:
+    """The clock probe of each node (`clock_probes` in the manifest, written by collect from the
+    capture's record: per node index or name, the probes taken before and after the capture), by
+    node name. Entries that do not parse are ignored: the probe is an extra, never a reason to fail."""
+    raw = (manifest or {}).get("clock_probes")
     if not isinstance(raw, dict):
         return {}
-    return {str(key): int(value) for key, value in raw.items() if isinstance(value, (int, float))}
+    names = {str(tf.node): tf.node_name for tf in files if tf.node is not None}
+    out: dict[str, list[ProbePoint]] = {}
+    for key, points in raw.items():
+        node = names.get(str(key), str(key))
+        if not isinstance(points, list):
+            continue
+        parsed = []
+        for p in points:
+            try:
+                point = ProbePoint(int(p["t_ns"]), float(p["offset_ns"]), float(p["uncertainty_ns"]))
+            except (TypeError, KeyError, ValueError):
+                continue
+            if math.isfinite(point.offset_ns) and math.isfinite(point.uncertainty_ns) and point.uncertainty_ns >= 0:
+                parsed.append(point)
+        if parsed:
+            out[node] = sorted(parsed, key=lambda p: p.t_ns)
+    return out

@@ -16,12 +16,15 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from magpie_trace.merge.align import ClockFit, envelope
+from magpie_trace.merge.discover import TraceFile
 from magpie_trace.merge.load import Scratch, decompress
 
 _NAME = re.compile(rb'"name"\s*:\s*"kv_transfer\.(send|recv)"')
@@ -61,8 +64,25 @@ def read_handoffs(path: Path, base_ns: int | None) -> list[Handoff]:
     return found
 
 
+def launch_measurements(manifest: dict[str, Any] | None, files: list[TraceFile]
+                        ) -> dict[str, tuple[float, float]]:
+    """Per node name: its clock offset from the head as the launch's preflight measured it, and
+    half the round trip (`clock_offsets_ns`, `clock_rtts_ns` in manifest.json): a coarse probe."""
+    offsets = (manifest or {}).get("clock_offsets_ns") or {}
+    rtts = (manifest or {}).get("clock_rtts_ns") or {}
+    if not isinstance(offsets, dict) or not isinstance(rtts, dict):
+        return {}
+    out = {}
+    for tf in files:
+        key = str(tf.node)
+        offset, rtt = offsets.get(key), rtts.get(key)
+        if isinstance(offset, (int, float)) and isinstance(rtt, (int, float)) and rtt > 0:
+            out[tf.node_name] = (float(offset), float(rtt) / 2)
+    return out
+
+
 def place_groups(group_fits: dict[str, dict[str, ClockFit]], handoffs: dict[str, list[Handoff]],
-                 reference_group: str, measured: dict[str, tuple[float, float]] | None = None,
+                 reference_group: str, probed: Callable[[str, str], tuple[float, float] | None] | None = None,
                  ) -> tuple[dict[str, ClockFit], list[str]]:
     """Every node's fit to the reference group's reference clock.
 
@@ -70,58 +90,49 @@ def place_groups(group_fits: dict[str, dict[str, ClockFit]], handoffs: dict[str,
     collectives). Each group moves as one rigid body, so the alignment inside it keeps the
     collectives' accuracy; its offset comes from every KV handoff between its nodes and an already
     placed group's, and its uncertainty adds to theirs. A group no handoff reaches is placed by
-    `measured` (node -> offset from the head and its uncertainty, ns: the launch's clock round
-    trips), method "preflight". Returns the fits and the groups still not placed (left out).
+    `probed(n, m)` (theta_m - theta_n and its uncertainty from the clock probe, between two groups'
+    reference nodes), method "probe". Returns the fits and the groups still not placed (left out).
     """
+    heads = {group: next(node for node, fit in fits.items() if fit.reference)
+             for group, fits in group_fits.items()}
     group_of = {node: group for group, fits in group_fits.items() for node in fits}
-    placed = {reference_group: (0.0, 0.0, 0, [])}  # group -> (offset, uncertainty, n, warnings)
+    placed = {reference_group: (0.0, 0.0, 0, [], "reference")}  # offset, uncertainty, n, warnings, how
     pending = set(group_fits) - {reference_group}
     while pending:
         best = None
-        for group in pending:
-            for other, (base, base_u, _, _) in placed.items():
+        for group in sorted(pending):
+            for other, (base, base_u, *_rest) in placed.items():
                 bound = _group_bound(group_fits, handoffs, group_of, group, other)
                 if bound is not None and (best is None or bound[1] + base_u < best[2]):
-                    best = (group, base + bound[0], bound[1] + base_u, bound[2], bound[3])
-        if best is None:
-            best = _measured(group_fits, pending, reference_group, measured or {})
+                    best = (group, base + bound[0], bound[1] + base_u, bound[2], bound[3], "kv_transfer")
+        if best is None and probed is not None:
+            for group in sorted(pending):
+                for other, (base, base_u, *_rest) in placed.items():
+                    found = probed(heads[other], heads[group])
+                    if found is not None and (best is None or found[1] + base_u < best[2]):
+                        warning = (f"group {group}: no KV handoff with a placed group; placed by the "
+                                   f"clock probe (+-{(found[1] + base_u) / 1e3:.0f} us)")
+                        best = (group, base + found[0], found[1] + base_u, 0, [warning], "probe")
         if best is None:
             break
-        group, offset, uncertainty, n, warnings = best
-        placed[group] = (offset, uncertainty, n, warnings)
+        group, offset, uncertainty, n, warnings, how = best
+        placed[group] = (offset, uncertainty, n, warnings, how)
         pending.discard(group)
     fits: dict[str, ClockFit] = {}
-    for group, (offset, uncertainty, n, warnings) in placed.items():
-        how = "preflight" if n == 0 else "kv_transfer"
+    for group, (offset, uncertainty, n, warnings, how) in placed.items():
         for node, fit in group_fits[group].items():
-            method = fit.method if group == reference_group else (
-                how if fit.reference else f"{how}+{fit.method}")
+            if group == reference_group or not fit.aligned:
+                fits[node] = fit
+                continue
+            lo, hi = fit.interval_ns
             fits[node] = replace(
-                fit, offset_ns=fit.offset_ns + offset, method=method,
+                fit, offset_ns=fit.offset_ns + offset,
+                method=how if fit.reference else f"{how}+{fit.method}",
                 n_anchors=fit.n_anchors + n, uncertainty_ns=fit.uncertainty_ns + uncertainty,
-                reference=fit.reference and group == reference_group,
-                warnings=[*fit.warnings, *warnings])
+                reference=False, warnings=[*fit.warnings, *warnings],
+                placed_by=[how] if fit.reference else [*fit.placed_by, how],
+                interval_ns=(lo + offset - uncertainty, hi + offset + uncertainty))
     return fits, sorted(pending)
-
-
-def _measured(group_fits: dict[str, dict[str, ClockFit]], pending: set[str], reference_group: str,
-              measured: dict[str, tuple[float, float]]
-              ) -> tuple[str, float, float, int, list[str]] | None:
-    """The pending group whose reference node the launch's clock measurement places most tightly."""
-    head = next(node for node, fit in group_fits[reference_group].items() if fit.reference)
-    if head not in measured:
-        return None
-    best = None
-    for group in sorted(pending):
-        node = next(node for node, fit in group_fits[group].items() if fit.reference)
-        if node in measured:
-            offset = measured[node][0] - measured[head][0]
-            uncertainty = measured[node][1] + measured[head][1]
-            if best is None or uncertainty < best[2]:
-                warning = (f"group {group}: no KV handoff with a placed group; placed by the launch's "
-                           f"clock measurement (+-{uncertainty / 1e3:.0f} us)")
-                best = (group, offset, uncertainty, 0, [warning])
-    return best
 
 
 def _group_bound(group_fits: dict[str, dict[str, ClockFit]], handoffs: dict[str, list[Handoff]],
@@ -136,6 +147,8 @@ def _group_bound(group_fits: dict[str, dict[str, ClockFit]], handoffs: dict[str,
             if {group_of.get(decode), group_of.get(prefill)} != {group, other}:
                 continue
             d_fit, p_fit = group_fits[group_of[decode]][decode], group_fits[group_of[prefill]][prefill]
+            if not (d_fit.aligned and p_fit.aligned):
+                continue  # a node its own group could not place says nothing of the group's clock
             for send in others:
                 recv = recvs.get(send.transfer_id) if send.side == "send" else None
                 if recv is None:

@@ -23,11 +23,12 @@ from magpie_trace.errors import TraceError
 from magpie_trace.merge import bytescan
 from magpie_trace.merge.anchors import Anchor, classify
 from magpie_trace.merge.discover import TraceFile
+from magpie_trace.merge.rewrite import MAX_ABS_US  # |ts|, dur beyond it (us) do not fit int64 ns
 
 # Event names pass 1 looks at: collectives (gloo, NCCL/RCCL kernels, custom all-reduce), process
 # metadata, step annotations (PyTorch, vLLM, SGLang) and the profiler's own span.
 _PREFIXES = bytescan.prefix_table((
-    b"gloo:", b"nccl", b"rccl", b"Nccl", b"cross_device_reduce", b"void vllm::cross_device_reduce",
+    b"gloo:", b"c10d::send", b"nccl", b"rccl", b"Nccl", b"cross_device_reduce", b"void vllm::cross_device_reduce",
     b"void sglang::cross_device_reduce", b'process_name"', b'process_labels"', b'process_sort_index"',
     b"ProfilerStep#", b"execute_", b"step[", b"PyTorch Profiler",
 ))
@@ -84,16 +85,22 @@ SCRATCH = Scratch()
 
 
 def _sizes(f: BinaryIO) -> tuple[int, int, bool]:
-    """(uncompressed size as the gzip trailer records it, mod 4 GiB and only the last member's, else
-    the file's size; the file's size; is it gzip) of an open file, left at its start."""
+    """(uncompressed size as the gzip trailer records it, mod 4 GiB and only the last member's, at
+    most the bound on inflation, else the file's size; the file's size; is it gzip) of an open
+    file, left at its start."""
     csize = os.fstat(f.fileno()).st_size
     gz = f.read(2) == b"\x1f\x8b"
     hint = csize
     if gz and csize >= 18:
         f.seek(-4, os.SEEK_END)
-        hint = int.from_bytes(f.read(4), "little")
+        hint = min(int.from_bytes(f.read(4), "little"), _limit(csize, gz))  # the trailer can lie
     f.seek(0)
     return hint, csize, gz
+
+
+def _limit(csize: int, gz: bool) -> int:
+    """The most bytes a file of csize bytes may inflate to (MAX_RATIO; a plain file: its size)."""
+    return max(MAX_RATIO * csize, MIN_BOMB_BYTES) if gz else csize
 
 
 def size_hint(path: Path) -> int:
@@ -115,6 +122,7 @@ def decompress(path: Path, scratch: Scratch = SCRATCH) -> tuple[bytearray, int, 
         raise TraceError(f"{path}: cannot read ({exc.strerror})") from None
     with f:
         hint, csize, gz = _sizes(f)
+        limit = _limit(csize, gz)
         buf = scratch.at_least(hint + 1)  # one spare byte: a full buffer means "maybe more"
         stream: BinaryIO = igzip.IGzipFile(fileobj=f) if gz else f  # type: ignore[assignment]
         size = 0
@@ -125,10 +133,17 @@ def decompress(path: Path, scratch: Scratch = SCRATCH) -> tuple[bytearray, int, 
                     break
                 size += n
                 if size == len(buf):  # rare: the trailer under-stated the size
-                    buf.extend(bytearray(len(buf)))
+                    if size > limit:
+                        raise TraceError(_bomb(path, size, csize))
+                    buf.extend(bytearray(min(len(buf), limit + 1 - len(buf)) or 1))
         except (OSError, EOFError, ValueError, isal_zlib.error) as exc:
             raise TraceError(f"{path}: {'truncated or corrupt gzip' if gz else 'cannot read'} ({exc})") from None
     return buf, size, csize
+
+
+def _bomb(path: Path, size: int, csize: int) -> str:
+    return (f"{path}: inflates to more than {size / 1e6:.0f} MB from {csize / 1e6:.1f} MB (over {MAX_RATIO}x, "
+            "not a profiler trace: a gzip bomb?); refused")
 
 
 def open_text(path: Path) -> BinaryIO:
@@ -222,8 +237,19 @@ def candidate_names(data: bytes | bytearray, lo: int, hi: int) -> list[int]:
     return found[:count].tolist()
 
 
-def _ts_ns(value: Any, base: int) -> int:
-    return base + int(round(float(value) * 1000))
+MAX_RATIO = 200  # uncompressed / compressed: Kineto JSON compresses ~10-20x, a gzip bomb ~1000x
+MIN_BOMB_BYTES = 256 << 20  # below this, any ratio is harmless
+
+
+def _us_to_ns(value: Any, path: Path, what: str) -> int:
+    """A `ts`/`dur` in microseconds as integer ns, or one line naming the file."""
+    try:
+        us = float(value)
+    except (TypeError, ValueError):
+        raise TraceError(f"{path}: an event's {what} is not a number ({str(value)[:40]!r})") from None
+    if not abs(us) <= MAX_ABS_US:  # also NaN
+        raise TraceError(f"{path}: an event's {what} is {value!r} us, outside any plausible clock reading")
+    return int(round(us * 1000))
 
 
 def scan(tf: TraceFile) -> Scanned:
@@ -269,8 +295,8 @@ def scan(tf: TraceFile) -> Scanned:
             continue
         if ph != "X" or "ts" not in ev:
             continue
-        start = _ts_ns(ev["ts"], base)
-        end = start + int(round(float(ev.get("dur") or 0) * 1000))
+        start = base + _us_to_ns(ev["ts"], tf.path, "ts")
+        end = start + _us_to_ns(ev.get("dur") or 0, tf.path, "dur")
         if name.startswith("PyTorch Profiler"):
             span = (start, end)
         elif _STEP_NAME.match(name) and (ev.get("cat") in ("user_annotation", None) or name.startswith("ProfilerStep")):

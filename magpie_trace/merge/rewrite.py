@@ -29,6 +29,7 @@ from magpie_trace.merge import bytescan
 from magpie_trace.merge.gzipjoin import LEVEL, PartWriter
 
 CHUNK = 8 << 20
+MAX_ABS_US = 9.0e15  # as load.MAX_ABS_US: beyond int64 ns
 PIDS_PER_FILE = 1000  # merged pids of file i are i*1000+1 ...; more processes in one file is an error
 _WS = b" \n\r\t"
 
@@ -74,6 +75,7 @@ class RewriteResult:
     input_bytes: int
     merged: tuple[Path, int, int] | None  # (part path, crc, length)
     events_kept: int | None  # only counted when a window is cut
+    events_timed: int | None = None  # of those, events with a time (not metadata)
 
 
 class _Light(msgspec.Struct):
@@ -132,6 +134,8 @@ class _Rewriter:
             src, self.keys[:n_keys], out_a, out_m, aligned, merged, t.base_in, t.base_out, t.offset_ns, t.drift_ppm * 1e-6, t.t0_ns,
             cut_rows, self.known, self.job.index * PIDS_PER_FILE, self.pid_rows, self.new_pids, self.job.n_files,
             self.job.index, self.last_ts)
+        if n_new == bytescan.OUT_OF_RANGE:
+            raise TraceError(f"{self.job.source}: an event's ts or dur is outside any plausible clock reading")
         if n_new < 0:
             raise TraceError(f"{self.job.label}: more than {PIDS_PER_FILE - 1} processes in one trace")
         for new_pid, kind, a, b in self.new_pids[:n_new].tolist():
@@ -178,25 +182,30 @@ def _skip(source: BinaryIO, n: int) -> None:
         n -= got
 
 
-def _window_filter(job: RewriteJob, data: bytes) -> tuple[bytes, bytes, int]:
-    """(events for the aligned file, events for the merged file, count kept) inside the window."""
+def _window_filter(job: RewriteJob, data: bytes) -> tuple[bytes, bytes, int, int]:
+    """(events for the aligned file, events for the merged file, count kept, how many of those carry
+    a time) inside the window."""
     lo_ns, hi_ns = job.window  # type: ignore[misc]
     t = job.transform
     decoder = msgspec.json.Decoder(_Light)
     events = msgspec.json.decode(data, type=list[msgspec.Raw])
     keep_aligned: list[bytes] = []
     keep_merged: list[bytes] = []
+    timed = 0
     for raw in events:
         ev = decoder.decode(raw)
         if ev.ph != "M" and ev.ts is not None:
+            if not (abs(ev.ts) <= MAX_ABS_US and abs(ev.dur or 0.0) <= MAX_ABS_US):
+                raise TraceError(f"{job.source}: an event's ts or dur is outside any plausible clock reading")
             start = int(t.apply(np.array([round(ev.ts * 1000)]))[0])
             end = start + int(round((ev.dur or 0.0) * 1000))
             if end < lo_ns or start > hi_ns:
                 continue
+            timed += 1
         keep_aligned.append(bytes(raw))
         if not (ev.ph == "M" and isinstance(ev.name, str) and ev.name.startswith("process_")):
             keep_merged.append(bytes(raw))
-    return b",".join(keep_aligned), b",".join(keep_merged), len(keep_aligned)
+    return b",".join(keep_aligned), b",".join(keep_merged), len(keep_aligned), timed
 
 
 def _process_events(rw: _Rewriter, job: RewriteJob) -> list[bytes]:
@@ -260,7 +269,7 @@ def rewrite(job: RewriteJob) -> RewriteResult:
     ev_lo, ev_hi = job.events
     aligned_file = merged_part = None
     tmp_aligned = temp_path_for(job.aligned_path) if job.aligned_path else None
-    kept = None
+    kept = timed = None
     try:
         if tmp_aligned is not None:
             head, tail = _header_and_footer(job)
@@ -274,7 +283,7 @@ def rewrite(job: RewriteJob) -> RewriteResult:
                 rw.stream(source, ev_lo + 1, ev_hi - 1, job.meta_cuts, (aligned_file, merged_sink))
             else:
                 _skip(source, ev_lo)
-                a_events, m_events, kept = _window_filter(job, source.read(ev_hi - ev_lo))
+                a_events, m_events, kept, timed = _window_filter(job, source.read(ev_hi - ev_lo))
                 for content, sinks in ((a_events, (aligned_file, None)), (m_events, (None, merged_sink))):
                     if any(s is not None for s in sinks):
                         rw.stream(io.BytesIO(content), 0, len(content), [], sinks)
@@ -295,4 +304,4 @@ def rewrite(job: RewriteJob) -> RewriteResult:
         if tmp_aligned is not None and tmp_aligned.exists():
             tmp_aligned.unlink()
         raise
-    return RewriteResult(job.index, ev_hi - ev_lo, merged, kept)
+    return RewriteResult(job.index, ev_hi - ev_lo, merged, kept, timed)

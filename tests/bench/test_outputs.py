@@ -1,12 +1,11 @@
-"""Result-file helpers and the progress line."""
+"""Result-file helpers and a load point's progress."""
 
 from __future__ import annotations
 
 import asyncio
-import io
 
 from magpie_trace.bench.client import Progress
-from magpie_trace.bench.progressbar import ProgressBar
+from magpie_trace.bench.progressbar import INTERVAL_S, report_progress
 from magpie_trace.bench.results import masked, sweep_csv
 
 
@@ -27,29 +26,47 @@ def test_sweep_csv_rows_and_empty_values() -> None:
     assert values["mean_ttft_ms"] == "20.1235" and values["request_goodput"] == ""
 
 
-class _Tty(io.StringIO):
-    def isatty(self) -> bool:
-        return True
+class _Counts:
+    """A reporter like the live display: lines, and counts that update in place."""
+
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+        self.counts: list[tuple[str, int, int, str]] = []
+
+    def __call__(self, message: str) -> None:
+        self.lines.append(message)
+
+    def count(self, label: str, done: int, total: int, detail: str = "") -> None:
+        self.counts.append((label, done, total, detail))
 
 
-def test_progress_line_only_on_a_terminal() -> None:
-    progress = Progress()
-    progress.done, progress.failed, progress.in_flight = 5, 1, 2
-    quiet = ProgressBar("c4", 10, Progress(), stream=io.StringIO())
-    assert not quiet.enabled
-    tty = _Tty()
-    bar = ProgressBar("c4", 10, progress, stream=tty)
-    progress.done += 3
-
-    async def draw() -> None:
-        task = asyncio.create_task(bar.run())
-        await asyncio.sleep(0.05)
+def _report_while(say, progress: Progress, steps: int) -> None:
+    async def load() -> None:
+        task = asyncio.create_task(report_progress(say, "c4", 10, progress))
+        for _ in range(steps):
+            await asyncio.sleep(INTERVAL_S * 1.2)
+            progress.done += 3
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
 
-    asyncio.run(draw())
-    last = tty.getvalue().rstrip("\n").split("\r")[-1]
-    assert last.startswith("c4 [#########") and "3/10 in flight 2, failed 0" in last
+    asyncio.run(load())
+
+
+def test_point_progress_updates_the_count_and_ends_with_the_final_numbers() -> None:
+    progress = Progress()
+    progress.done, progress.failed, progress.in_flight = 5, 1, 2  # an earlier point's requests
+    display = _Counts()
+    _report_while(display, progress, 3)
+    seen = [done for _, done, _, _ in display.counts]
+    assert seen[0] == 0 and seen[-1] == 9 and len(set(seen)) >= 3  # the count moved while it ran
+    assert all(label == "c4 requests" and total == 10 for label, _, total, _ in display.counts)
+    assert display.counts[-1][3].startswith("2 in flight, 0 failed, ") and display.lines == []
+
+
+def test_point_progress_is_one_line_for_a_plain_reporter() -> None:
+    lines: list[str] = []
+    _report_while(lines.append, Progress(), 2)
+    assert len(lines) == 1 and lines[0].startswith("6/10 c4 requests (0 in flight, 0 failed, ")
 
 
 def test_plots_including_gpu_utilization_from_recorded_samples(tmp_path) -> None:

