@@ -6,6 +6,8 @@ ITL, then for each request rate sends evenly spaced requests with magpie-trace's
 sustained when the achieved request rate is within 5% of the target and the median TTFT is within
 1 ms of the configured TTFT. Prints one table row per rate and the highest sustained rate of each.
 Send lag (ours only) is the client's own backlog: request issued -> body written to the socket.
+Then the other paths a benchmark takes: building prompts through the server's /tokenize (prompts
+per second), and replaying a trace (how far each request's send is from its timestamp).
 
     python benchmarks/client_capacity.py [--rates 50,100,200,400] [--seconds 4] [--no-vllm]
 """
@@ -31,7 +33,7 @@ from magpie_trace.bench.arrivals import LoadPoint  # noqa: E402
 from magpie_trace.bench.client import StreamClient  # noqa: E402
 from magpie_trace.bench.load import PointRun, run_point  # noqa: E402
 from magpie_trace.bench.metrics import aggregate  # noqa: E402
-from magpie_trace.bench.workload import build_workload  # noqa: E402
+from magpie_trace.bench.workload import Conversation, ServerTokens, build_workload  # noqa: E402
 from magpie_trace.config import BenchmarkConfig, SimConfig  # noqa: E402
 from magpie_trace.launch import launch, stop  # noqa: E402
 from magpie_trace.plan import make_plan  # noqa: E402
@@ -42,12 +44,35 @@ TTFT_MS, ITL_MS, INPUT_LEN, OUTPUT_LEN = 20.0, 10.0, 16, 4
 
 
 async def ours(url: str, rate: float, count: int) -> dict:
-    prompts = build_workload(BenchmarkConfig(input_len=INPUT_LEN, output_len=OUTPUT_LEN), count)
+    bench = BenchmarkConfig(input_len=INPUT_LEN, output_len=OUTPUT_LEN)
+    conversations = (await build_workload(bench, count)).conversations
     async with StreamClient(url, "sim-model", concurrency=1024) as client:
         await client.open_connections(min(64, count))
-        run = PointRun(LoadPoint(1024, rate), [], 0)
-        await run_point(client, prompts, run.point, math.inf, 0, run)
+        run = PointRun(LoadPoint(1024, rate))
+        await run_point(client, conversations, run.point, math.inf, 0, run)
     return aggregate(run.records, run.duration_s, [50, 99])
+
+
+async def tokenize_rate(url: str, count: int, input_len: int) -> float:
+    """Prompts per second fitted to exact lengths through the server's /tokenize."""
+    bench = BenchmarkConfig(input_len=input_len, output_len=OUTPUT_LEN)
+    async with StreamClient(url, "sim-model") as client:
+        started = time.perf_counter()
+        await build_workload(bench, count, ServerTokens(client.session, url, "sim-model"))
+        return count / (time.perf_counter() - started)
+
+
+async def replay(url: str, rate: float, count: int) -> list[float]:
+    """ms between each request's body write and its trace time, for a trace at `rate` req/s."""
+    bench = BenchmarkConfig(input_len=INPUT_LEN, output_len=OUTPUT_LEN)
+    plain = (await build_workload(bench, count)).conversations
+    timed = [Conversation(c.turns, at_s=i / rate) for i, c in enumerate(plain)]
+    async with StreamClient(url, "sim-model", concurrency=None) as client:
+        await client.open_connections(min(64, count))
+        run = PointRun(LoadPoint(None, replay=True))
+        await run_point(client, timed, run.point, 1.0, 0, run)
+    start = run.start_ns
+    return sorted(abs(((r.wire_ns or 0) - start) / 1e6 - 1000 * r.index / rate) for r in run.records)
 
 
 def vllm(url: str, rate: float, count: int, python: Path, tokenizer: Path, out: Path) -> dict:
@@ -66,6 +91,11 @@ def vllm(url: str, rate: float, count: int, python: Path, tokenizer: Path, out: 
     if proc.returncode != 0:
         raise RuntimeError(f"vllm bench serve failed: {proc.stderr[-2000:]}")
     return json.loads((out / f"r{rate:g}.json").read_text())
+
+
+def replay_stats(lates: list[float]) -> str:
+    p = lambda q: lates[min(len(lates) - 1, int(q * len(lates)))]  # noqa: E731
+    return f"p50 {p(0.5):.2f} ms, p99 {p(0.99):.2f} ms, max {lates[-1]:.2f} ms"
 
 
 def sustained(m: dict, rate: float) -> bool:
@@ -115,6 +145,15 @@ def main() -> None:
                           f"{m['p99_ttft_ms']:.2f} | {m['median_tpot_ms']:.2f} | {lag_text} | "
                           f"{'yes' if ok else 'no'} |", flush=True)
                     time.sleep(0.5)
+            print("\n| path | load | result |")
+            print("|---|---|---|")
+            for input_len in (128, 1024):
+                per_s = asyncio.run(tokenize_rate(plan.head_url, 500, input_len))
+                print(f"| prompts fitted via /tokenize | 500 x {input_len} tokens | {per_s:.0f} prompts/s |", flush=True)
+            for rate in (50.0, 200.0, 800.0):
+                lates = replay_stats(asyncio.run(replay(plan.head_url, rate, int(rate * args.seconds))))
+                print(f"| trace replay, send vs timestamp | {rate:g} req/s, {int(rate * args.seconds)} requests | "
+                      f"{lates} |", flush=True)
         finally:
             stop(plan, run_dir, backend, state, grace_s=3)
     for name, rate in best.items():

@@ -360,32 +360,90 @@ def collect_command(
 
 
 
+def _vllm_flags(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """`vllm bench serve`'s common flags (magpie_trace.bench.flags maps them to config keys)."""
+    options = [
+        click.option("--model", help="The model name requests carry (default: what /v1/models lists)."),
+        click.option("--served-model-name", help="As vLLM: the name requests carry (--model then names the tokenizer)."),
+        click.option("--backend", help="openai (/v1/completions) or openai-chat (/v1/chat/completions)."),
+        click.option("--endpoint", help="/v1/completions or /v1/chat/completions."),
+        click.option("--dataset-name", help="random, prefix_repetition, sharegpt, custom (jsonl), mooncake, burstgpt."),
+        click.option("--dataset-path", help="The dataset file (sharegpt, custom, mooncake, burstgpt)."),
+        click.option("--input-len", type=int, help="Input tokens (random)."),
+        click.option("--output-len", type=int, help="Output tokens."),
+        click.option("--random-input-len", type=int, help="Input tokens of random prompts."),
+        click.option("--random-output-len", type=int, help="Output tokens of random prompts."),
+        click.option("--random-range-ratio", type=float, help="Lengths uniform on [L(1-r), L(1+r)]."),
+        click.option("--random-prefix-len", type=int, help="A prefix of this many tokens shared by every prompt."),
+        click.option("--prefix-repetition-prefix-len", type=int, help="prefix_repetition: tokens per prefix."),
+        click.option("--prefix-repetition-suffix-len", type=int, help="prefix_repetition: unique tokens after it."),
+        click.option("--prefix-repetition-num-prefixes", type=int, help="prefix_repetition: distinct prefixes."),
+        click.option("--prefix-repetition-output-len", type=int, help="prefix_repetition: output tokens."),
+        click.option("--sharegpt-output-len", type=int, help="Fixed output length for ShareGPT prompts."),
+        click.option("--custom-output-len", type=int, help="Output length for custom prompts without one."),
+        click.option("--turns", type=int, help="User turns per conversation (sharegpt: 0 = all)."),
+        click.option("--max-concurrency", type=int, multiple=True, help="Concurrency cap (repeat for a sweep)."),
+        click.option("--request-rate", type=float, multiple=True, help="Req/s, inf for no pacing (repeat for a sweep)."),
+        click.option("--burstiness", type=float, help="Gamma shape of arrival gaps (1 Poisson)."),
+        click.option("--ramp-up-strategy", type=click.Choice(["linear", "exponential"]), help="Raise the rate over each point."),
+        click.option("--ramp-up-start-rps", type=float, help="Ramp start rate."),
+        click.option("--ramp-up-end-rps", type=float, help="Ramp end rate."),
+        click.option("--duration", type=float, help="Seconds per load point (it also ends after --num-prompts)."),
+        click.option("--seed", type=int, help="Prompts and arrival gaps."),
+        click.option("--ignore-eos/--no-ignore-eos", default=None, help="Generate exactly the output length."),
+        click.option("--tokenizer", help="Local tokenizer (HF name or folder); default: the server's /tokenize."),
+        click.option("--num-warmups", type=int, help="Warmup requests before the first point."),
+        click.option("--metric-percentiles", help="Comma-separated percentiles, e.g. 50,90,99."),
+        click.option("--goodput", multiple=True, help="SLO KEY:MS (ttft, tpot, e2el); repeatable."),
+        click.option("--label", help="The results' label (vLLM's --label)."),
+        click.option("--sglang-result", is_flag=True, default=None, help="Also write SGLang bench_serving's JSONL."),
+        click.option("--result-dir", type=click.Path(file_okay=False), help="Same as --out."),
+        click.option("--save-result", is_flag=True, help="Accepted for vLLM's command lines: results are always saved."),
+        click.option("--save-detailed", is_flag=True, help="Accepted: per-request lists are always saved."),
+        click.option("--disable-tqdm", is_flag=True, help="Accepted: the progress line shows only on a terminal."),
+    ]
+    for option in reversed(options):
+        fn = option(fn)
+    return fn
+
+
 @main.command("bench")
 @verbosity_options
-@config_argument
+@click.argument("config_path", metavar="[CONFIG]", required=False, type=click.Path(dir_okay=False))
 @set_option
 @run_option
-@click.option("--url", metavar="URL", help="Benchmark this already-running endpoint instead of a run.")
+@click.option("--url", "--base-url", "url", metavar="URL", help="Benchmark this already-running endpoint instead of a run.")
 @click.option("--concurrency", "-c", type=int, multiple=True, help="Concurrency (repeat for a sweep).")
 @click.option("--num-prompts", "-n", type=int, help="Requests per load point.")
-@click.option("--request-rate", type=float, help="Requests per second (Poisson unless burstiness is set).")
-@click.option("--out", type=click.Path(file_okay=False), help="Output folder (default: <run>/bench).")
+@_vllm_flags
+@click.option("--out", type=click.Path(file_okay=False), help="Output folder (default: <run>/bench); each invocation writes a new attempt-NNN in it.")
 @json_option
 @handle_errors
 def bench_command(
-    config_path: str, overrides: tuple[str, ...], run: str | None, url: str | None,
-    concurrency: tuple[int, ...], num_prompts: int | None, request_rate: float | None,
-    out: str | None, as_json: bool,
+    config_path: str | None, overrides: tuple[str, ...], run: str | None, url: str | None,
+    concurrency: tuple[int, ...], num_prompts: int | None, out: str | None, as_json: bool,
+    result_dir: str | None, save_result: bool, save_detailed: bool, disable_tqdm: bool, **flags: Any,
 ) -> None:
-    """Benchmark the running server through its endpoint; stop at once if a node is lost."""
+    """Benchmark the running server through its endpoint; stop at once if a node is lost.
+
+    Takes `vllm bench serve`'s common flags; with --url no config file is needed.
+    """
     import dataclasses
 
     from magpie_trace.bench import run_benchmark
+    from magpie_trace.bench.flags import overrides as flag_overrides
+    from magpie_trace.config import benchmark_config
 
-    extra = [f"benchmark.concurrency={list(concurrency)}"] if concurrency else []
-    extra += [f"benchmark.num_prompts={num_prompts}"] if num_prompts is not None else []
-    extra += [f"benchmark.request_rate={request_rate}"] if request_rate is not None else []
-    config = read_config(config_path, (*overrides, *extra))
+    flags["max_concurrency"] = (*concurrency, *flags["max_concurrency"])
+    flags["num_prompts"] = num_prompts
+    extra = [*flag_overrides(flags, with_config=config_path is not None), *overrides]
+    out = out or result_dir
+    if config_path is None:
+        if not url:
+            raise click.UsageError("give a CONFIG, or --url to benchmark an endpoint without one")
+        config = benchmark_config(extra)
+    else:
+        config = read_config(config_path, tuple(extra))
     if url:
         from magpie_trace.plan import new_run_id
         from magpie_trace.rundir import new_run_dir
@@ -416,10 +474,10 @@ def bench_command(
     click.echo(f"{'point':<14}{'done':>6}{'fail':>5}{'req/s':>9}{'out tok/s':>11}"
                f"{'TTFT p50':>10}{'p99':>9}{'TPOT p50':>10}{'p99':>9}  (ms)")
     for p in result.points:
-        click.echo(f"{p['label']:<14}{p['completed']:>6}{p['failed'] + p['incomplete']:>5}"
+        click.echo(f"{p['point']:<14}{p['completed']:>6}{p['failed']:>5}"
                    f"{p['request_throughput'] or 0:>9.2f}{p['output_throughput'] or 0:>11.1f}"
-                   f"{p['median_ttft_ms'] or 0:>10.2f}{p['p99_ttft_ms'] or 0:>9.2f}"
-                   f"{p['median_tpot_ms'] or 0:>10.2f}{p['p99_tpot_ms'] or 0:>9.2f}")
+                   f"{p.get('median_ttft_ms') or 0:>10.2f}{p.get('p99_ttft_ms') or 0:>9.2f}"
+                   f"{p.get('median_tpot_ms') or 0:>10.2f}{p.get('p99_tpot_ms') or 0:>9.2f}")
     click.echo(f"results: {result.result_path}")
 
 
@@ -608,6 +666,63 @@ def merge_command(input_dir: str, output_dir: str | None, window: str | None, st
         click.echo(f"  warning: {warning}")
     if result.tracelens_command:
         click.echo(f"TraceLens: {result.tracelens_command}")
+
+
+@main.command("analyze")
+@click.argument("merged_dir", type=click.Path(file_okay=False, exists=True))
+@click.option("--jobs", "-j", default=1, show_default=True, type=click.IntRange(1),
+              help="Worker processes building the events table.")
+@click.option("--rebuild", is_flag=True, help="Rebuild the events table even if it is up to date.")
+@click.option("--no-plots", is_flag=True, help="Write the tables only.")
+@json_option
+@handle_errors
+def analyze_command(merged_dir: str, jobs: int, rebuild: bool, no_plots: bool, as_json: bool) -> None:
+    """Exposed communication, per node and step, and who waits for whom: SQL over a merge's events."""
+    from pathlib import Path
+
+    from magpie_trace.analyze import AnalyzeOptions, analyze
+
+    result = analyze(Path(merged_dir), AnalyzeOptions(jobs=jobs, rebuild=rebuild, plots=not no_plots))
+    if as_json:
+        print_json(result.to_dict())
+        return
+    ev = result.events
+    click.echo(f"events: {ev['events']:,} from {ev['ranks']} rank(s) "
+               f"({'built' if ev['built'] else 'up to date'}) -> {ev['folder']}")
+    for row in result.nodes:
+        click.echo(f"  {row['node']}: {row['domain']}, exposed comm {row['exposed_comm_pct'] or 0:.1f}% of time, "
+                   f"{row['comm_hidden_pct'] or 0:.1f}% of comm hidden, idle {row['idle_us'] / 1e3:.1f} ms per rank")
+    for row in result.stragglers:
+        click.echo(f"  {row['node']}: last to arrive in {row['steps_as_straggler']} step(s), "
+                   f"{row['longest_streak']} in a row")
+    for warning in result.warnings:
+        click.echo(f"  warning: {warning}")
+    click.echo(f"tables and plots in {Path(merged_dir) / 'analysis'} ({result.seconds:.1f}s)")
+
+
+@main.command("query")
+@click.argument("merged_dir", type=click.Path(file_okay=False, exists=True))
+@click.argument("sql")
+@click.option("-o", "--output", default=None, type=click.Path(dir_okay=False),
+              help="Write the result to this .csv or .parquet file instead of printing it.")
+@json_option
+@handle_errors
+def query_command(merged_dir: str, sql: str, output: str | None, as_json: bool) -> None:
+    """Run SQL against a merge's events and tables (events, steps, segments, ranks, collectives, nodes,
+    breakdown, ...; see docs/analyze.md)."""
+    from pathlib import Path
+
+    from magpie_trace.analyze import query
+
+    columns, rows = query(Path(merged_dir), sql, Path(output) if output else None)
+    if output:
+        click.echo(f"wrote {output}")
+    elif as_json:
+        print_json([dict(zip(columns, row)) for row in rows])
+    elif columns:
+        click.echo("\t".join(columns))
+        for row in rows:
+            click.echo("\t".join("" if v is None else str(v) for v in row))
 
 
 if __name__ == "__main__":

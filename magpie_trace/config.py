@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import posixpath
 import types
 import typing
@@ -162,6 +163,7 @@ class RouterConfig:
 class ServerConfig:
     engine: Literal["vllm", "sglang", "sim"] = "vllm"
     model: str = ""
+    served_model_name: str | None = None
     tp: int = 1
     pp: int = 1
     dp: int = 1
@@ -195,6 +197,7 @@ class ProfileConfig:
     start_step: int | None = None
     num_steps: int | None = None
     start_after_s: float = 2.0
+    concurrency: int | None = None
     duration_s: float = 3.0
     timeout_s: float = 600.0
 
@@ -204,27 +207,48 @@ class BenchmarkConfig:
     """The load, with vLLM `vllm bench serve` defaults and names where they exist."""
 
     enabled: bool = True
+    model: str | None = None
+    label: str | None = None
     endpoint: Literal["completions", "chat"] = "completions"
-    dataset: Literal["random", "sharegpt", "jsonl"] = "random"
+    dataset: Literal["random", "sharegpt", "jsonl", "custom", "mooncake", "burstgpt"] = "random"
     dataset_path: str | None = None
     input_len: int = 1024
     output_len: int = 128
     range_ratio: float = 0.0
+    prefix_len: int = 0
+    num_prefixes: int = 1
+    turns: int = 1
+    sharegpt_output_len: int | None = None
+    trace_block_size: int = 512
+    trace_speedup: float = 1.0
     ignore_eos: bool = True
     num_prompts: int = 200
-    concurrency: list[int] = field(default_factory=lambda: [1, 2, 4, 8, 16, 32, 64, 128])
-    request_rate: float | None = None
+    concurrency: list[int] | None = field(default_factory=lambda: [1, 2, 4, 8, 16, 32, 64, 128])
+    request_rate: list[float] | float | None = None
     burstiness: float = 1.0
+    ramp_up_strategy: Literal["linear", "exponential"] | None = None
+    ramp_up_start_rps: float | None = None
+    ramp_up_end_rps: float | None = None
+    duration_s: float | None = None
     warmup_requests: int = 2
     seed: int = 0
     tokenizer: str | None = None
+    server_tokenizer: bool = True
     percentiles: list[float] = field(default_factory=lambda: [50.0, 90.0, 95.0, 99.0])
     goodput: dict[str, float] = field(default_factory=dict)
+    sglang_result: bool = False
     request_timeout_s: float = 600.0
     stall_timeout_s: float = 30.0
     telemetry_interval_s: float = 1.0
     max_duration_s: float = 3600.0
     spread: Literal["round_robin", "least_outstanding"] = "round_robin"  # over several endpoints
+
+    @property
+    def rates(self) -> list[float | None]:
+        """The request rates of the sweep; None (no pacing) when none is set."""
+        if self.request_rate is None:
+            return [None]
+        return list(self.request_rate) if isinstance(self.request_rate, list) else [self.request_rate]
 
 
 @dataclass
@@ -282,6 +306,23 @@ def config_from_dict(
     config = _build(Config, raw, source, "")
     config.source = source
     validate(config)
+    return config
+
+
+def benchmark_config(overrides: list[str], source: str = "<command line>") -> Config:
+    """A Config with only a benchmark section (`bench --url` without a config file)."""
+    raw: dict[str, Any] = {}
+    for item in overrides:
+        _apply_override(raw, item, source)
+    unknown = sorted(set(raw) - {"benchmark", "output"})
+    if unknown:
+        raise ConfigError(f"{source}: {unknown[0]}: only benchmark.* and output.* apply without a config file")
+    config = Config(
+        benchmark=_build(BenchmarkConfig, raw.get("benchmark", {}), source, "benchmark"),
+        output=_build(OutputConfig, raw.get("output", {}), source, "output"),
+        source=source,
+    )
+    validate_benchmark(config.benchmark, source)
     return config
 
 
@@ -416,6 +457,8 @@ def _coerce(tp: Any, value: Any, source: str, path: str) -> Any:
             raise ConfigError(f"{source}: {path}: expected an integer, got {_kind(value)}")
         return value
     if tp is float:
+        if isinstance(value, str) and value.strip().lower() in ("inf", "+inf", "infinity"):
+            return math.inf  # as `vllm bench serve --request-rate inf` spells it
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{source}: {path}: expected a number, got {_kind(value)}")
         return float(value)
@@ -476,13 +519,49 @@ def validate(config: Config) -> None:
     if server.executor == "ray" and server.engine != "vllm":
         raise ConfigError(f"{src}: server.executor: ray is only for engine vllm")
     validate_deployment(config)
-    bench = config.benchmark
-    if bench.dataset in ("sharegpt", "jsonl") and not bench.dataset_path:
+    validate_benchmark(config.benchmark, src)
+
+
+FILE_DATASETS = ("sharegpt", "jsonl", "custom", "mooncake", "burstgpt")
+
+
+def validate_benchmark(bench: BenchmarkConfig, src: str) -> None:
+    """Checks across benchmark keys (also for `bench --url` without a config file)."""
+    if bench.dataset in FILE_DATASETS and not bench.dataset_path:
         raise ConfigError(f"{src}: benchmark.dataset_path: required for dataset {bench.dataset}")
-    if not bench.concurrency or any(c < 1 for c in bench.concurrency):
-        raise ConfigError(f"{src}: benchmark.concurrency: needs one or more values >= 1")
+    if bench.concurrency is not None and (not bench.concurrency or any(c < 1 for c in bench.concurrency)):
+        raise ConfigError(f"{src}: benchmark.concurrency: needs one or more values >= 1 (or null: no cap)")
+    if any(r is not None and not r > 0 for r in bench.rates):
+        raise ConfigError(f"{src}: benchmark.request_rate: every rate must be > 0 (inf: no pacing)")
+    if isinstance(bench.request_rate, list) and not bench.request_rate:
+        raise ConfigError(f"{src}: benchmark.request_rate: an empty list (give null for no pacing)")
+    if not bench.burstiness > 0:
+        raise ConfigError(f"{src}: benchmark.burstiness: must be > 0")
+    if bench.ramp_up_strategy is not None:
+        start, end = bench.ramp_up_start_rps, bench.ramp_up_end_rps
+        if start is None or end is None:
+            raise ConfigError(f"{src}: benchmark.ramp_up_strategy: needs ramp_up_start_rps and ramp_up_end_rps")
+        if bench.request_rate is not None:
+            raise ConfigError(f"{src}: benchmark.request_rate: not with ramp_up_strategy (the ramp sets the rate)")
+        if not 0 < start <= end:
+            raise ConfigError(f"{src}: benchmark.ramp_up_start_rps: need 0 < start <= ramp_up_end_rps")
+    if bench.duration_s is not None and not bench.duration_s > 0:
+        raise ConfigError(f"{src}: benchmark.duration_s: must be > 0 (or null: bounded by num_prompts only)")
     if not 0.0 <= bench.range_ratio < 1.0:
         raise ConfigError(f"{src}: benchmark.range_ratio: must be in [0, 1)")
+    for key in ("num_prompts", "input_len", "output_len", "num_prefixes", "trace_block_size"):
+        if getattr(bench, key) < 1:
+            raise ConfigError(f"{src}: benchmark.{key}: must be at least 1")
+    if bench.prefix_len < 0:
+        raise ConfigError(f"{src}: benchmark.prefix_len: must be >= 0")
+    if bench.turns < 0 or (bench.turns == 0 and bench.dataset != "sharegpt"):
+        raise ConfigError(f"{src}: benchmark.turns: must be >= 1 (0, every turn, is for sharegpt only)")
+    if bench.turns != 1 and bench.dataset not in ("random", "sharegpt"):
+        raise ConfigError(f"{src}: benchmark.turns: multi-turn conversations come from random or sharegpt")
+    if (bench.prefix_len or bench.num_prefixes != 1) and bench.dataset != "random":
+        raise ConfigError(f"{src}: benchmark.prefix_len: shared prefixes are for dataset random")
+    if not bench.trace_speedup > 0:
+        raise ConfigError(f"{src}: benchmark.trace_speedup: must be > 0")
     for key in bench.goodput:
         if key not in ("ttft", "tpot", "e2el"):
             raise ConfigError(f"{src}: benchmark.goodput.{key}: unknown SLO (ttft, tpot, e2el)")

@@ -111,26 +111,47 @@ def preflight_section(run_dir: RunDir) -> Section:
     return section
 
 
+def bench_attempt_dirs(run_dir: RunDir) -> list[Path]:
+    """Every bench invocation's folder, oldest first (a pre-attempt run kept its files in bench/)."""
+    from magpie_trace.bench.results import attempts
+
+    legacy = [run_dir.bench] if (run_dir.bench / "result.json").is_file() else []
+    return legacy + attempts(run_dir.bench)
+
+
+BENCH_COLUMNS = (
+    "point", "profiled", "max_concurrency", "request_rate", "completed", "failed", "request_throughput",
+    "output_throughput", "median_ttft_ms", "p99_ttft_ms", "median_tpot_ms", "p99_tpot_ms", "p99_itl_ms",
+)
+
+
 def bench_section(run_dir: RunDir) -> Section:
     section = Section("Benchmark")
-    sweep = run_dir.bench / "sweep.csv"
-    result = _load_json(run_dir.bench / "result.json")
-    if not sweep.exists() and result is None:
+    folders = bench_attempt_dirs(run_dir)
+    if not folders:
         section.notes.append("no benchmark results in this run")
         return section
-    if result is not None and result.get("valid") is False:
-        reasons = "; ".join(result.get("invalid_reasons") or ["(no reason recorded)"])
-        section.notes.append(f"INVALID RUN: {reasons}. Numbers below are partial.")
-    if sweep.exists():
-        with sweep.open(newline="") as handle:
-            rows = list(csv.DictReader(handle))
-        wanted = [c for c in (
-            "max_concurrency", "request_rate", "completed", "failed", "request_throughput",
-            "output_throughput", "median_ttft_ms", "p99_ttft_ms", "median_tpot_ms", "p99_tpot_ms",
-            "p99_itl_ms", "valid",
-        ) if rows and c in rows[0]]
-        section.tables.append((wanted, [[_num(row[c]) for c in wanted] for row in rows]))
-    section.images.extend(sorted((run_dir.bench / "plots").glob("*.png")))
+    for folder in folders:
+        result = _load_json(folder / "result.json") or {}
+        name = folder.name if folder != run_dir.bench else "bench"
+        state = "INVALID" if result.get("valid") is False else "valid" if result else "no result.json"
+        section.lines.append(f"{name} ({state}, started {result.get('started_utc', '?')}): "
+                             f"`{_rel(run_dir, folder)}`")
+        if result.get("valid") is False:
+            reasons = "; ".join(result.get("invalid_reasons") or ["(no reason recorded)"])
+            section.notes.append(f"INVALID RUN ({name}): {reasons}. Numbers below are partial.")
+        sweep = folder / "sweep.csv"
+        if sweep.exists():
+            with sweep.open(newline="") as handle:
+                rows = list(csv.DictReader(handle))
+            wanted = [c for c in BENCH_COLUMNS if rows and c in rows[0]]
+            table = [[_num(row[c]) for c in wanted] for row in rows]
+            if "profiled" in wanted:
+                at = wanted.index("profiled")
+                for row in table:
+                    row[at] = "yes: profiler overhead" if row[at] == "True" else ""
+            section.tables.append(([c.replace("_", " ") for c in wanted], table))
+        section.images.extend(sorted((folder / "plots").glob("*.png")))
     return section
 
 
@@ -143,7 +164,8 @@ def _num(text: str) -> Any:
 
 def per_node_section(run_dir: RunDir) -> Section:
     section = Section("Per node during the benchmark")
-    result = _load_json(run_dir.bench / "result.json") or {}
+    folders = bench_attempt_dirs(run_dir)
+    result = (_load_json(folders[-1] / "result.json") or {}) if folders else {}
     per_node = result.get("per_node")
     if not per_node:
         section.notes.append("no per-node figures recorded")
@@ -284,9 +306,12 @@ def render_html(run_dir: RunDir, sections: list[Section]) -> str:
             body.append(f'<figure><img alt="{esc(image.stem)}" src="data:image/png;base64,{data}">'
                         f"<figcaption>{esc(image.stem)}</figcaption></figure>")
     style = (
-        "body{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto;padding:0 1em}"
-        "table{border-collapse:collapse;margin:1em 0;font-size:0.9em}"
-        "td,th{border:1px solid #ccc;padding:4px 8px;text-align:left;vertical-align:top}"
+        "body{font-family:system-ui,sans-serif;max-width:1400px;margin:2em auto;padding:0 1em;"
+        "box-sizing:border-box}"
+        "table{border-collapse:collapse;margin:1em 0;font-size:0.85em;display:block;max-width:100%;"
+        "overflow-x:auto}"
+        "td,th{border:1px solid #ccc;padding:3px 6px;text-align:left;vertical-align:top;"
+        "overflow-wrap:anywhere}"
         "th{background:#f3f3f3}.note{background:#fff4d6;padding:6px 10px}img{max-width:100%}"
     )
     return (

@@ -185,6 +185,7 @@ def _bench_and_capture(
         BenchInterrupted,
         BenchInvalid,
         RunAborted,
+        profile_point,
         run_benchmark,
     )
     from magpie_trace.profile import capture
@@ -193,10 +194,12 @@ def _bench_and_capture(
     captured: list[BaseException] = []
     load_started = threading.Event()
     bench_done = threading.Event()
+    profile_done = threading.Event()
     guard = process_guard(plan, backend, state.handles, "the profile capture") if state else NodeGuard()
 
     def capture_window() -> None:
-        """Open the window start_after_s into the first measured load point (not the warmup)."""
+        """Open the window start_after_s into the profiled load point, which runs before the
+        measured ones and lasts until the capture is done (so they carry no profiler overhead)."""
         try:
             if config.benchmark.enabled:
                 while not load_started.wait(0.2):
@@ -206,6 +209,8 @@ def _bench_and_capture(
             capture(plan, backend, run_dir, progress=say, guard=guard)
         except BaseException as exc:  # noqa: BLE001 - raised by the main thread
             captured.append(exc)
+        finally:
+            profile_done.set()
 
     thread = None
     with guard:
@@ -219,6 +224,8 @@ def _bench_and_capture(
                         config, plan, run_dir.bench, backend=backend,
                         handles=state.handles if state else None, say=say,
                         on_point_start=lambda _point: load_started.set(),
+                        profile_point=profile_point(config) if config.profile.enabled else None,
+                        profile_done=profile_done.is_set,
                     )
                 except (BenchInterrupted, BenchInvalid, RunAborted) as exc:
                     # Partial results were written and marked invalid; the run stops with this error.

@@ -7,7 +7,7 @@
   state.json         what launch started: one process handle per node (for stop)
   logs/<node>.log    each node's engine log, fetched at stop
   preflight.json     per-node checks and measured clock offsets
-  bench/             result.json, requests.jsonl, sweep.csv, plots/*.png
+  bench/attempt-NNN/ one folder per bench invocation: result.json, points/, requests.jsonl, sweep.csv, plots/
   traces/            node<N>-TP<R>.trace.json.gz ... + manifest.json
   merged/            aligned per-rank traces, merged Perfetto trace, tables, alignment.json
   report.md, report.html

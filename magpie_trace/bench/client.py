@@ -1,7 +1,8 @@
 """The streaming client: one aiohttp session, OpenAI completions/chat with SSE, timed at the socket.
 
 Choices that keep the client from being the bottleneck (see the research notes): the connector
-allows at least `concurrency` connections (aiohttp's default of 100 caps throughput silently), a
+allows at least `concurrency` connections, any number without a cap (aiohttp's default of 100
+caps throughput silently), a
 10 MiB read buffer (the 64 KiB default collapses long outputs), keep-alive connections reused
 across requests, and each chunk timestamped with perf_counter_ns right where its bytes are read.
 A request's start is stamped when its body is written (aiohttp's trace hook), so the client's own
@@ -47,7 +48,7 @@ class StreamClient:
         base_url: str | list[str],
         model: str,
         endpoint: str = "completions",
-        concurrency: int = 1,
+        concurrency: int | None = 1,
         request_timeout_s: float = 600.0,
         ignore_eos: bool = True,
         tokenizer: Tokenizer | None = None,
@@ -68,9 +69,10 @@ class StreamClient:
         self._session: aiohttp.ClientSession | None = None
 
     async def __aenter__(self) -> "StreamClient":
+        # 0: no limit; else the concurrency on each endpoint (several without a router)
+        limit = 0 if self.concurrency is None else max(self.concurrency, 1) * len(self.endpoints.urls) + 8
         connector = aiohttp.TCPConnector(
-            limit=max(self.concurrency, 1) * len(self.endpoints.urls) + 8, limit_per_host=0,
-            keepalive_timeout=60, ttl_dns_cache=300,
+            limit=limit, limit_per_host=0, keepalive_timeout=60, ttl_dns_cache=300
         )
         tracing = aiohttp.TraceConfig()
         tracing.on_request_chunk_sent.append(self._body_written)
@@ -125,7 +127,7 @@ class StreamClient:
         if self.chat:
             body["messages"] = prompt.messages()
         else:
-            body["prompt"] = prompt.text
+            body["prompt"] = prompt.completion_text()
         return body
 
     def now(self) -> int:
@@ -175,6 +177,7 @@ class StreamClient:
             else:
                 progress.failed += 1
             text = "".join(text_parts)
+            record.text = text
             record.output_chars = len(text)
             if self.tokenizer is not None and record.status == "ok":
                 record.tokenizer_tokens = len(self.tokenizer.encode(text))

@@ -9,7 +9,9 @@
 - ITL: every gap between consecutive chunks with `choices`, pooled over requests.
 - E2EL: send -> last chunk with `choices` (the trailing usage chunk and [DONE] do not count).
 - duration: first scheduled send -> all requests finished. Throughputs divide by it.
-Aggregates cover completed requests; failed and incomplete ones are counted, never dropped.
+Aggregates cover completed requests; every other sent request is `failed` (as in vLLM), of which
+`incomplete` were cut short mid-stream; none is dropped. As in vLLM, a latency with no sample
+reads 0.0 (and `request_goodput` is null without goodput SLOs).
 """
 
 from __future__ import annotations
@@ -32,6 +34,9 @@ class RequestRecord:
     point: str
     prompt_tokens_expected: int
     max_tokens: int
+    conversation: int = 0
+    turn: int = 0
+    shared_prefix_tokens: int = 0
     scheduled_ns: int = 0
     sent_ns: int | None = None
     wire_ns: int | None = None
@@ -48,6 +53,7 @@ class RequestRecord:
     error: str | None = None
     queued_ns: int | None = None
     endpoint: str | None = None  # the API server it went to (several without a router)
+    text: str = ""  # the generated text (the next turn's history; vLLM's generated_texts)
 
     @property
     def last_chunk_ns(self) -> int | None:
@@ -87,6 +93,12 @@ class RequestRecord:
             return None
         return (self.chunk_ns[-1] - self.start_ns) * MS
 
+    def client_queue_ms(self) -> float | None:
+        """Due -> sent: the wait for a concurrency slot (vLLM's client_queue_time)."""
+        if self.sent_ns is None or self.queued_ns is None:
+            return None
+        return (self.sent_ns - self.queued_ns) * MS
+
     def send_lag_ms(self) -> float | None:
         if self.sent_ns is None or self.wire_ns is None:
             return None
@@ -106,6 +118,8 @@ class RequestRecord:
             "index": self.index,
             "point": self.point,
             "endpoint": self.endpoint,
+            "conversation": self.conversation,
+            "turn": self.turn,
             "status": self.status,
             "http_status": self.http_status,
             "error": self.error,
@@ -118,6 +132,7 @@ class RequestRecord:
             "chunk_ns": self.chunk_ns,
             "prompt_tokens": self.prompt_tokens,
             "prompt_tokens_expected": self.prompt_tokens_expected,
+            "shared_prefix_tokens": self.shared_prefix_tokens,
             "max_tokens": self.max_tokens,
             "completion_tokens": self.completion_tokens,
             "tokenizer_tokens": self.tokenizer_tokens,
@@ -136,17 +151,19 @@ def percentile_key(p: float) -> str:
     return f"p{int(p)}" if float(p).is_integer() else f"p{p:g}"
 
 
-def distribution(values: list[float], percentiles: list[float], name: str) -> dict[str, float | None]:
-    """mean_/median_/std_/pNN_<name>_ms; None where there are no samples."""
+def distribution(
+    values: list[float], percentiles: list[float], name: str, empty: float | None = 0.0
+) -> dict[str, float | None]:
+    """mean_/median_/std_/pNN_<name>_ms; `empty` where there are no samples (vLLM writes 0.0)."""
     arr = np.asarray(values, dtype=float)
     has = arr.size > 0
     out: dict[str, float | None] = {
-        f"mean_{name}_ms": float(arr.mean()) if has else None,
-        f"median_{name}_ms": float(np.median(arr)) if has else None,
-        f"std_{name}_ms": float(arr.std()) if has else None,
+        f"mean_{name}_ms": float(arr.mean()) if has else empty,
+        f"median_{name}_ms": float(np.median(arr)) if has else empty,
+        f"std_{name}_ms": float(arr.std()) if has else empty,
     }
     for p in percentiles:
-        out[f"{percentile_key(p)}_{name}_ms"] = float(np.percentile(arr, p)) if has else None
+        out[f"{percentile_key(p)}_{name}_ms"] = float(np.percentile(arr, p)) if has else empty
     return out
 
 
@@ -155,33 +172,41 @@ def aggregate(
     duration_s: float,
     percentiles: list[float],
     goodput: dict[str, float] | None = None,
+    not_sent: int = 0,
+    queued: bool = False,
+    paced: bool = False,
 ) -> dict[str, Any]:
-    """The summary of one load point, keyed like `vllm bench serve --save-result`."""
+    """The summary of one load point, keyed like `vllm bench serve --save-result`.
+
+    queued: a concurrency cap was set (adds vLLM's client_queue_time); paced: and a rate, so
+    the queue wait is part of what a user would see (adds e2el_including_client_queue).
+    """
     done = [r for r in records if r.status == "ok"]
-    failed = sum(1 for r in records if r.status == "failed")
+    sent = [r for r in records if r.status != "pending"]
     incomplete = sum(1 for r in records if r.status == "incomplete")
-    not_sent = sum(1 for r in records if r.status == "pending")
     total_in = sum(r.input_tokens for r in done)
     total_out = sum(r.output_tokens for r in done)
     dur = duration_s if duration_s > 0 else math.nan
     out: dict[str, Any] = {
         "duration": duration_s,
         "completed": len(done),
-        "failed": failed,
+        "failed": len(sent) - len(done),
         "incomplete": incomplete,
-        "not_sent": not_sent,
+        "not_sent": not_sent + len(records) - len(sent),
         "total_input_tokens": total_in,
         "total_output_tokens": total_out,
         "request_throughput": _finite(len(done) / dur),
-        "input_throughput": _finite(total_in / dur),
+        "request_goodput": None,
         "output_throughput": _finite(total_out / dur),
         "total_token_throughput": _finite((total_in + total_out) / dur),
+        "input_throughput": _finite(total_in / dur),
     }
     if goodput:
         good = sum(1 for r in done if _meets(r, goodput))
         out["request_goodput"] = _finite(good / dur)
         out["good_requests"] = good
     out.update(peaks(done))
+    out["rtfx"] = 0.0  # vLLM's inverse real-time factor: audio input only
     ttfts = [r.ttft_ms() for r in done]
     tpots = [r.tpot_ms() for r in done]
     e2els = [r.e2el_ms() for r in done]
@@ -189,10 +214,33 @@ def aggregate(
     out.update(distribution([v for v in tpots if v is not None], percentiles, "tpot"))
     out.update(distribution([v for r in done for v in r.itls_ms()], percentiles, "itl"))
     out.update(distribution([v for v in e2els if v is not None], percentiles, "e2el"))
+    if queued:
+        waits = [r.client_queue_ms() or 0.0 for r in done]
+        out.update(distribution(waits, percentiles, "client_queue_time"))
+        if paced:
+            out.update(distribution(
+                [(r.e2el_ms() or 0.0) + w for r, w in zip(done, waits)], percentiles,
+                "e2el_including_client_queue",
+            ))
     lags = [r.send_lag_ms() for r in done]
-    out.update(distribution([v for v in lags if v is not None], percentiles, "send_lag"))
+    out.update(distribution([v for v in lags if v is not None], percentiles, "send_lag", empty=None))
+    first = [r for r in done if r.turn == 0]
+    out["shared_prefix_tokens"] = sum(r.shared_prefix_tokens for r in first)
+    out.update(_prompt_check(first))
     out.update(_token_check(done))
     return out
+
+
+def _prompt_check(first_turns: list[RequestRecord]) -> dict[str, Any]:
+    """Server-counted vs requested prompt tokens over first turns (later turns carry replies)."""
+    pairs = [(r.prompt_tokens, r.prompt_tokens_expected) for r in first_turns if r.prompt_tokens is not None]
+    expected = sum(e for _, e in pairs)
+    if not pairs or not expected:
+        return {"prompt_tokens_requested": expected, "prompt_tokens_diff_pct": None}
+    return {
+        "prompt_tokens_requested": expected,
+        "prompt_tokens_diff_pct": (sum(u for u, _ in pairs) - expected) / expected * 100,
+    }
 
 
 def _meets(record: RequestRecord, slo: dict[str, float]) -> bool:

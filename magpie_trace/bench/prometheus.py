@@ -24,6 +24,8 @@ COUNTERS = {
     "generation_tokens": ("vllm:generation_tokens_total", "sglang:generation_tokens_total"),
     "requests_finished": ("vllm:request_success_total", "sglang:num_requests_total"),
     "preemptions": ("vllm:num_preemptions_total",),
+    "prefix_cache_queries": ("vllm:prefix_cache_queries_total",),
+    "prefix_cache_hits": ("vllm:prefix_cache_hits_total",),
 }
 # Histograms whose delta mean (sum/count) is reported in ms.
 HISTOGRAMS = {
@@ -204,3 +206,45 @@ def server_deltas(before: dict[str, Scrape | str], after: dict[str, Scrape | str
         else:
             out[node] = deltas(start, page)
     return out
+
+
+SPEC_DECODE = {
+    "num_drafts": "vllm:spec_decode_num_drafts_total",
+    "draft_tokens": "vllm:spec_decode_num_draft_tokens_total",
+    "accepted_tokens": "vllm:spec_decode_num_accepted_tokens_total",
+}
+SPEC_DECODE_PER_POSITION = "vllm:spec_decode_num_accepted_tokens_per_pos_total"
+
+
+def _total(scrape: Scrape, name: str) -> float:
+    return sum(v for (sample, _), v in scrape.samples.items() if sample == name and not math.isnan(v))
+
+
+def _per_position(scrape: Scrape) -> dict[int, float]:
+    found: dict[int, float] = {}
+    for (sample, labels), value in scrape.samples.items():
+        position = dict(labels).get("position")
+        if sample == SPEC_DECODE_PER_POSITION and position is not None and position.isdigit():
+            found[int(position)] = found.get(int(position), 0.0) + value
+    return found
+
+
+def spec_decode(before: Scrape | str | None, after: Scrape | str | None) -> dict[str, Any]:
+    """vLLM's spec_decode_* result keys from the head's counters over a point, as `vllm bench
+    serve` writes them: only when draft tokens were proposed (MTP / EAGLE / n-gram serving)."""
+    if not isinstance(before, Scrape) or not isinstance(after, Scrape):
+        return {}
+    delta = {key: int(_total(after, name) - _total(before, name)) for key, name in SPEC_DECODE.items()}
+    if delta["draft_tokens"] <= 0:
+        return {}
+    start, end = _per_position(before), _per_position(after)
+    drafts = delta["num_drafts"]
+    per_position = [(end.get(p, start.get(p, 0.0)) - start.get(p, 0.0)) / drafts for p in sorted(set(start) | set(end))] if drafts > 0 else []
+    return {
+        "spec_decode_acceptance_rate": delta["accepted_tokens"] / delta["draft_tokens"] * 100,
+        "spec_decode_acceptance_length": 1 + delta["accepted_tokens"] / drafts if drafts > 0 else 0.0,
+        "spec_decode_num_drafts": drafts,
+        "spec_decode_draft_tokens": delta["draft_tokens"],
+        "spec_decode_accepted_tokens": delta["accepted_tokens"],
+        "spec_decode_per_position_acceptance_rates": per_position,
+    }

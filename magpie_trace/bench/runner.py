@@ -7,6 +7,7 @@ Everything that can fail on a node fails the run loudly: the result file is stil
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import gc
 import time
 from dataclasses import dataclass, field, replace
@@ -16,12 +17,13 @@ from typing import Any, Callable
 import aiohttp
 
 from magpie_trace.backends.base import Backend, ProcessHandle
-from magpie_trace.bench.arrivals import LoadPoint, sweep_points
+from magpie_trace.bench.arrivals import LoadPoint, Ramp, sweep_points
 from magpie_trace.bench.attribution import attribution, engine_nodes, per_node
 from magpie_trace.bench.client import StreamClient
 from magpie_trace.bench.endpoints import per_endpoint
-from magpie_trace.bench.load import PointRun, run_point
+from magpie_trace.bench.load import PointRun, cycled, first_turns, run_point
 from magpie_trace.bench.metrics import RequestRecord, aggregate
+from magpie_trace.bench.models import resolve_model
 from magpie_trace.bench.plots import write_plots
 from magpie_trace.bench.progressbar import report_progress
 from magpie_trace.bench.prometheus import (
@@ -30,14 +32,17 @@ from magpie_trace.bench.prometheus import (
     metrics_targets,
     scrape_all,
     server_deltas,
+    spec_decode,
 )
 from magpie_trace.bench.results import (
     SCHEMA,
     masked,
+    new_attempt,
     point_header,
     utc_now,
     versions,
     write_outputs,
+    write_point,
 )
 from magpie_trace.bench.telemetry import NodeSampler
 from magpie_trace.bench.watchdog import (
@@ -47,7 +52,14 @@ from magpie_trace.bench.watchdog import (
     Trip,
     Watchdog,
 )
-from magpie_trace.bench.workload import build_workload, load_tokenizer
+from magpie_trace.bench.workload import (
+    TRACE_DATASETS,
+    LocalTokens,
+    ServerTokens,
+    Tokens,
+    build_workload,
+    load_tokenizer,
+)
 from magpie_trace.config import Config
 from magpie_trace.errors import MagpieError
 from magpie_trace.plan import Plan
@@ -55,6 +67,8 @@ from magpie_trace.plan import Plan
 Say = Callable[[str], None]
 INTERRUPTED = "interrupted before the load finished"
 WARMUP_MAX_TOKENS = 16
+PROFILE_POINT_MAX_REQUESTS = 100_000  # the profiled point ends when the capture does; this bounds it
+PROMPT_DIFF_WARN_PCT = 2.0
 
 
 @dataclass
@@ -86,17 +100,26 @@ def run_benchmark(
     points: list[LoadPoint] | None = None,
     say: Say | None = None,
     on_point_start: Callable[[LoadPoint], None] | None = None,
+    profile_point: LoadPoint | None = None,
+    profile_done: Callable[[], bool] | None = None,
 ) -> BenchResult:
-    """Run the configured sweep against plan.head_url (or url); write results under out_dir.
+    """Run the configured sweep against plan.head_url (or url); write results in a new attempt
+    folder under out_dir (out_dir/attempt-NNN: nothing earlier is overwritten).
 
     backend + handles (from launch state) enable the process and telemetry checks of the
     watchdog; without them only the no-progress check runs. The result files are always written;
     then RunAborted (exit 3) is raised when a node was lost, BenchInvalid (exit 3) when requests
     failed or were cut short, MagpieError when warmup fails (nothing measured).
-    on_point_start(point) is called as each measured load point begins (after warmup).
+    on_point_start(point) is called as each load point begins (after warmup).
+    profile_point: a point run before the sweep, marked `profiled`, that keeps sending until
+    profile_done() is true (or its duration_s ends): `run` profiles there, so the measured
+    points carry no profiler overhead.
     """
     return asyncio.run(
-        run_benchmark_async(config, plan, out_dir, backend, handles, url, points, say, on_point_start)
+        run_benchmark_async(
+            config, plan, out_dir, backend, handles, url, points, say, on_point_start,
+            profile_point, profile_done,
+        )
     )
 
 
@@ -110,19 +133,21 @@ async def run_benchmark_async(
     points: list[LoadPoint] | None = None,
     say: Say | None = None,
     on_point_start: Callable[[LoadPoint], None] | None = None,
+    profile_point: LoadPoint | None = None,
+    profile_done: Callable[[], bool] | None = None,
 ) -> BenchResult:
     say = say or (lambda _msg: None)
     bench = config.benchmark
-    out = Path(out_dir)
     base_url = url or (plan.head_url if plan else "")
     if not base_url:
         raise MagpieError("bench: no endpoint (give a plan or a URL)")
     # The router, else every API server (requests spread over them): one URL for one server.
     endpoints = [url] if url else plan.endpoints if plan else [base_url]
-    points = points or sweep_points(bench)
+    points = list(points or sweep_points(bench))
+    if profile_point is not None:
+        points.insert(0, replace(profile_point, profiled=True))
+    out = new_attempt(out_dir)
     tokenizer, tokenizer_note = load_tokenizer(bench.tokenizer)
-    prompts = build_workload(bench, bench.warmup_requests + bench.num_prompts, tokenizer)
-    warmup, measured = prompts[: bench.warmup_requests], prompts[bench.warmup_requests :]
     kind, kind_note = attribution(plan)
     head = plan.head.name if plan else base_url
     nodes = {plan.nodes[i].name: plan.node_config(i) for i in range(len(plan.nodes))} if plan else {}
@@ -133,7 +158,6 @@ async def run_benchmark_async(
         samplers = {
             name: NodeSampler(backend, node, bench.telemetry_interval_s) for name, node in nodes.items()
         }
-        await asyncio.gather(*(asyncio.to_thread(s.start) for s in samplers.values()))
     watchdog = Watchdog(
         head=head,
         stall_timeout_s=bench.stall_timeout_s,
@@ -150,12 +174,14 @@ async def run_benchmark_async(
         "warnings": [tokenizer_note] if tokenizer_note else [],
         "abort": None,
         "run_id": plan.run_id if plan else None,
+        "attempt": out.name,
         "started_utc": utc_now(),
         "ended_utc": None,
         "target": {
             "base_url": base_url,
             "endpoint": bench.endpoint,
-            "model": config.server.model,
+            "model": None,
+            "model_id": None,
             "engine": config.server.engine if plan else None,
             "engine_version": None,
         },
@@ -181,35 +207,56 @@ async def run_benchmark_async(
             "input_len": bench.input_len,
             "output_len": bench.output_len,
             "range_ratio": bench.range_ratio,
+            "prefix_len": bench.prefix_len,
+            "num_prefixes": bench.num_prefixes,
+            "turns": bench.turns,
+            "sharegpt_output_len": bench.sharegpt_output_len,
             "ignore_eos": bench.ignore_eos,
             "num_prompts": bench.num_prompts,
             "warmup_requests": bench.warmup_requests,
             "seed": bench.seed,
             "tokenizer": bench.tokenizer if tokenizer is not None else None,
+            "prompt_lengths_from": None,
         },
         "points": [],
         "per_node": {},
-        "artifacts": {},
+        "artifacts": {"points": [], "plots": []},
     }
     records: list[RequestRecord] = []
     targets = metrics_targets(plan, base_url)
     deadline = time.monotonic() + bench.max_duration_s
-    max_concurrency = max(p.concurrency for p in points)
+    caps = [p.concurrency for p in points]
+    max_concurrency = None if None in caps else max(c for c in caps if c is not None)
     gc.collect()
     gc.freeze()  # as vLLM does: no full collections of the (large, static) heap mid-run
     try:
+        await asyncio.gather(*(asyncio.to_thread(s.start) for s in samplers.values()))
         async with StreamClient(
-            endpoints, config.server.model, bench.endpoint, max_concurrency,
+            endpoints, "", bench.endpoint, max_concurrency,
             bench.request_timeout_s, bench.ignore_eos, tokenizer, bench.spread,
         ) as client:
             watchdog.progress = client.progress
             session = client.session
             result["target"]["engine_version"] = await engine_version(session, base_url)
+            client.model, model_id = await resolve_model(
+                session, base_url, bench.model or config.server.served_model_name
+            )
+            result["target"]["model"], result["target"]["model_id"] = client.model, model_id
+            tokens = await _token_source(tokenizer, bench.server_tokenizer, session, base_url, client.model, say, result)
+            result["workload"]["prompt_lengths_from"] = tokens.source if tokens is not None else "words"
+            trace = bench.dataset in TRACE_DATASETS
+            count = bench.num_prompts if trace else bench.warmup_requests + bench.num_prompts
+            say(f"workload: {count} {bench.dataset} conversation(s), lengths from "
+                f"{result['workload']['prompt_lengths_from']}")
+            workload = await build_workload(bench, count, tokens)
+            result["warnings"].extend(workload.notes)
+            conversations = workload.conversations
+            warmup = first_turns(conversations[: bench.warmup_requests], WARMUP_MAX_TOKENS)
+            measured = conversations if trace else conversations[bench.warmup_requests :]
             if warmup:
                 say(f"warmup: {len(warmup)} request(s) to {client.url}")
-                short = [replace(p, output_tokens=min(p.output_tokens, WARMUP_MAX_TOKENS)) for p in warmup]
-                run = PointRun(LoadPoint(len(short)), [], 0)
-                await _watched(watchdog, run_point(client, short, run.point, bench.burstiness, bench.seed, run), deadline)
+                run = PointRun(LoadPoint(len(warmup)))
+                await _watched(watchdog, run_point(client, warmup, run.point, bench.burstiness, bench.seed, run), deadline)
                 bad = [r for r in run.records if r.status != "ok"]
                 if bad and watchdog.trip is None:
                     raise MagpieError(
@@ -219,26 +266,32 @@ async def run_benchmark_async(
             for point in points:
                 if watchdog.trip is not None:
                     break
-                say(f"{point.label}: {len(measured)} request(s), concurrency {point.concurrency}"
+                supply = cycled(measured, PROFILE_POINT_MAX_REQUESTS) if point.profiled else measured
+                until = profile_done if point.profiled else None
+                say(f"{point.label}: " + ("until the profile is captured" if point.profiled else
+                                          f"{len(supply)} conversation(s)")
+                    + ("" if point.concurrency is None else f", concurrency {point.concurrency}")
                     + ("" if point.rate is None else f", {point.rate:g} req/s"))
                 if on_point_start is not None:
                     on_point_start(point)  # e.g. `run` opens its profile window during the load
-                await client.open_connections(point.concurrency)
+                await client.open_connections(min(point.concurrency or len(supply), len(supply), 256))
                 before = await scrape_all(session, targets)
-                run = PointRun(point, [], 0)
-                bar_task = asyncio.create_task(report_progress(say, point.label, len(measured), client.progress))
+                run = PointRun(point)
+                requests = sum(len(c.turns) for c in (measured if point.profiled else supply))
+                bar_task = asyncio.create_task(report_progress(say, point.label, requests, client.progress))
                 try:
-                    await _watched(watchdog, run_point(client, measured, point, bench.burstiness, bench.seed, run), deadline)
+                    await _watched(
+                        watchdog, run_point(client, supply, point, bench.burstiness, bench.seed, run, until), deadline,
+                    )
                 finally:
                     bar_task.cancel()
                     await asyncio.gather(bar_task, return_exceptions=True)
                 records.extend(run.records)
                 after = await scrape_all(session, targets) if watchdog.trip is None else {}
-                summary = {
-                    **point_header(point, config.server.model, bench.endpoint, len(measured), bench.burstiness),
-                    **aggregate(run.records, run.duration_s, bench.percentiles, bench.goodput or None),
-                    "started_unix": run.started_unix,
-                    "ended_unix": run.ended_unix,
+                summary = _point_summary(point, run, bench, model_id, client.model)
+                head_page = next(iter(targets), None)
+                summary.update(spec_decode(before.get(head_page), after.get(head_page)) if after else {})
+                summary.update({
                     "server": server_deltas(before, after) if after else {},
                     **({"per_endpoint": per_endpoint(run.records, client.endpoints.urls,
                                                      run.duration_s, bench.percentiles,
@@ -246,13 +299,15 @@ async def run_benchmark_async(
                        if len(endpoints) > 1 else {}),
                     "telemetry": {n: s.summary(run.started_unix, run.ended_unix) for n, s in samplers.items()},
                     "partial": watchdog.trip is not None,
-                }
+                })
                 if plan is not None and plan.has_groups:
                     summary["server_groups"] = group_totals(plan, summary["server"])
-                _reconcile(summary, result["warnings"])
+                _server_checks(summary, result["warnings"])
                 result["points"].append(summary)
+                result["artifacts"]["points"] += write_point(out, summary, run.records, result["workload"], bench.sglang_result)
     except asyncio.CancelledError:
-        # Interrupted between load points (Ctrl-C, SIGTERM): the points measured are still written.
+        # Interrupted outside a load point (Ctrl-C, SIGTERM; while the prompts are built, or
+        # between points): what was measured is still written.
         if watchdog.trip is None:
             watchdog.trip = Trip("benchmark", INTERRUPTED)
     finally:
@@ -267,24 +322,26 @@ async def run_benchmark_async(
         result["invalid_reasons"].append(f"{trip.node}: {trip.reason}")
         result["abort"] = {"node": trip.node, "reason": trip.reason}
     for point in result["points"]:
-        if point["failed"] or point["incomplete"]:
+        if point["failed"] or point["not_sent"]:
             result["valid"] = False
             result["invalid_reasons"].append(
-                f"{point['label']}: {point['failed']} failed and {point['incomplete']} incomplete request(s)"
+                f"{point['point']}: {point['failed']} failed request(s) ({point['incomplete']} cut short "
+                f"mid-stream), {point['not_sent']} not sent"
             )
     result["ended_utc"] = utc_now()
     result["per_node"] = per_node(plan, samplers, watchdog.trip, kind)
     telemetry = {name: s.samples for name, s in samplers.items()}
-    plots, notes = write_plots(out, result["points"], telemetry)
+    gpus = plan.layout.world_size if plan else None
+    plots, notes = write_plots(out, result["points"], records, telemetry, gpus)
     result["warnings"].extend(notes)
-    result["artifacts"] = {
+    result["artifacts"].update({
         "requests": "requests.jsonl",
         "telemetry": "telemetry.jsonl",
         "sweep_csv": "sweep.csv",
-        "points": [f"points/{p['label']}.json" for p in result["points"]],
+        "points": sorted(set(result["artifacts"]["points"])),
         "plots": plots,
-    }
-    path = write_outputs(out, result, records, telemetry)
+    })
+    path = write_outputs(out, result, telemetry)
     if trip is not None and trip.reason == INTERRUPTED:
         raise BenchInterrupted(str(path))
     if trip is not None:
@@ -295,6 +352,47 @@ async def run_benchmark_async(
         valid=result["valid"], result_path=path, out_dir=out, points=result["points"],
         invalid_reasons=result["invalid_reasons"], data=result,
     )
+
+
+async def _token_source(
+    tokenizer: Any, use_server: bool, session: aiohttp.ClientSession, base_url: str, model: str,
+    say: Say, result: dict[str, Any],
+) -> Tokens | None:
+    """The local tokenizer if one loaded, else the server's /tokenize if it answers, else None."""
+    if tokenizer is not None:
+        return LocalTokens(tokenizer)
+    if not use_server:
+        return None
+    server = ServerTokens(session, base_url, model)
+    why = await server.available()
+    if why is None:
+        return server
+    result["warnings"].append(f"the server's /tokenize is not usable ({why}): prompt lengths are approximate")
+    say("no tokenizer: prompt lengths are approximate")
+    return None
+
+
+def _point_summary(
+    point: LoadPoint, run: PointRun, bench: Any, model_id: str, model: str
+) -> dict[str, Any]:
+    schedule = "ramp" if point.ramp else "replay" if point.replay else "rate" if point.rate else "burst"
+    header = point_header(point, bench, model_id, len(run.records) + run.not_sent)
+    if point.ramp is not None:
+        header["rps_change_events"] = rps_change_events(point.ramp, run)
+    return {
+        **header,
+        **aggregate(
+            run.records, run.duration_s, bench.percentiles, bench.goodput or None, not_sent=run.not_sent,
+            queued=point.concurrency is not None, paced=schedule != "burst",
+        ),
+        "point": point.label,
+        "profiled": point.profiled,
+        "schedule": schedule,
+        "served_model_name": model,
+        "stopped_by": run.stopped_by,
+        "started_unix": run.started_unix,
+        "ended_unix": run.ended_unix,
+    }
 
 
 async def _watched(watchdog: Watchdog, work: Any, deadline: float) -> None:
@@ -321,22 +419,49 @@ async def _watched(watchdog: Watchdog, work: Any, deadline: float) -> None:
         await asyncio.gather(guard, return_exceptions=True)
 
 
-def _reconcile(summary: dict[str, Any], warnings: list[str]) -> None:
-    """Server-counted generation tokens vs the client's sum (a lost or doubled count shows here)."""
-    total = 0.0
-    seen = False
+def rps_change_events(ramp: Ramp, run: PointRun) -> list[dict[str, Any]]:
+    """vLLM's record of a ramp: each whole req/s the rate reaches, with the (local) time the
+    first request at that rate was due."""
+    first = sorted((r for r in run.records if r.turn == 0), key=lambda r: r.scheduled_ns)
+    rates = ramp.rates(len(first))
+
+    def when(ns: int) -> str:
+        return dt.datetime.fromtimestamp(run.started_unix + (ns - run.start_ns) / 1e9).isoformat()
+
+    last = int(ramp.start_rps)
+    events = [{"rps": last, "timestamp": when(run.start_ns)}]
+    for record, rate in zip(first, rates):
+        if int(rate) > last:
+            events += [{"rps": v, "timestamp": when(record.scheduled_ns)} for v in range(last + 1, int(rate) + 1)]
+            last = int(rate)
+    return events
+
+
+def _server_checks(summary: dict[str, Any], warnings: list[str]) -> None:
+    """The servers' counts against the client's: generation tokens (a lost or doubled count shows
+    here), prompt tokens against the requested lengths, and prefix-cache hits (shared prompt
+    tokens the server actually reused)."""
+    label = summary["point"]
+    diff = summary.get("prompt_tokens_diff_pct")
+    if diff is not None and abs(diff) > PROMPT_DIFF_WARN_PCT:
+        warnings.append(
+            f"{label}: the server counted {diff:+.1f}% prompt tokens against the "
+            f"{summary['prompt_tokens_requested']} requested (first turns; a chat template adds tokens)"
+        )
+    totals: dict[str, float] = {}
     for node in summary["server"].values():
-        tokens = node.get("total", {}).get("generation_tokens") if isinstance(node, dict) else None
-        if tokens is not None:
-            total += tokens
-            seen = True
-    if not seen or not summary["total_output_tokens"]:
+        for key, value in (node.get("total", {}) if isinstance(node, dict) else {}).items():
+            totals[key] = totals.get(key, 0.0) + value
+    if "prefix_cache_hits" in totals:
+        summary["server_prefix_cache_hits"] = totals["prefix_cache_hits"]
+    total = totals.get("generation_tokens")
+    if total is None or not summary["total_output_tokens"]:
         return
     error = (total - summary["total_output_tokens"]) / summary["total_output_tokens"] * 100
     summary["server_generation_tokens"] = total
     summary["reconciliation_error_pct"] = error
     if abs(error) > 2:
         warnings.append(
-            f"{summary['label']}: server counted {total:.0f} generation tokens, client "
+            f"{label}: server counted {total:.0f} generation tokens, client "
             f"{summary['total_output_tokens']} ({error:+.1f}%)"
         )

@@ -48,6 +48,8 @@ class SglangEngine(Engine):
                 "--node-rank", str(ctx.index),
                 "--dist-init-addr", f"{ctx.head.address}:{ctx.rendezvous_port}",
             ]
+        if server.served_model_name:
+            args += ["--served-model-name", server.served_model_name]
         args += ["--host", ctx.group.host, "--port", str(ctx.port)]
         group = ctx.group
         if group.is_pd:

@@ -34,6 +34,7 @@ class SimEngine(VllmStyleProfiling, Engine):
         args = [
             "serve",
             "--model", server.model,
+            *(["--served-model-name", server.served_model_name] if server.served_model_name else []),
             "--node-rank", str(ctx.index),
             "--nnodes", str(layout.nnodes),
             "--ranks", ",".join(str(rank.global_rank) for rank in ctx.ranks),

@@ -150,6 +150,8 @@ class VllmEngine(VllmStyleProfiling, Engine):
                     args += ["--data-parallel-start-rank", str(first_dp)]
         if layout.ep > 1:
             args.append("--enable-expert-parallel")
+        if server.served_model_name:
+            args += ["--served-model-name", server.served_model_name]
         if ctx.is_head:
             args += ["--host", ctx.group.host, "--port", str(ctx.port)]
         elif server.executor != "ray" and layout.nnodes > 1:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from pathlib import Path
 
 import pytest
@@ -9,7 +11,7 @@ import pytest
 from magpie_trace.bench.attribution import attribution, engine_nodes
 from magpie_trace.bench.metrics import RequestRecord, aggregate
 from magpie_trace.bench.prometheus import metrics_targets
-from magpie_trace.bench.workload import build_workload, load_tokenizer
+from magpie_trace.bench.workload import LocalTokens, build_workload, load_tokenizer
 from magpie_trace.config import BenchmarkConfig, load_config
 from magpie_trace.plan import make_plan
 
@@ -58,7 +60,10 @@ def test_tokenizer_fits_prompts_and_cross_checks_usage(tmp_path: Path) -> None:
     tok.save(str(tmp_path / "tokenizer.json"))
     tokenizer, note = load_tokenizer(str(tmp_path))
     assert tokenizer is not None and note is None
-    prompts = build_workload(BenchmarkConfig(input_len=40, output_len=8, range_ratio=0.5, seed=3), 20, tokenizer)
+    bench = BenchmarkConfig(input_len=40, output_len=8, range_ratio=0.5, seed=3)
+    workload = asyncio.run(build_workload(bench, 20, LocalTokens(tokenizer)))
+    prompts = [c.turns[0] for c in workload.conversations]
+    assert workload.token_source == "tokenizer" and workload.notes == []
     assert all(len(tokenizer.encode(p.text)) == p.prompt_tokens for p in prompts)
 
     good, off = (RequestRecord(index=i, point="c1", prompt_tokens_expected=4, max_tokens=10) for i in range(2))
@@ -74,3 +79,24 @@ def test_tokenizer_unavailable_is_said_plainly() -> None:
     assert load_tokenizer(None) == (None, None)
     tokenizer, note = load_tokenizer("/nonexistent/tokenizer-dir")
     assert tokenizer is None and "could not be loaded" in note
+
+
+def test_spec_decode_keys_as_vllm_writes_them() -> None:
+    from magpie_trace.bench.prometheus import parse_prometheus, spec_decode
+
+    def page(drafts: int, proposed: int, accepted: int, per_pos: tuple[int, int]) -> str:
+        return (
+            f'vllm:spec_decode_num_drafts_total{{engine="0"}} {drafts}\n'
+            f'vllm:spec_decode_num_draft_tokens_total{{engine="0"}} {proposed}\n'
+            f'vllm:spec_decode_num_accepted_tokens_total{{engine="0"}} {accepted}\n'
+            f'vllm:spec_decode_num_accepted_tokens_per_pos_total{{engine="0",position="0"}} {per_pos[0]}\n'
+            f'vllm:spec_decode_num_accepted_tokens_per_pos_total{{engine="0",position="1"}} {per_pos[1]}\n'
+        )
+
+    before, after = parse_prometheus(page(10, 20, 12, (8, 4))), parse_prometheus(page(110, 220, 162, (98, 64)))
+    assert spec_decode(before, after) == {
+        "spec_decode_acceptance_rate": 75.0, "spec_decode_acceptance_length": 2.5,
+        "spec_decode_num_drafts": 100, "spec_decode_draft_tokens": 200, "spec_decode_accepted_tokens": 150,
+        "spec_decode_per_position_acceptance_rates": [0.9, 0.6],
+    }
+    assert spec_decode(before, before) == {} and spec_decode(parse_prometheus(""), parse_prometheus("")) == {}

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from magpie_trace.backends import make_backend
-from magpie_trace.bench import BenchInvalid, LoadPoint, RunAborted, run_benchmark
+from magpie_trace.bench import BenchInvalid, LoadPoint, RunAborted, read_result, run_benchmark
 from magpie_trace.config import BenchmarkConfig, SimConfig
 from magpie_trace.launch import launch, stop
 from magpie_trace.plan import make_plan
@@ -68,7 +68,8 @@ def test_sweep_writes_every_output_and_vllm_keys(sim_run):
                   BenchmarkConfig(input_len=16, output_len=6, num_prompts=12, concurrency=[1, 4],
                                   warmup_requests=1, goodput={"ttft": 500}))
     result = run.bench()
-    assert result.valid and [p["label"] for p in result.points] == ["c1", "c4"]
+    assert result.valid and [p["point"] for p in result.points] == ["c1", "c4"]
+    assert result.out_dir == run.run_dir.bench / "attempt-001"
     data = json.loads(result.result_path.read_text())
     assert data["schema"] == "magpie-trace/bench/1" and data["valid"] is True
     assert data["topology"]["attribution"] == "telemetry_only"  # TP across the 2 nodes
@@ -83,15 +84,19 @@ def test_sweep_writes_every_output_and_vllm_keys(sim_run):
     assert point["server"]["node0"]["total"]["requests_finished"] == 12
     telemetry = data["per_node"]["node1"]["telemetry"]
     assert telemetry["source"] == "none" and "no nvidia-smi" in telemetry["note"]
-    flat = json.loads((run.run_dir.bench / "points" / "c4.json").read_text())
-    assert flat["max_concurrency"] == 4 and flat["request_rate"] == "inf"
-    lines = (run.run_dir.bench / "requests.jsonl").read_text().splitlines()
+    flat = json.loads((result.out_dir / "points" / "c4.json").read_text())
+    assert flat["max_concurrency"] == 4 and flat["request_rate"] == "inf" and flat["label"] is None
+    assert len(flat["ttfts"]) == len(flat["itls"]) == len(flat["generated_texts"]) == 12
+    assert all(len(gaps) == 5 for gaps in flat["itls"]) and flat["errors"] == [""] * 12
+    lines = (result.out_dir / "requests.jsonl").read_text().splitlines()
     assert len(lines) == 24 and all(json.loads(x)["status"] == "ok" for x in lines)
-    rows = list(csv.DictReader((run.run_dir.bench / "sweep.csv").open()))
-    assert [r["label"] for r in rows] == ["c1", "c4"]
-    assert sorted(p.name for p in (run.run_dir.bench / "plots").iterdir()) == [
-        "throughput_vs_concurrency.png", "throughput_vs_latency.png",
-        "tpot_vs_concurrency.png", "ttft_vs_concurrency.png",
+    rows = list(csv.DictReader((result.out_dir / "sweep.csv").open()))
+    assert [r["point"] for r in rows] == ["c1", "c4"]
+    assert sorted(p.name for p in (result.out_dir / "plots").iterdir()) == [
+        "e2el_vs_concurrency.png", "itl_vs_concurrency.png", "latency_cdf.png",
+        "throughput_per_gpu_vs_per_user.png", "throughput_vs_concurrency.png",
+        "throughput_vs_latency.png", "timeline_c4.png", "tpot_vs_concurrency.png",
+        "ttft_vs_concurrency.png",
     ]
     assert any("no GPU telemetry" in w for w in data["warnings"])
 
@@ -129,7 +134,7 @@ def test_killed_worker_stops_the_run_naming_it(sim_run, tmp_path):
     """The worker exits at 4 s; the head then hangs like a TP group that lost a rank."""
     run = sim_run(2, SimConfig(ttft_ms=20, itl_ms=20, startup_s=0.2, die_after_s={1: 4.0}),
                   BenchmarkConfig(input_len=16, output_len=200, num_prompts=400, concurrency=[8],
-                                  warmup_requests=1, stall_timeout_s=60))
+                                  warmup_requests=1, stall_timeout_s=60, server_tokenizer=False))
     died_at = run.state.started_at + 4.0
     started = time.time()
     cli = [sys.executable, "-m", "magpie_trace.cli", "bench", str(run.run_dir.config),
@@ -143,12 +148,12 @@ def test_killed_worker_stops_the_run_naming_it(sim_run, tmp_path):
     print(f"bench stopped {ended - max(died_at, started):.1f} s after the worker died "
           f"({ended - started:.1f} s after the command started)")
     assert ended - max(died_at, started) < 15
-    data = json.loads((run.run_dir.bench / "result.json").read_text())
+    data = read_result(run.run_dir.bench)
     assert data["valid"] is False and data["abort"]["node"] == "node1"
     assert data["invalid_reasons"][0].startswith("node1: engine process")
     point = data["points"][0]
     assert point["partial"] is True and point["incomplete"] > 0
-    assert point["completed"] + point["incomplete"] + point["not_sent"] + point["failed"] == 400
+    assert point["completed"] + point["not_sent"] + point["failed"] == 400
 
 
 def test_stall_without_handles_is_caught_by_the_no_progress_watchdog(sim_run):
@@ -163,17 +168,17 @@ def test_stall_without_handles_is_caught_by_the_no_progress_watchdog(sim_run):
     assert caught.value.exit_code == 3
     # At least the 2 s threshold (more when the machine is busy and the check runs late).
     assert re.search(r"no token progress for [2-9] s with 4 request\(s\) in flight", str(caught.value))
-    assert json.loads((run.run_dir.bench / "result.json").read_text())["valid"] is False
+    assert read_result(run.run_dir.bench)["valid"] is False
 
 
 def test_requests_failing_mark_the_result_invalid(sim_run):
     run = sim_run(1, SimConfig(ttft_ms=5, itl_ms=5, startup_s=0.2),
                   BenchmarkConfig(input_len=8, output_len=4, num_prompts=6, concurrency=[2],
                                   warmup_requests=0))
-    run.config.server.model = "not-the-served-model"  # the sim answers 404 for another model
-    with pytest.raises(BenchInvalid, match=r"c2: 6 failed and 0 incomplete"):
+    run.config.benchmark.model = "not-the-served-model"  # the sim answers 404 for another model
+    with pytest.raises(BenchInvalid, match=r"c2: 6 failed request\(s\) \(0 cut short mid-stream\), 0 not sent"):
         run.bench(points=[LoadPoint(2)])
-    data = json.loads((run.run_dir.bench / "result.json").read_text())
+    data = read_result(run.run_dir.bench)
     assert data["valid"] is False and data["points"][0]["failed"] == 6
 
 
@@ -191,8 +196,8 @@ def test_cli_benchmarks_a_url_it_did_not_launch(sim_run, tmp_path):
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.splitlines()
     assert lines[0].startswith("point") and lines[1].startswith("c1 ") and lines[2].startswith("c3 ")
-    assert lines[-1] == f"results: {out / 'result.json'}"
-    data = json.loads((out / "result.json").read_text())
+    assert lines[-1] == f"results: {out / 'attempt-001' / 'result.json'}"
+    data = json.loads((out / "attempt-001" / "result.json").read_text())
     assert data["topology"]["attribution"] == "endpoint_only"
     assert [p["completed"] for p in data["points"]] == [6, 6]
     assert data["points"][0]["server"]["endpoint"]["total"]["generation_tokens"] == 18
@@ -222,7 +227,7 @@ def test_ctrl_c_keeps_the_partial_result_marked_invalid(sim_run):
             proc.wait()
     assert proc.returncode == 130  # like any Ctrl-C, after writing what was measured
     assert err.strip().splitlines()[-1].startswith("error: interrupted (partial results, marked invalid: ")
-    data = json.loads((run.run_dir.bench / "result.json").read_text())
+    data = read_result(run.run_dir.bench)
     assert data["valid"] is False and data["points"][0]["incomplete"] == 4
 
 
@@ -234,7 +239,7 @@ def test_chat_endpoint_streams_and_counts(sim_run):
     assert point["completed"] == 6 and point["total_output_tokens"] == 30
     # The sim may send a chunk up to 0.2 ms early (it batches what is due within 0.2 ms).
     assert point["median_ttft_ms"] >= 9.8 and point["median_tpot_ms"] >= 4.8
-    rows = [json.loads(x) for x in (run.run_dir.bench / "requests.jsonl").read_text().splitlines()]
+    rows = [json.loads(x) for x in (run.run_dir.bench / "attempt-001" / "requests.jsonl").read_text().splitlines()]
     assert all(r["output_tokens_source"] == "usage" and r["output_chars"] > 0 for r in rows)
 
 
@@ -246,5 +251,5 @@ def test_max_duration_stops_the_run_and_marks_it_invalid(sim_run):
     with pytest.raises(RunAborted, match=r"^benchmark: benchmark.max_duration_s reached"):
         run.bench()
     assert time.monotonic() - started < 6
-    point = json.loads((run.run_dir.bench / "result.json").read_text())["points"][0]
+    point = read_result(run.run_dir.bench)["points"][0]
     assert point["partial"] and point["incomplete"] == 4 and point["not_sent"] == 4

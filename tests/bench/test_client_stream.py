@@ -11,6 +11,7 @@ from aiohttp import web
 from magpie_trace.bench.client import StreamClient
 from magpie_trace.bench.metrics import RequestRecord
 from magpie_trace.bench.workload import Prompt
+from tests.bench.local_app import serving
 
 CHUNK = b'data: {"choices":[{"index":0,"text":" tok","finish_reason":null}]}\n\n'
 USAGE = b'data: {"choices":[],"usage":{"prompt_tokens":7,"completion_tokens":3}}\n\n'
@@ -39,18 +40,10 @@ async def handler(request: web.Request) -> web.StreamResponse:
 async def exchange(script: str) -> RequestRecord:
     app = web.Application()
     app.router.add_post("/v1/completions", handler)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
     record = RequestRecord(index=0, point="c1", prompt_tokens_expected=2, max_tokens=3)
-    try:
-        async with StreamClient(f"http://127.0.0.1:{port}", "m") as client:
-            client.session.headers["X-Script"] = script
-            await client.send(Prompt("a b", 2, 3), record)
-    finally:
-        await runner.cleanup()
+    async with serving(app) as url, StreamClient(url, "m") as client:
+        client.session.headers["X-Script"] = script
+        await client.send(Prompt("a b", 2, 3), record)
     return record
 
 

@@ -67,8 +67,9 @@ def test_requests_spread_over_every_replica_with_per_endpoint_metrics(spread, tm
     for entry in point["per_endpoint"].values():
         assert entry["completed"] == entry["requests"] and entry["median_ttft_ms"] >= 10
     # Every request's record names where it went.
-    records = [json.loads(line) for line in (run_dir.bench / "requests.jsonl").read_text().splitlines()]
-    assert {r["endpoint"] for r in records if r["point"] == point["label"]} == set(plan.endpoints)
+    requests = result.result_path.parent / "requests.jsonl"
+    records = [json.loads(line) for line in requests.read_text().splitlines()]
+    assert {r["endpoint"] for r in records if r["point"] == point["point"]} == set(plan.endpoints)
     assert set(point["server"]) == {"node0", "node1"}  # each replica's /metrics, on its own port
     assert wait_for(lambda: not leftover_processes(h.pgid for h in state.handles.values()), 10)
 

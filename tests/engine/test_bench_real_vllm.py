@@ -1,10 +1,18 @@
-"""`magpie-trace bench` against a real vLLM (CPU build, tiny model), TP=2 across two local nodes.
+"""`magpie-trace bench` against a real vLLM (CPU build, tiny model).
 
-1. After a warming pass, our client and `vllm bench serve` run side by side, the same prompts (one
-   ShareGPT-format file, output length fixed by `output_len` / `--sharegpt-output-len`) at the same
-   concurrency against the same server; request throughput and median TTFT / TPOT agree within 10%.
-2. Killing the worker node's engine mid-run stops the benchmark within 15 s naming that node, with
-   exit code 3 and an invalid result file; nothing is left running.
+1. One vLLM on one node, started with `--served-model-name`; our bench finds the name in
+   /v1/models. After a warming pass, our client and `vllm bench serve --save-result --save-detailed` run side by
+   side, the same prompts (one ShareGPT-format file, output length fixed by
+   `sharegpt_output_len` / `--sharegpt-output-len`) at the same concurrency against the same
+   server. Every key of vLLM's result file is in our point file with the same type (and the same
+   element type in its per-request lists); request throughput and median TTFT / TPOT agree
+   within 10%.
+2. Random prompts without a local tokenizer are fitted through vLLM's /tokenize: the server's
+   usage counts exactly the requested prompt lengths (the tiny model's BPE is not one token per
+   word).
+3. TP=2 across two local nodes: killing the worker node's engine mid-run stops the benchmark
+   within 15 s naming that node, with exit code 3 and an invalid result file; nothing is left
+   running.
 About 2-4 minutes per launch on 2 cores.
 """
 
@@ -19,8 +27,8 @@ from pathlib import Path
 import pytest
 
 from magpie_trace.backends import make_backend
-from magpie_trace.bench import RunAborted, run_benchmark
-from magpie_trace.config import BenchmarkConfig
+from magpie_trace.bench import RunAborted, read_result, run_benchmark
+from magpie_trace.config import BenchmarkConfig, validate
 from magpie_trace.launch import launch, stop
 from magpie_trace.plan import make_plan
 from magpie_trace.rundir import new_run_dir
@@ -32,11 +40,10 @@ pytestmark = pytest.mark.engine
 
 REPO = Path(__file__).resolve().parents[2]
 PROMPTS, OUTPUT_LEN, CONCURRENCY = 48, 24, 2
+SERVED = "tiny-served"
 
 
-@pytest.fixture
-def real_vllm(tmp_path, tiny_model, vllm_command, engine_env):
-    config = vllm_config(local_scheduler(tmp_path, 2), tmp_path, tiny_model, vllm_command, engine_env)
+def launched(config):
     plan = make_plan(config)
     run_dir = new_run_dir(config.output.dir, plan.run_id)
     backend = make_backend(config.scheduler)
@@ -49,8 +56,23 @@ def real_vllm(tmp_path, tiny_model, vllm_command, engine_env):
         assert wait_for(lambda: not leftover_processes(pgids), 20), leftover_processes(pgids)
 
 
-def test_our_client_agrees_with_vllm_bench_serve(real_vllm, tmp_path, engine_python, tiny_model, engine_env):
-    config, plan, run_dir, backend, state = real_vllm
+@pytest.fixture
+def real_vllm(tmp_path, tiny_model, vllm_command, engine_env):
+    """TP=2 over two local nodes."""
+    yield from launched(vllm_config(local_scheduler(tmp_path, 2), tmp_path, tiny_model, vllm_command, engine_env))
+
+
+@pytest.fixture
+def one_vllm(tmp_path, tiny_model, vllm_command, engine_env):
+    """One vLLM on one node, started with --served-model-name."""
+    config = vllm_config(local_scheduler(tmp_path, 1), tmp_path, tiny_model, vllm_command, engine_env)
+    config.server.tp, config.server.served_model_name = 1, SERVED
+    validate(config)
+    yield from launched(config)
+
+
+def test_our_files_and_numbers_match_vllm_bench_serve(one_vllm, tmp_path, engine_python, tiny_model, engine_env):
+    config, plan, run_dir, backend, state = one_vllm
     prompts = tmp_path / "prompts.json"
     words = "the node rank waits for every tensor in the ring".split()
     prompts.write_text(json.dumps([
@@ -60,19 +82,20 @@ def test_our_client_agrees_with_vllm_bench_serve(real_vllm, tmp_path, engine_pyt
         ]}
         for i in range(PROMPTS)
     ]))
-    config.benchmark = BenchmarkConfig(dataset="sharegpt", dataset_path=str(prompts), output_len=OUTPUT_LEN,
+    config.benchmark = BenchmarkConfig(dataset="sharegpt", dataset_path=str(prompts), sharegpt_output_len=OUTPUT_LEN,
                                        num_prompts=PROMPTS, concurrency=[CONCURRENCY], warmup_requests=1)
     # A fresh CPU vLLM is slow for its first requests: a first pass of ours warms it.
-    run_benchmark(config, plan, tmp_path / "warm", backend=backend, handles=state.handles)
+    warm = run_benchmark(config, plan, tmp_path / "warm", backend=backend, handles=state.handles)
+    assert warm.data["target"]["model"] == SERVED and warm.data["target"]["model_id"] == str(tiny_model)
     # Then both clients at once, each at the same concurrency: the server's speed drifts on a
     # shared machine, and running side by side gives both the same server at the same moment.
     argv = [
         str(engine_python), str(REPO / "tests/engine/vllm_cli.py"), "bench", "serve",
         "--backend", "openai", "--base-url", plan.head_url, "--model", str(tiny_model),
-        "--tokenizer", str(tiny_model), "--dataset-name", "sharegpt", "--dataset-path", str(prompts),
-        "--sharegpt-output-len", str(OUTPUT_LEN), "--num-prompts", str(PROMPTS),
+        "--served-model-name", SERVED, "--tokenizer", str(tiny_model), "--dataset-name", "sharegpt",
+        "--dataset-path", str(prompts), "--sharegpt-output-len", str(OUTPUT_LEN), "--num-prompts", str(PROMPTS),
         "--max-concurrency", str(CONCURRENCY), "--ignore-eos", "--temperature", "0", "--save-result",
-        "--result-dir", str(tmp_path), "--result-filename", "vllm.json", "--disable-tqdm",
+        "--save-detailed", "--result-dir", str(tmp_path), "--result-filename", "vllm.json", "--disable-tqdm",
     ]
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=engine_env)
     output: list[str] = []
@@ -83,7 +106,7 @@ def test_our_client_agrees_with_vllm_bench_serve(real_vllm, tmp_path, engine_pyt
             if line.startswith("Starting main benchmark run"):
                 break
         config.benchmark.warmup_requests = 0
-        ours = run_benchmark(config, plan, run_dir.bench, backend=backend, handles=state.handles).points[0]
+        result = run_benchmark(config, plan, run_dir.bench, backend=backend, handles=state.handles)
         output.append(proc.stdout.read())
         assert proc.wait(timeout=600) == 0, "".join(output)[-3000:]
     finally:
@@ -91,13 +114,30 @@ def test_our_client_agrees_with_vllm_bench_serve(real_vllm, tmp_path, engine_pyt
             proc.kill()
             proc.wait()
     theirs = json.loads((tmp_path / "vllm.json").read_text())
+    ours = json.loads((result.out_dir / "points" / f"c{CONCURRENCY}.json").read_text())
+    missing = sorted(set(theirs) - set(ours))
+    assert not missing, missing
+    kinds = {k: (type(ours[k]).__name__, type(theirs[k]).__name__) for k in theirs}
+    assert all(a == b for a, b in kinds.values()), {k: v for k, v in kinds.items() if v[0] != v[1]}
+    for key, value in theirs.items():
+        if isinstance(value, list) and value:
+            assert type(ours[key][0]) is type(value[0]) and len(ours[key]) == len(value), key
     record = {k: (ours[k], theirs[k]) for k in ("request_throughput", "median_ttft_ms", "median_tpot_ms")}
-    (run_dir.bench / "vllm_comparison.json").write_text(json.dumps(record, indent=2))
+    (result.out_dir / "vllm_comparison.json").write_text(json.dumps(record, indent=2))
     assert ours["completed"] == theirs["completed"] == PROMPTS
     assert ours["total_output_tokens"] == theirs["total_output_tokens"]
-    print("ours vs vllm bench serve:", record)
+    assert ours["total_input_tokens"] == theirs["total_input_tokens"]
+    print("ours vs vllm bench serve:", record, f"; {len(theirs)} vLLM keys, {len(ours)} in ours")
     for key, (a, b) in record.items():
         assert abs(a - b) <= 0.10 * b, (key, record)
+
+    # Random prompts, no local tokenizer: fitted through the server's /tokenize, counted exactly.
+    config.benchmark = BenchmarkConfig(input_len=50, output_len=4, num_prompts=8, concurrency=[4], warmup_requests=0)
+    fitted = run_benchmark(config, plan, run_dir.bench, backend=backend, handles=state.handles)
+    point = fitted.points[0]
+    assert fitted.data["workload"]["prompt_lengths_from"] == "server"
+    assert point["total_input_tokens"] == 8 * 50 and point["prompt_tokens_diff_pct"] == 0
+    assert not any("prompt tokens" in w for w in fitted.data["warnings"])
 
 
 def test_killing_the_worker_stops_the_benchmark_naming_it(real_vllm):
@@ -121,5 +161,5 @@ def test_killing_the_worker_stops_the_benchmark_naming_it(real_vllm):
     assert caught.value.node == worker.name and caught.value.exit_code == 3
     print(f"benchmark stopped {stopped_at - killed_at[0]:.1f} s after the worker was killed")
     assert stopped_at - killed_at[0] < 15
-    data = json.loads((run_dir.bench / "result.json").read_text())
+    data = read_result(run_dir.bench)
     assert data["valid"] is False and data["abort"]["node"] == worker.name

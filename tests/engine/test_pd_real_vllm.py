@@ -13,6 +13,7 @@ import subprocess
 
 import pytest
 
+from magpie_trace.bench import latest_attempt
 from magpie_trace.config import (
     BenchmarkConfig,
     Config,
@@ -83,8 +84,8 @@ def test_real_vllm_pd_pair_behind_vllm_router(nixl, ssh_scheduler, tiny_model, v
     result = run(config)
     run_dir = RunDir(result.run_dir)
 
-    bench = json.loads((run_dir.bench / "result.json").read_text())
-    point = bench["points"][0]
+    bench = json.loads((latest_attempt(run_dir.bench) / "result.json").read_text())
+    point = bench["points"][-1]
     assert bench["valid"] is True and point["completed"] == 8
     groups = point["server_groups"]
     assert groups["prefill"]["total"]["generation_tokens"] >= 8  # one token per request (+ warmup)

@@ -12,6 +12,7 @@ import json
 
 import pytest
 
+from magpie_trace.bench import read_result
 from magpie_trace.config import (
     BenchmarkConfig,
     ProfileConfig,
@@ -35,8 +36,9 @@ def test_run_real_vllm_tp2_two_ssh_nodes_with_clock_offset(skewed_vllm_tp2):
     result = run(config)
     run_dir = RunDir(result.run_dir)
 
-    bench = json.loads((run_dir.bench / "result.json").read_text())
-    assert bench["valid"] is True and bench["points"][0]["completed"] == 24
+    bench = read_result(run_dir.bench)
+    assert bench["valid"] is True and [p["point"] for p in bench["points"]] == ["profile-c4", "c4"]
+    assert bench["points"][1]["completed"] == 24
     names = sorted(p.name for p in run_dir.traces.glob("*.trace.json.gz"))
     assert names == ["node0-TP0.trace.json.gz", "node0-api-server.trace.json.gz", "node1-TP1.trace.json.gz"]
 

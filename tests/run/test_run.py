@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from magpie_trace.bench import latest_attempt, read_result
 from magpie_trace.config import SimConfig
 from magpie_trace.errors import MagpieError
 from magpie_trace.launch import load_state
@@ -44,11 +45,16 @@ def check_run_layout(run_dir: RunDir, nodes: int, ranks_per_node: int) -> None:
                  "report.md", "report.html", "captures.json"):
         assert (root / name).is_file(), name
     assert sorted(p.name for p in run_dir.logs.iterdir()) == [f"node{i}.log" for i in range(nodes)]
-    result = json.loads((run_dir.bench / "result.json").read_text())
-    assert result["valid"] is True and len(result["points"]) == 2
-    assert (run_dir.bench / "sweep.csv").read_text().count("\n") == 3
-    assert (run_dir.bench / "requests.jsonl").stat().st_size > 0
-    assert {p.name for p in (run_dir.bench / "plots").glob("*.png")} >= {
+    bench = latest_attempt(run_dir.bench)
+    assert bench is not None and bench.name == "attempt-001"
+    result = json.loads((bench / "result.json").read_text())
+    # The capture runs in a load point of its own, before the measured ones, marked as such.
+    assert result["valid"] is True and [p["point"] for p in result["points"]] == ["profile-c8", "c2", "c8"]
+    assert [p["profiled"] for p in result["points"]] == [True, False, False]
+    assert result["points"][0]["stopped_by"] == "until"
+    assert (bench / "sweep.csv").read_text().count("\n") == 4
+    assert (bench / "requests.jsonl").stat().st_size > 0
+    assert {p.name for p in (bench / "plots").glob("*.png")} >= {
         "throughput_vs_concurrency.png", "ttft_vs_concurrency.png", "tpot_vs_concurrency.png",
         "throughput_vs_latency.png"}
     world = nodes * ranks_per_node
@@ -71,6 +77,7 @@ def check_run_layout(run_dir: RunDir, nodes: int, ranks_per_node: int) -> None:
     report = run_dir.report_md.read_text()
     for title in ("Topology and plan", "Benchmark", "Per node", "Clock alignment", "Cross-node collectives"):
         assert title in report
+    assert "| profile-c8 | yes: profiler overhead |" in report
     html = run_dir.report_html.read_text()
     assert "data:image/png;base64," in html and "<table>" in html
     run_json = json.loads((root / "run.json").read_text())
@@ -154,7 +161,7 @@ def test_a_node_dying_mid_run_stops_it_naming_the_node_and_tears_down(tmp_path):
     assert run_json["error"].startswith("node1: ")
     stages = {s["name"]: s["status"] for s in run_json["stages"]}
     assert stages["launch"] == "ok" and stages["bench"] == "failed" and stages["report"] == "ok"
-    result = json.loads((run_dir.bench / "result.json").read_text())
+    result = read_result(run_dir.bench)
     assert result["valid"] is False and result["abort"]["node"] == "node1"
     assert "INVALID RUN" in run_dir.report_md.read_text()
     state = load_state(run_dir)

@@ -4,12 +4,13 @@ exit 128 + the signal's number. Over ssh and Ray, where each was seen to leave e
 
 from __future__ import annotations
 
-import json
 import signal
 import subprocess
 import time
 
 import pytest
+
+from magpie_trace.bench import read_result
 
 from tests.launch.test_launch_ray import agents_alive, ray_scheduler
 from tests.run.ending import (
@@ -59,8 +60,8 @@ def test_a_signal_tears_down_and_records_like_ctrl_c(backend, signum, tmp_path, 
     data = run_json(run_dir)
     assert data["ok"] is False and data["error"].startswith(f"terminated by {name}")
     assert stages(run_dir)["bench"] == "failed" and stages(run_dir)["report"] == "ok"
-    result = json.loads((run_dir.bench / "result.json").read_text())  # what was measured is kept
-    assert result["valid"] is False and result["points"][0]["label"] == "c2"
+    result = read_result(run_dir.bench)  # what was measured is kept
+    assert result["valid"] is False and result["points"][0]["point"] == "c2"
     assert "INVALID RUN" in run_dir.report_md.read_text()
     if backend == "ray":
         import ray
@@ -93,7 +94,7 @@ def test_closed_output_tears_down_like_a_broken_pipe(tmp_path, request):
     check_torn_down(run_dir)
     data = run_json(run_dir)
     assert data["ok"] is False and data["error"].startswith("terminated: the output was closed")
-    assert json.loads((run_dir.bench / "result.json").read_text())["valid"] is False
+    assert read_result(run_dir.bench)["valid"] is False
 
 
 def test_a_signal_during_launch_stops_what_started(tmp_path, request):

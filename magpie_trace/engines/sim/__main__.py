@@ -28,7 +28,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"magpie-trace-sim {SIM_VERSION}")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     serve = commands.add_parser("serve", help="run one node")
-    serve.add_argument("--model", required=True, help="the served model name")
+    serve.add_argument("--model", required=True, help="the model (its served name by default)")
+    serve.add_argument("--served-model-name", nargs="+", metavar="NAME",
+                       help="the name(s) requests use and /v1/models lists, as in vLLM")
     serve.add_argument("--node-rank", type=int, required=True)
     serve.add_argument("--nnodes", type=int, required=True)
     serve.add_argument("--ranks", required=True,
@@ -102,7 +104,7 @@ def _config(args: argparse.Namespace, parser: argparse.ArgumentParser) -> NodeCo
         if not os.access(args.profile_dir, os.W_OK):
             parser.error(f"--profile-dir {args.profile_dir} is not writable")
     return NodeConfig(
-        model=args.model, node_rank=args.node_rank, nnodes=args.nnodes, ranks=ranks,
+        model=args.model, served_names=tuple(args.served_model_name or [args.model]), node_rank=args.node_rank, nnodes=args.nnodes, ranks=ranks,
         layout=layout, rendezvous_host=host, rendezvous_port=port, headless=args.headless,
         host=args.host, port=args.port, ttft_s=args.ttft_ms / 1000, itl_s=args.itl_ms / 1000,
         startup_s=args.startup_s, offset_ns=round(args.clock_offset_ms * 1_000_000),

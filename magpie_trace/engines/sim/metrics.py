@@ -39,6 +39,8 @@ class Metrics:
     running: int = 0
     prompt_tokens: int = 0
     generation_tokens: int = 0
+    prefix_cache_queries: int = 0
+    prefix_cache_hits: int = 0
     finished: dict[str, int] = field(default_factory=lambda: dict.fromkeys(FINISH_REASONS, 0))
     ttft: Histogram = field(default_factory=lambda: Histogram(TTFT_BUCKETS))
     e2e: Histogram = field(default_factory=lambda: Histogram(E2E_BUCKETS))
@@ -62,6 +64,10 @@ class Metrics:
         lines.append(f"vllm:prompt_tokens_total{{{labels}}} {float(self.prompt_tokens)}")
         family("vllm:generation_tokens", "counter", "Number of generation tokens processed.")
         lines.append(f"vllm:generation_tokens_total{{{labels}}} {float(self.generation_tokens)}")
+        family("vllm:prefix_cache_queries", "counter", "Prefix cache queries, in terms of number of queried tokens.")
+        lines.append(f"vllm:prefix_cache_queries_total{{{labels}}} {float(self.prefix_cache_queries)}")
+        family("vllm:prefix_cache_hits", "counter", "Prefix cache hits, in terms of number of cached tokens.")
+        lines.append(f"vllm:prefix_cache_hits_total{{{labels}}} {float(self.prefix_cache_hits)}")
         family("vllm:request_success", "counter", "Count of successfully processed requests.")
         for reason, count in self.finished.items():
             lines.append(

@@ -43,6 +43,7 @@ CONNECT_GRACE_S = 30.0
 @dataclass(frozen=True)
 class NodeConfig:
     model: str
+    served_names: tuple[str, ...]
     node_rank: int
     nnodes: int
     ranks: list[int]
@@ -150,7 +151,7 @@ class _Node:
         await self.pool.start()
         await asyncio.sleep(started + config.startup_s - asyncio.get_running_loop().time())
         await cluster.joined.wait()
-        metrics = Metrics(config.model)
+        metrics = Metrics(config.served_names[0])
         profiler = None
         if config.profile_dir is not None:
             profiler = Profiler(str(config.profile_dir), cluster, self.pool, config.offset_ns)
@@ -170,11 +171,11 @@ class _Node:
             self.engine.hang()
         tasks = [asyncio.create_task(self.engine.run()), asyncio.create_task(self.engine.run_steps())]
         role = await self._role(metrics, profiler)
-        server = HeadServer(config.model, self.engine, metrics, profiler, role)
+        server = HeadServer(config.model, self.engine, metrics, profiler, role, config.served_names)
         runner = web.AppRunner(server.app(), access_log=None, handle_signals=False)
         await runner.setup()
         await web.TCPSite(runner, config.host, config.port, backlog=4096).start()
-        log.info("%s: ready, serving %s on http://%s:%d", self.name, config.model, config.host,
+        log.info("%s: ready, serving %s on http://%s:%d", self.name, ", ".join(config.served_names), config.host,
                  config.port)
         await asyncio.gather(*tasks)
 

@@ -1,8 +1,9 @@
 """The head's HTTP API, compatible with vLLM's OpenAI server where magpie-trace touches it.
 
 Routes: POST /v1/completions and /v1/chat/completions (streaming SSE or not), GET /health,
-/v1/models, /metrics, /version, and, only with a profile dir (vLLM mounts them only when its
-profiler is configured), POST /start_profile and /stop_profile.
+/v1/models, /metrics, /version, POST /tokenize and /detokenize (a token is a whitespace word),
+and, only with a profile dir (vLLM mounts them only when its profiler is configured), POST
+/start_profile and /stop_profile. Requests name the model by one of its served names.
 """
 
 from __future__ import annotations
@@ -21,10 +22,12 @@ from magpie_trace.engines.sim.disagg import HandoffError, Role
 from magpie_trace.engines.sim.generate import TokenEngine, token_text
 from magpie_trace.engines.sim.kvlink import KvError
 from magpie_trace.engines.sim.metrics import Metrics
+from magpie_trace.engines.sim.prefix import PrefixCache
 from magpie_trace.engines.sim.profiler import Profiler, ProfilerBusy
 
 DEFAULT_MAX_TOKENS = 16
 MAX_MODEL_LEN = 131072
+MAX_VOCAB = 1 << 20
 _PREFIX = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 _PLACEHOLDER = b"\\u0000"  # how orjson writes "\x00", the spot where a token's text goes
 
@@ -41,40 +44,45 @@ def _error(message: str, status: int) -> web.Response:
     return web.Response(status=status, body=orjson.dumps(body), content_type="application/json")
 
 
-def _words(text: Any, where: str) -> int:
+def _words(text: Any, where: str) -> list[str]:
     if not isinstance(text, str):
         raise BadRequest(f"{where} must be a string")
-    return len(text.split())
+    return text.split()
 
 
-def _prompt_tokens(body: dict[str, Any], chat: bool) -> int:
-    """A deterministic prompt length: whitespace words of the text, or the number of token ids."""
+def _message_words(messages: Any) -> list[str]:
+    if not isinstance(messages, list) or not messages:
+        raise BadRequest("messages must be a non-empty list")
+    words: list[str] = []
+    for message in messages:
+        content = message.get("content") if isinstance(message, dict) else None
+        if isinstance(content, list):
+            for part in content:
+                if isinstance(part, dict):
+                    words += _words(part.get("text", ""), "content[].text")
+        elif content is not None:
+            words += _words(content, "message content")
+    return words
+
+
+def _prompt(body: dict[str, Any], chat: bool) -> list[Any]:
+    """The prompt's tokens: whitespace words of the text, or the token ids as given."""
     if chat:
-        messages = body.get("messages")
-        if not isinstance(messages, list) or not messages:
-            raise BadRequest("messages must be a non-empty list")
-        count = 0
-        for message in messages:
-            content = message.get("content") if isinstance(message, dict) else None
-            if isinstance(content, list):
-                count += sum(_words(part.get("text", ""), "content[].text")
-                             for part in content if isinstance(part, dict))
-            elif content is not None:
-                count += _words(content, "message content")
+        tokens: list[Any] = _message_words(body.get("messages"))
     else:
         prompt = body.get("prompt")
         if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], (str, list)):
             prompt = prompt[0]  # a batch of one
         if isinstance(prompt, str):
-            count = _words(prompt, "prompt")
+            tokens = _words(prompt, "prompt")
         elif isinstance(prompt, list) and all(type(t) is int for t in prompt):
-            count = len(prompt)
+            tokens = prompt
         else:
             raise BadRequest("prompt must be a string or a list of token ids "
                              "(the sim serves one prompt per request)")
-    if count == 0:
+    if not tokens:
         raise BadRequest("the prompt cannot be empty")
-    return count
+    return tokens
 
 
 def _int_field(body: dict[str, Any], name: str, default: int, minimum: int) -> int:
@@ -145,8 +153,13 @@ class _Collect:
 
 class HeadServer:
     def __init__(self, model: str, engine: TokenEngine, metrics: Metrics,
-                 profiler: Profiler | None, role: Role | None = None) -> None:
+                 profiler: Profiler | None, role: Role | None = None,
+                 served_names: tuple[str, ...] = ()) -> None:
         self.model = model
+        self.names = served_names or (model,)
+        self.prefix_cache = PrefixCache()
+        self._vocab: dict[str, int] = {}
+        self._words: list[str] = []
         self.engine = engine
         self.metrics = metrics
         self.profiler = profiler
@@ -161,6 +174,11 @@ class HeadServer:
         app.router.add_get("/v1/models", self.models)
         app.router.add_get("/metrics", self.metrics_text)
         app.router.add_get("/version", self.version)
+        # What sglang-router reads of each worker at registration (its model id).
+        app.router.add_get("/server_info", self.server_info)
+        app.router.add_get("/model_info", self.model_info)
+        app.router.add_post("/tokenize", self.tokenize)
+        app.router.add_post("/detokenize", self.detokenize)
         if self.profiler is not None:
             app.router.add_post("/start_profile", self.start_profile)
             app.router.add_post("/stop_profile", self.stop_profile)
@@ -179,10 +197,11 @@ class HeadServer:
             body = orjson.loads(await request.read())
             if not isinstance(body, dict):
                 raise BadRequest("the request body must be a JSON object")
-            model = body.get("model", self.model)
-            if model != self.model:
+            model = body.get("model", self.names[0])
+            if model not in self.names:
                 raise BadRequest(f"The model `{model}` does not exist.", 404)
-            prompt_tokens = _prompt_tokens(body, chat)
+            prompt = _prompt(body, chat)
+            prompt_tokens = len(prompt)
             max_tokens = _int_field(body, "max_tokens", DEFAULT_MAX_TOKENS, 1)
             if chat:
                 max_tokens = _int_field(body, "max_completion_tokens", max_tokens, 1)
@@ -201,6 +220,8 @@ class HeadServer:
             return _error(str(exc), exc.status)
         except HandoffError as exc:
             return _error(str(exc), 400)
+        self.metrics.prefix_cache_queries += prompt_tokens
+        self.metrics.prefix_cache_hits += self.prefix_cache.lookup_and_insert(prompt)
         first = None
         if self.role is not None:
             max_tokens = self.role.max_tokens(handoff, max_tokens)
@@ -209,7 +230,7 @@ class HeadServer:
             except KvError as exc:
                 return _error(f"KV transfer failed: {exc}", 503)
         base = {"id": request_id, "object": "chat.completion.chunk" if chat else "text_completion",
-                "created": int(time.time()), "model": self.model}
+                "created": int(time.time()), "model": model}
         if stream:
             response = web.StreamResponse(headers={"Content-Type": "text/event-stream",
                                                    "Cache-Control": "no-cache"})
@@ -243,11 +264,50 @@ class HeadServer:
         return web.Response()
 
     async def models(self, request: web.Request) -> web.Response:
-        card = {"id": self.model, "object": "model", "created": self.created, "owned_by": "vllm",
-                "root": self.model, "parent": None, "max_model_len": MAX_MODEL_LEN,
-                "permission": []}
-        return web.Response(body=orjson.dumps({"object": "list", "data": [card]}),
+        cards = [{"id": name, "object": "model", "created": self.created, "owned_by": "vllm",
+                  "root": self.model, "parent": None, "max_model_len": MAX_MODEL_LEN,
+                  "permission": []} for name in self.names]
+        return web.Response(body=orjson.dumps({"object": "list", "data": cards}),
                             content_type="application/json")
+
+    async def tokenize(self, request: web.Request) -> web.Response:
+        """vLLM's /tokenize: {"prompt"} or {"messages"} -> {"count", "max_model_len", "tokens"}."""
+        try:
+            body = orjson.loads(await request.read())
+            if not isinstance(body, dict):
+                raise BadRequest("the request body must be a JSON object")
+            if "messages" in body:
+                words = _message_words(body["messages"])
+            else:
+                words = _words(body.get("prompt"), "prompt")
+            if len(self._vocab) + len(words) > MAX_VOCAB:
+                raise BadRequest("the sim's vocabulary is full")
+            ids = [self._vocab.setdefault(word, len(self._vocab)) for word in words]
+            for word, index in zip(words, ids):
+                if index == len(self._words):
+                    self._words.append(word)
+        except orjson.JSONDecodeError as exc:
+            return _error(f"the request body is not JSON: {exc}", 400)
+        except BadRequest as exc:
+            return _error(str(exc), exc.status)
+        payload = {"count": len(ids), "max_model_len": MAX_MODEL_LEN, "tokens": ids, "token_strs": None}
+        return web.Response(body=orjson.dumps(payload), content_type="application/json")
+
+    async def detokenize(self, request: web.Request) -> web.Response:
+        """vLLM's /detokenize: {"tokens"} -> {"prompt"} (the words joined by single spaces)."""
+        try:
+            body = orjson.loads(await request.read())
+            tokens = body.get("tokens") if isinstance(body, dict) else None
+            if not isinstance(tokens, list) or not all(type(t) is int for t in tokens):
+                raise BadRequest("tokens must be a list of integers")
+            if any(not 0 <= t < len(self._words) for t in tokens):
+                raise BadRequest("unknown token id")
+        except orjson.JSONDecodeError as exc:
+            return _error(f"the request body is not JSON: {exc}", 400)
+        except BadRequest as exc:
+            return _error(str(exc), exc.status)
+        text = " ".join(self._words[t] for t in tokens)
+        return web.Response(body=orjson.dumps({"prompt": text}), content_type="application/json")
 
     async def metrics_text(self, request: web.Request) -> web.Response:
         return web.Response(text=self.metrics.render(),
@@ -256,6 +316,16 @@ class HeadServer:
     async def version(self, request: web.Request) -> web.Response:
         return web.Response(body=orjson.dumps({"version": SIM_VERSION}),
                             content_type="application/json")
+
+    async def server_info(self, request: web.Request) -> web.Response:
+        mode = self.role.role if self.role is not None else "null"
+        info = {"model_path": self.model, "served_model_name": self.model, "version": SIM_VERSION,
+                "disaggregation_mode": mode}
+        return web.Response(body=orjson.dumps(info), content_type="application/json")
+
+    async def model_info(self, request: web.Request) -> web.Response:
+        info = {"model_path": self.model, "tokenizer_path": self.model, "is_generation": True}
+        return web.Response(body=orjson.dumps(info), content_type="application/json")
 
     async def start_profile(self, request: web.Request) -> web.Response:
         assert self.profiler is not None
