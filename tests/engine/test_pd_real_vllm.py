@@ -59,7 +59,7 @@ def test_real_vllm_pd_pair_behind_vllm_router(nixl, ssh_scheduler, tiny_model, v
     config = Config(
         scheduler=scheduler,
         server=ServerConfig(
-            engine="vllm", model=str(tiny_model), command=list(vllm_command), ready_timeout_s=600.0,
+            engine="vllm", model=str(tiny_model), command=list(vllm_command), ready_timeout_s=900.0,
             extra_args=["--max-model-len", "512"],
             groups=[
                 GroupConfig(name="prefill", role="prefill", nodes=["node0"], host=prefill,
