@@ -50,6 +50,7 @@ def nixl(engine_python):
         pytest.skip("no nixl in the engine venv (.ci/setup-engines installs it)")
 
 
+@pytest.mark.timeout(2400)  # two vLLMs starting on a busy 2-core machine
 def test_real_vllm_pd_pair_behind_vllm_router(nixl, ssh_scheduler, tiny_model, vllm_command,
                                               engine_env, libfaketime, tmp_path):
     scheduler = ssh_scheduler(2, gpus_per_node=1)
