@@ -4,7 +4,8 @@ run`: the KV cache moves from the prefill to the decode through vLLM's NixlConne
 loopback, the decode node's clock 250 ms ahead under libfaketime.
 
 Real vLLM writes no KV-transfer events into its traces, so the decode group is placed by the
-launch's clock measurement (its uncertainty is half the ssh round trips: milliseconds here)."""
+clock probe (or, without one, the launch's preflight measurement: half the ssh round trips,
+milliseconds here)."""
 
 from __future__ import annotations
 
@@ -100,7 +101,7 @@ def test_real_vllm_pd_pair_behind_vllm_router(nixl, ssh_scheduler, tiny_model, v
     error_us = abs(node1["offset_ns"] - FAKETIME_OFFSET_S * 1e9) / 1e3
     print(f"decode group placed at {node1['offset_ns'] / 1e6:.3f} ms by {node1['method']}, "
           f"+-{node1['uncertainty_us']:.0f} us (injected {FAKETIME_OFFSET_S * 1000:.0f} ms)")
-    assert node1["method"] == "preflight" and error_us <= node1["uncertainty_us"]
+    assert node1["method"] == "probe" and error_us <= node1["uncertainty_us"]
     state = load_state(run_dir)
     assert set(state.handles) == {"node0", "node1", "router"}
     assert wait_for(lambda: not leftover_processes(h.pgid for h in state.handles.values()), 15)
