@@ -226,7 +226,7 @@ class HeadServer:
         if self.role is not None:
             max_tokens = self.role.max_tokens(handoff, max_tokens)
             try:
-                first = await self.role.first_token_at(handoff)
+                first = await self.role.admit(handoff, arrival + self.engine.ttft)
             except KvError as exc:
                 return _error(f"KV transfer failed: {exc}", 503)
         base = {"id": request_id, "object": "chat.completion.chunk" if chat else "text_completion",
@@ -238,13 +238,9 @@ class HeadServer:
             output = _Sse(response, base, chat, prompt_tokens, include_usage)
             await self.engine.submit(request_id, prompt_tokens, max_tokens, output, arrival,
                                      arrival_ns, first)
-            if self.role is not None:
-                self.role.computed(handoff)
             return response
         await self.engine.submit(request_id, prompt_tokens, max_tokens, _Collect(), arrival,
                                  arrival_ns, first)
-        if self.role is not None:
-            self.role.computed(handoff)
         text = "".join(token_text(i) for i in range(max_tokens))
         usage = {"prompt_tokens": prompt_tokens, "total_tokens": prompt_tokens + max_tokens,
                  "completion_tokens": max_tokens}
