@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from magpie_trace.errors import ConfigError
 
@@ -56,10 +56,6 @@ class Group:
     @property
     def is_pd(self) -> bool:
         return self.role in PD_ROLES
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "role": self.role, "nodes": list(self.nodes), "tp": self.tp,
-                "pp": self.pp, "dp": self.dp, "ep": self.ep}
 
 
 def node_index(config: Config, ref: str, where: str) -> int:

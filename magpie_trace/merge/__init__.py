@@ -28,7 +28,7 @@ import orjson
 
 from magpie_trace.errors import MagpieError, TraceError
 from magpie_trace.merge import gzipjoin, tables
-from magpie_trace.merge.align import ClockFit, NodeTimes, PairFit, PairRows, ProbePoint, fit_pair, probe_rows, residuals, solve
+from magpie_trace.merge.align import ClockFit, NodeTimes, PairRows, ProbePoint, fit_pair, probe_rows, residuals, solve
 from magpie_trace.merge.anchors import Matched
 from magpie_trace.merge.discover import TraceFile, discover, manifest_probes
 from magpie_trace.merge.handoff import launch_measurements, place_groups, read_handoffs
