@@ -291,7 +291,8 @@ def _plan_router(config: Config, engine: Engine, groups: list[GroupPlan],
     return RouterPlan(
         kind=router.kind, index=index, node_name=node.name, address=node.address, port=port,
         metrics_port=metrics_port, command=list(router.command) or default_command(router.kind),
-        args=router_args(router, workers, connector), env=dict(router.env), workers=workers,
+        args=router_args(router, workers, connector, config.server.ready_timeout_s),
+        env=dict(router.env), workers=workers,
         log_path=posixpath.join(workdir, run_id, "router.log"), workdir=workdir,
         ready_timeout_s=router.ready_timeout_s,
     )

@@ -6,13 +6,15 @@ sglang-router 0.3.2 and vllm-router 0.1.17 (docs/engines.md has the details):
   then `--prefill URL [BOOTSTRAP_PORT]` per prefill server and `--decode URL` per decode server;
   regular mode: `--worker-urls URL ...`. Policies: `--policy`, `--prefill-policy`, `--decode-policy`.
 - Both open a Prometheus port (default 29000, a clash between users of one node): always given.
-- `--worker-startup-check-interval 1`: the default 30 s would delay readiness by up to 30 s.
+- `--worker-startup-check-interval 1`: the default 30 s would delay readiness by up to 30 s;
+  `--worker-startup-timeout-secs`: server.ready_timeout_s (vllm-router exits after 600 s).
 - `GET /workers` lists every worker with `url`, `worker_type` and `is_healthy`. sglang-router's
   `/health` answers 200 before its workers are registered, so readiness is read from /workers.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -93,8 +95,11 @@ def default_command(kind: str) -> list[str]:
     return list(_COMMANDS[kind])
 
 
-def router_args(router: RouterConfig, workers: list[Worker], kv_connector: str | None) -> list[str]:
-    """The router's arguments: its address, its workers (PD pairs or replicas), its policies."""
+def router_args(router: RouterConfig, workers: list[Worker], kv_connector: str | None,
+                startup_timeout_s: float) -> list[str]:
+    """The router's arguments: its address, its workers (PD pairs or replicas), its policies, and
+    how long it waits for its workers (the servers' own ready timeout: vllm-router gives up after
+    600 s by default, and exits)."""
     port, metrics_port = router_ports(router)
     args = ["--host", router.host, "--port", str(port)]
     if any(worker.role != "serve" for worker in workers):
@@ -115,7 +120,8 @@ def router_args(router: RouterConfig, workers: list[Worker], kv_connector: str |
                         ("--decode-policy", router.decode_policy)):
         if value is not None:
             args += [flag, value]
-    args += ["--prometheus-port", str(metrics_port), "--worker-startup-check-interval", "1"]
+    args += ["--prometheus-port", str(metrics_port), "--worker-startup-check-interval", "1",
+             "--worker-startup-timeout-secs", str(math.ceil(startup_timeout_s))]
     return args + list(router.extra_args)
 
 
