@@ -109,7 +109,7 @@ def check_node(plan: Plan, backend: Backend, node: NodePlan) -> NodeCheck:
             check.problems.append(
                 f"has {check.gpus} {check.gpu_vendor} GPUs, the plan puts {len(node.ranks)} ranks here"
             )
-    check.clock_offset_ns, check.clock_rtt_ns = measure_clock_offset(backend, config)
+    check.clock_offset_ns, check.clock_rtt_ns = measure_clock_offset(backend, config, node.env)
     return check
 
 
@@ -120,10 +120,8 @@ def _engine_version(plan: Plan, backend: Backend, node: NodePlan) -> str | None:
         "sglang": [python_of(plan), "-c", "import sglang; print(sglang.__version__)"],
         "sim": [python_of(plan), "-c", "import magpie_trace; print(magpie_trace.__version__)"],
     }
-    # The engine may need the node's env to start at all (PATH, LD_LIBRARY_PATH, ...). Values
-    # travel as argv words here, so secret-looking ones stay out (they do not affect an import).
-    env = [f"{key}={value}" for key, value in node.env.items() if not is_secret(key)]
-    result = backend.run(plan.node_config(node.index), ["env", *env, *probes[plan.engine]], 120)
+    # The engine may need the node's env to start at all (PATH, LD_LIBRARY_PATH, ...).
+    result = backend.run(plan.node_config(node.index), _under_env(node.env, probes[plan.engine]), 120)
     lines = [line.strip() for line in result.stdout.splitlines() if line.strip()]
     if result.returncode != 0 or not lines:
         return None
@@ -171,12 +169,23 @@ def _count_gpus(backend: Backend, config: Any) -> tuple[str | None, int | None]:
     return None, None
 
 
-def measure_clock_offset(backend: Backend, config: Any) -> tuple[int, int]:
-    """(offset_ns, rtt_ns) of the node's wall clock from ours, from the round trip with least RTT."""
+def _under_env(env: dict[str, str], argv: list[str]) -> list[str]:
+    """argv run under the node's env. Values travel as argv words here, so secret-looking ones
+    stay out (they do not affect a version or a clock)."""
+    return ["env", *(f"{key}={value}" for key, value in env.items() if not is_secret(key)), *argv]
+
+
+def measure_clock_offset(backend: Backend, config: Any, env: dict[str, str] | None = None
+                         ) -> tuple[int, int]:
+    """(offset_ns, rtt_ns) of the node's wall clock from ours, from the round trip with least RTT.
+
+    Read under the node's env (secret-looking values left out: they travel as argv words), so
+    the clock is the one its engine sees (a preloaded libfaketime, say)."""
+    argv = _under_env(env or {}, _CLOCK_ARGV)
     best: tuple[int, int] | None = None
     for _ in range(CLOCK_SAMPLES):
         t0 = time.time_ns()
-        result = backend.run(config, _CLOCK_ARGV, 30)
+        result = backend.run(config, argv, 30)
         t1 = time.time_ns()
         try:
             remote = int(result.stdout.strip().splitlines()[-1])
