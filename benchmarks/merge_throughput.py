@@ -133,10 +133,11 @@ def _child(kind: str, in_dir: str, out_dir: str, jobs: int) -> None:
         merge(Path(in_dir), Path(out_dir), MergeOptions(jobs=jobs))
 
 
-def measure(kind: str, in_dir: Path, out_dir: Path, jobs: int) -> dict:
+def measure(kind: str, in_dir: Path, out_dir: Path, jobs: int, script: str = __file__) -> dict:
+    """`script --child kind in out jobs` in a fresh process: its CPU and wall seconds and peak RSS."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
-    subprocess.run([sys.executable, __file__, "--child", kind, str(in_dir), str(out_dir), str(jobs)], check=True)
+    subprocess.run([sys.executable, script, "--child", kind, str(in_dir), str(out_dir), str(jobs)], check=True)
     wall = time.perf_counter() - start
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)

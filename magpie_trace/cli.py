@@ -297,6 +297,7 @@ def profile_command(
     """Profile every rank of the running server at once and wait for every rank's trace file."""
     from magpie_trace.backends import make_backend
     from magpie_trace.launch import load_state, plan_for_run
+    from magpie_trace.monitor import monitors_for
     from magpie_trace.nodewatch import process_guard
     from magpie_trace.profile import capture
     from magpie_trace.rundir import find_run_dir
@@ -306,7 +307,10 @@ def profile_command(
     handles = load_state(run_dir).handles if run_dir.state.exists() else {}
     backend = make_backend(plan.config.scheduler)
     try:
-        with display() as say, process_guard(plan, backend, handles, "the profile capture") as guard:
+        interval = plan.config.benchmark.telemetry_interval_s
+        with display() as say, monitors_for(plan, backend, handles, interval) as monitors, \
+                process_guard(plan, backend, handles, "the profile capture", monitors.check) as guard:
+            monitors.wait_first_samples()
             record = capture(plan, backend, run_dir, profile_id, duration, progress=say, guard=guard)
     finally:
         backend.close()
@@ -324,11 +328,14 @@ def profile_command(
 @set_option
 @run_option
 @profile_id_option
+@click.option("--allow-missing", is_flag=True,
+              help="Take a partial capture: collect the ranks that have a complete trace and list "
+                   "the missing ones (in manifest.json too) instead of failing.")
 @json_option
 @handle_errors
 def collect_command(
     config_path: str, overrides: tuple[str, ...], run: str | None, profile_id: str | None,
-    as_json: bool,
+    allow_missing: bool, as_json: bool,
 ) -> None:
     """Bring every rank's trace into <run>/traces as node<N>-TP<R>.trace.json.gz + manifest.json."""
     from magpie_trace.backends import make_backend
@@ -341,9 +348,14 @@ def collect_command(
     backend = make_backend(plan.config.scheduler)
     try:
         with display() as say:
-            result = collect(plan, backend, run_dir, profile_id, progress=say)
+            result = collect(plan, backend, run_dir, profile_id, progress=say,
+                             allow_missing=allow_missing)
     finally:
         backend.close()
+    missing = result.manifest["missing"]
+    if missing:
+        ranks = ", ".join(f"{m['node_name']} {m['rank']}" for m in missing)
+        click.echo(f"warning: partial capture: {len(missing)} rank(s) missing: {ranks}", err=True)
     command = tracelens_command(result.manifest, result.traces_dir)
     if as_json:
         print_json({"traces_dir": str(result.traces_dir), "fetched": result.fetched,
@@ -448,7 +460,7 @@ def bench_command(
         from magpie_trace.plan import new_run_id
         from magpie_trace.rundir import new_run_dir
 
-        out_dir = out or new_run_dir(config.output.dir, new_run_id()).bench
+        out_dir = out or new_run_dir(config.output.dir, new_run_id(), latest=False).bench
         with display() as say:
             result = run_benchmark(config, None, out_dir, url=url, say=say)
     else:
@@ -499,7 +511,7 @@ def print_run_summary(result: Any) -> None:
 @config_argument
 @set_option
 @click.option(
-    "--from", "from_stage", type=click.Choice(["launch", "bench", "collect", "merge", "report"]),
+    "--from", "from_stage", type=click.Choice(["launch", "bench", "collect", "merge", "analyze", "report"]),
     help="Resume the run (--run, default the latest) from this stage.",
 )
 @run_option
@@ -521,6 +533,7 @@ def run_command(
 
 
 @main.command("submit", context_settings={"ignore_unknown_options": True})
+@verbosity_options
 @config_argument
 @set_option
 @click.option("--dry-run", is_flag=True, help="Print the batch script and the sbatch command; submit nothing.")
@@ -646,7 +659,6 @@ def merge_command(input_dir: str, output_dir: str | None, window: str | None, st
     default = source.with_name("merged" if source.name == "traces" else source.name + "-merged")
     target = Path(output_dir) if output_dir else default
     with display() as say:
-        say(f"merging the traces in {source} into {target}")
         if notice := compile_notice():
             say(notice)
         result = merge(source, target, options)
@@ -669,6 +681,7 @@ def merge_command(input_dir: str, output_dir: str | None, window: str | None, st
 
 
 @main.command("analyze")
+@verbosity_options
 @click.argument("merged_dir", type=click.Path(file_okay=False, exists=True))
 @click.option("--jobs", "-j", default=1, show_default=True, type=click.IntRange(1),
               help="Worker processes building the events table.")
@@ -701,6 +714,7 @@ def analyze_command(merged_dir: str, jobs: int, rebuild: bool, no_plots: bool, a
 
 
 @main.command("query")
+@verbosity_options
 @click.argument("merged_dir", type=click.Path(file_okay=False, exists=True))
 @click.argument("sql")
 @click.option("-o", "--output", default=None, type=click.Path(dir_okay=False),

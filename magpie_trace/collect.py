@@ -34,6 +34,7 @@ from magpie_trace.profile import (
     NodeFiles,
     find_traces,
     latest_profile_id,
+    load_captures,
     rank_label,
 )
 from magpie_trace.rundir import RunDir
@@ -79,14 +80,17 @@ def collect(
     run_dir: RunDir,
     profile_id: str | None = None,
     progress: Progress | None = None,
+    allow_missing: bool = False,
 ) -> Collected:
     """Find (every rank, every node, checked), fetch what is not already here, verify, name,
     write manifest.json. profile_id defaults to the run's latest capture. Raises TraceError with
-    one line naming node and rank for a missing, truncated, duplicate or conflicting file."""
+    one line naming node and rank for a missing, truncated, duplicate or conflicting file; with
+    allow_missing, ranks without a complete file are left out and listed in the manifest
+    (`missing`, `problems`) instead."""
     say = progress or (lambda _msg: None)
     profile_id = profile_id or latest_profile_id(run_dir)
     say(f"looking for capture {profile_id} on {len(plan.nodes)} node(s)")
-    traces = find_traces(plan, backend, profile_id)
+    traces, missing, problems = find_traces(plan, backend, profile_id, allow_missing)
     node_at = {node.index: node for node in plan.nodes}
     names = {id(t): output_name(t, node_at[t.node].layout, node_at[t.node].group) for t in traces}
     _refuse_clashes(traces, names, plan)
@@ -114,7 +118,9 @@ def collect(
         return fetched, reused
 
     counts = on_nodes(bring_node, [plan.node_config(node.index) for node in plan.nodes])
-    manifest = build_manifest(plan, run_dir, traces, names)
+    manifest = build_manifest(plan, run_dir, traces, names, profile_id)
+    manifest["missing"] = [m.to_dict(m.node.layout) for m in missing]
+    manifest["problems"] = problems
     atomic_write_bytes(target / MANIFEST_NAME, orjson.dumps(manifest, option=orjson.OPT_INDENT_2))
     return Collected(
         traces_dir=target,
@@ -176,7 +182,7 @@ def _link_or_copy(source: Path, staging: Path) -> None:
 
 
 def build_manifest(
-    plan: Plan, run_dir: RunDir, traces: list[FoundTrace], names: dict[int, str]
+    plan: Plan, run_dir: RunDir, traces: list[FoundTrace], names: dict[int, str], profile_id: str | None = None
 ) -> dict[str, Any]:
     """manifest.json (schema magpie-trace/manifest/1), read by the merge stage."""
     layout = plan.layout
@@ -201,16 +207,26 @@ def build_manifest(
             if name in index_of
         },
         # Each offset's round trip (its uncertainty is half of it): what places a group no KV
-        # handoff reaches.
+        # handoff reaches when the capture recorded no clock probe.
         "clock_rtts_ns": {
             str(index_of[check["node"]]): int(check.get("clock_rtt_ns") or 0)
             for check in preflight.get("nodes") or []
             if isinstance(check, dict) and check.get("node") in index_of
         },
+        "clock_probes": _capture_probes(run_dir, profile_id),
         **({"groups": [_group_entry(group) for group in plan.groups]} if plan.has_groups else {}),
         "files": [_file_entry(trace, names[id(trace)], plan.nodes[trace.node].group)
                   for trace in traces],
     }
+
+
+def _capture_probes(run_dir: RunDir, profile_id: str | None) -> dict[str, Any]:
+    """The clock probes taken around this capture (captures.json), for the merge: node index ->
+    [{t_ns, offset_ns, uncertainty_ns, ...}, ...] (node clock minus the controller's)."""
+    for capture in load_captures(run_dir):
+        if capture.get("profile_id") == profile_id:
+            return dict(capture.get("clock_probes") or {})
+    return {}
 
 
 def _group_entry(group: GroupPlan) -> dict[str, Any]:

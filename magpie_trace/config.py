@@ -112,6 +112,7 @@ class SimConfig:
     itl_ms: float = 5.0
     startup_s: float = 0.5
     clock_offset_ms: dict[int, float] = field(default_factory=dict)
+    clock_drift_ppm: dict[int, float] = field(default_factory=dict)
     die_after_s: dict[int, float] = field(default_factory=dict)
     layers: int = 4
     transfer_ms: float = 5.0  # a prefill group's KV handoff to a decode group

@@ -10,17 +10,21 @@ the node (exit code 3, as for a node lost during the benchmark).
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TypeVar
 
 from magpie_trace.backends.base import Backend, ProcessHandle
 from magpie_trace.config import NodeConfig
-from magpie_trace.errors import NodeError, NodeGone
+from magpie_trace.errors import MagpieError, NodeError, NodeGone
 from magpie_trace.fanout import NodesFailed, on_nodes
 from magpie_trace.plan import Plan
 
 T = TypeVar("T")
+MAIN = "engine process"  # how a node's engine main process is named in a Trip
+EXIT_CODE_WAIT_S = 2.0
+STREAM_POLL_S = 0.25  # a look at the monitors' memory: cheap
 
 
 class NodeLost(NodeError):
@@ -33,18 +37,27 @@ class NodeLost(NodeError):
 class Trip:
     node: str
     reason: str
+    process: str | None = None  # which process of the node's engine: "engine process", a rank
+    pid: int | None = None
+    main_pid: int | None = None  # a rank ended, and so did the engine's main process (this pid)
 
 
 @dataclass
 class ProcessCheck:
-    """Is every node's engine still running? Blocking (it may go over ssh): call from a thread."""
+    """Is every node's engine still running? With `streams` (Monitors.check: one stream per
+    node) it is a look at memory; without, one remote check per node. Blocking either way: call
+    from a thread."""
 
     backend: Backend
     nodes: dict[str, NodeConfig]
     handles: dict[str, ProcessHandle] = field(default_factory=dict)
     during: str = "the run"
+    streams: Callable[[], Trip | None] | None = None
 
     def __call__(self) -> Trip | None:
+        if self.streams is not None:
+            trip = self.streams()
+            return None if trip is None else self._explain(trip)
         watched = [self.nodes[name] for name in self.handles if name in self.nodes]
         try:
             found = on_nodes(self._check_one, watched)
@@ -59,9 +72,42 @@ class ProcessCheck:
         handle = self.handles[node.name]
         if self.backend.alive(node, handle):
             return None
-        code = self.backend.exit_code(node, handle)
-        code_text = "an unknown code" if code is None else f"code {code}"
-        return Trip(node.name, f"engine process {handle.pid} exited with {code_text} during {self.during}")
+        return Trip(node.name, f"engine process {handle.pid} exited with "
+                               f"{_code_text(self.backend.exit_code(node, handle))} during {self.during}",
+                    process=MAIN, pid=handle.pid)
+
+    def _explain(self, trip: Trip) -> Trip:
+        """The monitor's finding, with the engine's exit code when its main process ended. When
+        a rank and the main process both ended, a main killed by a signal is the one to name;
+        a main that exited by itself did so because its rank died."""
+        handle = self.handles.get(trip.node)
+        main_ended = trip.process == MAIN or trip.main_pid is not None
+        if handle is None or not main_ended or not trip.reason.endswith(" exited"):
+            return Trip(trip.node, f"{trip.reason} during {self.during}", trip.process, trip.pid)
+        code = _wait_exit_code(self.backend, self.nodes[trip.node], handle)
+        main_pid = trip.pid if trip.process == MAIN else trip.main_pid
+        if trip.process == MAIN or (code is not None and (code < 0 or code > 128)):
+            return Trip(trip.node, f"{MAIN} {main_pid} exited with {_code_text(code)} during "
+                                   f"{self.during}", MAIN, main_pid)
+        return Trip(trip.node, f"{trip.reason} during {self.during} (then the {MAIN} exited "
+                               f"with {_code_text(code)})", trip.process, trip.pid)
+
+
+def _code_text(code: int | None) -> str:
+    return "an unknown code" if code is None else f"code {code}"
+
+
+def _wait_exit_code(backend: Backend, node: NodeConfig, handle: ProcessHandle) -> int | None:
+    """The launcher writes the code just after the engine ends: give it a moment."""
+    deadline = time.monotonic() + EXIT_CODE_WAIT_S
+    while True:
+        try:
+            code = backend.exit_code(node, handle)
+        except MagpieError:
+            return None
+        if code is not None or time.monotonic() >= deadline:
+            return code
+        time.sleep(0.1)
 
 
 class NodeGuard:
@@ -148,14 +194,19 @@ class NodeGuard:
 
 
 def process_guard(
-    plan: Plan, backend: Backend, handles: dict[str, ProcessHandle], during: str
+    plan: Plan,
+    backend: Backend,
+    handles: dict[str, ProcessHandle],
+    during: str,
+    streams: Callable[[], Trip | None] | None = None,
 ) -> NodeGuard:
-    """A guard over the processes launch started on every node of plan (and its router); a trip
+    """A guard over the processes launch started on every node of plan and its router (streams:
+    the nodes' monitors, looked at every 0.25 s; without, a remote check every second); a trip
     names the node's group."""
-    check = ProcessCheck(backend, plan.watched_nodes(), dict(handles), during)
+    check = ProcessCheck(backend, plan.watched_nodes(), dict(handles), during, streams)
 
     def labelled() -> Trip | None:
         trip = check()
-        return Trip(plan.label(trip.node), trip.reason) if trip is not None else None
+        return replace(trip, node=plan.label(trip.node)) if trip is not None else None
 
-    return NodeGuard(labelled)
+    return NodeGuard(labelled, poll_s=STREAM_POLL_S if streams else 1.0)

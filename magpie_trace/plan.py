@@ -129,6 +129,11 @@ class Plan:
         """Where the benchmark sends requests: the router, else every API server."""
         return [self.router.url] if self.router is not None else self.api_urls
 
+    def node_serving(self, url: str) -> NodePlan | None:
+        """The node whose API server is at url (errors about a URL name the node)."""
+        return next((node for node in self.nodes
+                     if node.serves_http and _url(node.address, node.port) == url), None)
+
     def group_of(self, node: NodePlan) -> GroupPlan:
         return next(group for group in self.groups if node.index in group.nodes)
 

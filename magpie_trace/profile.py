@@ -23,11 +23,11 @@ from typing import Any
 
 import orjson
 
-from magpie_trace import trace_probe
+from magpie_trace import clock_probe, trace_probe
 from magpie_trace.backends.base import Backend
 from magpie_trace.engines import get_engine
 from magpie_trace.engines.base import Engine, HttpCall, TraceName
-from magpie_trace.errors import ConfigError, MagpieError, TraceError
+from magpie_trace.errors import ConfigError, MagpieError, NodeError, TraceError
 from magpie_trace.fanout import on_nodes
 from magpie_trace.fsutil import atomic_write_bytes
 from magpie_trace.nodewatch import NodeGuard
@@ -77,6 +77,11 @@ class Capture:
     started_at: float
     stopped_at: float | None = None
     traces: list[FoundTrace] = field(default_factory=list)
+    clock_probes: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # node index -> probes
+
+    def add_probes(self, probes: dict[str, dict[str, Any]]) -> None:
+        for node, result in probes.items():
+            self.clock_probes.setdefault(node, []).append(result)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -85,6 +90,7 @@ class Capture:
             "started_at": self.started_at,
             "stopped_at": self.stopped_at,
             "traces": [trace.to_dict() for trace in self.traces],
+            "clock_probes": self.clock_probes,
         }
 
 
@@ -179,8 +185,11 @@ def _send(url: str, call: HttpCall, timeout_s: float) -> None:
         raise MagpieError(f"{url}{call.path}: no answer ({reason})") from None
 
 
-def _send_all(urls: list[str], call: HttpCall, timeout_s: float) -> tuple[list[str], list[MagpieError]]:
-    """Send call to every URL at once: (the URLs that accepted it, the failures)."""
+def _send_all(
+    plan: Plan, urls: list[str], call: HttpCall, timeout_s: float
+) -> tuple[list[str], list[MagpieError]]:
+    """Send call to every URL at once: (the URLs that accepted it, the failures, each naming
+    the node that serves the URL)."""
     done: list[str] = []
     errors: list[MagpieError] = []
     lock = threading.Lock()
@@ -191,8 +200,9 @@ def _send_all(urls: list[str], call: HttpCall, timeout_s: float) -> tuple[list[s
             with lock:
                 done.append(url)
         except MagpieError as exc:
+            node = plan.node_serving(url)
             with lock:
-                errors.append(exc)
+                errors.append(exc if node is None else NodeError(node.name, str(exc)))
 
     threads = [threading.Thread(target=one, args=(url,), daemon=True) for url in urls]
     for thread in threads:
@@ -210,10 +220,10 @@ def start_profile(plan: Plan, profile_id: str, timeout_s: float = 60.0) -> list[
     check_profile_id(profile_id)
     engine = get_engine(plan.engine)
     urls = engine.profile_urls(plan)
-    done, errors = _send_all(urls, engine.start_profile_call(plan.config.profile, profile_id), timeout_s)
+    done, errors = _send_all(plan, urls, engine.start_profile_call(plan.config.profile, profile_id), timeout_s)
     if errors:
         if done:
-            _send_all(done, engine.stop_profile_call(), plan.config.profile.timeout_s)
+            _send_all(plan, done, engine.stop_profile_call(), plan.config.profile.timeout_s)
         raise errors[0]
     return urls
 
@@ -225,7 +235,7 @@ def stop_profile(plan: Plan, timeout_s: float | None = None) -> None:
     if not engine.stop_needed(plan.config.profile):
         return
     timeout_s = plan.config.profile.timeout_s if timeout_s is None else timeout_s
-    _done, errors = _send_all(engine.profile_urls(plan), engine.stop_profile_call(), timeout_s)
+    _done, errors = _send_all(plan, engine.profile_urls(plan), engine.stop_profile_call(), timeout_s)
     if errors:
         raise errors[0]
 
@@ -499,15 +509,36 @@ def _ordered(plan: Plan, scans: list[NodeScan]) -> list[FoundTrace]:
                                          t.rank.global_rank if t.rank else 0))
 
 
-def find_traces(plan: Plan, backend: Backend, profile_id: str) -> list[FoundTrace]:
-    """Every rank's file of this capture, checked now: one TraceError line naming node and rank
-    for the first missing, incomplete, duplicate or conflicting file."""
+@dataclass
+class Missing:
+    """A rank with no complete file in a partial capture (collect --allow-missing)."""
+
+    node: NodePlan
+    rank: Rank
+
+    def to_dict(self, layout: Layout) -> dict[str, Any]:
+        return {"node": self.node.index, "node_name": self.node.name,
+                "global_rank": self.rank.global_rank, "rank": rank_label(self.rank, layout)}
+
+
+def find_traces(
+    plan: Plan, backend: Backend, profile_id: str, allow_missing: bool = False
+) -> tuple[list[FoundTrace], list[Missing], list[str]]:
+    """Every rank's file of this capture, checked now: (the complete files, the ranks without
+    one, what is wrong with them). One TraceError line naming node and rank for a duplicate or
+    conflicting file, and, unless allow_missing, for the first missing or incomplete one."""
     scans = Scanner(plan, backend, profile_id).look(settle=False)
     fatal = [problem for scan in scans for problem in scan.fatal]
     pending = [problem for scan in scans for problem in scan.pending]
-    if fatal or pending:
+    if fatal or (pending and not allow_missing):
         raise TraceError(_one_line(fatal + pending, f"capture {profile_id}: "))
-    return _ordered(plan, scans)
+    missing = []
+    for scan in scans:
+        found = {trace.rank for trace in scan.traces}
+        missing += [Missing(scan.node, rank) for rank in scan.node.ranks if rank not in found]
+    if allow_missing and not any(trace.kind == "rank" for scan in scans for trace in scan.traces):
+        raise TraceError(_one_line(pending, f"capture {profile_id}: no rank has a trace: "))
+    return _ordered(plan, scans), missing, pending
 
 
 def wait_for_traces(
@@ -579,8 +610,10 @@ def capture(
         profile_id = new_profile_id(run_dir)
     engine = get_engine(plan.engine)
     by_window = duration_s is None and engine.has_step_window(profile)
+    before = clock_probe.probe_all(plan, backend, "before", say)
     urls = guard.call(lambda: start_profile(plan, profile_id))
     record = Capture(profile_id=profile_id, urls=urls, started_at=time.time())
+    record.add_probes(before)
     if run_dir is not None:  # recorded now, so a failed capture's id is never handed out again
         record_capture(run_dir, record)
     say(f"capture {profile_id} open on {', '.join(urls)}")
@@ -597,6 +630,7 @@ def capture(
     say("closing the capture (the ranks write their traces)")
     guard.call(lambda: stop_profile(plan))
     record.stopped_at = time.time()
+    record.add_probes(clock_probe.probe_all(plan, backend, "after", say))
     record.traces = wait_for_traces(plan, backend, profile_id, progress=say, guard=guard)
     if run_dir is not None:
         record_capture(run_dir, record)

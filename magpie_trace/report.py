@@ -108,6 +108,13 @@ def preflight_section(run_dir: RunDir) -> Section:
     section.tables.append(
         (["node", "engine version", "GPUs", "clock offset vs head (ms)", "probe RTT (ms)"], rows)
     )
+    section.lines.append(
+        "Clock offset vs head: each node's host wall clock against the head's, from a few process-start "
+        "round trips through the backend at launch (RTT in the last column, so only good to about half of "
+        "it). It is the host's clock, not necessarily the engine's (an engine under a shifted clock, e.g. "
+        "libfaketime, is not seen here) and not the trace's; the capture's clock probe and the alignment "
+        "below measure those."
+    )
     return section
 
 
@@ -203,27 +210,48 @@ def alignment_section(run_dir: RunDir) -> Section:
         section.notes.append("no merge in this run (merged/alignment.json missing)")
         return section
     section.lines.append(
-        f"Reference node {data.get('reference_node')}; {data.get('collectives')} matched collectives. "
-        "Offset: how far each node's clock runs ahead of the reference's at the start of the "
-        "capture (drift: how fast that grows); it is taken out of every event of that node."
+        f"Reference node {data.get('reference_node')}; {data.get('collectives')} matched collectives and "
+        "transfers. Offset: how far each node's trace clock runs ahead of the reference's at the start of "
+        "the capture (drift: how fast that grows); it is taken out of every event of that node. "
+        "Placed by: collectives and send/recv bound it by causality (nothing ends on one rank before it "
+        "started on the other), to within the uncertainty shown; the clock probe (UDP round trips with "
+        "each node's engine clock right before and after the capture) places a node nothing else ties to "
+        "the reference, to within half its round trip plus 0.1 ms (each process converts its own clock). "
+        "Probe offset: what the probe measured against the reference, for comparison."
     )
+    probes = _probe_offsets(run_dir, data.get("reference_node"))
     rows = []
     for name, node in (data.get("nodes") or {}).items():
         residuals = node.get("residuals") or {}
+        offset = node.get("offset_ns", 0) / 1000.0 if node.get("aligned", True) else "not aligned"
         rows.append([
-            name, node.get("offset_ns", 0) / 1000.0, node.get("drift_ppm"), node.get("n_anchors"),
-            node.get("method"), node.get("uncertainty_us"), residuals.get("end_skew_p05_us"),
+            name, offset, node.get("drift_ppm"), ", ".join(node.get("placed_by") or []), node.get("n_anchors"),
+            node.get("method"), node.get("uncertainty_us"), probes.get(name), residuals.get("end_skew_p05_us"),
             residuals.get("end_skew_median_us"), residuals.get("end_skew_p95_us"),
             residuals.get("causality_violations"),
         ])
         section.notes += [f"{name}: {warning}" for warning in node.get("warnings") or []]
     section.tables.append((
-        ["node", "offset (µs)", "drift (ppm)", "anchors", "method", "uncertainty (µs)",
-         "end skew p05 (µs)", "end skew p50 (µs)", "end skew p95 (µs)", "causality violations"],
+        ["node", "offset (µs)", "drift (ppm)", "placed by", "anchors", "method", "uncertainty (µs)",
+         "probe offset (µs)", "end skew p05 (µs)", "end skew p50 (µs)", "end skew p95 (µs)",
+         "causality violations"],
         rows,
     ))
     section.notes += [f"WARNING: {warning}" for warning in data.get("warnings") or []]
     return section
+
+
+def _probe_offsets(run_dir: RunDir, reference: str | None) -> dict[str, str]:
+    """Per node name: the capture's clock probe (before the capture) against the reference, "µs +- µs"."""
+    manifest = _load_json(run_dir.traces / "manifest.json") or {}
+    names = {str(f.get("node")): f.get("node_name") for f in manifest.get("files") or [] if isinstance(f, dict)}
+    first = {names.get(key, key): points[0] for key, points in (manifest.get("clock_probes") or {}).items()
+             if isinstance(points, list) and points}
+    if reference not in first:
+        return {}
+    ref = first[reference]
+    return {name: f"{(p['offset_ns'] - ref['offset_ns']) / 1e3:,.1f} ± "
+                  f"{(p['uncertainty_ns'] + ref['uncertainty_ns']) / 1e3:,.1f}" for name, p in first.items()}
 
 
 def collectives_section(run_dir: RunDir) -> Section:
@@ -237,14 +265,71 @@ def collectives_section(run_dir: RunDir) -> Section:
     if rows:
         header = list(rows[0])
         section.tables.append((header, [[_num(row[c]) for c in header] for row in rows]))
-        waits = max(rows, key=lambda r: float(r.get("wait_time_per_rank_us") or 0))
-        late = max(rows, key=lambda r: float(r.get("times_last_to_arrive") or 0))
-        section.lines.append(
-            f"{waits['node']} waits the most in collectives; {late['node']} arrives last most often "
-            "(the straggler the others wait for)."
-        )
+        section.lines += _waits_statement(rows)
     section.lines.append(f"Every matched collective, per rank: `{_rel(run_dir, run_dir.merged / 'collectives.csv')}`")
     return section
+
+
+def _csv_rows(path: Path) -> list[dict[str, str]]:
+    with path.open(newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def analysis_section(run_dir: RunDir) -> Section:
+    section = Section("Where communication is exposed")
+    folder = run_dir.merged / "analysis"
+    if not (folder / "breakdown_nodes.csv").exists():
+        section.notes.append("no analysis in this run (magpie-trace analyze writes merged/analysis)")
+        return section
+    section.lines.append(
+        "Per node, the mean rank's time between its first and last busy instant: compute only, "
+        "communication hidden behind compute, exposed communication (nothing computes meanwhile), copies "
+        "only, idle. GPU ranks are measured on the GPU, CPU-only ranks on their CPU ops and collectives."
+    )
+    columns = ("node", "domain", "total_us", "compute_only_us", "overlapped_us", "exposed_comm_us",
+               "memcpy_only_us", "idle_us", "exposed_comm_pct", "comm_hidden_pct")
+    rows = _csv_rows(folder / "breakdown_nodes.csv")
+    section.tables.append((["node", "measured on", "total (µs)", "compute only (µs)", "hidden comm (µs)",
+                            "exposed comm (µs)", "copies only (µs)", "idle (µs)", "exposed comm %",
+                            "comm hidden %"], [[_num(r[c]) for c in columns] for r in rows]))
+    stragglers = _csv_rows(folder / "stragglers.csv") if (folder / "stragglers.csv").exists() else []
+    if stragglers:
+        counts: dict[str, int] = {}
+        for r in stragglers:
+            counts[r["straggler_node"]] = counts.get(r["straggler_node"], 0) + 1
+        worst = max(counts, key=lambda n: counts[n])
+        streak = max(int(r["streak"]) for r in stragglers if r["straggler_node"] == worst)
+        section.lines.append(
+            f"{worst} was the node the others waited for most in {counts[worst]} of {len(stragglers)} steps "
+            f"with waits ({streak} in a row); see `{_rel(run_dir, folder / 'wait_timeline.csv')}`."
+        )
+    families = _csv_rows(folder / "collective_families.csv") if (folder / "collective_families.csv").exists() else []
+    if families:
+        fam_cols = ("process_group", "family", "scope", "ranks", "calls", "time_us", "mean_time_us",
+                    "mean_msg_bytes", "algorithm", "busbw_gbps")
+        section.tables.append((["process group", "collective", "scope", "ranks", "calls", "time (µs)",
+                                "mean (µs)", "mean bytes", "algorithm", "bus bw (GB/s)"],
+                               [[_num(r[c]) if r[c] != "" else None for c in fam_cols] for r in families]))
+    section.images += sorted((folder / "plots").glob("*.png"))
+    section.lines.append(f"Tables: `{_rel(run_dir, folder)}`; your own SQL: `magpie-trace query "
+                         f"{_rel(run_dir, run_dir.merged)} \"SELECT ...\"` (docs/analyze.md).")
+    return section
+
+
+def _waits_statement(rows: list[dict[str, str]]) -> list[str]:
+    """Who waits for whom, from the wait column alone: a rank's wait in a collective is the time
+    from its arrival to the last arrival, so the node that waits least is the one the others wait
+    for. (`times_last_to_arrive` counts every collective, those inside one node too, so it is
+    not a measure of who holds up the others.)"""
+    if len(rows) < 2:
+        return []
+    wait = {row["node"]: float(row.get("wait_time_per_rank_us") or 0) for row in rows}
+    most = max(wait, key=lambda n: wait[n])
+    least = min(wait, key=lambda n: wait[n])
+    if wait[most] == wait[least]:
+        return ["Every node waits as long as the others in collectives: none holds them up."]
+    return [f"{most} waits the most in collectives ({wait[most]:.0f} µs per rank), {least} the least "
+            f"({wait[least]:.0f} µs per rank): the others wait for {least}."]
 
 
 def files_section(run_dir: RunDir) -> Section:
@@ -256,8 +341,28 @@ def files_section(run_dir: RunDir) -> Section:
     return section
 
 
-SECTIONS = (topology_section, preflight_section, bench_section, per_node_section,
-            alignment_section, collectives_section, files_section)
+def attempts_section(run_dir: RunDir) -> Section:
+    """Every attempt at this run (a resume with --from is a new one): what each ran, and how
+    it ended. Stages an attempt skipped keep the status of the attempt that ran them."""
+    data = _load_json(run_dir.root / "run.json") or {}
+    section = Section("Attempts")
+    attempts = data.get("attempts") or []
+    if len(attempts) < 2:
+        section.notes.append("one attempt (no resume)")
+        return section
+    rows = []
+    for attempt in attempts:
+        ran = ", ".join(f"{s['name']} {s['status']}" for s in attempt.get("stages", []))
+        rows.append([attempt["attempt"], attempt.get("from") or "start", ran or "-",
+                     "ok" if attempt.get("ok") else (attempt.get("error") or "failed")])
+    section.tables.append((["attempt", "from", "stages run", "outcome"], rows))
+    if not data.get("ok", True):
+        section.notes.append(f"the run is not ok: {data.get('error')}")
+    return section
+
+
+SECTIONS = (topology_section, attempts_section, preflight_section, bench_section, per_node_section,
+            alignment_section, collectives_section, analysis_section, files_section)
 
 
 def build_sections(run_dir: RunDir) -> list[Section]:

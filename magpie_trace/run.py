@@ -1,7 +1,7 @@
 """`magpie-trace run`: the whole job, each stage's output on disk, teardown guaranteed.
 
 plan -> launch -> bench (with a profile capture during a steady part of the load) -> stop ->
-collect -> merge -> report. The server is always torn down, on failure and on Ctrl-C too. Every
+collect -> merge -> analyze -> report. The server is always torn down, on failure and on Ctrl-C too. Every
 stage reads only the files of the stages before it, so `run(config, from_stage=...)` resumes a run
 and each stage also exists as its own command.
 """
@@ -23,13 +23,14 @@ from magpie_trace.config import Config
 from magpie_trace.errors import MagpieError
 from magpie_trace.fsutil import atomic_write_bytes
 from magpie_trace.launch import LaunchState, launch, stop
+from magpie_trace.monitor import monitors_for
 from magpie_trace.nodewatch import NodeGuard, Trip, process_guard
 from magpie_trace.plan import Plan, make_plan
 from magpie_trace.progress import stage, stage_ended
 from magpie_trace.rundir import RunDir, find_run_dir, new_run_dir
 
 RUN_SCHEMA = "magpie-trace/run/1"
-STAGES = ("launch", "bench", "collect", "merge", "report")
+STAGES = ("launch", "bench", "collect", "merge", "analyze", "report")
 Progress = Callable[[str], None]
 
 
@@ -39,6 +40,7 @@ class StageRecord:
     status: str  # ok | failed | skipped
     seconds: float = 0.0
     detail: str = ""
+    attempt: int | None = None  # the attempt that ran it (a resume keeps the earlier ones')
 
 
 @dataclass
@@ -55,6 +57,8 @@ class RunResult:
     bench_valid: bool | None = None
     tracelens_command: str | None = None
     teardown: dict[str, Any] | None = None  # ok, lost (nodes counted as stopped), error
+    attempt: int = 1  # a resume (--from) is a new attempt on the same run folder
+    attempts: list[dict[str, Any]] = field(default_factory=list)  # every attempt, this one last
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -92,11 +96,14 @@ def run(
         backend.close()  # gives back an allocation it asked for
         raise
     result = RunResult(run_id=plan.run_id, run_dir=run_dir.root, url=plan.head_url)
+    earlier = _earlier_attempts(run_dir)
+    result.attempt = len(earlier) + 1
+    started_utc = _utc_now()
     wanted = set(STAGES[first:])
     if not config.profile.enabled:
-        wanted -= {"collect", "merge"}
+        wanted -= {"collect", "merge", "analyze"}
     if not config.output.merge:
-        wanted.discard("merge")
+        wanted -= {"merge", "analyze"}
     if not config.benchmark.enabled and not config.profile.enabled:
         wanted -= {"bench"}
     state: LaunchState | None = None
@@ -120,21 +127,28 @@ def run(
             _stage(result, "collect", say, lambda: _collect(plan, backend, run_dir, result, say))
         if failure is None and "merge" in wanted:
             _stage(result, "merge", say, lambda: _merge(plan, run_dir, result, say))
+        if failure is None and "analyze" in wanted:
+            _stage(result, "analyze", say, lambda: _analyze(run_dir, result))
     except BaseException as exc:  # noqa: BLE001
         failure = exc
     finally:
         with interrupts.shielded():
             backend.close()
     with interrupts.shielded():
+        ran = list(result.stages)  # this attempt's stages; result.stages becomes the whole run's
+        record = _attempt_record(result, ran, from_stage, started_utc, failure)
+        _write_run_json(run_dir, result, earlier, ran, record, failure)  # the report reads it
         if "report" in wanted or failure is not None:
-            _stage(result, "report", say, lambda: _report(run_dir, result))
-        for name in STAGES:
-            if name not in {s.name for s in result.stages}:
-                result.stages.append(StageRecord(name, "skipped"))
-        if failure is not None:
-            result.ok = False
-            result.error = _describe(failure)
-        atomic_write_bytes(run_dir.root / "run.json", orjson.dumps(result.to_dict(), option=orjson.OPT_INDENT_2))
+            result.stages = ran
+            try:
+                _stage(result, "report", say, lambda: _report(run_dir, result))
+            except Exception as exc:  # noqa: BLE001 - recorded like any stage failure
+                failure = failure or exc
+            ran = list(result.stages)
+            record = _attempt_record(result, ran, from_stage, started_utc, failure)
+            _write_run_json(run_dir, result, earlier, ran, record, failure)
+    if failure is None and not result.ok:
+        say(f"warning: this attempt went well, but the run is not ok: {result.error}")
     failure = failure or interrupts.pending()
     if failure is not None:
         if isinstance(failure, (MagpieError, KeyboardInterrupt)):
@@ -155,6 +169,74 @@ def _teardown(
     result.teardown = {"ok": error is None, "lost": sorted(state.lost),
                        "error": None if error is None else str(error)}
     return error
+
+
+def _earlier_attempts(run_dir: RunDir) -> list[dict[str, Any]]:
+    """The attempts run.json recorded before this one (a run.json from before attempts were
+    recorded counts as attempt 1)."""
+    try:
+        data = orjson.loads((run_dir.root / "run.json").read_bytes())
+    except (FileNotFoundError, orjson.JSONDecodeError):
+        return []
+    if not isinstance(data, dict):
+        return []
+    if data.get("attempts"):
+        return list(data["attempts"])
+    return [{"attempt": 1, "from": None, "ok": data.get("ok"), "error": data.get("error"),
+             "stages": [s for s in data.get("stages", []) if s.get("status") != "skipped"],
+             "outputs": data.get("outputs", {}), "bench_valid": data.get("bench_valid")}]
+
+
+def _attempt_record(
+    result: RunResult, ran: list[StageRecord], from_stage: str | None, started_utc: str,
+    failure: BaseException | None,
+) -> dict[str, Any]:
+    return {
+        "attempt": result.attempt, "from": from_stage, "started_utc": started_utc,
+        "ended_utc": _utc_now(), "ok": failure is None,
+        "error": None if failure is None else _describe(failure),
+        "stages": [asdict(s) | {"attempt": result.attempt} for s in ran],
+        "outputs": dict(result.outputs), "bench_valid": result.bench_valid,
+    }
+
+
+def _write_run_json(
+    run_dir: RunDir, result: RunResult, earlier: list[dict[str, Any]], ran: list[StageRecord],
+    record: dict[str, Any], failure: BaseException | None,
+) -> None:
+    """run.json: this attempt after the earlier ones. Each stage's status is that of the latest
+    attempt that ran it, so a resume that skips a failed stage leaves the run failed (and says
+    in which attempt); outputs and bench validity carry over from attempts that measured them."""
+    latest: dict[str, StageRecord] = {}
+    for attempt in earlier:
+        for stage in attempt.get("stages", []):
+            latest[stage["name"]] = StageRecord(
+                stage["name"], stage["status"], stage.get("seconds", 0.0), stage.get("detail", ""),
+                stage.get("attempt") or attempt.get("attempt"),
+            )
+        result.outputs = {**attempt.get("outputs", {}), **result.outputs}
+    for stage in ran:
+        latest[stage.name] = StageRecord(stage.name, stage.status, stage.seconds, stage.detail,
+                                         result.attempt)
+    result.stages = [latest.get(name) or StageRecord(name, "skipped") for name in STAGES]
+    if result.bench_valid is None and "bench" not in {s.name for s in ran}:
+        result.bench_valid = next((a.get("bench_valid") for a in reversed(earlier)
+                                   if a.get("bench_valid") is not None), None)
+    failed = [s for s in result.stages if s.status == "failed"]
+    result.ok = failure is None and not failed
+    if failure is not None:
+        result.error = _describe(failure)
+    elif failed:
+        first = failed[0]
+        result.error = f"{first.name} failed in attempt {first.attempt}: {first.detail}"
+    else:
+        result.error = None
+    result.attempts = [*earlier, record]
+    atomic_write_bytes(run_dir.root / "run.json", orjson.dumps(result.to_dict(), option=orjson.OPT_INDENT_2))
+
+
+def _utc_now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
 
 def _describe(failure: BaseException) -> str:
@@ -195,7 +277,10 @@ def _bench_and_capture(
     load_started = threading.Event()
     bench_done = threading.Event()
     profile_done = threading.Event()
-    guard = process_guard(plan, backend, state.handles, "the profile capture") if state else NodeGuard()
+    # One stream per node for the whole stage: liveness for the bench and the capture, telemetry.
+    monitors = monitors_for(plan, backend, state.handles if state else {},
+                            config.benchmark.telemetry_interval_s)
+    guard = process_guard(plan, backend, state.handles, "the profile capture", monitors.check) if state else NodeGuard()
 
     def capture_window() -> None:
         """Open the window start_after_s into the profiled load point, which runs before the
@@ -213,7 +298,7 @@ def _bench_and_capture(
             profile_done.set()
 
     thread = None
-    with guard:
+    with monitors, guard:
         if config.profile.enabled:
             thread = threading.Thread(target=capture_window, name="profile-capture", daemon=True)
             thread.start()
@@ -225,7 +310,7 @@ def _bench_and_capture(
                         handles=state.handles if state else None, say=say,
                         on_point_start=lambda _point: load_started.set(),
                         profile_point=profile_point(config) if config.profile.enabled else None,
-                        profile_done=profile_done.is_set,
+                        profile_done=profile_done.is_set, monitors=monitors,
                     )
                 except (BenchInterrupted, BenchInvalid, RunAborted) as exc:
                     # Partial results were written and marked invalid; the run stops with this error.
@@ -268,6 +353,14 @@ def _merge(plan: Plan, run_dir: RunDir, result: RunResult, say: Progress) -> Non
         result.outputs["perfetto"] = merged.outputs["merged"]
     if merged.tracelens_command:
         result.tracelens_command = merged.tracelens_command
+
+
+def _analyze(run_dir: RunDir, result: RunResult) -> None:
+    from magpie_trace.analyze import analyze
+
+    analyzed = analyze(run_dir.merged)
+    result.outputs["analysis"] = str(run_dir.merged / "analysis")
+    result.outputs["events"] = analyzed.events["folder"]
 
 
 def _report(run_dir: RunDir, result: RunResult) -> None:

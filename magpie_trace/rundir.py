@@ -72,14 +72,17 @@ class RunDir:
     def report_html(self) -> Path:
         return self.root / "report.html"
 
-    def create(self) -> "RunDir":
+    def create(self, latest: bool = True) -> "RunDir":
         self.root.mkdir(parents=True, exist_ok=True)
-        _point_latest(self.root)
+        if latest:
+            _point_latest(self.root)
         return self
 
 
-def new_run_dir(output_dir: str | Path, run_id: str) -> RunDir:
-    return RunDir(Path(output_dir) / run_id).create()
+def new_run_dir(output_dir: str | Path, run_id: str, latest: bool = True) -> RunDir:
+    """A new run folder; `latest` points at it unless it launches nothing (`bench --url`), so
+    that `stop CONFIG` and the other commands keep finding the run that launch started."""
+    return RunDir(Path(output_dir) / run_id).create(latest)
 
 
 def find_run_dir(output_dir: str | Path, run: str | None = None) -> RunDir:

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 
-def group_members(pgid: int) -> list[int]:
-    """Live (non-zombie) processes of a process group, from /proc."""
-    members = []
+def _live() -> Iterator[tuple[int, list[str]]]:
+    """(pid, stat fields after the command name) of every live (non-zombie) process."""
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
@@ -19,9 +18,13 @@ def group_members(pgid: int) -> list[int]:
         except OSError:
             continue
         fields = stat.rsplit(")", 1)[1].split()
-        if fields[0] != "Z" and int(fields[2]) == pgid:
-            members.append(int(entry))
-    return members
+        if fields[0] != "Z":
+            yield int(entry), fields
+
+
+def group_members(pgid: int) -> list[int]:
+    """Live (non-zombie) processes of a process group, from /proc."""
+    return [pid for pid, fields in _live() if int(fields[2]) == pgid]
 
 
 def leftover_processes(pgids: Iterable[int]) -> dict[int, list[int]]:
@@ -37,3 +40,8 @@ def wait_for(predicate: Callable[[], object], timeout_s: float = 5.0) -> object:
             return value
         time.sleep(0.05)
     return predicate()
+
+
+def children_of(pid: int) -> list[int]:
+    """Live direct children of a process, from /proc."""
+    return sorted(child for child, fields in _live() if int(fields[1]) == pid)

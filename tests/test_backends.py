@@ -6,6 +6,7 @@ The ssh "nodes" are on this machine, so the tests can check /proc and files dire
 
 from __future__ import annotations
 
+import getpass
 import gc
 import hashlib
 import json
@@ -287,10 +288,10 @@ def test_ssh_node_settings_win_over_defaults(
     scheduler = ssh_scheduler(1)
     scheduler.ssh.port = 1  # wrong default, overridden by the node's ssh_port
     scheduler.ssh.user = "nobody-here"
-    scheduler.nodes[0].ssh_user = "root"
+    scheduler.nodes[0].ssh_user = getpass.getuser()  # the test sshd runs as, and admits, this user
     backend = make_backend(scheduler)
     try:
-        assert backend.run(scheduler.nodes[0], ["id", "-un"]).stdout == "root\n"
+        assert backend.run(scheduler.nodes[0], ["id", "-un"]).stdout == f"{getpass.getuser()}\n"
     finally:
         backend.close()
 

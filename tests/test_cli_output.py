@@ -10,12 +10,13 @@ import sys
 from pathlib import Path
 
 import orjson
+import yaml
 
 from magpie_trace.cli import error_object
 from magpie_trace.errors import NodeError
-from tests.real_traces import vllm_cpu
 
 SCRIPT = Path(sys.executable).parent / "magpie-trace"
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -45,20 +46,20 @@ def test_the_error_object_names_the_node():
 
 
 def test_quiet_and_verbose(tmp_path):
-    traces = tmp_path / "traces"
-    traces.mkdir()
-    for rank in (0, 1):
-        (traces / f"node{rank}-TP{rank}.trace.json.gz").write_bytes(vllm_cpu(f"rank{rank}.*").read_bytes())
-    args = ("--outputs", "alignment")
-    normal = cli("merge", str(traces), *args, "-o", str(tmp_path / "a"))
-    quiet = cli("merge", str(traces), *args, "-o", str(tmp_path / "b"), "-q")
-    verbose = cli("-v", "merge", str(traces), *args, "-o", str(tmp_path / "c"))
+    """A launch whose preflight fails at once: progress, then the error line, at each level."""
+    config = yaml.safe_load((ROOT / "examples" / "local-sim.yaml").read_text())
+    config["server"]["command"] = [str(tmp_path / "no-such-python")]
+    config["output"] = {"dir": str(tmp_path / "runs")}
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(config))
+    normal = cli("launch", str(path))
+    quiet = cli("launch", str(path), "-q")
+    verbose = cli("-v", "launch", str(path))
     for proc in (normal, quiet, verbose):
-        assert proc.returncode == 0, proc.stderr
-        assert proc.stdout.startswith("merged 2 file(s)")  # the result is printed at every level
-    assert normal.stderr.startswith(f"magpie-trace: merging the traces in {traces} into ")
-    assert quiet.stderr == ""
-    assert re.match(r"magpie-trace: \[ +\d+\.\ds\] merging the traces in ", verbose.stderr)
+        assert proc.returncode == 1 and proc.stderr.splitlines()[-1].startswith("error: node0: "), proc.stderr
+    assert normal.stderr.startswith("magpie-trace: preflight on every node\n")
+    assert len(quiet.stderr.splitlines()) == 1  # the error line only
+    assert re.match(r"magpie-trace: \[ +\d+\.\ds\] preflight on every node\n", verbose.stderr)
 
 
 def test_shell_completion_as_documented(tmp_path):

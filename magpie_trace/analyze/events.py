@@ -32,7 +32,8 @@ CATEGORIES = ("compute_kernel", "comm_kernel", "memcpy", "gpu_annotation", "cpu_
 GPU_CATS = ("kernel", "gpu_memcpy", "gpu_memset", "gpu_user_annotation")
 STEP_FAMILIES = ("ProfilerStep#", "step[", "execute_")  # the first family a rank has is its steps
 # CPU-side collectives: gloo execution (the vLLM CPU build's anchors), c10d ops and their annotations.
-_CPU_COMM = re.compile(r"^(gloo:|nccl:|rccl:|c10d::|_c10d_functional::|c10d_functional::|record_param_comms$)")
+_CPU_COMM = re.compile(r"^(gloo:|nccl:|rccl:|c10d::|_c10d_functional::|c10d_functional::|symm_mem::"
+                       r"|record_param_comms$)")
 _ALGORITHM = re.compile(r"_(NVLS_TREE|NVLS|COLLNET_DIRECT|COLLNET_CHAIN|RING|TREE|PAT)_(LL128|LL|SIMPLE)", re.I)
 _DTYPE_BYTES = {
     "float": 4, "float32": 4, "double": 8, "float64": 8, "half": 2, "float16": 2, "bfloat16": 2, "int": 4,

@@ -32,7 +32,8 @@ from magpie_trace.fsutil import atomic_write_bytes
 EVENTS_SCHEMA = "magpie-trace/events/1"
 RANK_SCHEMA: dict[str, Any] = {
     "rank": pl.Int32, "node": pl.Utf8, "label": pl.Utf8, "file": pl.Utf8, "source": pl.Utf8,
-    "reference_node": pl.Utf8, "offset_us": pl.Float64, "drift_ppm": pl.Float64, "uncertainty_us": pl.Float64,
+    "reference_node": pl.Utf8, "aligned": pl.Boolean, "offset_us": pl.Float64, "drift_ppm": pl.Float64,
+    "uncertainty_us": pl.Float64,
     "method": pl.Utf8, "domain": pl.Utf8, "events": pl.Int64, "steps": pl.Int64,
 }
 
@@ -59,22 +60,30 @@ def load_alignment(merged_dir: Path) -> dict[str, Any]:
     return doc
 
 
+def _trace_path(merged_dir: Path, name: str) -> Path:
+    """A rank's rewritten trace: in aligned/, or in unaligned/ when the merge could not place its node."""
+    if Path(name).name != name:
+        raise MagpieError(f"{merged_dir / 'alignment.json'}: {name!r} is not a file name")
+    for folder in ("aligned", "unaligned"):
+        if (merged_dir / folder / name).is_file():
+            return merged_dir / folder / name
+    raise MagpieError(f"{merged_dir / 'aligned' / name}: rank trace named in alignment.json is missing")
+
+
 def _rank_files(merged_dir: Path, alignment: dict[str, Any]) -> list[dict[str, Any]]:
     files = [f for f in alignment.get("files", []) if f.get("kind") == "rank" and f.get("aligned")]
     if not files:
         raise MagpieError(f"{merged_dir}: the merge wrote no aligned rank traces (merge with --outputs including "
                           f"aligned)")
     for f in files:
-        name = str(f["aligned"])
-        if Path(name).name != name or not (merged_dir / "aligned" / name).is_file():
-            raise MagpieError(f"{merged_dir / 'aligned' / name}: aligned trace named in alignment.json is missing")
+        _trace_path(merged_dir, str(f["aligned"]))
     return files
 
 
 def _inputs(merged_dir: Path, files: list[dict[str, Any]]) -> list[list[Any]]:
     """What the folder is built from, to tell whether it is stale (name, size, mtime)."""
     paths = [merged_dir / "alignment.json", merged_dir / "collectives.parquet",
-             *(merged_dir / "aligned" / str(f["aligned"]) for f in files)]
+             *(_trace_path(merged_dir, str(f["aligned"])) for f in files)]
     out = []
     for p in paths:
         try:
@@ -118,14 +127,16 @@ def write_events(merged_dir: Path, jobs: int = 1, force: bool = False) -> Events
     table = merged_dir / "collectives.parquet"
     if table.is_file():
         collectives = pl.read_parquet(table, columns=["collective", "process_group", "name", "global_rank", "start_us"])
-    work = Path(tempfile.mkdtemp(prefix=".events-", dir=merged_dir))
+    scratch = Path(tempfile.mkdtemp(prefix=".events-", dir=merged_dir))  # private; its content follows the umask
+    work = scratch / "events"
+    work.mkdir()
     try:
         batch = []
         for f in files:
             rank = int(f["global_rank"])
             mine = collectives.filter(pl.col("global_rank") == rank) if collectives is not None else None
-            batch.append((RankSource(merged_dir / "aligned" / str(f["aligned"]), str(f["node"]), rank, str(f["label"]),
-                                     mine), work / f"rank{rank}.parquet"))
+            batch.append((RankSource(_trace_path(merged_dir, str(f["aligned"])), str(f["node"]), rank,
+                                     str(f["label"]), mine), work / f"rank{rank}.parquet"))
         if jobs > 1 and len(batch) > 1:
             # spawn, not fork: a forked child of a process that has run polars' thread pool can deadlock
             with ProcessPoolExecutor(max_workers=min(jobs, len(batch)), mp_context=get_context("spawn")) as pool:
@@ -145,7 +156,7 @@ def write_events(merged_dir: Path, jobs: int = 1, force: bool = False) -> Events
         atomic_write_bytes(work / "meta.json", orjson.dumps(meta, option=orjson.OPT_INDENT_2))
         _swap(work, folder)
     finally:
-        shutil.rmtree(work, ignore_errors=True)
+        shutil.rmtree(scratch, ignore_errors=True)
     return EventsInfo(folder, len(built), sum(counts.values()), True, round(time.perf_counter() - started, 3))
 
 
@@ -159,7 +170,7 @@ def _ranks_frame(files: list[dict[str, Any]], alignment: dict[str, Any], counts:
         rank = int(f["global_rank"])
         rows.append({
             "rank": rank, "node": f["node"], "label": f["label"], "file": f["aligned"], "source": f["file"],
-            "reference_node": alignment.get("reference_node"),
+            "reference_node": alignment.get("reference_node"), "aligned": node.get("aligned", True),
             "offset_us": node["offset_ns"] / 1e3 if node.get("offset_ns") is not None else None,
             "drift_ppm": node.get("drift_ppm"), "uncertainty_us": node.get("uncertainty_us"),
             "method": node.get("method"), "domain": domains.get(rank), "events": counts.get(rank, 0), "steps": per_rank_steps.get(rank, 0),

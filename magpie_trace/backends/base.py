@@ -57,6 +57,22 @@ class RemoteFile:
     mtime: float
 
 
+class LineStream(abc.ABC):
+    """The output of one long-lived command on a node, a line at a time (a node's monitor)."""
+
+    @abc.abstractmethod
+    def readline(self) -> str | None:
+        """The next line (blocking); None once the command has ended or the channel is gone."""
+
+    @abc.abstractmethod
+    def close(self) -> None:
+        """End the command (it also ends by itself when its channel closes)."""
+
+    def why_ended(self) -> str:
+        """Why readline returned None, for the error that names the node."""
+        return "its output ended"
+
+
 class Backend(abc.ABC):
     """Run commands and move files on nodes.
 
@@ -144,6 +160,11 @@ class Backend(abc.ABC):
     @abc.abstractmethod
     def listdir(self, node: NodeConfig, directory: str, pattern: str = "*") -> list[RemoteFile]:
         """Files in directory on the node matching the glob pattern (non-recursive)."""
+
+    @abc.abstractmethod
+    def stream(self, node: NodeConfig, argv: list[str]) -> LineStream:
+        """Start argv on the node for as long as the caller reads it, over one channel opened
+        once (one process, one ssh session, one Ray task). It gets EOF on stdin when closed."""
 
     def tail(self, node: NodeConfig, path: str, lines: int = 20) -> str:
         """The last lines of a file on the node (for error messages); empty if unreadable."""

@@ -24,7 +24,14 @@ import subprocess
 from typing import IO
 
 from magpie_trace import fsutil
-from magpie_trace.backends.base import Backend, CommandResult, ProcessHandle, RemoteFile, tag_path
+from magpie_trace.backends.base import (
+    Backend,
+    CommandResult,
+    LineStream,
+    ProcessHandle,
+    RemoteFile,
+    tag_path,
+)
 from magpie_trace.config import NodeConfig
 from magpie_trace.errors import NodeError
 
@@ -67,16 +74,20 @@ if st $1 && [ "$state" != Z ] && [ "$start" = "$2" ]; then echo running; else ec
 """
 
 # $1 pgid, $2 leader starttime, $3 grace in tenths of a second -> "gone" | "stopped" | "killed" |
-# "remaining N". The group is ours unless its leader's pid now belongs to a younger process.
+# "remaining N". The group is ours unless its leader's pid now belongs to a younger process. The
+# grace is measured on the clock (/proc/uptime), not in polls: a scan of /proc is slow on a busy
+# node.
 _STOP = PROC_STAT + r"""
 G=$1; S=$2
 members() { n=0; for d in /proc/[0-9]*; do st "${d#/proc/}" || continue
   [ "$pgrp" = "$G" ] && [ "$state" != Z ] && n=$((n + 1)); done; }
-wait_empty() { i=0; while [ $i -lt $1 ]; do members; [ $n -eq 0 ] && return 0
-  sleep 0.1; i=$((i + 1)); done; members; [ $n -eq 0 ]; }
+now() { read -r u _ < /proc/uptime; f=${u#*.}; now=$(( ${u%.*} * 10 + ${f%"${f#?}"} )); }
+wait_empty() { now; end=$((now + $1)); while :; do members; [ $n -eq 0 ] && return 0
+  now; [ $now -ge $end ] && return 1; sleep 0.1; done; }
 if st $G && [ "$start" != "$S" ]; then echo gone; exit 0; fi
 members; if [ $n -eq 0 ]; then echo gone; exit 0; fi
 kill -TERM -$G 2>/dev/null
+kill -CONT -$G 2>/dev/null  # a stopped (frozen) process must run to handle SIGTERM
 if wait_empty $3; then echo stopped; exit 0; fi
 kill -KILL -$G 2>/dev/null
 if wait_empty 50; then echo killed; else echo "remaining $n"; fi
@@ -180,6 +191,18 @@ class PosixBackend(Backend):
             err.decode(errors="replace"),
         )
         return self.settle(node, result)
+
+    def stream(self, node: NodeConfig, argv: list[str]) -> LineStream:
+        if not argv:
+            raise ValueError("empty argv")
+        try:
+            proc = subprocess.Popen(
+                self.command(node, argv), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE, start_new_session=True,
+            )
+        except OSError as exc:
+            raise NodeError(node.name, f"cannot run {argv[0]}: {exc.strerror or exc}") from None
+        return _ProcessStream(proc)
 
     def _script(
         self, node: NodeConfig, script: str, args: list[str], timeout_s: float = _CONTROL_TIMEOUT_S
@@ -293,6 +316,36 @@ class PosixBackend(Backend):
             if fnmatch.fnmatchcase(name, pattern):
                 files.append(RemoteFile(posixpath.join(directory, name), int(size), float(mtime)))
         return sorted(files, key=lambda f: f.path)
+
+
+class _ProcessStream(LineStream):
+    """A local process (the command itself, or the ssh client running it on the node). It has its
+    own session: Ctrl-C at the terminal is ours to handle, not a reason for it to die first."""
+
+    def __init__(self, proc: subprocess.Popen[bytes]) -> None:
+        self.proc = proc
+
+    def readline(self) -> str | None:
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline()
+        return line.decode(errors="replace") if line else None
+
+    def close(self) -> None:
+        for pipe in (self.proc.stdin, self.proc.stdout):
+            if pipe is not None:
+                pipe.close()  # the command sees EOF and ends
+        try:
+            self.proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        if self.proc.stderr is not None:
+            self.proc.stderr.close()
+
+    def why_ended(self) -> str:
+        code = self.proc.wait()
+        err = self.proc.stderr.read().decode(errors="replace") if self.proc.stderr else ""
+        return _last_line(err) or f"it exited with code {code}"
 
 
 def _exit_file(handle: ProcessHandle) -> str:

@@ -32,7 +32,13 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from magpie_trace import fsutil, interrupts
 from magpie_trace.backends import ray_node
-from magpie_trace.backends.base import Backend, CommandResult, ProcessHandle, RemoteFile
+from magpie_trace.backends.base import (
+    Backend,
+    CommandResult,
+    LineStream,
+    ProcessHandle,
+    RemoteFile,
+)
 from magpie_trace.backends.posix import exit_path
 from magpie_trace.config import NodeConfig, SchedulerConfig
 from magpie_trace.errors import MagpieError, NodeError, NodeGone
@@ -43,6 +49,7 @@ cloudpickle.register_pickle_by_value(ray_node)
 _ProcessAgent = ray.remote(ray_node.ProcessAgent)
 _run_command = ray.remote(ray_node.run_command)
 _read_chunks = ray.remote(ray_node.read_chunks)
+_stream_lines = ray.remote(ray_node.stream_lines)
 _list_files = ray.remote(ray_node.list_files)
 _read_exit_code = ray.remote(ray_node.read_exit_code)
 
@@ -381,6 +388,13 @@ class RayBackend(Backend):
             if os.path.exists(tmp):
                 os.unlink(tmp)
 
+    def stream(self, node: NodeConfig, argv: list[str]) -> LineStream:
+        if not argv:
+            raise ValueError("empty argv")
+        options = self._on(self.ray_node_id(node))
+        lines = _stream_lines.options(**options, _generator_backpressure_num_objects=16).remote(argv)
+        return _RayStream(self, node, lines)
+
     def listdir(self, node: NodeConfig, directory: str, pattern: str = "*") -> list[RemoteFile]:
         """Regular files only, sorted by path; a directory that does not exist (yet) is empty."""
         ref = _list_files.options(**self._on(self.ray_node_id(node))).remote(directory, pattern)
@@ -401,6 +415,39 @@ class RayBackend(Backend):
             if self._connected_here:
                 ray.shutdown()
                 self._connected_here = False
+
+
+class _RayStream(LineStream):
+    """A streaming task pinned to the node; cancelling it kills the command's group there."""
+
+    def __init__(self, backend: RayBackend, node: NodeConfig, lines: Any) -> None:
+        self.backend = backend
+        self.node = node
+        self.lines = lines
+        self.error = "its output ended"
+
+    def readline(self) -> str | None:
+        try:
+            return str(ray.get(next(self.lines)))
+        except StopIteration:
+            return None
+        except RayError as exc:
+            try:
+                self.backend.ray_node_id(self.node)
+            except NodeError as gone:
+                self.error = str(gone)[len(self.node.name) + 2 :]
+            else:
+                self.error = _first_line(exc)
+            return None
+
+    def close(self) -> None:
+        try:
+            ray.cancel(self.lines)
+        except RayError:
+            pass  # its node is gone, and the command with it
+
+    def why_ended(self) -> str:
+        return self.error
 
 
 def _check_reachable(address: str) -> None:

@@ -196,6 +196,7 @@ class ProcessAgent:
         ours = group.running() or start_time(pgid) in ("", group.started)
         if ours and group_members(pgid):  # else its pid belongs to a newer process: not ours
             _signal_group(pgid, signal.SIGTERM)
+            _signal_group(pgid, signal.SIGCONT)  # a stopped (frozen) process must run to handle it
             if not _wait_empty(pgid, grace_s):
                 _signal_group(pgid, signal.SIGKILL)
                 _wait_empty(pgid, KILL_WAIT_S)
@@ -243,6 +244,23 @@ def run_command(
         out, err = proc.communicate()
         return None, out, err
     return proc.returncode, out, err
+
+
+def stream_lines(argv: list[str]) -> Iterator[str]:
+    """argv's output lines as it prints them (a Ray streaming generator); its group is killed
+    when the generator is cancelled or its consumer goes away."""
+    with _all_signals():
+        proc = subprocess.Popen(
+            argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+            env=command_env({}), start_new_session=True,
+        )
+    try:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            yield line.decode(errors="replace")
+    finally:
+        _signal_group(proc.pid, signal.SIGKILL)
+        proc.wait()
 
 
 def read_chunks(path: str, chunk_size: int) -> Iterator[bytes]:

@@ -62,6 +62,7 @@ from magpie_trace.bench.workload import (
 )
 from magpie_trace.config import Config
 from magpie_trace.errors import MagpieError
+from magpie_trace.monitor import Monitors, monitors_for
 from magpie_trace.plan import Plan
 
 Say = Callable[[str], None]
@@ -102,6 +103,7 @@ def run_benchmark(
     on_point_start: Callable[[LoadPoint], None] | None = None,
     profile_point: LoadPoint | None = None,
     profile_done: Callable[[], bool] | None = None,
+    monitors: Monitors | None = None,
 ) -> BenchResult:
     """Run the configured sweep against plan.head_url (or url); write results in a new attempt
     folder under out_dir (out_dir/attempt-NNN: nothing earlier is overwritten).
@@ -114,11 +116,13 @@ def run_benchmark(
     profile_point: a point run before the sweep, marked `profiled`, that keeps sending until
     profile_done() is true (or its duration_s ends): `run` profiles there, so the measured
     points carry no profiler overhead.
+    monitors: the nodes' monitors when the caller runs them already (`run` does, for the whole
+    run); else they are started here, one stream per node for liveness and telemetry.
     """
     return asyncio.run(
         run_benchmark_async(
             config, plan, out_dir, backend, handles, url, points, say, on_point_start,
-            profile_point, profile_done,
+            profile_point, profile_done, monitors,
         )
     )
 
@@ -135,6 +139,7 @@ async def run_benchmark_async(
     on_point_start: Callable[[LoadPoint], None] | None = None,
     profile_point: LoadPoint | None = None,
     profile_done: Callable[[], bool] | None = None,
+    monitors: Monitors | None = None,
 ) -> BenchResult:
     say = say or (lambda _msg: None)
     bench = config.benchmark
@@ -154,10 +159,17 @@ async def run_benchmark_async(
     watched = plan.watched_nodes() if plan else {}  # a lost router stops the run too
 
     samplers: dict[str, NodeSampler] = {}
+    owned: Monitors | None = None
     if backend is not None and plan is not None:
         samplers = {
             name: NodeSampler(backend, node, bench.telemetry_interval_s) for name, node in nodes.items()
         }
+        if monitors is None:
+            owned = monitors = monitors_for(plan, backend, dict(handles or {}), bench.telemetry_interval_s)
+            await asyncio.to_thread(monitors.start)
+        for name, monitor in monitors.by_node.items():
+            monitor.on_sample = _feeder(samplers[name])
+        await asyncio.to_thread(monitors.wait_first_samples)
     watchdog = Watchdog(
         head=head,
         stall_timeout_s=bench.stall_timeout_s,
@@ -166,6 +178,7 @@ async def run_benchmark_async(
         handles=dict(handles or {}),
         samplers=samplers,
         silence_s=max(10.0, 3 * bench.telemetry_interval_s),
+        streams=monitors.check if monitors is not None else None,
     )
     result: dict[str, Any] = {
         "schema": SCHEMA,
@@ -230,7 +243,6 @@ async def run_benchmark_async(
     gc.collect()
     gc.freeze()  # as vLLM does: no full collections of the (large, static) heap mid-run
     try:
-        await asyncio.gather(*(asyncio.to_thread(s.start) for s in samplers.values()))
         async with StreamClient(
             endpoints, "", bench.endpoint, max_concurrency,
             bench.request_timeout_s, bench.ignore_eos, tokenizer, bench.spread,
@@ -276,6 +288,7 @@ async def run_benchmark_async(
                     on_point_start(point)  # e.g. `run` opens its profile window during the load
                 await client.open_connections(min(point.concurrency or len(supply), len(supply), 256))
                 before = await scrape_all(session, targets)
+                client.progress.touch()  # a stall is counted from the point's start, not from the last point
                 run = PointRun(point)
                 requests = sum(len(c.turns) for c in (measured if point.profiled else supply))
                 bar_task = asyncio.create_task(report_progress(say, point.label, requests, client.progress))
@@ -312,8 +325,11 @@ async def run_benchmark_async(
             watchdog.trip = Trip("benchmark", INTERRUPTED)
     finally:
         gc.unfreeze()
-        for sampler in samplers.values():
-            sampler.stop()
+        if monitors is not None:
+            for monitor in monitors.by_node.values():
+                monitor.on_sample = None
+        if owned is not None:
+            owned.stop()
     trip = watchdog.trip
     if trip is not None and plan is not None:
         trip = Trip(plan.label(trip.node), trip.reason)  # names its group too
@@ -342,6 +358,8 @@ async def run_benchmark_async(
         "plots": plots,
     })
     path = write_outputs(out, result, telemetry)
+    if trip is not None and trip.process is not None:
+        await asyncio.to_thread(watchdog.stop_lost_node)  # its whole tree: nothing serves half
     if trip is not None and trip.reason == INTERRUPTED:
         raise BenchInterrupted(str(path))
     if trip is not None:
@@ -417,6 +435,10 @@ async def _watched(watchdog: Watchdog, work: Any, deadline: float) -> None:
     finally:
         guard.cancel()
         await asyncio.gather(guard, return_exceptions=True)
+
+
+def _feeder(sampler: NodeSampler) -> Callable[[Any, dict[str, Any]], None]:
+    return lambda _monitor, sample: sampler.feed(sample)
 
 
 def rps_change_events(ramp: Ramp, run: PointRun) -> list[dict[str, Any]]:

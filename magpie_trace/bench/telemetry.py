@@ -172,6 +172,25 @@ class NodeSampler:
         self._thread = threading.Thread(target=self._loop, name=f"telemetry-{self.node.name}", daemon=True)
         self._thread.start()
 
+    def feed(self, sample: dict[str, Any]) -> None:
+        """One line of the node's monitor (magpie_trace.monitor): the node's own GPU tool output,
+        parsed here; no command is run from here for it."""
+        self.last_ok = time.monotonic()
+        gpu = sample.get("gpu")
+        if not gpu:
+            self.note = "no nvidia-smi or amd-smi on this node"
+            return
+        self.source = gpu["source"]
+        try:
+            if gpu.get("error"):
+                raise ValueError(gpu["error"])
+            gpus = PARSERS[self.source][1](gpu["text"])
+        except (KeyError, ValueError) as exc:
+            self.failures += 1
+            self.last_error = str(exc)
+            return
+        self.samples.append({"t": sample["t"], "gpus": [g.to_dict() for g in gpus]})
+
     def _loop(self) -> None:
         argv, parse = PARSERS.get(self.source, (HEARTBEAT, None))
         timeout = max(5.0, 3 * self.interval_s)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from magpie_trace import interrupts
@@ -21,7 +22,7 @@ from magpie_trace.bench.client import Progress
 from magpie_trace.bench.telemetry import NodeSampler
 from magpie_trace.config import NodeConfig
 from magpie_trace.errors import MagpieError
-from magpie_trace.nodewatch import NodeLost, ProcessCheck, Trip
+from magpie_trace.nodewatch import STREAM_POLL_S, NodeLost, ProcessCheck, Trip
 
 
 class RunAborted(NodeLost):
@@ -56,6 +57,7 @@ class BenchInvalid(MagpieError):
 
 
 FAILURE_POLL_S = 0.05  # how soon a failed request leads to a process check
+LOST_GRACE_S = 2.0  # a lost node's tree gets this long after SIGTERM (a frozen one ignores it)
 
 
 @dataclass
@@ -72,12 +74,28 @@ class Watchdog:
     silence_s: float = 10.0
     poll_s: float = 1.0
     trip: Trip | None = None
+    streams: Callable[[], Trip | None] | None = None  # the nodes' monitors (Monitors.check)
+
+    def __post_init__(self) -> None:
+        if self.streams is not None:
+            self.poll_s = min(self.poll_s, STREAM_POLL_S)  # a look at memory, not at the nodes
 
     def check_processes(self) -> Trip | None:
-        """Blocking (it may ssh): call from a thread. Every node is checked at once."""
+        """Blocking without streams (it may ssh): call from a thread. Every node at once."""
         if self.backend is None:
             return None
-        return ProcessCheck(self.backend, self.nodes, self.handles, "the benchmark")()
+        return ProcessCheck(self.backend, self.nodes, self.handles, "the benchmark", self.streams)()
+
+    def stop_lost_node(self) -> None:
+        """Stop the whole process tree of the node that was lost: a node with a dead or frozen
+        rank must not go on holding its GPUs and its peers (blocking: call from a thread)."""
+        trip = self.trip
+        if trip is None or self.backend is None or trip.node not in self.handles:
+            return
+        try:
+            self.backend.stop(self.nodes[trip.node], self.handles[trip.node], grace_s=LOST_GRACE_S)
+        except MagpieError:
+            pass  # teardown (or `magpie-trace stop`) tries again
 
     def check_telemetry(self) -> Trip | None:
         now = time.monotonic()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import abc
+import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -99,6 +100,22 @@ class Engine(abc.ABC):
     def serves_http(self, ctx: NodeContext) -> bool:
         """Does this node run an API server? (Only the head for TP/PP across nodes.)"""
         return ctx.is_head
+
+    def probe_clock_args(self, config: Config, index: int) -> list[str]:
+        """Extra arguments for the clock probe's client on node `index` (clock_client), so it reads
+        the clock the engine reads there. A real engine's clock is the node's own, shifted by the
+        node's environment if at all (the probe runs with it): none."""
+        return []
+
+    # ---- watching: which processes of a node's tree are its ranks ----------------------------
+
+    rank_title: re.Pattern[str] | None = None  # matches a rank process's command line
+
+    def rank_process(self, cmdline: str) -> str | None:
+        """The rank a process of the engine's tree serves, as `ps` shows it (e.g.
+        VLLM::Worker_TP1); None for its other processes (API server, helpers)."""
+        match = self.rank_title.search(cmdline) if self.rank_title else None
+        return match.group(1) if match else None
 
     # ---- profiling: HTTP calls, which API servers to call, trace file names -----------------
 

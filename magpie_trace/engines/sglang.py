@@ -24,6 +24,7 @@ _ACTIVITIES = {"CPU": "CPU", "CUDA": "GPU", "GPU": "GPU", "XPU": "XPU", "MEM": "
 
 class SglangEngine(Engine):
     name = "sglang"
+    rank_title = re.compile(r"^(sglang::scheduler\S*)")  # its scheduler processes' titles
     default_port = 30000
     default_rendezvous_port = 20000
     # Worker nodes answer /health with a constant 200; only the head's /health_generate generates.

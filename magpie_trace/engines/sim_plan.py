@@ -6,8 +6,10 @@ headless. Fixed latencies, per-node clock offsets and failure injection come fro
 
 from __future__ import annotations
 
+import re
 import sys
 
+from magpie_trace.config import Config
 from magpie_trace.engines.base import Engine, NodeContext
 from magpie_trace.engines.vllm import VllmStyleProfiling
 
@@ -20,12 +22,22 @@ class SimEngine(VllmStyleProfiling, Engine):
     """Profiles like vLLM: same endpoints, same GPU-worker and API-server trace names."""
 
     name = "sim"
+    rank_title = re.compile(r"engines\.sim\.ranks .*?\"global_rank\": ?(\d+)")
+
+    def rank_process(self, cmdline: str) -> str | None:
+        rank = super().rank_process(cmdline)
+        return None if rank is None else f"rank {rank}"
     default_port = 8000
     default_rendezvous_port = 29501
     health_path = "/health"
 
     def default_command(self) -> list[str]:
         return [sys.executable, "-m", "magpie_trace.engines.sim"]
+
+    def probe_clock_args(self, config: Config, index: int) -> list[str]:
+        """The node's simulated clock, for the clock probe: offset ns and drift ppm (as --clock-*)."""
+        sim = config.server.sim
+        return [str(round(sim.clock_offset_ms.get(index, 0.0) * 1_000_000)), repr(float(sim.clock_drift_ppm.get(index, 0.0)))]
 
     def node_args(self, ctx: NodeContext) -> list[str]:
         server = ctx.config.server
@@ -61,6 +73,8 @@ class SimEngine(VllmStyleProfiling, Engine):
                          "--transfer-ms", _number(sim.transfer_ms)]
         if ctx.node_index in sim.clock_offset_ms:
             args += ["--clock-offset-ms", _number(sim.clock_offset_ms[ctx.node_index])]
+        if ctx.node_index in sim.clock_drift_ppm:
+            args += ["--clock-drift-ppm", _number(sim.clock_drift_ppm[ctx.node_index])]
         if ctx.node_index in sim.die_after_s:
             args += ["--die-after-s", _number(sim.die_after_s[ctx.node_index])]
         if ctx.trace_dir is not None:

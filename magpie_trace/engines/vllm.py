@@ -8,6 +8,7 @@ when a replica fits on a node, and `--nnodes/--node-rank/--master-addr` when it 
 from __future__ import annotations
 
 import re
+
 import orjson
 
 from magpie_trace.config import ProfileConfig
@@ -98,6 +99,8 @@ class VllmStyleProfiling:
 
 class VllmEngine(VllmStyleProfiling, Engine):
     name = "vllm"
+    # Worker processes set their title (setproctitle): VLLM::Worker[_DP<d>][_PP<p>]_TP<t>...
+    rank_title = re.compile(r"^(VLLM::Worker\S*)")
     default_port = 8000
     default_rendezvous_port = 29501
     default_dp_rpc_port = 29550

@@ -150,7 +150,8 @@ def _match_groups(files: list[TraceFile], ranks: list[int], anchors: dict[int, l
 
 def _solve_groups(files: list[TraceFile], scanned: list[Scanned], ranks: list[int], times: NodeTimes,
                   reference: str, t0: int, probes: dict[str, list[ProbePoint]], all_nodes: list[str],
-                  manifest: dict[str, Any] | None) -> tuple[dict[str, ClockFit], list[str]]:
+                  manifest: dict[str, Any] | None, horizon: tuple[float, float],
+                  ) -> tuple[dict[str, ClockFit], list[str]]:
     """Node fits to the reference node, and warnings. Groups of a deployment share no collective:
     each is fitted on its own anchors against its own first node, then placed as a whole by the KV
     handoffs between groups (handoff.py, read from one rank file per node), else by the clock probe
@@ -161,12 +162,12 @@ def _solve_groups(files: list[TraceFile], scanned: list[Scanned], ranks: list[in
         if files[i].node_name not in members:
             members.append(files[i].node_name)
     if len(groups) < 2:
-        return solve(times, reference, t0, probes, all_nodes)
+        return solve(times, reference, t0, probes, all_nodes, horizon)
     group_fits: dict[str, dict[str, ClockFit]] = {}
     notes: list[str] = []
     for group, members in groups.items():
         head = reference if reference in members else members[0]
-        fits, found = solve(times, head, t0, probes, members)
+        fits, found = solve(times, head, t0, probes, members, horizon)
         group_fits[str(group)] = fits
         notes += found
     first: dict[str, int] = {}
@@ -179,7 +180,7 @@ def _solve_groups(files: list[TraceFile], scanned: list[Scanned], ranks: list[in
 
     def probed(n: str, m: str) -> tuple[float, float] | None:
         """theta_m - theta_n from the clock probe, else from the launch's preflight measurement."""
-        rows = probe_rows(probes, n, m, t0)
+        rows = probe_rows(probes, n, m, t0, reference)
         if rows is not None:
             fit = fit_pair(PairRows(empty, empty, empty, 0, []), rows, f"{n}<->{m}")
             if fit.method != "refused":
@@ -339,7 +340,13 @@ def _merge(files: list[TraceFile], manifest: dict[str, Any] | None, output_dir: 
     ref_anchor_starts = [a.start for a in scanned[ref_file].anchors]
     t0 = min(ref_anchor_starts) if ref_anchor_starts else (scanned[ref_file].span or (0, 0))[0]
     times = NodeTimes.build(matched, {i: files[i].node_name for i in ranks}, nodes, t0)
-    fits, notes = _solve_groups(files, scanned, ranks, times, reference, t0, probes, all_nodes, manifest)
+    on_ref = [scanned[i] for i in ranks if files[i].node_name == reference]  # one clock: the reference's
+    extent = [t for sc in on_ref for t in ([*sc.span] if sc.span else [])] + [
+        t for sc in on_ref for a in [*sc.anchors[:1], *sc.anchors[-1:], *sc.steps[:1], *sc.steps[-1:]]
+        for t in (a.start, a.end)]
+    horizon = ((min(extent) - t0) / 1e9, (max(extent) - t0) / 1e9) if extent else (0.0, 0.0)
+    fits, notes = _solve_groups(files, scanned, ranks, times, reference, t0, probes, all_nodes, manifest,
+                                horizon)
     warnings += notes
     durations = matched.end - matched.start
     typical = float(np.median(durations)) if len(durations) else None

@@ -32,6 +32,7 @@ import numpy as np
 from magpie_trace.merge.anchors import Matched
 
 MIN_ANCHORS = 20  # fewer matched instances than this between two nodes: warn
+MIN_ENDS_DRIFT = 6  # synchronous ends (a few us apart) fit a drift from this many over 0.2 s
 MIN_DRIFT_SPAN_NS = 200_000_000  # shorter than this: fit an offset only
 MAX_DRIFT = 100_000.0  # ns per s (100 ppm): physical clocks do not drift more
 MIN_AGREEING = 0.5  # fewer of a pair's anchors than this agreeing with one line: refused
@@ -60,6 +61,19 @@ class PairFit:
     hi: float
     kinds: list[str] = field(default_factory=list)  # what placed it: collectives, send/recv, probe
     warnings: list[str] = field(default_factory=list)
+    x_lo: float = 0.0  # the time its anchors span (s since t0): the estimate holds there
+    x_hi: float = 0.0
+    drift_fitted: bool = False
+
+    def widened(self, lo_s: float, hi_s: float) -> PairFit:
+        """The same fit with its uncertainty good over [lo_s, hi_s]: without a fitted drift, beyond
+        the anchors' span the error may grow at up to MAX_DRIFT (a short load in a long window)."""
+        if self.drift_fitted or self.method == "probe":
+            return self
+        beyond = max(0.0, self.x_lo - lo_s, hi_s - self.x_hi)
+        extra = MAX_DRIFT * beyond
+        return PairFit(self.a, self.b, self.method, self.n, self.uncertainty_ns + extra, self.lo - extra,
+                       self.hi + extra, self.kinds, self.warnings, self.x_lo, self.x_hi, self.drift_fitted)
 
 
 @dataclass
@@ -118,9 +132,41 @@ def envelope(xl: np.ndarray, yl: np.ndarray, xu: np.ndarray, yu: np.ndarray, fit
     return a, b, margin
 
 
+def feasible_spread(xl: np.ndarray, yl: np.ndarray, xu: np.ndarray, yu: np.ndarray, a: float, b: float,
+                    x_ends: tuple[float, float]) -> float:
+    """How far any line the bounds allow (drift within +-MAX_DRIFT) strays from a + b*x at the ends
+    of x_ends: the honest uncertainty of the envelope's line, which is only the deepest of them."""
+
+    def band(slope: float) -> tuple[float, float]:
+        return float(np.max(yl - slope * xl)), float(np.min(yu - slope * xu))
+
+    def ok(slope: float) -> bool:
+        low, high = band(slope)
+        return high >= low
+
+    if not ok(b):
+        return 0.0
+    edges = []
+    for limit in (-MAX_DRIFT, MAX_DRIFT):  # the feasible drifts are an interval around b
+        inside, outside = b, limit
+        if ok(limit):
+            edges.append(limit)
+            continue
+        for _ in range(40):
+            mid = (inside + outside) / 2
+            inside, outside = (mid, outside) if ok(mid) else (inside, mid)
+        edges.append(inside)
+    worst = 0.0
+    for slope in np.linspace(edges[0], edges[1], 33):
+        low, high = band(float(slope))
+        for x in x_ends:
+            worst = max(worst, abs(low + slope * x - (a + b * x)), abs(high + slope * x - (a + b * x)))
+    return float(worst)
+
+
 def theil_sen(x: np.ndarray, y: np.ndarray, fit_drift: bool) -> tuple[float, float]:
     """Robust line; slopes from at most 20k deterministic point pairs."""
-    if not fit_drift or len(x) < MIN_ANCHORS:
+    if not fit_drift or len(x) < MIN_ENDS_DRIFT:
         return float(np.median(y)), 0.0
     n = len(x)
     rng = np.random.default_rng(0)
@@ -198,6 +244,8 @@ def fit_pair(rows: PairRows, probe: np.ndarray | None, label: str) -> PairFit:
         if margin < 0:
             return _refused(f"{label}: the send/recv bounds contradict the clock probe by "
                             f"{-2 * margin / 1e3:.0f} us", n, kinds)
+        if not n:  # each probe's interval holds the truth at its time; the line may sit anywhere in it
+            margin = float(np.max(np.maximum(a_v - plo, phi - a_v)))
     else:
         return _refused(f"{label}: its anchors bound the offset from one side only (send/recv one way) and "
                         "there is no clock probe to close it", n, kinds)
@@ -206,20 +254,28 @@ def fit_pair(rows: PairRows, probe: np.ndarray | None, label: str) -> PairFit:
                         "different runs?)", n, kinds)
     lo, hi = a_v - margin, a_v + margin
     uncertainty = max(margin, 0.0)
+    if method.startswith("envelope") and len(yl) and len(yu) and len(xs):
+        ends = (float(np.min(xs)), float(np.max(xs)))
+        uncertainty = max(uncertainty, feasible_spread(xl, yl, xu, yu, a_v, b_v, ends))
+        lo, hi = a_v - uncertainty, a_v + uncertainty
     if method == "envelope-trimmed" and len(ye):
         # Some bounds were left out as mismatched; the margin of the rest would vouch only for them.
         # The spread of every candidate's end difference around the line is the honest width.
         resid = ye - (a_v + b_v * xe)
         uncertainty = max(uncertainty, float(np.percentile(np.abs(resid), 95)))
         lo, hi = a_v - uncertainty, a_v + uncertainty
-    fit = PairFit(a_v, b_v, method, n, uncertainty, lo, hi, kinds, warnings)
+    span = np.r_[xs, px] if method in ("probe", "envelope+probe") else xs
+    fit = PairFit(float(a_v), float(b_v), method, n, float(uncertainty), float(lo), float(hi), kinds, warnings,
+                  float(np.min(span)),
+                  float(np.max(span)), bool(fit_drift))
     if len(ye) and len(yl) and len(yu):
-        a_e, b_e = theil_sen(xe, ye, fit_drift)
+        ends_drift = len(ye) >= MIN_ENDS_DRIFT and span_s * 1e9 >= MIN_DRIFT_SPAN_NS
+        a_e, b_e = theil_sen(xe, ye, ends_drift)
         resid = ye - (a_e + b_e * xe)
         spread = float(1.4826 * np.median(np.abs(resid - np.median(resid))))
         inside = np.mean(np.r_[a_e + b_e * xl >= yl - spread, a_e + b_e * xu <= yu + spread])
         if spread < margin and inside >= 0.99:
-            fit = PairFit(a_e, b_e, "ends", n, spread, lo, hi, kinds, warnings)
+            fit = PairFit(a_e, b_e, "ends", n, spread, lo, hi, kinds, warnings, fit.x_lo, fit.x_hi, ends_drift)
     if len(px) and method != "probe":
         at = fit.a + fit.b * px
         gap = float(np.max(np.r_[plo - at - fit.uncertainty_ns, at - phi - fit.uncertainty_ns]))
@@ -289,17 +345,18 @@ class NodeTimes:
         return cls(nodes, must_start, must_end, mid_end, matched.p2p.copy() if len(matched.p2p) else np.zeros(n_rows, bool),
                    sync, own_gap)
 
-    def pair(self, n: str, m: str) -> PairRows:
-        """Rows (x in s since t0, y in ns) bounding theta_m - theta_n from below and above, and the
-        end differences of synchronous instances, for the instances both nodes took part in."""
+    def pair(self, n: str, m: str, shift_m: float = 0.0) -> PairRows:
+        """Rows (x in s since t0 on the reference clock, given node m's offset estimate shift_m; y in
+        ns) bounding theta_m - theta_n from below and above, and the end differences of synchronous
+        instances, for the instances both nodes took part in."""
         i, j = self.nodes.index(n), self.nodes.index(m)
         up = ~np.isnan(self.must_end[:, j]) & ~np.isnan(self.must_start[:, i])
         low = ~np.isnan(self.must_start[:, j]) & ~np.isnan(self.must_end[:, i])
         both = self.sync & ~np.isnan(self.mid_end[:, i]) & ~np.isnan(self.mid_end[:, j])
         shared = (up | low | both)
-        upper = np.stack([self.must_end[up, j] / 1e9, self.must_end[up, j] - self.must_start[up, i]], axis=1)
-        lower = np.stack([self.must_start[low, j] / 1e9, self.must_start[low, j] - self.must_end[low, i]], axis=1)
-        ends = np.stack([self.mid_end[both, j] / 1e9, self.mid_end[both, j] - self.mid_end[both, i]], axis=1)
+        upper = np.stack([(self.must_end[up, j] - shift_m) / 1e9, self.must_end[up, j] - self.must_start[up, i]], axis=1)
+        lower = np.stack([(self.must_start[low, j] - shift_m) / 1e9, self.must_start[low, j] - self.must_end[low, i]], axis=1)
+        ends = np.stack([(self.mid_end[both, j] - shift_m) / 1e9, self.mid_end[both, j] - self.mid_end[both, i]], axis=1)
         kinds = []
         if (shared & ~self.p2p).any():
             kinds.append("collectives")
@@ -342,24 +399,39 @@ def residuals(times: NodeTimes, fit: ClockFit, reference: str) -> dict[str, Any]
     return out
 
 
-def probe_rows(probes: dict[str, list[ProbePoint]], n: str, m: str, t0: int) -> np.ndarray | None:
-    """Probe bounds on theta_m - theta_n, rows (x in s since t0, lower, upper), from probes of both
-    nodes taken together (before and after the capture)."""
+def probe_rows(probes: dict[str, list[ProbePoint]], n: str, m: str, t0: int, reference: str) -> np.ndarray | None:
+    """Probe bounds on theta_m - theta_n, rows (x in s since t0 on the reference clock, lower,
+    upper), from probes of both nodes taken together (before and after the capture)."""
     pn, pm = probes.get(n), probes.get(m)
     if not pn or not pm:
         return None
+    pr = probes.get(reference) or [ProbePoint(p.t_ns, 0.0, 0.0) for p in pn]
     rows = []
-    for a, b in zip(sorted(pn, key=lambda p: p.t_ns), sorted(pm, key=lambda p: p.t_ns)):
+    for a, b, r in zip(*(sorted(p, key=lambda q: q.t_ns) for p in (pn, pm, pr))):
         mid = b.offset_ns - a.offset_ns
         half = a.uncertainty_ns + b.uncertainty_ns
-        rows.append(((b.t_ns - t0) / 1e9, mid - half, mid + half))
+        rows.append(((b.t_ns + r.offset_ns - t0) / 1e9, mid - half, mid + half))
     return np.array(rows, dtype=np.float64).reshape(-1, 3)
 
 
 def solve(times: NodeTimes, reference: str, t0: int, probes: dict[str, list[ProbePoint]],
-          all_nodes: list[str]) -> tuple[dict[str, ClockFit], list[str]]:
+          all_nodes: list[str], horizon_s: tuple[float, float]) -> tuple[dict[str, ClockFit], list[str]]:
     """Node clock fits relative to `reference` (t0: the time origin `times` was built with), for every
-    node of `all_nodes`; the second value lists warnings about refused pairs."""
+    node of `all_nodes`, with uncertainties good over horizon_s (s since t0: the traces' extent);
+    the second value lists warnings about refused pairs.
+
+    Fitted twice: drift is a slope in time, and a node's clock reading is seconds away from the same
+    instant on the reference when its offset is; the second pass puts every node's rows on the
+    reference's time axis using the first pass's offsets."""
+    fits, notes = _solve(times, reference, t0, probes, all_nodes, horizon_s, {})
+    shifts = {n: f.offset_ns for n, f in fits.items() if f.aligned}
+    if any(abs(v) > 1e6 for v in shifts.values()):  # more than 1 ms: worth it
+        fits, notes = _solve(times, reference, t0, probes, all_nodes, horizon_s, shifts)
+    return fits, notes
+
+
+def _solve(times: NodeTimes, reference: str, t0: int, probes: dict[str, list[ProbePoint]], all_nodes: list[str],
+           horizon_s: tuple[float, float], shifts: dict[str, float]) -> tuple[dict[str, ClockFit], list[str]]:
     nodes = times.nodes
     notes: list[str] = []
     edges: dict[tuple[str, str], PairFit] = {}
@@ -373,19 +445,19 @@ def solve(times: NodeTimes, reference: str, t0: int, probes: dict[str, list[Prob
         for m in nodes[k + 1:]:
             if n in conflict or m in conflict:
                 continue
-            rows = times.pair(n, m)
+            rows = times.pair(n, m, shifts.get(m, 0.0))
             if not rows.n:
                 continue
-            fit = fit_pair(rows, probe_rows(probes, n, m, t0), f"{n}<->{m}")
+            fit = fit_pair(rows, probe_rows(probes, n, m, t0, reference), f"{n}<->{m}")
             if fit.method == "refused":
                 notes.extend(fit.warnings)
             else:
-                edges[(n, m)] = fit
+                edges[(n, m)] = fit.widened(*horizon_s)
     # Every node reachable through anchor edges is placed by them; the probe places the rest.
     reach = _reachable(reference, edges)
     for m in all_nodes:
         if m not in reach and m != reference and m not in conflict:
-            rows = probe_rows(probes, reference, m, t0)
+            rows = probe_rows(probes, reference, m, t0, reference)
             if rows is not None:
                 empty = np.zeros((0, 2))
                 edges[(reference, m)] = fit_pair(PairRows(empty, empty, empty, 0, []), rows, f"{reference}<->{m}")
@@ -413,10 +485,11 @@ def solve(times: NodeTimes, reference: str, t0: int, probes: dict[str, list[Prob
             best = min(mine, key=lambda p: p.uncertainty_ns)
             kinds = list(dict.fromkeys(kind for p in mine for kind in p.kinds))
             u, lo, hi = bound[node]
+            offset = float(a[k]) - float(b[k]) * shifts.get(node, 0.0) / 1e9  # back to the node's own clock
             fits[node] = ClockFit(
-                node, float(a[k]), float(b[k]) / 1e3, t0, best.method, sum(p.n for p in mine), u,
+                node, offset, float(b[k]) / 1e3, t0, best.method, sum(p.n for p in mine), u,
                 warnings=[w for p in mine for w in p.warnings], placed_by=kinds,
-                interval_ns=(float(a[k]) - lo, float(a[k]) + hi),
+                interval_ns=(offset - lo, offset + hi),
             )
     for node in all_nodes:
         if node not in fits:

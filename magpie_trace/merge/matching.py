@@ -30,7 +30,7 @@ PEAKS = 8  # candidate offsets scored in full
 NEIGHBOURS = 16  # events of one rank that may overlap one event of the other
 MIN_PAIRS = 3
 MIN_COVERAGE = 0.2  # consistent pairs / events of the shorter sequence inside the overlap
-AMBIGUOUS = 0.9  # a second offset this close in score, elsewhere: the pairing is not determined
+AMBIGUOUS = 0.75  # a second offset at least this good, elsewhere: the pairing is not determined
 
 
 @dataclass(frozen=True)
@@ -175,6 +175,11 @@ def _chain(a: Seq, b: Seq, c0: float, slope: float, origin: int) -> tuple[np.nda
     return pi[chain], pj[chain]
 
 
+def _width(a: Seq, b: Seq) -> float:
+    """A typical event's length (2 us .. 2 ms): how far two ranks' ends of one event may differ."""
+    return float(np.clip(np.median(np.r_[a.e - a.s, b.e - b.s]), 2_000.0, 2_000_000.0))
+
+
 def _candidates(a: Seq, b: Seq) -> list[float]:
     """Offsets at which many end differences pile up: from SAMPLE events of b against every event of
     a with the same content, binned at the events' typical duration."""
@@ -183,7 +188,7 @@ def _candidates(a: Seq, b: Seq) -> list[float]:
     diffs = (b.e[idx][:, None] - a.e[None, :])[same].astype(np.float64)
     if not len(diffs):
         return []
-    width = float(np.clip(np.median(np.r_[a.e - a.s, b.e - b.s]), 2_000.0, 2_000_000.0))
+    width = _width(a, b)
     q = np.floor((diffs - diffs.min()) / width).astype(np.int64)
     span = int(q.max()) + 1
     if span > 20_000_000:  # absurd spread: keep only the occupied bins
@@ -253,6 +258,7 @@ def pair_sequences(a: Seq, b: Seq, directed: bool, prior: Prior | None) -> PairM
     if directed:
         return _pair_directed(a, b, prior)
     scored = []
+    width = _width(a, b)
     for theta in _candidates(a, b):
         ia, ib = _nearest(a, b, np.full(len(b), theta))
         if len(ia) < MIN_PAIRS:
@@ -270,7 +276,12 @@ def pair_sequences(a: Seq, b: Seq, directed: bool, prior: Prior | None) -> PairM
             continue
         lower = (b.s[ib] - a.e[ia]).astype(np.float64)
         upper = (b.e[ib] - a.s[ia]).astype(np.float64)
-        depth, lo, hi = _stab(lower, upper)
+        _, lo, hi = _stab(lower, upper)
+        # Score: pairs whose ends agree with the line to within a typical event's length. Pairing
+        # each event with its neighbour's partner (one collective off) also overlaps in time when
+        # events are long and dense (CPU), but its ends scatter by the spacing.
+        resid = (b.e[ib] - a.e[ia]) - (c0 + slope * (b.e[ib] - origin))
+        depth = int(np.sum((lower <= upper) & (np.abs(resid - np.median(resid)) <= width)))
         scored.append((depth, lo, hi, float(np.median(b.e[ib] - a.e[ia])), ia, ib))
     if not scored:
         return PairMatch(empty, empty, reason="no events of the same content at any common offset")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import os
 import re
 import signal
 import subprocess
@@ -21,7 +22,8 @@ from magpie_trace.launch import launch, stop
 from magpie_trace.plan import make_plan
 from magpie_trace.rundir import new_run_dir
 from tests.launch.simcluster import local_scheduler, sim_config
-from tests.procs import leftover_processes, wait_for
+from tests.procs import children_of, leftover_processes, wait_for
+from tests.run.ending import read_until
 from tests.sim.test_sim_server import busy_cores
 
 REPO = Path(__file__).resolve().parents[2]
@@ -131,23 +133,33 @@ def test_measured_ttft_and_tpot_match_the_sim(sim_run, level):
 
 
 def test_killed_worker_stops_the_run_naming_it(sim_run, tmp_path):
-    """The worker exits at 4 s; the head then hangs like a TP group that lost a rank."""
-    run = sim_run(2, SimConfig(ttft_ms=20, itl_ms=20, startup_s=0.2, die_after_s={1: 4.0}),
+    """The worker's engine is killed once the load runs; the head then hangs like a TP group that
+    lost a rank. The run ends at once, naming the worker and its engine process."""
+    run = sim_run(2, SimConfig(ttft_ms=20, itl_ms=20, startup_s=0.2),
                   BenchmarkConfig(input_len=16, output_len=200, num_prompts=400, concurrency=[8],
                                   warmup_requests=1, stall_timeout_s=60, server_tokenizer=False))
-    died_at = run.state.started_at + 4.0
-    started = time.time()
     cli = [sys.executable, "-m", "magpie_trace.cli", "bench", str(run.run_dir.config),
            "--run", str(run.run_dir.root)]
-    proc = subprocess.run(cli, cwd=REPO, capture_output=True, text=True, timeout=120)
-    ended = time.time()
-    assert proc.returncode == 3, proc.stderr
-    error = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
-    assert len(error) == 1 and error[0].startswith("error: node1: engine process"), proc.stderr
+    proc = subprocess.Popen(cli, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        seen = read_until(proc, "magpie-trace: c8:")
+        time.sleep(0.5)  # into the load
+        engine = children_of(run.state.handles["node1"].pid)[0]  # under the node's launcher
+        os.kill(engine, signal.SIGKILL)
+        died = time.monotonic()
+        _, err = proc.communicate(timeout=120)
+        ended = time.monotonic()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    err = "".join(seen) + err
+    assert proc.returncode == 3, err
+    error = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(error) == 1 and error[0].startswith(f"error: node1: engine process {engine} exited"), err
     assert "marked invalid" in error[0]
-    print(f"bench stopped {ended - max(died_at, started):.1f} s after the worker died "
-          f"({ended - started:.1f} s after the command started)")
-    assert ended - max(died_at, started) < 15
+    print(f"bench stopped {ended - died:.1f} s after the worker died")
+    assert ended - died < 15
     data = read_result(run.run_dir.bench)
     assert data["valid"] is False and data["abort"]["node"] == "node1"
     assert data["invalid_reasons"][0].startswith("node1: engine process")

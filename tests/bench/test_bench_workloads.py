@@ -332,3 +332,15 @@ def test_prompt_lengths_off_by_more_than_2_percent_are_warned(sim, tmp_path):
     counted = sim.bench(dataset="custom", dataset_path=str(path), concurrency=[2], num_prompts=4)
     assert counted.points[0]["prompt_tokens_diff_pct"] == 0
     assert not any("prompt tokens" in w for w in counted.data["warnings"])
+
+
+def test_a_slow_start_of_a_point_is_not_a_stall(sim):
+    """The no-progress clock starts with the point: time spent before it (here a 1.5 s callback,
+    as when another client is waited for) is not counted against stall_timeout_s."""
+    import time
+
+    sim.config.benchmark = BenchmarkConfig(warmup_requests=0, input_len=8, output_len=4, concurrency=[2],
+                                           num_prompts=4, stall_timeout_s=1.0)
+    result = run_benchmark(sim.config, sim.plan, sim.run_dir.bench, on_point_start=lambda _p: time.sleep(1.5),
+                           url=sim.url)
+    assert result.valid and result.points[0]["completed"] == 4

@@ -99,14 +99,20 @@ def test_our_files_and_numbers_match_vllm_bench_serve(one_vllm, tmp_path, engine
     ]
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=engine_env)
     output: list[str] = []
-    try:
+
+    def together(_point: object) -> None:
+        """Our load starts the moment vLLM's does (both clients' setup done by then)."""
         assert proc.stdout is not None
         for line in proc.stdout:  # bounded: the process ends, and the test's timeout holds
             output.append(line)
             if line.startswith("Starting main benchmark run"):
-                break
+                return
+
+    try:
         config.benchmark.warmup_requests = 0
-        result = run_benchmark(config, plan, run_dir.bench, backend=backend, handles=state.handles)
+        result = run_benchmark(config, plan, run_dir.bench, backend=backend, handles=state.handles,
+                               on_point_start=together)
+        assert proc.stdout is not None
         output.append(proc.stdout.read())
         assert proc.wait(timeout=600) == 0, "".join(output)[-3000:]
     finally:

@@ -15,30 +15,10 @@ import numpy as np
 import pytest
 
 from magpie_trace.merge import MergeOptions, merge
-from tests.merge.traces import (
-    gpu_partner,
-    load,
-    save,
-    shift,
-    span,
-    truth,
-    vllm_rank,
-)
-from tests.real_traces import NCCL_RANK0
+from tests.merge.traces import save, shift, span, truth
 
 OFFSETS_NS = (500_000, 3_000_000, 50_000_000)
 DRIFTS_PPM = (0.0, 20.0)
-
-
-@pytest.fixture(scope="module")
-def vllm_pair() -> tuple[dict, dict]:
-    return load(vllm_rank(0)), load(vllm_rank(1))
-
-
-@pytest.fixture(scope="module")
-def nccl_pair() -> tuple[dict, dict]:
-    rank0 = load(NCCL_RANK0)
-    return rank0, gpu_partner(rank0, rank=1, jitter_us=3.0)
 
 
 def _max_error(tmp_path: Path, ref: dict, other: dict, offset_ns: int, drift_ppm: float) -> tuple[float, dict]:

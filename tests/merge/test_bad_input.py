@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from magpie_trace.errors import TraceError
+from magpie_trace.errors import MagpieError, TraceError
 from magpie_trace.merge import MergeOptions, merge
 from tests.merge.traces import load, save, vllm_rank
 
@@ -166,3 +166,43 @@ def test_a_node_sharing_nothing_is_left_unaligned_not_a_failure(good_pair, tmp_p
     assert names and not any(n.startswith("node1") for n in names)
     proc = run_cli(good_pair, tmp_path / "out-cli")
     assert proc.returncode == 0 and "node1: left on its own clock" in proc.stdout
+
+
+def test_a_full_disk_leaves_no_temp_file_and_no_partial_output(good_pair, tmp_path):
+    """Writes fail part-way (a file-size limit makes every write past 300 KB fail with EFBIG, as a
+    full disk fails it): one line, exit 1, and the output folder holds what it held before (here a
+    previous complete merge), no temp file."""
+    out = tmp_path / "out"
+    merge(good_pair, out, MergeOptions())
+    def files() -> dict[str, tuple[str, float]]:
+        return {str(p.relative_to(out)): (hashlib.sha256(p.read_bytes()).hexdigest(), p.stat().st_mtime)
+                for p in out.rglob("*") if p.is_file()}
+
+    before = files()
+    script = ("import resource, signal, sys; signal.signal(signal.SIGXFSZ, signal.SIG_IGN); "
+              "resource.setrlimit(resource.RLIMIT_FSIZE, (300_000, 300_000)); "
+              "from magpie_trace.cli import main; sys.argv = ['magpie-trace', 'merge', sys.argv[1], '-o', sys.argv[2]]; "
+              "main()")
+    proc = subprocess.run([sys.executable, "-c", script, str(good_pair), str(out)], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 1, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "nothing was written" in lines[0], proc.stderr
+    assert files() == before
+    assert not [p for p in out.rglob("*") if p.name.startswith(".")]
+
+
+def test_an_unwritable_output_folder_is_one_line(good_pair, tmp_path):
+    """(Tests run as root here, which writes into read-only folders: a path under a file is as
+    unwritable for everyone.)"""
+    (tmp_path / "afile").write_text("")
+    out = tmp_path / "afile" / "out"
+    proc = run_cli(good_pair, out)
+    assert proc.returncode == 1 and proc.stderr.strip().splitlines() == [
+        f"error: {out}: cannot write the merge there (Not a directory)"]
+
+
+def test_a_window_wholly_outside_the_traces_is_refused(good_pair, tmp_path):
+    with pytest.raises(MagpieError, match="holds no event of any trace"):
+        merge(good_pair, tmp_path / "out", MergeOptions(window_ms=(1e9, 1e9 + 10)))
+    assert not (tmp_path / "out").exists() or not list((tmp_path / "out").rglob("*"))

@@ -81,5 +81,7 @@ def test_random_configs_never_traceback(tmp_path_factory, raw):
     assert result.exception is None or isinstance(result.exception, SystemExit), repr(result.exception)
     assert result.exit_code in (0, 2), result.output
     if result.exit_code == 2:
-        lines = result.output.strip().splitlines()
+        lines = result.stderr.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith("error: ")
+        error = json.loads(result.stdout)["error"]  # --json: the same failure as an object
+        assert error["exit_code"] == 2 and lines[0] == f"error: {error['message']}"

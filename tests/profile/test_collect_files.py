@@ -196,8 +196,8 @@ def test_other_captures_are_left_alone(setup):
     plan, _run_dir, backend, _sources = setup
     place(plan, 1, real("rank1.*"), "run1-p10_rank1.1.pt.trace.json.gz")
     place(plan, 1, real("rank1.*"), "rank1.2.pt.trace.json.gz")
-    traces = find_traces(plan, backend, PID)
-    assert [t.name.split("_")[0] for t in traces] == [PID] * 3
+    traces, missing, _problems = find_traces(plan, backend, PID)
+    assert [t.name.split("_")[0] for t in traces] == [PID] * 3 and not missing
 
 
 def test_wait_times_out_naming_missing_ranks_and_nodes(setup):

@@ -70,6 +70,8 @@ def test_demo_runs_to_completion_and_says_where_everything_is(tmp_path):
     alignment = report.split("## Clock alignment", 1)[1]
     offset_us = float(re.search(r"^\| node1 \| (-?[\d,.]+) \|", alignment, re.M).group(1).replace(",", ""))
     assert abs(offset_us - 3200) < 50, offset_us
+    exposed = report.split("## Where communication is exposed", 1)[1].split("\n## ", 1)[0]
+    assert "| node0 |" in exposed and "| node1 |" in exposed and "node_breakdown.png" in exposed
     print(f"demo: {elapsed:.1f} s")
     assert elapsed < 60
     # Every output follows the umask (027 here, so 0640 files and 0750 folders), none is 0600.
@@ -90,7 +92,7 @@ def test_demo_runs_to_completion_and_says_where_everything_is(tmp_path):
     c4 = {m.group(1) for s in shown if (m := re.search(r"c4 requests +━.* (\d+)/64 ", s))}
     assert len(c4) >= 3, c4
     assert any(re.search(r"c(4|16) requests .* ETA \d+:\d\d", s) for s in shown)
-    for name in ("launch", "bench", "collect", "merge", "report"):
+    for name in ("launch", "bench", "collect", "merge", "analyze", "report"):
         assert any(re.fullmatch(rf"magpie-trace: stage {name} done in \d+\.\d s", s) for s in shown), name
 
     # `magpie-trace report` re-makes the report of that run from its files alone.

@@ -10,6 +10,8 @@ import time
 
 import pytest
 
+from magpie_trace.bench.results import read_result
+
 from magpie_trace.launch import load_state
 from tests.run.ending import (
     check_torn_down,
@@ -67,7 +69,7 @@ def test_a_node_lost_in_the_profile_window_ends_the_run_naming_it(bench, tmp_pat
     assert data["ok"] is False and data["error"].startswith("node1: ")
     assert stages(run_dir)["report"] == "ok"
     if bench:
-        result = json.loads((run_dir.bench / "result.json").read_text())
+        result = read_result(run_dir.bench)
         assert result["valid"] is False and result["abort"]["node"] == "node1"
 
 
@@ -98,3 +100,30 @@ def test_profile_command_names_a_node_lost_in_the_window(tmp_path, request, ssh_
     assert len(errors) == 1 and errors[0].startswith("error: node1: "), err
     captures = json.loads((run_dir.root / "captures.json").read_text())["captures"]
     assert captures[-1]["stopped_at"] is None  # recorded as opened, never completed
+
+
+def test_a_frozen_node_in_the_profile_window_is_named_not_its_url(tmp_path, request, ssh_scheduler):
+    """SIGSTOP: the process exists, the head's /stop_profile just never answers. The node is
+    named (its engine is stopped), within seconds, not the head's URL after profile.timeout_s."""
+    config = profiled_config(ssh_scheduler(2), tmp_path, bench=False)
+    request.addfinalizer(lambda: stop_leftovers(config))
+    proc = start_cli(["run", str(write_config(config, tmp_path))])
+    try:
+        seen = read_until(proc, "magpie-trace: capture ")
+        run_dir = only_run_dir(config)
+        os.killpg(load_state(run_dir).handles["node1"].pgid, signal.SIGSTOP)
+        frozen = time.monotonic()
+        _, err = proc.communicate(timeout=120)
+        took = time.monotonic() - frozen
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    err = "".join(seen) + err
+    assert took < PROMPT_S, (took, err)
+    assert proc.returncode == 3, err
+    errors = error_lines(err)
+    assert len(errors) == 1 and errors[0].startswith("error: node1: engine process "), err
+    assert "is stopped (SIGSTOP?): the node is frozen during the profile capture" in errors[0]
+    check_torn_down(run_dir)  # a frozen node is stopped too (SIGKILL after the grace period)
+    assert run_json(run_dir)["error"].startswith("node1: ")

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 
+from magpie_trace.bench.results import read_result
 from magpie_trace.config import NodeConfig
 from magpie_trace.launch import load_state
 from tests.fixtures.ray_cluster import LABEL
@@ -77,9 +78,9 @@ def test_a_lost_ray_node_counts_as_stopped_and_the_first_error_is_reported(ray_c
     assert data["ok"] is False and data["error"].startswith("node1: ")
     assert data["teardown"]["lost"] == ["node1"] and data["teardown"]["error"] is None
     assert stages(run_dir)["bench"] == "failed" and stages(run_dir)["report"] == "ok"
-    result = json.loads((run_dir.bench / "result.json").read_text())
+    result = read_result(run_dir.bench)
     assert result["valid"] is False and result["abort"]["node"] == "node1"
-    assert result["points"][0]["label"] == "c2"  # what was measured before the loss is kept
+    assert result["points"][0]["point"] == "c2"  # what was measured before the loss is kept
     assert "node1" in load_state(run_dir).lost
     again = subprocess.run([sys.executable, "-m", "magpie_trace.cli", "stop", str(path)],
                            cwd=REPO, capture_output=True, text=True, timeout=120)

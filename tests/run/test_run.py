@@ -23,6 +23,7 @@ from tests.launch.simcluster import local_scheduler, sim_config
 from tests.launch.test_launch_ray import ray_scheduler
 from tests.procs import leftover_processes, wait_for
 from tests.run.ending import read_until
+from tests.run.report_statements import check_statements
 
 OFFSET_MS = 2.5
 
@@ -78,6 +79,7 @@ def check_run_layout(run_dir: RunDir, nodes: int, ranks_per_node: int) -> None:
     for title in ("Topology and plan", "Benchmark", "Per node", "Clock alignment", "Cross-node collectives"):
         assert title in report
     assert "| profile-c8 | yes: profiler overhead |" in report
+    check_statements(run_dir)  # every sentence the report derives, against its own tables
     html = run_dir.report_html.read_text()
     assert "data:image/png;base64," in html and "<table>" in html
     run_json = json.loads((root / "run.json").read_text())
@@ -109,9 +111,11 @@ def test_resume_from_merge_uses_only_files_on_disk(tmp_path):
     again = run(config, from_stage="merge", run_ref=str(first.run_dir))
     assert again.run_dir == first.run_dir
     assert (merged / "alignment.json").is_file()
-    statuses = {s.name: s.status for s in again.stages}
-    assert statuses == {"launch": "skipped", "bench": "skipped", "collect": "skipped",
-                        "merge": "ok", "report": "ok"}
+    # A resume is attempt 2: the stages it did not run keep attempt 1's record.
+    statuses = {s.name: (s.status, s.attempt) for s in again.stages}
+    assert statuses == {"launch": ("ok", 1), "bench": ("ok", 1), "collect": ("ok", 1),
+                        "merge": ("ok", 2), "analyze": ("ok", 2), "report": ("ok", 2)}
+    assert again.ok and [a["from"] for a in again.attempts] == [None, "merge"]
 
 
 def test_ctrl_c_mid_run_leaves_no_process(tmp_path):

@@ -46,6 +46,8 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--startup-s", type=float, default=0.5)
     serve.add_argument("--clock-offset-ms", type=float, default=0.0,
                        help="this node's clock = real time + this (trace timestamps and names)")
+    serve.add_argument("--clock-drift-ppm", type=float, default=0.0,
+                       help="this node's clock also runs this fast (counted from the last Kineto base time)")
     serve.add_argument("--die-after-s", type=float, help="exit with code 1 after this long")
     serve.add_argument("--profile-dir", type=Path,
                        help="where ranks write traces; without it /start_profile is 404")
@@ -107,7 +109,7 @@ def _config(args: argparse.Namespace, parser: argparse.ArgumentParser) -> NodeCo
         model=args.model, served_names=tuple(args.served_model_name or [args.model]), node_rank=args.node_rank, nnodes=args.nnodes, ranks=ranks,
         layout=layout, rendezvous_host=host, rendezvous_port=port, headless=args.headless,
         host=args.host, port=args.port, ttft_s=args.ttft_ms / 1000, itl_s=args.itl_ms / 1000,
-        startup_s=args.startup_s, offset_ns=round(args.clock_offset_ms * 1_000_000),
+        startup_s=args.startup_s, offset_ns=round(args.clock_offset_ms * 1_000_000), drift_ppm=args.clock_drift_ppm,
         die_after_s=args.die_after_s, profile_dir=args.profile_dir, layers=args.layers,
         pd_role=args.pd_role, kv_port=args.kv_port, kv_address=args.kv_address or "",
         transfer_s=args.transfer_ms / 1000,

@@ -16,13 +16,17 @@ from typing import Any
 
 import orjson
 
+from magpie_trace.clock_client import shifted_ns
+
 from magpie_trace.engines.sim.layout import ProcessGroups, RankPlace
 from magpie_trace.fsutil import atomic_write_bytes
 from magpie_trace.topology import Layout
 
 TRIMONTH_NS = 7_889_238 * 1_000_000_000
 KERNEL = "ncclDevKernel_AllReduce_Sum_bf16_RING_LL(ncclDevKernelArgsStorage<4096ul>)"
+P2P_KERNEL = "ncclDevKernel_SendRecv(ncclDevKernelArgsStorage<4096ul>)"
 STREAM = 7
+P2P_STREAM = 20
 HIDDEN = 4096  # all-reduce elements per token
 END_JITTER_NS = 3_000  # a kernel's end on one rank differs from the true instant by at most this
 
@@ -93,15 +97,19 @@ def rank_trace(
     layers: int,
     offset_ns: int,
     base_ns: int,
+    drift_ppm: float = 0.0,
     start_ns: int,
     end_ns: int,
     trace_name: str,
 ) -> dict[str, Any]:
-    """One rank's trace: per step a step marker and, per layer, a TP all-reduce.
+    """One rank's trace: per step a step marker and, per layer, a TP all-reduce; with pipeline
+    stages, each stage runs its layers in its share of the step and hands its activations to the
+    next stage through an NCCL SendRecv kernel pair (no args, as vLLM's pynccl path writes them).
 
     Every rank's all-reduce of (step, layer) ends at the same true instant plus at most
-    END_JITTER_NS; starts differ (arrival skew). All times are written in this node's clock
-    (true time + offset_ns); start_ns/end_ns bound the profiling window in that clock.
+    END_JITTER_NS, and so do both kernels of a transfer; starts differ (arrival skew, a receive
+    waiting for its send). All times are written in this node's clock (clock_client.shifted_ns:
+    true time + offset_ns + drift); start_ns/end_ns bound the profiling window in that clock.
     """
     rng = random.Random(place.global_rank)
     events: list[dict[str, Any]] = []
@@ -119,7 +127,7 @@ def rank_trace(
     }
     for step in steps:
         period = step.period_ns
-        first = step.end_ns + offset_ns - period
+        first = shifted_ns(step.end_ns, offset_ns, drift_ppm) - period
         tokens = step.ctx_tokens + step.gen_reqs
         external += 1
         events.append({
@@ -129,10 +137,24 @@ def rank_trace(
             "pid": pid, "tid": pid, "ts": _us(first + period // 50 - base_ns),
             "dur": _us(period * 48 // 50), "args": {"External id": external},
         })
-        gap = period // (layers + 1)
+        slot = period // layout.pp  # this stage's share of the step
+        slot_start = first + place.pp * slot
+        gap = slot // (layers + 1)
         unit = max(gap // 1000, 1)  # 1 us when a step of 5 ms runs 4 layers
+        for handoff, peer_stage in ((slot_start, place.pp - 1), (slot_start + slot, place.pp + 1)):
+            if 0 <= peer_stage < layout.pp:  # receive at the start of our share, send at its end
+                p2p_end = handoff + rng.randrange(END_JITTER_NS + 1)
+                waited = 20 * unit + rng.randrange(300 * unit + 1) if peer_stage < place.pp else 0
+                p2p_start = p2p_end - 10 * unit - waited - rng.randrange(10 * unit + 1)
+                correlation += 1
+                events += [
+                    {"ph": "X", "cat": "kernel", "name": P2P_KERNEL, "pid": device, "tid": P2P_STREAM,
+                     "ts": _us(p2p_start - base_ns), "dur": _us(p2p_end - p2p_start),
+                     "args": {"queued": 0, "device": device, "context": 1, "stream": P2P_STREAM,
+                              "correlation": correlation, "grid": [1, 1, 1], "block": [640, 1, 1]}},
+                ]
         for layer in range(layers):
-            kernel_end = first + (layer + 1) * gap + rng.randrange(END_JITTER_NS + 1)
+            kernel_end = slot_start + (layer + 1) * gap + rng.randrange(END_JITTER_NS + 1)
             kernel_start = kernel_end - 20 * unit - rng.randrange(40 * unit + 1)
             launch = kernel_start - 25 * unit - rng.randrange(25 * unit + 1)
             launch_dur = 5 * unit

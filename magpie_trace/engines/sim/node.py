@@ -57,6 +57,7 @@ class NodeConfig:
     itl_s: float
     startup_s: float
     offset_ns: int
+    drift_ppm: float
     die_after_s: float | None
     profile_dir: Path | None
     layers: int
@@ -90,7 +91,7 @@ class _Node:
         self.name = f"sim node {config.node_rank}"
         specs = [
             RankSpec(global_rank=rank, device=local, layout=config.layout.__dict__,
-                     layers=config.layers, offset_ns=config.offset_ns,
+                     layers=config.layers, offset_ns=config.offset_ns, drift_ppm=config.drift_ppm,
                      profile_dir=str(config.profile_dir) if config.profile_dir else None)
             for local, rank in enumerate(config.ranks)
         ]
@@ -154,7 +155,8 @@ class _Node:
         metrics = Metrics(config.served_names[0])
         profiler = None
         if config.profile_dir is not None:
-            profiler = Profiler(str(config.profile_dir), cluster, self.pool, config.offset_ns)
+            profiler = Profiler(str(config.profile_dir), cluster, self.pool, config.offset_ns,
+                                config.drift_ppm)
 
         def on_step(step: dict[str, Any]) -> None:
             if profiler is not None:

@@ -14,6 +14,7 @@ import socket
 import time
 from typing import Any
 
+from magpie_trace.clock_client import shifted_ns
 from magpie_trace.engines.sim import kineto
 from magpie_trace.engines.sim.cluster import HeadCluster
 from magpie_trace.engines.sim.generate import Stream
@@ -26,11 +27,12 @@ class ProfilerBusy(Exception):
 
 class Profiler:
     def __init__(self, profile_dir: str, cluster: HeadCluster, pool: RankPool,
-                 offset_ns: int) -> None:
+                 offset_ns: int, drift_ppm: float = 0.0) -> None:
         self._dir = profile_dir
         self._cluster = cluster
         self._pool = pool
         self._offset_ns = offset_ns
+        self._drift_ppm = drift_ppm
         self._pid = os.getpid()
         self._hostname = socket.gethostname()
         self._base_ns = kineto.base_time_ns(self._clock_ns())
@@ -42,7 +44,7 @@ class Profiler:
         self._requests: list[tuple[str, int, int]] = []
 
     def _clock_ns(self) -> int:
-        return time.time_ns() + self._offset_ns
+        return shifted_ns(time.time_ns(), self._offset_ns, self._drift_ppm)
 
     async def start(self, prefix: str | None, delay: int, max_steps: int) -> None:
         if self.active:
@@ -100,5 +102,6 @@ class Profiler:
 
     def on_finish(self, stream: Stream, finish_ns: int) -> None:
         if self.active:
-            self._requests.append((stream.request_id, stream.arrival_ns + self._offset_ns,
-                                   finish_ns + self._offset_ns))
+            self._requests.append((stream.request_id,
+                                   shifted_ns(stream.arrival_ns, self._offset_ns, self._drift_ppm),
+                                   shifted_ns(finish_ns, self._offset_ns, self._drift_ppm)))

@@ -22,6 +22,8 @@ from typing import Any
 
 import orjson
 
+from magpie_trace.clock_client import shifted_ns
+
 from magpie_trace.engines.sim import kineto, wire
 from magpie_trace.engines.sim.layout import place, process_groups
 from magpie_trace.topology import Layout
@@ -36,6 +38,7 @@ class RankSpec:
     layout: dict[str, int]
     layers: int
     offset_ns: int
+    drift_ppm: float
     profile_dir: str | None
 
     def to_json(self) -> str:
@@ -57,7 +60,7 @@ def _child_main(spec: RankSpec) -> int:
     pid = os.getpid()
 
     def clock_ns() -> int:
-        return time.time_ns() + spec.offset_ns
+        return shifted_ns(time.time_ns(), spec.offset_ns, spec.drift_ppm)
 
     base_ns = kineto.base_time_ns(clock_ns())  # Kineto computes it once per process
     out = sys.stdout.buffer
@@ -87,7 +90,7 @@ def _child_main(spec: RankSpec) -> int:
                 name = kineto.worker_file_name(recording.prefix, rank, now)
                 trace = kineto.rank_trace(
                     layout=layout, place=rank, groups=groups, device=spec.device, pid=pid,
-                    steps=recording.steps, layers=spec.layers, offset_ns=spec.offset_ns,
+                    steps=recording.steps, layers=spec.layers, offset_ns=spec.offset_ns, drift_ppm=spec.drift_ppm,
                     base_ns=base_ns, start_ns=recording.start_ns, end_ns=now,
                     trace_name=os.path.join(spec.profile_dir, name),
                 )

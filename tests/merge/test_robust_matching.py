@@ -1,0 +1,214 @@
+"""Alignment that is right or says it cannot be, on real traces made imperfect as profilers make them.
+
+The real pairs were recorded on one machine (one clock), so after any shift we inject the truth is
+known. Every case must either recover it within the stated uncertainty or refuse with a reason;
+never a wrong offset with a small uncertainty.
+"""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from magpie_trace.merge import MergeOptions, merge
+from tests.merge.traces import load, save, shift, span, truth, vllm_rank
+
+COMM = ("gloo:", "nccl", "c10d::")
+
+
+def _sampled(doc: dict, keep: float, seed: int) -> dict:
+    """A copy with a fraction 1 - keep of its timed events dropped at random (metadata kept)."""
+    rng = random.Random(seed)
+    events = [e for e in doc["traceEvents"] if e.get("ph") == "M" or rng.random() < keep]
+    return dict(doc, traceEvents=events)
+
+
+def _merge_pair(tmp_path: Path, ref: dict, other: dict, name: str = "node1-TP1", manifest: dict | None = None):
+    inp = tmp_path / "in"
+    inp.mkdir(exist_ok=True)
+    save(ref, inp / "node0-TP0.trace.json.gz")
+    save(other, inp / f"{name}.trace.json.gz")
+    if manifest is not None:
+        import orjson
+
+        (inp / "manifest.json").write_bytes(orjson.dumps(manifest))
+    return merge(inp, tmp_path / "out", MergeOptions(outputs=("alignment",)))
+
+
+def _error(node: dict, doc: dict, offset_ns: int, drift_ppm: float, t_ref: int) -> float:
+    lo, hi = span(doc)
+    clock = np.linspace(lo, hi, 200)
+    recovered = node["offset_ns"] + node["drift_ppm"] * 1e-6 * (clock - node["t0_ns"])
+    return float(np.abs(recovered - truth(offset_ns, drift_ppm, t_ref, clock)).max())
+
+
+def _right_or_refused(node: dict, doc: dict, offset_ns: int, drift_ppm: float, t_ref: int) -> str:
+    if not node["aligned"]:
+        assert node["unaligned"], node
+        return f"refused: {node['unaligned']}"
+    error = _error(node, doc, offset_ns, drift_ppm, t_ref)
+    assert error <= node["uncertainty_us"] * 1e3, f"wrong by {error / 1e3:.1f} us, claims +-{node['uncertainty_us']}"
+    return f"recovered within {error / 1e3:.2f} us (+-{node['uncertainty_us']} us)"
+
+
+@pytest.mark.parametrize("keep0,keep1", [(0.7, 0.4), (0.5, 0.6), (0.4, 0.4)])
+def test_sampled_pair_on_one_clock_is_placed_at_zero(tmp_path, vllm_pair, keep0, keep1):
+    """30-60% of every rank's events dropped at random, independently: still within 0.5 ms of the
+    truth (zero), and the stated uncertainty covers it."""
+    ref, other = _sampled(vllm_pair[0], keep0, 1), _sampled(vllm_pair[1], keep1, 2)
+    node = _merge_pair(tmp_path, ref, other).nodes["node1"]
+    assert node["aligned"], node
+    error = _error(node, other, 0, 0.0, 0)
+    print(f"keep {keep0}/{keep1}: {node['method']}, {node['n_anchors']} anchors, error {error / 1e3:.1f} us, "
+          f"+-{node['uncertainty_us']} us")
+    assert error <= 500_000
+    assert error <= node["uncertainty_us"] * 1e3
+
+
+OFFSETS_NS = (-2_000_000_000, -41_200_000, 7_300_000, 50_000_000, 51_400_000, 2_000_000_000)
+
+
+def _equivariance(tmp_path: Path, ref: dict, other: dict, offset_ns: int, drift_ppm: float) -> tuple[float, dict]:
+    """(worst distance between the recovery of the shifted pair and the unshifted recovery moved by
+    the shift, over the trace; the shifted node's report)."""
+    (tmp_path / "a").mkdir(parents=True)
+    base = _merge_pair(tmp_path / "a", ref, other).nodes["node1"]
+    t_ref = span(other)[0]
+    (tmp_path / "b").mkdir()
+    moved = shift(other, offset_ns, drift_ppm, t_ref)
+    node = _merge_pair(tmp_path / "b", ref, moved).nodes["node1"]
+    assert base["aligned"] and node["aligned"], (base, node)
+    clock = np.linspace(*span(moved), 200)
+    injected = truth(offset_ns, drift_ppm, t_ref, clock)
+    recovered = node["offset_ns"] + node["drift_ppm"] * 1e-6 * (clock - node["t0_ns"])
+    expected = injected + base["offset_ns"] + base["drift_ppm"] * 1e-6 * (clock - injected - base["t0_ns"])
+    return float(np.abs(recovered - expected).max()), node
+
+
+@pytest.mark.parametrize("offset_ns", OFFSETS_NS)
+def test_any_offset_gives_the_same_answer_on_a_sampled_pair(tmp_path, nccl_pair, offset_ns):
+    """Equivariance: the sampled GPU pair shifted by -2 s..+2 s comes back as the unshifted result
+    moved by exactly the shift (within 5 us): nothing prefers small offsets."""
+    ref, other = _sampled(nccl_pair[0], 0.6, 3), _sampled(nccl_pair[1], 0.55, 4)
+    distance, _ = _equivariance(tmp_path, ref, other, offset_ns, 0.0)
+    assert distance <= 5_000
+
+
+@pytest.mark.parametrize("drift_ppm", (5.0, 13.0, 20.0))
+@pytest.mark.parametrize("offset_ns", (-2_000_000_000, 51_400_000, 2_000_000_000))
+def test_any_offset_and_drift_give_the_same_answer(tmp_path, nccl_pair, offset_ns, drift_ppm):
+    """With drift too (0-20 ppm) the GPU pair's 21 kernels over 0.7 s fit it: within 5 us of the
+    unshifted result moved by the injected error. The sampled pair keeps only ~5 common kernels in
+    a short stretch, too few to see 20 ppm: there the injected drift must lie within the stated
+    uncertainty, which widens by the drift bound beyond its anchors."""
+    distance, _ = _equivariance(tmp_path / "full", *nccl_pair, offset_ns, drift_ppm)
+    assert distance <= 5_000
+    ref, other = _sampled(nccl_pair[0], 0.6, 3), _sampled(nccl_pair[1], 0.55, 4)
+    t_ref = span(other)[0]
+    moved = shift(other, offset_ns, drift_ppm, t_ref)
+    (tmp_path / "sampled").mkdir()
+    node = _merge_pair(tmp_path / "sampled", ref, moved).nodes["node1"]
+    assert _error(node, moved, offset_ns, drift_ppm, t_ref) <= node["uncertainty_us"] * 1e3
+
+
+def test_ranks_from_two_runs_are_refused_or_right(tmp_path, vllm_pair, nccl_pair):
+    """Rank 0 of one run with rank 1 of another (here: the CPU run and the GPU run) never yields a
+    confident offset."""
+    node = _merge_pair(tmp_path, vllm_pair[0], nccl_pair[1]).nodes["node1"]
+    assert not node["aligned"] and node["unaligned"]
+
+
+def test_same_workload_from_another_run_is_refused(tmp_path, vllm_pair):
+    """The same vLLM run's rank 1, its collectives' timing shuffled as another run of the same
+    workload would have them (gaps permuted): no pairing is consistent, so it is refused."""
+    other = load(vllm_rank(1))
+    rng = random.Random(7)
+    comm = sorted((e for e in other["traceEvents"] if e.get("name", "").startswith("gloo:")), key=lambda e: e["ts"])
+    gaps = [b["ts"] - a["ts"] for a, b in zip(comm, comm[1:])]
+    rng.shuffle(gaps)
+    t = comm[0]["ts"] + 1_000_000.0
+    for event, gap in zip(comm, [0.0, *gaps]):
+        t += gap
+        event["ts"] = t
+    node = _merge_pair(tmp_path, vllm_pair[0], other).nodes["node1"]
+    print(_right_or_refused(node, other, 0, 0.0, 0))
+    if node["aligned"]:
+        assert _error(node, other, 0, 0.0, 0) <= node["uncertainty_us"] * 1e3
+
+
+def test_partial_windows_are_recovered_or_refused(tmp_path, vllm_pair):
+    """Rank 0 keeps the first half of its window, rank 1 the last 55% (a 5% overlap), offset 30 ms."""
+    ref, other = vllm_pair
+    lo, hi = span(ref)
+    first_half = dict(ref, traceEvents=[e for e in ref["traceEvents"] if e.get("ph") == "M" or
+                                        ref["baseTimeNanoseconds"] + e["ts"] * 1000 <= lo + (hi - lo) * 0.5])
+    lo1, hi1 = span(other)
+    last = dict(other, traceEvents=[e for e in other["traceEvents"] if e.get("ph") == "M" or
+                                    other["baseTimeNanoseconds"] + e["ts"] * 1000 >= lo1 + (hi1 - lo1) * 0.45])
+    t_ref = span(last)[0]
+    moved = shift(last, 30_000_000, 0.0, t_ref)
+    node = _merge_pair(tmp_path, first_half, moved).nodes["node1"]
+    print(_right_or_refused(node, moved, 30_000_000, 0.0, t_ref))
+
+
+def test_two_clocks_under_one_node_name_are_refused(tmp_path, vllm_pair):
+    """Two files named as one node whose clocks differ by 250 ms: every shared collective violates
+    causality between them, so the node is refused with that reason (not silently aligned)."""
+    inp = tmp_path / "in"
+    inp.mkdir()
+    save(vllm_pair[0], inp / "node0-TP0.trace.json.gz")
+    save(shift(vllm_pair[1], 250_000_000, 0.0, 0), inp / "node0-TP1.trace.json.gz")
+    save(dict(vllm_pair[1], distributedInfo=dict(vllm_pair[1]["distributedInfo"], rank=2)), inp / "node1-TP2.trace.json.gz")
+    result = merge(inp, tmp_path / "out", MergeOptions(outputs=("alignment",)))
+    assert any("two clocks under one node name" in w for w in result.warnings), result.warnings
+
+
+def _probe_manifest(offset_ns: float, uncertainty_ns: float, t_ns: tuple[int, int]) -> dict:
+    """A manifest carrying a clock probe of node 1 (offset_ns against node 0, +-uncertainty) at the
+    two instants t_ns (before and after)."""
+    probe = {"0": [{"t_ns": t, "offset_ns": 0.0, "uncertainty_ns": uncertainty_ns / 2} for t in t_ns],
+             "1": [{"t_ns": t, "offset_ns": offset_ns, "uncertainty_ns": uncertainty_ns / 2} for t in t_ns]}
+    files = [{"file": "node0-TP0.trace.json.gz", "kind": "rank", "node": 0, "node_name": "node0",
+              "global_rank": 0, "tp_rank": 0},
+             {"file": "node1-TP1.trace.json.gz", "kind": "rank", "node": 1, "node_name": "node1",
+              "global_rank": 1, "tp_rank": 1}]
+    return {"schema": "magpie-trace/manifest/1", "files": files, "clock_probes": probe}
+
+
+def test_probe_alone_places_a_node_whose_collectives_were_all_dropped(tmp_path, vllm_pair):
+    """Node 1's collectives all dropped: placed by its probe (here 1.7 ms +- 150 us, measured as a
+    real probe would report it) and says so."""
+    ref, other = vllm_pair
+    other = dict(other, traceEvents=[e for e in other["traceEvents"] if not e.get("name", "").startswith(COMM)])
+    t_ref = span(other)[0]
+    moved = shift(other, 1_700_000, 0.0, t_ref)
+    lo, hi = span(ref)
+    node = _merge_pair(tmp_path, ref, moved, manifest=_probe_manifest(1_720_000, 150_000, (lo, hi))).nodes["node1"]
+    assert node["aligned"] and node["placed_by"] == ["probe"] and node["method"] == "probe"
+    assert _error(node, moved, 1_700_000, 0.0, t_ref) <= node["uncertainty_us"] * 1e3
+
+
+def test_fit_agrees_with_the_probe_when_both_are_there(tmp_path, vllm_pair):
+    ref, other = vllm_pair
+    t_ref = span(other)[0]
+    moved = shift(other, 1_700_000, 8.0, t_ref)
+    lo, hi = span(ref)
+    result = _merge_pair(tmp_path, ref, moved, manifest=_probe_manifest(1_690_000, 150_000, (lo, hi)))
+    node = result.nodes["node1"]
+    assert node["placed_by"] == ["collectives"], node
+    at_t0 = node["offset_ns"]
+    assert abs(at_t0 - 1_690_000) <= 150_000  # within the probe's uncertainty
+    assert _error(node, moved, 1_700_000, 8.0, t_ref) <= node["uncertainty_us"] * 1e3
+
+
+def test_a_probe_that_contradicts_the_anchors_is_not_papered_over(tmp_path, vllm_pair):
+    """A probe 5 ms off: the anchors' placement is refused as disagreeing, the probe's used, and
+    both are said."""
+    ref, other = vllm_pair
+    lo, hi = span(ref)
+    result = _merge_pair(tmp_path, ref, other, manifest=_probe_manifest(5_000_000, 150_000, (lo, hi)))
+    assert any("outside the clock probe's interval" in w for w in result.warnings), result.warnings
+    assert result.nodes["node1"]["placed_by"] == ["probe"]
