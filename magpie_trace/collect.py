@@ -1,5 +1,7 @@
 """Bring every rank's trace of a capture into the run folder, verified, under a name that says
-where it came from: `node<N>-TP<R>[-DP<d>][-PP<p>].trace.json.gz`, plus `manifest.json`.
+where it came from: `node<N>-TP<R>[-DP<d>][-PP<p>][-<group>].trace.json.gz`, plus `manifest.json`.
+N numbers the nodes across the whole deployment; a deployment of several groups adds the group's
+name (lower case, so it never reads as a rank part), whose ranks are numbered within the group.
 
 Every node is read at once, through the backend (or directly when the trace dirs are on
 scheduler.shared_dir: a hard link, no copy, where the filesystem allows it). Each copy is checked
@@ -25,7 +27,7 @@ from magpie_trace.backends.base import Backend
 from magpie_trace.errors import MagpieError, TraceError
 from magpie_trace.fanout import NodesFailed, on_nodes
 from magpie_trace.fsutil import atomic_write_bytes, temp_path_for
-from magpie_trace.plan import NodePlan, Plan
+from magpie_trace.plan import GroupPlan, NodePlan, Plan
 from magpie_trace.progress import Tally
 from magpie_trace.profile import (
     FoundTrace,
@@ -58,17 +60,18 @@ class Collected:
         return self.traces_dir / MANIFEST_NAME
 
 
-def output_name(trace: FoundTrace, layout: Layout) -> str:
-    """node<N>-TP<R>.trace.json.gz, -DP<d>/-PP<p> only when that size is above 1; the API
-    server's own trace is node<N>-api-server.trace.json.gz."""
+def output_name(trace: FoundTrace, layout: Layout, group: str | None = None) -> str:
+    """node<N>-TP<R>.trace.json.gz, -DP<d>/-PP<p> only when that size is above 1, then -<group>
+    in a deployment of groups; the API server's own trace is node<N>-api-server[-<group>]."""
+    suffix = f"-{group}" if group else ""
     if trace.rank is None:
-        return f"node{trace.node}-api-server.trace.json.gz"
+        return f"node{trace.node}-api-server{suffix}.trace.json.gz"
     name = f"node{trace.node}-TP{trace.rank.tp}"
     if layout.dp > 1:
         name += f"-DP{trace.rank.dp}"
     if layout.pp > 1:
         name += f"-PP{trace.rank.pp}"
-    return name + ".trace.json.gz"
+    return name + suffix + ".trace.json.gz"
 
 
 def collect(
@@ -88,8 +91,9 @@ def collect(
     profile_id = profile_id or latest_profile_id(run_dir)
     say(f"looking for capture {profile_id} on {len(plan.nodes)} node(s)")
     traces, missing, problems = find_traces(plan, backend, profile_id, allow_missing)
-    names = {id(trace): output_name(trace, plan.layout) for trace in traces}
-    _refuse_clashes(traces, names, plan.layout)
+    node_at = {node.index: node for node in plan.nodes}
+    names = {id(t): output_name(t, node_at[t.node].layout, node_at[t.node].group) for t in traces}
+    _refuse_clashes(traces, names, plan)
     target = run_dir.traces
     target.mkdir(parents=True, exist_ok=True)
     files = NodeFiles(plan, backend)
@@ -114,14 +118,14 @@ def collect(
         return fetched, reused
 
     try:
-        counts = on_nodes(bring_node, plan.config.scheduler.nodes)
+        counts = on_nodes(bring_node, [plan.node_config(node.index) for node in plan.nodes])
     except NodesFailed as exc:  # a full disk here is no node's fault: name it alone
         full = [failure for failure in exc.failures.values() if isinstance(failure, DiskFull)]
         if full:
             raise full[0] from None
         raise
     manifest = build_manifest(plan, run_dir, traces, names, profile_id)
-    manifest["missing"] = [m.to_dict(plan.layout) for m in missing]
+    manifest["missing"] = [m.to_dict(m.node.layout) for m in missing]
     manifest["problems"] = problems
     atomic_write_bytes(target / MANIFEST_NAME, orjson.dumps(manifest, option=orjson.OPT_INDENT_2))
     return Collected(
@@ -132,12 +136,13 @@ def collect(
     )
 
 
-def _refuse_clashes(traces: list[FoundTrace], names: dict[int, str], layout: Layout) -> None:
+def _refuse_clashes(traces: list[FoundTrace], names: dict[int, str], plan: Plan) -> None:
     """Two files must never get one name (a layout the naming rule cannot tell apart)."""
     seen: dict[str, FoundTrace] = {}
     for trace in traces:
         name = names[id(trace)]
         if name in seen:
+            layout = plan.nodes[trace.node].layout
             what = rank_label(trace.rank, layout) if trace.rank else "the API server"
             raise TraceError(
                 f"{trace.node_name}: {what}: {trace.path} and {seen[name].path} would both be "
@@ -152,7 +157,7 @@ def _bring(files: NodeFiles, plan: Plan, node: NodePlan, trace: FoundTrace, dest
     if same_size and trace_probe.sha256_file(dest) == trace.sha256:
         return False
     staging = temp_path_for(dest)
-    label = rank_label(trace.rank, plan.layout) if trace.rank else "the API server"
+    label = rank_label(trace.rank, node.layout) if trace.rank else "the API server"
     try:
         try:
             if files.shared:
@@ -233,8 +238,17 @@ def build_manifest(
             for name, value in offsets_by_name.items()
             if name in index_of
         },
+        # Each offset's round trip (its uncertainty is half of it): what places a group no KV
+        # handoff reaches when the capture recorded no clock probe.
+        "clock_rtts_ns": {
+            str(index_of[check["node"]]): int(check.get("clock_rtt_ns") or 0)
+            for check in preflight.get("nodes") or []
+            if isinstance(check, dict) and check.get("node") in index_of
+        },
         "clock_probes": _capture_probes(run_dir, profile_id),
-        "files": [_file_entry(trace, names[id(trace)]) for trace in traces],
+        **({"groups": [_group_entry(group) for group in plan.groups]} if plan.has_groups else {}),
+        "files": [_file_entry(trace, names[id(trace)], plan.nodes[trace.node].group)
+                  for trace in traces],
     }
 
 
@@ -247,13 +261,21 @@ def _capture_probes(run_dir: RunDir, profile_id: str | None) -> dict[str, Any]:
     return {}
 
 
-def _file_entry(trace: FoundTrace, name: str) -> dict[str, Any]:
+def _group_entry(group: GroupPlan) -> dict[str, Any]:
+    layout = group.layout
+    return {"name": group.name, "role": group.role, "nodes": group.nodes,
+            "world_size": layout.world_size, "tp": layout.tp, "pp": layout.pp, "dp": layout.dp,
+            "ep": layout.ep, "ranks_per_node": layout.ranks_per_node}
+
+
+def _file_entry(trace: FoundTrace, name: str, group: str | None) -> dict[str, Any]:
     rank = trace.rank
     return {
         "file": name,
         "kind": trace.kind,
         "node": trace.node,
         "node_name": trace.node_name,
+        **({"group": group} if group else {}),
         "host": trace.host,
         "global_rank": rank.global_rank if rank else None,
         "tp_rank": rank.tp if rank else None,
@@ -280,18 +302,31 @@ def tracelens_command(manifest: dict[str, Any], traces_dir: Path) -> str | None:
 
     Its default rank regex (`rank[-_]?N`) matches none of our names and it reads one integer per
     file, so `TP(?P<rank>\\d+)` works when the TP rank is the global rank (DP = PP = 1). Otherwise
-    TP numbers repeat across replicas or stages and no regex can tell them apart: None.
+    TP numbers repeat across replicas or stages and no regex can tell them apart: None. Groups
+    share no collective: one report per group (its files end in -<group>), joined with `&&`.
     """
-    if manifest["dp"] > 1 or manifest["pp"] > 1:
+    groups = manifest.get("groups")
+    if groups:
+        commands = [_tracelens_one(group, manifest["files"], traces_dir, group["name"])
+                    for group in groups]
+        found = [command for command in commands if command]
+        return " && ".join(found) if found else None
+    return _tracelens_one(manifest, manifest["files"], traces_dir, None)
+
+
+def _tracelens_one(layout: dict[str, Any], files: list[dict[str, Any]], traces_dir: Path,
+                   group: str | None) -> str | None:
+    if layout["dp"] > 1 or layout["pp"] > 1:
         return None
+    suffix = f"-{group}" if group else ""
     per_node: dict[int, int] = {}
-    for entry in manifest["files"]:
-        if entry["kind"] == "rank":
+    for entry in files:
+        if entry["kind"] == "rank" and entry.get("group") == group:
             per_node[entry["node"]] = per_node.get(entry["node"], 0) + 1
     return shlex.join([
         TRACELENS_REPORT,
-        "--trace_glob", str(traces_dir / "node*-TP*.trace.json.gz"),
+        "--trace_glob", str(traces_dir / f"node*-TP*{suffix}.trace.json.gz"),
         "--rank_regex", r"TP(?P<rank>\d+)",
-        "--world_size", str(manifest["world_size"]),
+        "--world_size", str(layout["world_size"]),
         "--gpus_per_node", str(max(per_node.values(), default=1)),
     ])

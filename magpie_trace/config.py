@@ -189,6 +189,7 @@ class GroupConfig:
     pp: int | None = None
     dp: int | None = None
     ep: int | None = None
+    host: str | None = None  # the API server's bind address (server.host when unset)
     port: int | None = None
     rendezvous_port: int | None = None
     dp_rpc_port: int | None = None
@@ -300,6 +301,7 @@ class BenchmarkConfig:
     stall_timeout_s: float = 30.0
     telemetry_interval_s: float = 1.0
     max_duration_s: float = 3600.0
+    spread: Literal["round_robin", "least_outstanding"] = "round_robin"  # over several endpoints
 
     @property
     def rates(self) -> list[float | None]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from magpie_trace.errors import ConfigError
 
@@ -41,6 +41,7 @@ class Group:
     pp: int
     dp: int
     ep: int
+    host: str = "0.0.0.0"  # the API server's bind address
     port: int | None = None
     rendezvous_port: int | None = None
     dp_rpc_port: int | None = None
@@ -55,10 +56,6 @@ class Group:
     @property
     def is_pd(self) -> bool:
         return self.role in PD_ROLES
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "role": self.role, "nodes": list(self.nodes), "tp": self.tp,
-                "pp": self.pp, "dp": self.dp, "ep": self.ep}
 
 
 def node_index(config: Config, ref: str, where: str) -> int:
@@ -78,8 +75,9 @@ def deployment_groups(config: Config) -> list[Group]:
     server = config.server
     if not server.groups:
         return [Group(None, "serve", tuple(range(len(config.scheduler.nodes))), server.tp,
-                      server.pp, server.dp, server.ep, server.port, server.rendezvous_port,
-                      server.dp_rpc_port, extra_args=tuple(server.extra_args))]
+                      server.pp, server.dp, server.ep, server.host, server.port,
+                      server.rendezvous_port, server.dp_rpc_port,
+                      extra_args=tuple(server.extra_args))]
     return [_group(config, i, raw) for i, raw in enumerate(server.groups)]
 
 
@@ -94,7 +92,7 @@ def _group(config: Config, i: int, raw: GroupConfig) -> Group:
 
     return Group(
         name=raw.name, role=raw.role, nodes=nodes, tp=size("tp"), pp=size("pp"), dp=size("dp"),
-        ep=size("ep"), port=raw.port or server.port,
+        ep=size("ep"), host=raw.host or server.host, port=raw.port or server.port,
         rendezvous_port=raw.rendezvous_port or server.rendezvous_port,
         dp_rpc_port=raw.dp_rpc_port or server.dp_rpc_port, bootstrap_port=raw.bootstrap_port,
         kv_connector=raw.kv_connector, transfer_backend=raw.transfer_backend,
@@ -158,11 +156,11 @@ def validate_deployment(config: Config) -> None:
                               f"prefill and decode servers (use {fits})")
     if router is not None:
         _router(config)
-    unused = [node.name for i, node in enumerate(config.scheduler.nodes)
-              if i not in owner and not (router and router_node(config) == i)]
+    unused = [node.name for i, node in enumerate(config.scheduler.nodes) if i not in owner]
     if unused:
         raise ConfigError(f"{src}: scheduler.nodes: {', '.join(unused)} in no server group "
-                          "(list it under a group's nodes, or remove it)")
+                          "(list it under a group's nodes, or remove it; the router runs on a "
+                          "group's node)")
 
 
 def _engine_keys(config: Config, key: str, raw: GroupConfig) -> None:

@@ -1,9 +1,10 @@
 """Start every node's command at once, wait until the server is truly ready, tear it all down.
 
 Ready means the head's health endpoint answers 200 AND every node's process is still alive: a
-worker that died during startup must not hide behind a head that is still loading. Every started
-process group is recorded in state.json before anything else can fail, so `stop` (and Ctrl-C, and
-any failure) ends exactly what was started and nothing else.
+worker that died during startup must not hide behind a head that is still loading. With several
+groups, every group's API servers must answer, and a router must list every one of them healthy.
+Every started process group (the router's too) is recorded in state.json before anything else can
+fail, so `stop` (and Ctrl-C, and any failure) ends exactly what was started and nothing else.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from typing import Any, Callable
 import orjson
 import yaml
 
-from magpie_trace import interrupts
+from magpie_trace import interrupts, router
 from magpie_trace.backends import make_backend
 from magpie_trace.backends.base import Backend, ProcessHandle, exit_text
 from magpie_trace.config import NodeConfig, under
@@ -26,6 +27,7 @@ from magpie_trace.errors import MagpieError, NodeError, NodeGone
 from magpie_trace.fanout import on_nodes
 from magpie_trace.fsutil import atomic_write_bytes, atomic_write_text
 from magpie_trace.plan import NodePlan, Plan
+from magpie_trace.router import RouterPlan
 from magpie_trace.rundir import RunDir
 from magpie_trace.secrets import Secrets
 
@@ -135,8 +137,12 @@ def launch(
     state = LaunchState(run_id=plan.run_id, backend=plan.backend, started_at=time.time())
     try:
         start_nodes(plan, backend, run_dir, state)
-        say(f"started {len(state.handles)} node(s); waiting for {plan.head_url}{plan.health_path}")
+        waiting = ", ".join(url + plan.health_path for url in plan.api_urls)
+        say(f"started {len(state.handles)} process(es); waiting for {waiting}")
         wait_ready(plan, backend, state, plan.config.server.ready_timeout_s)
+        if plan.router is not None:
+            say(f"waiting for {plan.router.url}{router.WORKERS_PATH} to list every worker healthy")
+            wait_router(plan, backend, state)
         state.ready_at = time.time()
         save_state(run_dir, state)
         say(f"ready after {state.ready_at - state.started_at:.1f} s")
@@ -153,11 +159,12 @@ def launch(
 
 
 def start_nodes(plan: Plan, backend: Backend, run_dir: RunDir, state: LaunchState) -> None:
-    """Start every node's command in parallel, recording each handle the moment it exists."""
+    """Start every node's command (and the router) in parallel, recording each handle the moment
+    it exists."""
     lock = threading.Lock()
     save_state(run_dir, state)
 
-    def start(node: NodePlan) -> None:
+    def start(node: NodePlan | RouterPlan) -> None:
         argv = node.argv
         if argv is None:
             return
@@ -172,27 +179,62 @@ def start_nodes(plan: Plan, backend: Backend, run_dir: RunDir, state: LaunchStat
             del state.starting[node.name]
             save_state(run_dir, state)
 
-    on_nodes(start, plan.nodes)
+    on_nodes(start, plan.processes)
 
 
 def wait_ready(plan: Plan, backend: Backend, state: LaunchState, timeout_s: float) -> None:
-    """Poll the head's health endpoint and every node's liveness until ready or timeout."""
-    url = plan.head_url + plan.health_path
+    """Poll every API server's health endpoint (the head's, for one server) and every node's
+    liveness until ready or timeout."""
+    pending = {node.api_url: node for node in plan.nodes if node.serves_http}
     deadline = time.monotonic() + timeout_s
     last_error = "no answer yet"
     while True:
         check_alive(plan, backend, state, during="startup")
-        ok, last_error = http_ok(url)
-        if ok:
+        for url in list(pending):
+            ok, last_error = http_ok(url + plan.health_path)
+            if not ok:
+                break
+            del pending[url]
+        if not pending:
             # One more liveness pass: a node may have died while the head came up.
             check_alive(plan, backend, state, during="startup")
             return
         if time.monotonic() >= deadline:
-            head = plan.head
+            url, head = next(iter(pending.items()))
             tail = _log_tail(plan, backend, state, head)
             raise NodeError(
-                head.name,
-                f"not healthy after {timeout_s:g} s ({url}: {last_error})" + tail,
+                plan.label(head.name),
+                f"not healthy after {timeout_s:g} s ({url}{plan.health_path}: {last_error})" + tail,
+            )
+        time.sleep(0.5)
+
+
+def wait_router(plan: Plan, backend: Backend, state: LaunchState) -> None:
+    """Poll the router's GET /workers until it lists every group's API server healthy (its own
+    /health can answer before it has registered them), watching every process meanwhile."""
+    assert plan.router is not None
+    url = plan.router.url + router.WORKERS_PATH
+    deadline = time.monotonic() + plan.router.ready_timeout_s
+    missing, last_error = list(plan.router.workers), "no answer yet"
+    while True:
+        check_alive(plan, backend, state, during="startup")
+        ok, body = http_get(url)
+        if ok:
+            try:
+                missing = router.unready_workers(orjson.loads(body), plan.router.workers)
+                last_error = "lists as healthy only some of its workers"
+            except orjson.JSONDecodeError:
+                last_error = "answers no JSON"
+            if not missing:
+                return
+        else:
+            last_error = body
+        if time.monotonic() >= deadline:
+            names = ", ".join(f"{w.url} (group {w.group})" for w in missing)
+            raise NodeError(
+                plan.label(plan.router.name),
+                f"not ready after {plan.router.ready_timeout_s:g} s: {url} {last_error}; "
+                f"missing: {names}" + _log_tail(plan, backend, state, plan.router),
             )
         time.sleep(0.5)
 
@@ -202,7 +244,7 @@ def check_alive(plan: Plan, backend: Backend, state: LaunchState, during: str) -
 
     Every node is asked at once: one round trip per pass, however many nodes there are.
     """
-    started = [node for node in plan.nodes if node.name in state.handles]
+    started = [node for node in plan.processes if node.name in state.handles]
     alive = on_nodes(
         lambda node: backend.alive(plan.node_config(node.index), state.handles[node.name]), started
     )
@@ -213,17 +255,25 @@ def check_alive(plan: Plan, backend: Backend, state: LaunchState, during: str) -
         handle = state.handles[node.name]
         code = exit_text(backend.exit_code(config, handle))
         raise NodeError(
-            node.name,
+            plan.label(node.name),
             f"process exited with {code} during {during}" + _log_tail(plan, backend, state, node),
         )
 
 
 def http_ok(url: str, timeout_s: float = 2.0) -> tuple[bool, str]:
     """GET url; (True, "") on 200, else (False, what went wrong)."""
+    ok, body = http_get(url, timeout_s)
+    return ok, "" if ok else body
+
+
+def http_get(url: str, timeout_s: float = 2.0) -> tuple[bool, str]:
+    """GET url; (True, body) on 200, else (False, what went wrong)."""
     opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
     try:
         with opener.open(url, timeout=timeout_s) as response:
-            return response.status == 200, f"HTTP {response.status}"
+            if response.status != 200:
+                return False, f"HTTP {response.status}"
+            return True, response.read().decode(errors="replace")
     except urllib.error.HTTPError as exc:
         return False, f"HTTP {exc.code}"
     except (urllib.error.URLError, OSError) as exc:
@@ -231,7 +281,7 @@ def http_ok(url: str, timeout_s: float = 2.0) -> tuple[bool, str]:
         return False, str(reason)
 
 
-def _log_tail(plan: Plan, backend: Backend, state: LaunchState, node: NodePlan) -> str:
+def _log_tail(plan: Plan, backend: Backend, state: LaunchState, node: NodePlan | RouterPlan) -> str:
     handle = state.handles.get(node.name)
     path = handle.log_path if handle else node.log_path
     text = backend.tail(plan.node_config(node.index), path, lines=5).strip()
@@ -270,10 +320,10 @@ def stop(
         save_state(run_dir, state)
     elif on_disk is not None and state.stop_requested is None:
         state.stop_requested = on_disk.stop_requested
-    by_name = {node.name: node for node in plan.nodes}
+    by_name = {node.name: node for node in plan.processes}
     lock = threading.Lock()
 
-    def stop_one(node: NodePlan) -> None:
+    def stop_one(node: NodePlan | RouterPlan) -> None:
         config = plan.node_config(node.index)
         try:
             handle = state.handles.get(node.name) or _recover(config, node.name)
@@ -282,7 +332,7 @@ def stop(
             backend.stop(config, handle, grace_s=grace_s)
         except NodeGone as exc:
             with lock:
-                state.lost[node.name] = str(exc)[len(node.name) + 2 :]
+                state.lost[node.name] = str(exc).split(": ", 1)[-1]
                 state.starting.pop(node.name, None)
             return
         try:

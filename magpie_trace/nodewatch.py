@@ -12,7 +12,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TypeVar
 
 from magpie_trace.backends.base import Backend, ProcessHandle, exit_text
@@ -196,8 +196,13 @@ def process_guard(
     during: str,
     streams: Callable[[], Trip | None] | None = None,
 ) -> NodeGuard:
-    """A guard over the processes launch started on every node of plan (streams: the nodes'
-    monitors, looked at every 0.25 s; without, a remote check every second)."""
-    nodes = {node.name: plan.node_config(node.index) for node in plan.nodes}
-    check = ProcessCheck(backend, nodes, dict(handles), during, streams)
-    return NodeGuard(check, poll_s=STREAM_POLL_S if streams else 1.0)
+    """A guard over the processes launch started on every node of plan and its router (streams:
+    the nodes' monitors, looked at every 0.25 s; without, a remote check every second); a trip
+    names the node's group."""
+    check = ProcessCheck(backend, plan.watched_nodes(), dict(handles), during, streams)
+
+    def labelled() -> Trip | None:
+        trip = check()
+        return replace(trip, node=plan.label(trip.node)) if trip is not None else None
+
+    return NodeGuard(labelled, poll_s=STREAM_POLL_S if streams else 1.0)

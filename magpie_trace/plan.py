@@ -50,6 +50,11 @@ class NodePlan:
         """The full command line, or None when the engine runs nothing on this node."""
         return None if self.args is None else [*self.command, *self.args]
 
+    @property
+    def api_url(self) -> str:
+        """Its API server's base URL (meaningful where serves_http)."""
+        return _url(self.address, self.port)
+
     def to_dict(self, secrets: Secrets | None = None) -> dict[str, Any]:
         """As shown and written: argv and env masked by `secrets` (None: in clear)."""
         argv = self.argv
@@ -133,6 +138,28 @@ class Plan:
 
     def group_of(self, node: NodePlan) -> GroupPlan:
         return next(group for group in self.groups if node.index in group.nodes)
+
+    @property
+    def processes(self) -> list[NodePlan | RouterPlan]:
+        """What launch starts, watches and stops: every node's command, then the router."""
+        return [*self.nodes, *([self.router] if self.router else [])]
+
+    def watched_nodes(self) -> dict[str, NodeConfig]:
+        """Each started process's name -> the node it runs on (the router under its own name),
+        for the checks that its process is still alive."""
+        nodes = {node.name: self.node_config(node.index) for node in self.nodes}
+        if self.router is not None:
+            nodes[self.router.name] = dataclasses.replace(self.node_config(self.router.index),
+                                                          name=self.router.name)
+        return nodes
+
+    def label(self, name: str) -> str:
+        """A started process by its name, with its group: `node2 (group decode)`,
+        `router (sglang-router on node0)`; a plain server's node is just its name."""
+        if self.router is not None and name == self.router.name:
+            return f"router ({self.router.kind} on {self.router.node_name})"
+        node = next((n for n in self.nodes if n.name == name), None)
+        return f"{name} (group {node.group})" if node is not None and node.group else name
 
     @property
     def ranks(self) -> list[Rank]:
@@ -245,7 +272,7 @@ def _plan_group(config: Config, engine: Engine, group: Group, run_id: str,
                 group_role=group.role,
             )
         )
-    api_urls = [_url(node.address, port) for node in nodes if node.serves_http]
+    api_urls = [node.api_url for node in nodes if node.serves_http]
     return GroupPlan(group.name, group.role, layout, list(group.nodes), port, rendezvous_port,
                      bootstrap_port, api_urls), nodes
 
@@ -271,12 +298,15 @@ def _plan_router(config: Config, engine: Engine, groups: list[GroupPlan],
     ]
     connectors = {g.kv_connector for g in config.server.groups if g.kv_connector}
     connector = next(iter(connectors)) if len(connectors) == 1 else engine.default_kv_connector
-    run_dir = under(config.scheduler.node_workdir(node), run_id)
+    workdir = config.scheduler.node_workdir(node)
+    run_dir = under(workdir, run_id)
     return RouterPlan(
-        kind=router.kind, node=index, node_name=node.name, address=node.address, port=port,
+        kind=router.kind, index=index, node_name=node.name, address=node.address, port=port,
         metrics_port=metrics_port, command=list(router.command) or default_command(router.kind),
-        args=router_args(router, workers, connector), env=dict(router.env), workers=workers,
-        log_path=under(run_dir, "router.log"), ready_timeout_s=router.ready_timeout_s,
+        args=router_args(router, workers, connector, config.server.ready_timeout_s),
+        env=dict(router.env), workers=workers,
+        log_path=under(run_dir, "router.log"), workdir=workdir,
+        ready_timeout_s=router.ready_timeout_s,
     )
 
 

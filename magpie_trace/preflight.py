@@ -108,7 +108,7 @@ def check_node(plan: Plan, backend: Backend, node: NodePlan) -> NodeCheck:
             check.problems.append(
                 f"has {check.gpus} {check.gpu_vendor} GPUs, the plan puts {len(node.ranks)} ranks here"
             )
-    check.clock_offset_ns, check.clock_rtt_ns = measure_clock_offset(backend, config)
+    check.clock_offset_ns, check.clock_rtt_ns = measure_clock_offset(backend, config, node.env)
     return check
 
 
@@ -129,11 +129,29 @@ def _engine_version(plan: Plan, backend: Backend, node: NodePlan) -> str | None:
 
 def _planned_ports(plan: Plan, node: NodePlan) -> list[int]:
     ports = []
+    group = plan.group_of(node)
+    group_head = node.index == group.nodes[0]
     if node.serves_http or plan.engine == "sglang":
-        ports.append(plan.port)  # SGLang's worker nodes bind it too, for their dummy /health
-    if node.index == 0 and node.argv is not None and plan.config.server.executor != "ray":
-        ports.append(plan.rendezvous_port)  # vLLM's Ray executor rendezvouses through Ray
+        ports.append(node.port)  # SGLang's worker nodes bind it too, for their dummy /health
+    if group_head and node.argv is not None and plan.config.server.executor != "ray":
+        ports.append(group.rendezvous_port)  # vLLM's Ray executor rendezvouses through Ray
+    if group_head and group.role == "prefill" and group.bootstrap_port is not None:
+        ports.append(group.bootstrap_port)  # the KV handoff listener decode servers reach
+    if plan.router is not None and plan.router.index == node.index:
+        ports += [plan.router.port, plan.router.metrics_port]
     return ports
+
+
+def check_router(plan: Plan, backend: Backend) -> None:
+    """The router's command must start on its node (`--help` answers)."""
+    router = plan.router
+    if router is None:
+        return
+    result = backend.run(plan.node_config(router.index), [*router.command, "--help"], 120)
+    if result.returncode != 0:
+        detail = (result.stderr.strip().splitlines() or [f"exit code {result.returncode}"])[-1]
+        raise NodeError(plan.label(router.name),
+                        f"preflight: {shlex.join(router.command)} does not start: {detail}")
 
 
 def _count_gpus(backend: Backend, config: Any) -> tuple[str | None, int | None]:
@@ -150,12 +168,16 @@ def _count_gpus(backend: Backend, config: Any) -> tuple[str | None, int | None]:
     return None, None
 
 
-def measure_clock_offset(backend: Backend, config: Any) -> tuple[int, int]:
-    """(offset_ns, rtt_ns) of the node's wall clock from ours, from the round trip with least RTT."""
+def measure_clock_offset(backend: Backend, config: Any, env: dict[str, str] | None = None
+                         ) -> tuple[int, int]:
+    """(offset_ns, rtt_ns) of the node's wall clock from ours, from the round trip with least RTT.
+
+    Read under the node's env (through run_with_env: values never in argv), so the clock is the
+    one its engine sees (a preloaded libfaketime, say)."""
     best: tuple[int, int] | None = None
     for _ in range(CLOCK_SAMPLES):
         t0 = time.time_ns()
-        result = backend.run(config, _CLOCK_ARGV, 30)
+        result = backend.run_with_env(config, _CLOCK_ARGV, env or {}, 30)
         t1 = time.time_ns()
         try:
             remote = int(result.stdout.strip().splitlines()[-1])
@@ -196,7 +218,8 @@ def run_preflight(plan: Plan, backend: Backend, run_dir: RunDir | None = None) -
             check.problems.insert(0, f"{plan.engine} is not installed or does not start ({shlex.join(node.command)})")
     for check in checks:
         if check.problems:
-            raise NodeError(check.node, "preflight: " + "; ".join(check.problems))
+            raise NodeError(plan.label(check.node), "preflight: " + "; ".join(check.problems))
+    check_router(plan, backend)
     return checks
 
 

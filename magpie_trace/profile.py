@@ -298,12 +298,13 @@ def _info_fits(rank_value: int, world: int | None, rank: Rank, layout: Layout) -
 
 
 def _match(plan: Plan, node: NodePlan, seen: _Seen, where: str) -> tuple[Rank | None, str | None]:
-    """The rank this complete file belongs to, or (None, why not)."""
-    layout = plan.layout
+    """The rank this complete file belongs to, or (None, why not). Ranks are numbered per group."""
+    layout = node.layout
     probe = seen.probe or {}
     by_name = [rank for rank in node.ranks if _name_fits(seen.parsed, rank, layout)]
     if not by_name:
-        elsewhere = [r for r in plan.ranks if r.node != node.index and _name_fits(seen.parsed, r, layout)]
+        group = [r for n in plan.nodes if n.group == node.group for r in n.ranks]
+        elsewhere = [r for r in group if r.node != node.index and _name_fits(seen.parsed, r, layout)]
         if elsewhere:
             other = plan.nodes[elsewhere[0].node].name
             return None, (
@@ -340,7 +341,7 @@ def judge_node(plan: Plan, node: NodePlan, seen: list[_Seen]) -> NodeScan:
     for item in seen:
         where = f"{node.name}: {item.path}"
         probe = item.probe
-        named = [r for r in node.ranks if _name_fits(item.parsed, r, plan.layout)]
+        named = [r for r in node.ranks if _name_fits(item.parsed, r, node.layout)]
         if probe is None or not probe.get("complete"):
             if probe is not None and probe.get("error") == "missing":
                 continue  # gone since it was listed: judged as absent
@@ -348,7 +349,7 @@ def judge_node(plan: Plan, node: NodePlan, seen: list[_Seen]) -> NodeScan:
             if item.parsed.kind == "api_server":
                 where = f"{node.name}: the API server: {item.path}"
             elif len(named) == 1:
-                where = f"{node.name}: {rank_label(named[0], plan.layout)}: {item.path}"
+                where = f"{node.name}: {rank_label(named[0], node.layout)}: {item.path}"
                 reported.add(named[0])
             scan.pending.append(f"{where} is {state}")
             continue
@@ -368,7 +369,7 @@ def judge_node(plan: Plan, node: NodePlan, seen: list[_Seen]) -> NodeScan:
                 continue
             key = rank
         if key in claimed:
-            what = "the API server" if rank is None else rank_label(rank, plan.layout)
+            what = "the API server" if rank is None else rank_label(rank, node.layout)
             scan.fatal.append(
                 f"{node.name}: {what} has two traces: {claimed[key].path} and {item.path}"
             )
@@ -384,7 +385,7 @@ def judge_node(plan: Plan, node: NodePlan, seen: list[_Seen]) -> NodeScan:
         )
     for rank in node.ranks:
         if rank not in claimed and rank not in reported:
-            scan.pending.append(f"{node.name}: no trace for {rank_label(rank, plan.layout)}")
+            scan.pending.append(f"{node.name}: no trace for {rank_label(rank, node.layout)}")
     return scan
 
 

@@ -62,16 +62,33 @@ def topology_section(run_dir: RunDir) -> Section:
         section.notes.append("no plan.json in this run")
         return section
     layout = plan["layout"]
-    section.lines.append(
-        f"{plan['engine']} serving `{plan.get('model', '?')}` on {layout['nnodes']} node(s) via "
-        f"{plan['backend']}: TP{layout['tp']} x PP{layout['pp']} x DP{layout['dp']} "
-        f"(EP{layout['ep']}) = {layout['world_size']} ranks; endpoint {plan['head_url']}"
-    )
+    groups = plan.get("groups") or []
+    if groups:
+        section.lines.append(
+            f"{plan['engine']} serving `{plan.get('model', '?')}` on {len(plan['nodes'])} node(s) "
+            f"via {plan['backend']} as {len(groups)} group(s); endpoint {plan['head_url']}"
+        )
+        for group in groups:
+            size = group["layout"]
+            section.lines.append(
+                f"- group {group['name']} ({group['role']}): TP{size['tp']} x PP{size['pp']} x "
+                f"DP{size['dp']} (EP{size['ep']}) on nodes {_fmt(group['nodes'])}")
+        router = plan.get("router")
+        if router:
+            section.lines.append(f"- router {router['kind']} on {router['node_name']}: "
+                                 f"`{' '.join(router['argv'])}`")
+    else:
+        section.lines.append(
+            f"{plan['engine']} serving `{plan.get('model', '?')}` on {layout['nnodes']} node(s) via "
+            f"{plan['backend']}: TP{layout['tp']} x PP{layout['pp']} x DP{layout['dp']} "
+            f"(EP{layout['ep']}) = {layout['world_size']} ranks; endpoint {plan['head_url']}"
+        )
     rows = []
     for node in plan["nodes"]:
         ranks = [r["global_rank"] for r in node["ranks"]]
         span = f"{ranks[0]}-{ranks[-1]}" if len(ranks) > 1 else _fmt(ranks)
-        rows.append([node["name"], node["host"], node["address"], node["role"], span,
+        role = f"{node['role']} ({node['group']})" if node.get("group") else node["role"]
+        rows.append([node["name"], node["host"], node["address"], role, span,
                      " ".join(node["argv"] or ["(placed by the head)"])])
     section.tables.append((["node", "host", "address", "role", "global ranks", "command"], rows))
     return section

@@ -6,13 +6,15 @@ sglang-router 0.3.2 and vllm-router 0.1.17 (docs/engines.md has the details):
   then `--prefill URL [BOOTSTRAP_PORT]` per prefill server and `--decode URL` per decode server;
   regular mode: `--worker-urls URL ...`. Policies: `--policy`, `--prefill-policy`, `--decode-policy`.
 - Both open a Prometheus port (default 29000, a clash between users of one node): always given.
-- `--worker-startup-check-interval 1`: the default 30 s would delay readiness by up to 30 s.
+- `--worker-startup-check-interval 1`: the default 30 s would delay readiness by up to 30 s;
+  `--worker-startup-timeout-secs`: server.ready_timeout_s (vllm-router exits after 600 s).
 - `GET /workers` lists every worker with `url`, `worker_type` and `is_healthy`. sglang-router's
   `/health` answers 200 before its workers are registered, so readiness is read from /workers.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -51,7 +53,7 @@ class RouterPlan:
     """The router's process: where it runs, its argv, its URL and the workers it must see."""
 
     kind: str
-    node: int
+    index: int  # the node it runs on (scheduler index)
     node_name: str
     address: str
     port: int
@@ -61,8 +63,11 @@ class RouterPlan:
     env: dict[str, str]
     workers: list[Worker]
     log_path: str
+    workdir: str
     ready_timeout_s: float
     url: str = field(init=False)
+    # Launch starts, watches and stops it like a node's command, under this name.
+    name: str = field(default="router", init=False)
 
     def __post_init__(self) -> None:
         host = f"[{self.address}]" if ":" in self.address else self.address
@@ -75,7 +80,7 @@ class RouterPlan:
     def to_dict(self, secrets: Secrets | None = None) -> dict[str, Any]:
         """As shown and written: argv and env masked by `secrets` (None: in clear)."""
         return {
-            "kind": self.kind, "node": self.node, "node_name": self.node_name, "url": self.url,
+            "kind": self.kind, "node": self.index, "node_name": self.node_name, "url": self.url,
             "metrics_port": self.metrics_port,
             "argv": secrets.argv(self.argv) if secrets else self.argv,
             "env": secrets.env(self.env) if secrets else dict(self.env),
@@ -92,8 +97,11 @@ def default_command(kind: str) -> list[str]:
     return list(_COMMANDS[kind])
 
 
-def router_args(router: RouterConfig, workers: list[Worker], kv_connector: str | None) -> list[str]:
-    """The router's arguments: its address, its workers (PD pairs or replicas), its policies."""
+def router_args(router: RouterConfig, workers: list[Worker], kv_connector: str | None,
+                startup_timeout_s: float) -> list[str]:
+    """The router's arguments: its address, its workers (PD pairs or replicas), its policies, and
+    how long it waits for its workers (the servers' own ready timeout: vllm-router gives up after
+    600 s by default, and exits)."""
     port, metrics_port = router_ports(router)
     args = ["--host", router.host, "--port", str(port)]
     if any(worker.role != "serve" for worker in workers):
@@ -114,7 +122,8 @@ def router_args(router: RouterConfig, workers: list[Worker], kv_connector: str |
                         ("--decode-policy", router.decode_policy)):
         if value is not None:
             args += [flag, value]
-    args += ["--prometheus-port", str(metrics_port), "--worker-startup-check-interval", "1"]
+    args += ["--prometheus-port", str(metrics_port), "--worker-startup-check-interval", "1",
+             "--worker-startup-timeout-secs", str(math.ceil(startup_timeout_s))]
     return args + list(router.extra_args)
 
 

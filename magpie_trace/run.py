@@ -227,15 +227,15 @@ def _write_run_json(
     in which attempt); outputs and bench validity carry over from attempts that measured them."""
     latest: dict[str, StageRecord] = {}
     for attempt in earlier:
-        for stage in attempt.get("stages", []):
-            latest[stage["name"]] = StageRecord(
-                stage["name"], stage["status"], stage.get("seconds", 0.0), stage.get("detail", ""),
-                stage.get("attempt") or attempt.get("attempt"),
+        for record in attempt.get("stages", []):
+            latest[record["name"]] = StageRecord(
+                record["name"], record["status"], record.get("seconds", 0.0), record.get("detail", ""),
+                record.get("attempt") or attempt.get("attempt"),
             )
         result.outputs = {**attempt.get("outputs", {}), **result.outputs}
-    for stage in ran:
-        latest[stage.name] = StageRecord(stage.name, stage.status, stage.seconds, stage.detail,
-                                         result.attempt)
+    for done in ran:
+        latest[done.name] = StageRecord(done.name, done.status, done.seconds, done.detail,
+                                        result.attempt)
     result.stages = [latest.get(name) or StageRecord(name, "skipped") for name in STAGES]
     if result.bench_valid is None and "bench" not in {s.name for s in ran}:
         result.bench_valid = next((a.get("bench_valid") for a in reversed(earlier)

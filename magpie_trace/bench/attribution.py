@@ -47,6 +47,7 @@ def per_node(
         sampler = samplers.get(node.name)
         entry: dict[str, Any] = {
             "role": node.role,
+            **({"group": node.group, "group_role": node.group_role} if node.group else {}),
             "request_metrics": meaning.get(kind, "undefined"),
             "lost": trip is not None and trip.node == node.name,
         }

@@ -19,6 +19,7 @@ from typing import Any
 import aiohttp
 import orjson
 
+from magpie_trace.bench.endpoints import Endpoints
 from magpie_trace.bench.metrics import RequestRecord
 from magpie_trace.bench.workload import Prompt, Tokenizer
 
@@ -39,20 +40,24 @@ class Progress:
 
 
 class StreamClient:
-    """Sends prompts to one endpoint; use as `async with StreamClient(...) as client`."""
+    """Sends prompts to one endpoint, or spreads them over several (`spread`: endpoints.py); use
+    as `async with StreamClient(...) as client`."""
 
     def __init__(
         self,
-        base_url: str,
+        base_url: str | list[str],
         model: str,
         endpoint: str = "completions",
         concurrency: int | None = 1,
         request_timeout_s: float = 600.0,
         ignore_eos: bool = True,
         tokenizer: Tokenizer | None = None,
+        spread: str = "round_robin",
     ) -> None:
-        self.base_url = base_url.rstrip("/")
-        self.url = self.base_url + ("/v1/chat/completions" if endpoint == "chat" else "/v1/completions")
+        self.endpoints = Endpoints([base_url] if isinstance(base_url, str) else base_url, spread)
+        self.base_url = self.endpoints.urls[0]
+        self.path = "/v1/chat/completions" if endpoint == "chat" else "/v1/completions"
+        self.url = ", ".join(url + self.path for url in self.endpoints.urls)
         self.chat = endpoint == "chat"
         self.model = model
         self.concurrency = concurrency
@@ -64,7 +69,8 @@ class StreamClient:
         self._session: aiohttp.ClientSession | None = None
 
     async def __aenter__(self) -> "StreamClient":
-        limit = 0 if self.concurrency is None else max(self.concurrency, 1) + 8  # 0: no limit
+        # 0: no limit; else the concurrency on each endpoint (several without a router)
+        limit = 0 if self.concurrency is None else max(self.concurrency, 1) * len(self.endpoints.urls) + 8
         connector = aiohttp.TCPConnector(
             limit=limit, limit_per_host=0, keepalive_timeout=60, ttl_dns_cache=300
         )
@@ -100,11 +106,13 @@ class StreamClient:
         assert self._session is not None
         session = self._session
 
-        async def one() -> None:
-            async with session.get(self.base_url + "/v1/models") as response:
+        async def one(base_url: str) -> None:
+            async with session.get(base_url + "/v1/models") as response:
                 await response.read()
 
-        await asyncio.gather(*(one() for _ in range(count)), return_exceptions=True)
+        urls = self.endpoints.urls
+        await asyncio.gather(*(one(url) for url in urls for _ in range(count)),
+                             return_exceptions=True)
 
     def body(self, prompt: Prompt) -> dict[str, Any]:
         body: dict[str, Any] = {
@@ -132,10 +140,12 @@ class StreamClient:
         data = orjson.dumps(self.body(prompt))
         text_parts: list[str] = []
         progress.in_flight += 1
+        target = self.endpoints.acquire()
+        record.endpoint = self.endpoints.urls[target]
         record.sent_ns = self.now()
         try:
             async with self._session.post(
-                self.url, data=data, headers={"Content-Type": "application/json"},
+                record.endpoint + self.path, data=data, headers={"Content-Type": "application/json"},
                 trace_request_ctx=record,
             ) as response:
                 record.http_status = response.status
@@ -160,6 +170,7 @@ class StreamClient:
             record.error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
         finally:
             progress.in_flight -= 1
+            self.endpoints.release(target)
             if record.status == "ok":
                 progress.done += 1
                 progress.touch()

@@ -52,6 +52,7 @@ class RequestRecord:
     http_status: int | None = None
     error: str | None = None
     queued_ns: int | None = None
+    endpoint: str | None = None  # the API server it went to (several without a router)
     text: str = ""  # the generated text (the next turn's history; vLLM's generated_texts)
 
     @property
@@ -116,6 +117,7 @@ class RequestRecord:
         return {
             "index": self.index,
             "point": self.point,
+            "endpoint": self.endpoint,
             "conversation": self.conversation,
             "turn": self.turn,
             "status": self.status,

@@ -36,6 +36,11 @@ HISTOGRAMS = {
         "sglang:inter_token_latency_seconds",
     ),
     "e2el": ("vllm:e2e_request_latency_seconds", "sglang:e2e_request_latency_seconds"),
+    "queue": ("vllm:request_queue_time_seconds", "sglang:queue_time_seconds"),
+    "prefill": ("vllm:request_prefill_time_seconds",),
+    "decode": ("vllm:request_decode_time_seconds",),
+    # A decode server's KV pulls from its prefill servers (vLLM's NIXL connector).
+    "kv_transfer": ("vllm:nixl_xfer_time_seconds",),
 }
 GAUGES = {
     "running": ("vllm:num_requests_running", "sglang:num_running_reqs"),
@@ -149,12 +154,27 @@ def metrics_targets(plan: Plan | None, base_url: str) -> dict[str, str]:
         return {"endpoint": base_url.rstrip("/") + "/metrics"}
     server = plan.config.server
     every_node = server.engine == "sglang" and "--enable-metrics-for-all-schedulers" in server.extra_args
-    targets = {}
-    for node in plan.nodes:
-        if node.serves_http or every_node:
-            host = f"[{node.address}]" if ":" in node.address else node.address
-            targets[node.name] = f"http://{host}:{plan.port}/metrics"
-    return targets
+    return {node.name: f"{node.api_url}/metrics" for node in plan.nodes
+            if node.serves_http or every_node}
+
+
+def group_totals(plan: Plan, server: dict[str, Any]) -> dict[str, Any]:
+    """Per group (prefill, decode, replica): its nodes' counter deltas summed, and each histogram
+    mean of its API servers (a group's requests are all counted by its head)."""
+    out: dict[str, Any] = {}
+    for group in plan.groups:
+        names = [node.name for node in plan.nodes if node.index in group.nodes]
+        pages = [server[name] for name in names if isinstance(server.get(name), dict)
+                 and "error" not in server[name]]
+        total: dict[str, float] = {}
+        means: dict[str, float] = {}
+        for page in pages:
+            for key, value in page.get("total", {}).items():
+                total[key] = total.get(key, 0.0) + value
+            for engine in page.get("engines", {}).values():
+                means.update({k: v for k, v in engine.items() if k.startswith("mean_")})
+        out[str(group.name)] = {"role": group.role, "nodes": names, "total": total, **means}
+    return out
 
 
 async def fetch_text(session: aiohttp.ClientSession, url: str) -> str:

@@ -20,6 +20,7 @@ from magpie_trace.backends.base import Backend, ProcessHandle
 from magpie_trace.bench.arrivals import LoadPoint, Ramp, sweep_points
 from magpie_trace.bench.attribution import attribution, engine_nodes, per_node
 from magpie_trace.bench.client import StreamClient
+from magpie_trace.bench.endpoints import per_endpoint
 from magpie_trace.bench.load import PointRun, cycled, first_turns, run_point
 from magpie_trace.bench.metrics import RequestRecord, aggregate
 from magpie_trace.bench.models import resolve_model
@@ -27,6 +28,7 @@ from magpie_trace.bench.plots import write_plots
 from magpie_trace.bench.progressbar import report_progress
 from magpie_trace.bench.prometheus import (
     fetch_text,
+    group_totals,
     metrics_targets,
     scrape_all,
     server_deltas,
@@ -144,6 +146,8 @@ async def run_benchmark_async(
     base_url = url or (plan.head_url if plan else "")
     if not base_url:
         raise MagpieError("bench: no endpoint (give a plan or a URL)")
+    # The router, else every API server (requests spread over them): one URL for one server.
+    endpoints = [url] if url else plan.endpoints if plan else [base_url]
     points = list(points or sweep_points(bench))
     if profile_point is not None:
         points.insert(0, replace(profile_point, profiled=True))
@@ -152,6 +156,7 @@ async def run_benchmark_async(
     kind, kind_note = attribution(plan)
     head = plan.head.name if plan else base_url
     nodes = {plan.nodes[i].name: plan.node_config(i) for i in range(len(plan.nodes))} if plan else {}
+    watched = plan.watched_nodes() if plan else {}  # a lost router stops the run too
 
     samplers: dict[str, NodeSampler] = {}
     owned: Monitors | None = None
@@ -169,7 +174,7 @@ async def run_benchmark_async(
         head=head,
         stall_timeout_s=bench.stall_timeout_s,
         backend=backend,
-        nodes=nodes,
+        nodes=watched,
         handles=dict(handles or {}),
         samplers=samplers,
         silence_s=max(10.0, 3 * bench.telemetry_interval_s),
@@ -199,9 +204,13 @@ async def run_benchmark_async(
         "topology": {
             "layout": plan.layout.to_dict() if plan else None,
             "nodes": [
-                {"name": n.name, "role": n.role, "host": n.host, "serves_http": n.serves_http}
+                {"name": n.name, "role": n.role, "host": n.host, "serves_http": n.serves_http,
+                 **({"group": n.group, "group_role": n.group_role} if n.group else {})}
                 for n in (plan.nodes if plan else [])
             ],
+            "endpoints": endpoints,
+            "spread": bench.spread if len(endpoints) > 1 else None,
+            "router": plan.router.to_dict() if plan and plan.router else None,
             "attribution": kind,
             "attribution_note": kind_note,
             "engine_nodes": engine_nodes(plan) if kind == "engine_label" else {},
@@ -236,8 +245,8 @@ async def run_benchmark_async(
     gc.freeze()  # as vLLM does: no full collections of the (large, static) heap mid-run
     try:
         async with StreamClient(
-            base_url, "", bench.endpoint, max_concurrency,
-            bench.request_timeout_s, bench.ignore_eos, tokenizer,
+            endpoints, "", bench.endpoint, max_concurrency,
+            bench.request_timeout_s, bench.ignore_eos, tokenizer, bench.spread,
         ) as client:
             watchdog.progress = client.progress
             session = client.session
@@ -298,9 +307,15 @@ async def run_benchmark_async(
                 summary.update(spec_decode(before.get(head_page), after.get(head_page)) if after else {})
                 summary.update({
                     "server": server_deltas(before, after) if after else {},
+                    **({"per_endpoint": per_endpoint(run.records, client.endpoints.urls,
+                                                     run.duration_s, bench.percentiles,
+                                                     bench.goodput or None)}
+                       if len(endpoints) > 1 else {}),
                     "telemetry": {n: s.summary(run.started_unix, run.ended_unix) for n, s in samplers.items()},
                     "partial": watchdog.trip is not None,
                 })
+                if plan is not None and plan.has_groups:
+                    summary["server_groups"] = group_totals(plan, summary["server"])
                 _server_checks(summary, result["warnings"])
                 result["points"].append(summary)
                 result["artifacts"]["points"] += write_point(out, summary, run.records, result["workload"], bench.sglang_result)
@@ -321,6 +336,8 @@ async def run_benchmark_async(
         if owned is not None:
             owned.stop()
     trip = watchdog.trip
+    if trip is not None and plan is not None:
+        trip = Trip(plan.label(trip.node), trip.reason)  # names its group too
     if trip is not None:
         result["valid"] = False
         result["invalid_reasons"].append(f"{trip.node}: {trip.reason}")

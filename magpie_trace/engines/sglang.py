@@ -51,7 +51,7 @@ class SglangEngine(Engine):
             ]
         if server.served_model_name:
             args += ["--served-model-name", server.served_model_name]
-        args += ["--host", server.host, "--port", str(ctx.port)]
+        args += ["--host", ctx.group.host, "--port", str(ctx.port)]
         group = ctx.group
         if group.is_pd:
             args += ["--disaggregation-mode", group.role]

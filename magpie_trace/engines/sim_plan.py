@@ -57,7 +57,7 @@ class SimEngine(VllmStyleProfiling, Engine):
             "--rendezvous", f"{ctx.head.address}:{ctx.rendezvous_port}",
         ]
         if ctx.is_head:
-            args += ["--host", server.host, "--port", str(ctx.port)]
+            args += ["--host", ctx.group.host, "--port", str(ctx.port)]
         else:
             args.append("--headless")
         args += [

@@ -156,7 +156,7 @@ class VllmEngine(VllmStyleProfiling, Engine):
         if server.served_model_name:
             args += ["--served-model-name", server.served_model_name]
         if ctx.is_head:
-            args += ["--host", server.host, "--port", str(ctx.port)]
+            args += ["--host", ctx.group.host, "--port", str(ctx.port)]
         elif server.executor != "ray" and layout.nnodes > 1:
             args.append("--headless")
         if ctx.trace_dir is not None:

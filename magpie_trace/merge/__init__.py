@@ -29,10 +29,11 @@ import polars as pl
 
 from magpie_trace.errors import MagpieError, TraceError
 from magpie_trace.merge import gzipjoin, perfetto, tables
-from magpie_trace.merge.align import ClockFit, NodeTimes, ProbePoint, residuals, solve
+from magpie_trace.merge.align import ClockFit, NodeTimes, PairRows, ProbePoint, fit_pair, probe_rows, residuals, solve
 from magpie_trace.merge.anchors import Matched
 from magpie_trace.merge.discover import TraceFile, discover, manifest_probes
-from magpie_trace.merge.matching import Place, Prior, match
+from magpie_trace.merge.handoff import launch_measurements, place_groups, read_handoffs
+from magpie_trace.merge.matching import MatchResult, Place, Prior, match
 from magpie_trace.merge.load import SCRATCH, Scanned, scan, size_hint
 from magpie_trace.merge.rewrite import RewriteJob, RewriteResult, Transform, rewrite
 
@@ -106,8 +107,9 @@ def _run(fn: Callable[[T], R], items: Iterable[T], jobs: int) -> list[R]:
 
 
 def _resolve_ranks(scanned: list[Scanned]) -> None:
-    """Fill global ranks from distributedInfo and refuse two files that claim one rank."""
-    owners: dict[int, Path] = {}
+    """Fill global ranks from distributedInfo and refuse two files that claim one rank (of one
+    group: each group of a deployment numbers its own ranks)."""
+    owners: dict[tuple[str | None, int], Path] = {}
     for sc in scanned:
         tf = sc.file
         dist_rank = (sc.distributed_info or {}).get("rank")
@@ -124,9 +126,88 @@ def _resolve_ranks(scanned: list[Scanned]) -> None:
             tf.notes.append(f"distributedInfo.rank {dist_rank} differs from {tf.global_rank} (name/manifest wins)")
         if tf.global_rank is None:
             raise TraceError(f"{tf.path}: cannot tell its rank (no manifest entry, rank in the name or distributedInfo)")
-        if tf.global_rank in owners:
-            raise TraceError(f"{owners[tf.global_rank]} and {tf.path} both claim rank {tf.global_rank}")
-        owners[tf.global_rank] = tf.path
+        key = (tf.group, tf.global_rank)
+        if key in owners:
+            raise TraceError(f"{owners[key]} and {tf.path} both claim rank {tf.global_rank}")
+        owners[key] = tf.path
+
+
+def _match_groups(files: list[TraceFile], ranks: list[int], anchors: dict[int, list[Any]],
+                  places: dict[int, Place], priors: dict[tuple[int, int], Prior]) -> MatchResult:
+    """Groups of a deployment share no collective, and their process groups and sequence numbers
+    repeat from one group to the next: each group's files are matched among themselves."""
+    by_group: dict[str | None, list[int]] = {}
+    for i in ranks:
+        by_group.setdefault(files[i].group, []).append(i)
+    if len(by_group) < 2:
+        return match(anchors, places, priors)
+    out = MatchResult([])
+    for members in by_group.values():
+        mine = set(members)
+        found = match({i: anchors[i] for i in members}, {i: places[i] for i in members},
+                      {key: prior for key, prior in priors.items() if set(key) <= mine})
+        out.collectives += found.collectives
+        out.refused += found.refused
+    return out
+
+
+def _solve_groups(files: list[TraceFile], scanned: list[Scanned], ranks: list[int], times: NodeTimes,
+                  reference: str, t0: int, probes: dict[str, list[ProbePoint]], all_nodes: list[str],
+                  manifest: dict[str, Any] | None, horizon: tuple[float, float],
+                  ) -> tuple[dict[str, ClockFit], list[str]]:
+    """Node fits to the reference node, and warnings. Groups of a deployment share no collective:
+    each is fitted on its own anchors against its own first node, then placed as a whole by the KV
+    handoffs between groups (handoff.py, read from one rank file per node), else by the clock probe
+    (or, without one, the launch's preflight clock measurement)."""
+    groups: dict[str | None, list[str]] = {}
+    for i in ranks:
+        members = groups.setdefault(files[i].group, [])
+        if files[i].node_name not in members:
+            members.append(files[i].node_name)
+    if len(groups) < 2:
+        return solve(times, reference, t0, probes, all_nodes, horizon)
+    group_fits: dict[str, dict[str, ClockFit]] = {}
+    notes: list[str] = []
+    for group, members in groups.items():
+        head = reference if reference in members else members[0]
+        fits, found = solve(times, head, t0, probes, members, horizon)
+        group_fits[str(group)] = fits
+        notes += found
+    first: dict[str, int] = {}
+    for i in ranks:
+        first.setdefault(files[i].node_name, i)
+    handoffs = {node: read_handoffs(files[i].path, scanned[i].base_ns) for node, i in first.items()}
+    empty = np.zeros((0, 2))
+
+    launch = launch_measurements(manifest, files)
+
+    def probed(n: str, m: str) -> tuple[float, float] | None:
+        """theta_m - theta_n from the clock probe, else from the launch's preflight measurement."""
+        rows = probe_rows(probes, n, m, t0, reference)
+        if rows is not None:
+            fit = fit_pair(PairRows(empty, empty, empty, 0, []), rows, f"{n}<->{m}")
+            if fit.method != "refused":
+                return fit.a, fit.uncertainty_ns
+        if n in launch and m in launch:
+            return launch[m][0] - launch[n][0], launch[m][1] + launch[n][1]
+        return None
+
+    reference_group = str(next(g for g, members in groups.items() if reference in members))
+    fits, unplaced = place_groups(group_fits, handoffs, reference_group, probed)
+    for group in unplaced:
+        why = (f"its group {group} shares no KV handoff with the other groups and its nodes have no "
+               "clock probe")
+        for node in group_fits[group]:
+            fits[node] = ClockFit(node, 0.0, 0.0, t0, "unaligned", 0, float("inf"),
+                                  warnings=[f"{node}: left on its own clock: {why}"], unaligned=why,
+                                  interval_ns=(-np.inf, np.inf))
+    for node in all_nodes:
+        if node not in fits:
+            why = "no rank trace of its group on it"
+            fits[node] = ClockFit(node, 0.0, 0.0, t0, "unaligned", 0, float("inf"),
+                                  warnings=[f"{node}: left on its own clock: {why}"], unaligned=why,
+                                  interval_ns=(-np.inf, np.inf))
+    return fits, notes
 
 
 def _window(scanned: list[Scanned], ref: Scanned, fit: ClockFit, base: int, opts: MergeOptions) -> tuple[int, int] | None:
@@ -239,7 +320,10 @@ def _merge(files: list[TraceFile], manifest: dict[str, Any] | None, output_dir: 
     files = [sc.file for sc in scanned]  # workers return their own (updated) copies
     _resolve_ranks(scanned)
     warnings: list[str] = [f"{tf.path.name}: {note}" for tf in files for note in tf.notes]
-    order = sorted(range(len(files)), key=lambda i: (files[i].kind != "rank", files[i].global_rank or 0, i))
+    # Ranks first, by global rank; a deployment of groups (each numbering its own ranks) in node
+    # order, so the reference is the first node's clock, as for one server.
+    order = sorted(range(len(files)), key=lambda i: (
+        files[i].kind != "rank", (files[i].node or 0) if files[i].group else 0, files[i].global_rank or 0, i))
     ranks = [i for i in order if files[i].kind == "rank"]
     if not ranks:
         raise TraceError(f"{files[0].path.parent}: no rank traces (only API-server or unknown traces)")
@@ -251,7 +335,8 @@ def _merge(files: list[TraceFile], manifest: dict[str, Any] | None, output_dir: 
     probes = manifest_probes(manifest, files)
     places = {i: Place(files[i].node_name, files[i].dp_rank or 0, files[i].pp_rank or 0,
                        files[i].tp_rank, files[i].global_rank) for i in ranks}
-    matching = match({i: scanned[i].anchors for i in ranks}, places, _priors(files, ranks, probes))
+    matching = _match_groups(files, ranks, {i: scanned[i].anchors for i in ranks}, places,
+                             _priors(files, ranks, probes))
     warnings += [f"not matched: {reason}" for reason in matching.refused]
     matched = Matched.of(matching.collectives)
     ref_file = next(i for i in ranks if files[i].node_name == reference)
@@ -263,7 +348,8 @@ def _merge(files: list[TraceFile], manifest: dict[str, Any] | None, output_dir: 
         t for sc in on_ref for a in [*sc.anchors[:1], *sc.anchors[-1:], *sc.steps[:1], *sc.steps[-1:]]
         for t in (a.start, a.end)]
     horizon = ((min(extent) - t0) / 1e9, (max(extent) - t0) / 1e9) if extent else (0.0, 0.0)
-    fits, notes = solve(times, reference, t0, probes, all_nodes, horizon)
+    fits, notes = _solve_groups(files, scanned, ranks, times, reference, t0, probes, all_nodes, manifest,
+                                horizon)
     warnings += notes
     durations = matched.end - matched.start
     typical = float(np.median(durations)) if len(durations) else None
@@ -284,7 +370,8 @@ def _merge(files: list[TraceFile], manifest: dict[str, Any] | None, output_dir: 
     jobs = []
     for k, i in enumerate(order):
         sc, tf, fit = scanned[i], files[i], fits[files[i].node_name]
-        meta = {"source": tf.path.name, "node": tf.node_name, "label": tf.label, "global_rank": tf.global_rank,
+        meta = {"source": tf.path.name, "node": tf.node_name, "label": tf.label, "group": tf.group,
+                "global_rank": tf.global_rank,
                 "clock_offset_ns": round(fit.offset_ns, 1), "clock_drift_ppm": fit.drift_ppm, "t0_ns": fit.t0_ns,
                 "method": fit.method, "reference_node": reference}
         folder = work / ("aligned" if fit.aligned else "unaligned")
@@ -350,7 +437,7 @@ def _merge(files: list[TraceFile], manifest: dict[str, Any] | None, output_dir: 
         tf, sc = files[i], scanned[i]
         file_reports.append({
             "file": tf.path.name, "kind": tf.kind, "label": tf.label, "node": tf.node_name,
-            "global_rank": tf.global_rank, "anchors": len(sc.anchors),
+            "group": tf.group, "global_rank": tf.global_rank, "anchors": len(sc.anchors),
             "anchor_kind": ("gpu" if any(a.gpu for a in sc.anchors) else "cpu") if sc.anchors else None,
             "format": "relative" if sc.base_ns is not None else "absolute", "uncompressed_bytes": sc.size,
             "aligned": jobs[k].aligned_path.name if jobs[k].aligned_path else None,
@@ -359,11 +446,17 @@ def _merge(files: list[TraceFile], manifest: dict[str, Any] | None, output_dir: 
     aligned_ranks = [files[i] for i in ranks if fits[files[i].node_name].aligned]
     tracelens = None
     if "aligned" in opts.outputs and aligned_ranks:
-        per_node = Counter(tf.node_name for tf in aligned_ranks)
-        tracelens = shlex.join([
-            TRACELENS_REPORT, "--trace_glob", str(output_dir / "aligned" / "*rank*.trace.json.gz"),
-            "--world_size", str(len(aligned_ranks)), "--gpus_per_node", str(max(per_node.values())),
-        ])
+        # Groups of a deployment number their own ranks and share no collective: a report each.
+        commands = []
+        for group in dict.fromkeys(tf.group for tf in aligned_ranks):
+            mine = [tf for tf in aligned_ranks if tf.group == group]
+            per_node = Counter(tf.node_name for tf in mine)
+            pattern = f"*-{group}-rank*.trace.json.gz" if group else "*rank*.trace.json.gz"
+            commands.append(shlex.join([
+                TRACELENS_REPORT, "--trace_glob", str(output_dir / "aligned" / pattern),
+                "--world_size", str(len(mine)), "--gpus_per_node", str(max(per_node.values())),
+            ]))
+        tracelens = " && ".join(commands)
     result = MergeResult(
         output_dir=output_dir, files=file_reports, nodes=node_reports, reference_node=reference,
         base_time_ns=base_out, collectives=len(matched.streams), window_ns=window, outputs=outputs,

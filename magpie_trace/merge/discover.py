@@ -24,8 +24,10 @@ TRACE_SUFFIXES = (".json.gz", ".json")
 # TraceLens's default --rank_regex (Reporting/generate_multi_rank_collective_report_pytorch.py).
 TRACELENS_RANK_REGEX = re.compile(r"rank[\[\-_/]?(?P<rank>\d+)")
 
-_MAGPIE = re.compile(r"^node(?P<node>\d+)-TP(?P<tp>\d+)(?:-DP(?P<dp>\d+))?(?:-PP(?P<pp>\d+))?(?:-EP(?P<ep>\d+))?$")
-_MAGPIE_API = re.compile(r"^node(?P<node>\d+)-api-server$")
+# A deployment of several groups ends the name with the group (lower case, see groups.py).
+_GROUP = r"(?:-(?P<group>[a-z][a-z0-9_]*))?"
+_MAGPIE = re.compile(r"^node(?P<node>\d+)-TP(?P<tp>\d+)(?:-DP(?P<dp>\d+))?(?:-PP(?P<pp>\d+))?(?:-EP(?P<ep>\d+))?" + _GROUP + "$")
+_MAGPIE_API = re.compile(r"^node(?P<node>\d+)-api-server" + _GROUP + "$")
 _VLLM = re.compile(r"(?:^|_)rank(?P<rank>\d+)$")
 _SGLANG = re.compile(r"-TP-(?P<tp>\d+)(?:-DP-(?P<dp>\d+))?(?:-PP-(?P<pp>\d+))?(?:-EP-(?P<ep>\d+))?")
 
@@ -44,19 +46,21 @@ class TraceFile:
     dp_rank: int | None = None
     ep_rank: int | None = None
     host: str | None = None
+    group: str | None = None  # its server group in a deployment of several (ranks count per group)
     from_manifest: bool = False
     notes: list[str] = field(default_factory=list)
 
     @property
     def label(self) -> str:
         """Display name, e.g. `node1-TP3`; used for process names and output file names."""
+        group = [self.group] if self.group else []
         if self.kind == "api_server":
-            return f"{self.node_name}-api-server"
+            return "-".join([f"{self.node_name}-api-server", *group])
         if self.tp_rank is not None and self.node is not None:
             parts = [f"{self.node_name}-TP{self.tp_rank}"]
             parts += [f"DP{self.dp_rank}"] if self.dp_rank else []
             parts += [f"PP{self.pp_rank}"] if self.pp_rank else []
-            return "-".join(parts)
+            return "-".join(parts + group)
         return self.node_name
 
     def output_name(self) -> str:
@@ -95,12 +99,12 @@ def from_name(path: Path) -> TraceFile:
         return TraceFile(
             path, "rank", f"node{int(g['node'])}", node=int(g["node"]), tp_rank=int(g["tp"]),
             dp_rank=int(g["dp"]) if g["dp"] else None, pp_rank=int(g["pp"]) if g["pp"] else None,
-            ep_rank=int(g["ep"]) if g["ep"] else None,
+            ep_rank=int(g["ep"]) if g["ep"] else None, group=g["group"],
         )
     m = _MAGPIE_API.match(stem)
     if m:
         node = int(m.group("node"))
-        return TraceFile(path, "api_server", f"node{node}", node=node)
+        return TraceFile(path, "api_server", f"node{node}", node=node, group=m.group("group"))
     short = stem.split(".")[0]
     m = _VLLM.search(short)
     if m:
@@ -144,7 +148,8 @@ def _from_manifest(input_dir: Path, entry: Any, manifest_path: Path) -> TraceFil
         path, kind, str(node_name), node=node, global_rank=_int(entry.get("global_rank")),
         tp_rank=_int(entry.get("tp_rank")), pp_rank=_int(entry.get("pp_rank")),
         dp_rank=_int(entry.get("dp_rank")), ep_rank=_int(entry.get("ep_rank")),
-        host=entry.get("host") if isinstance(entry.get("host"), str) else None, from_manifest=True,
+        host=entry.get("host") if isinstance(entry.get("host"), str) else None,
+        group=entry.get("group") if isinstance(entry.get("group"), str) else None, from_manifest=True,
     )
 
 

@@ -35,8 +35,10 @@ def test_every_example_plans(example):
     plan = json.loads(result.output)
     assert plan["schema"] == "magpie-trace/plan/1"
     assert plan["nodes"][0]["role"] == "head"
-    ranks = [r["global_rank"] for node in plan["nodes"] for r in node["ranks"]]
-    assert sorted(ranks) == list(range(plan["layout"]["world_size"]))
+    for group in plan.get("groups") or [{"name": None, "layout": plan["layout"]}]:
+        ranks = [r["global_rank"] for node in plan["nodes"] if node.get("group") == group["name"]
+                 for r in node["ranks"]]  # ranks are numbered per group
+        assert sorted(ranks) == list(range(group["layout"]["world_size"]))
 
 
 def test_plan_prints_per_node_host_role_ranks_command_env():

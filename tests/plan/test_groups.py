@@ -47,12 +47,12 @@ def test_sim_pd_places_each_group_on_its_own_nodes_with_its_own_head():
     assert flag(prefill_head, "--transfer-ms") == "5"
     assert "--kv-port" not in plan.nodes[2].args
     router = plan.router
-    assert router is not None and router.node == 0 and router.url == "http://10.0.0.1:8080"
+    assert router is not None and router.index == 0 and router.url == "http://10.0.0.1:8080"
     assert router.argv == [
         "sglang-router", "launch", "--host", "0.0.0.0", "--port", "8080", "--pd-disaggregation",
         "--prefill", "http://10.0.0.1:8000", "8998", "--decode", "http://10.0.0.3:8000",
         "--policy", "round_robin", "--prometheus-port", "29000",
-        "--worker-startup-check-interval", "1"]
+        "--worker-startup-check-interval", "1", "--worker-startup-timeout-secs", "900"]
     assert plan.endpoints == [router.url] and plan.head_url == router.url
     assert plan.api_urls == ["http://10.0.0.1:8000", "http://10.0.0.3:8000"]
     shown = plan.to_dict()

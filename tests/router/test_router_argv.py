@@ -49,6 +49,7 @@ def test_pd_router_argv_is_read_as_planned(engine, kind):
     assert args.decode_urls == [f"http://10.0.0.3:{port}"]
     assert (args.policy, args.decode_policy) == ("round_robin", "power_of_two")
     assert args.worker_startup_check_interval == 1
+    assert args.worker_startup_timeout_secs == 900  # server.ready_timeout_s
 
 
 @pytest.mark.parametrize("kind", ["sglang-router", "vllm-router"])

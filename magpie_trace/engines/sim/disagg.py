@@ -76,12 +76,13 @@ class PrefillRole:
             "tp_size": self._tp,
         }}
 
-    async def first_token_at(self, handoff: Handoff | None) -> float | None:
-        return None
-
-    def computed(self, handoff: Handoff | None) -> None:
+    async def admit(self, handoff: Handoff | None, computed_at: float) -> float | None:
+        """The prompt's KV is there when its first token is due (`computed_at`, loop time): from
+        then on a decode's pull is answered after the transfer delay. The first token is the
+        engine's own (None)."""
         if handoff is not None:
-            self.sender.ready(handoff.key)
+            self.sender.ready(handoff.key, computed_at)
+        return None
 
 
 class DecodeRole:
@@ -115,14 +116,11 @@ class DecodeRole:
     def response_fields(self, handoff: Handoff | None) -> dict[str, Any]:
         return {}
 
-    async def first_token_at(self, handoff: Handoff | None) -> float | None:
+    async def admit(self, handoff: Handoff | None, computed_at: float) -> float | None:
         """Pull the KV; the first token is due as it lands (loop time). Raises KvError."""
         assert handoff is not None and handoff.host is not None and handoff.port is not None
         await self.receiver.pull(handoff.host, handoff.port, handoff.key)
         return asyncio.get_running_loop().time()
-
-    def computed(self, handoff: Handoff | None) -> None:
-        return None
 
 
 Role = PrefillRole | DecodeRole

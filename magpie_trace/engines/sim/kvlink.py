@@ -77,11 +77,12 @@ class KvSender:
             future.set_exception(KvError(f"no prefill of {key} within {KV_TTL_S:g} s"))
             future.exception()  # retrieved: nobody may be waiting
 
-    def ready(self, key: str) -> None:
-        """The prompt of `key` is computed now (its KV can be sent)."""
+    def ready(self, key: str, at: float) -> None:
+        """The prompt of `key` is computed at loop time `at` (now or later): its KV can be sent
+        from then on."""
         future = self._future(key)
         if not future.done():
-            future.set_result(asyncio.get_running_loop().time())
+            future.set_result(at)
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         peer = writer.get_extra_info("peername")

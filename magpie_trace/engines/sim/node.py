@@ -67,9 +67,19 @@ class NodeConfig:
     transfer_s: float = 0.0  # prefill: how long one KV transfer takes
 
 
+class _Http2ProbeFilter(logging.Filter):
+    """sglang-router probes each worker with an HTTP/2 preface before speaking HTTP/1.1; aiohttp
+    logs every such probe as an error with a traceback. Those records are dropped."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        return error is None or "PRI/Upgrade" not in str(error)
+
+
 def run(config: NodeConfig) -> int:
     """Run the node until it exits; returns its exit code."""
     logging.basicConfig(format="%(message)s", level=logging.INFO, stream=sys.stderr)
+    logging.getLogger("aiohttp.server").addFilter(_Http2ProbeFilter())
     loop = new_event_loop()
     asyncio.set_event_loop(loop)
     return loop.run_until_complete(_Node(config).run())

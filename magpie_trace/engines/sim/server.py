@@ -174,6 +174,9 @@ class HeadServer:
         app.router.add_get("/v1/models", self.models)
         app.router.add_get("/metrics", self.metrics_text)
         app.router.add_get("/version", self.version)
+        # What sglang-router reads of each worker at registration (its model id).
+        app.router.add_get("/server_info", self.server_info)
+        app.router.add_get("/model_info", self.model_info)
         app.router.add_post("/tokenize", self.tokenize)
         app.router.add_post("/detokenize", self.detokenize)
         if self.profiler is not None:
@@ -223,7 +226,7 @@ class HeadServer:
         if self.role is not None:
             max_tokens = self.role.max_tokens(handoff, max_tokens)
             try:
-                first = await self.role.first_token_at(handoff)
+                first = await self.role.admit(handoff, arrival + self.engine.ttft)
             except KvError as exc:
                 return _error(f"KV transfer failed: {exc}", 503)
         base = {"id": request_id, "object": "chat.completion.chunk" if chat else "text_completion",
@@ -235,13 +238,9 @@ class HeadServer:
             output = _Sse(response, base, chat, prompt_tokens, include_usage)
             await self.engine.submit(request_id, prompt_tokens, max_tokens, output, arrival,
                                      arrival_ns, first)
-            if self.role is not None:
-                self.role.computed(handoff)
             return response
         await self.engine.submit(request_id, prompt_tokens, max_tokens, _Collect(), arrival,
                                  arrival_ns, first)
-        if self.role is not None:
-            self.role.computed(handoff)
         text = "".join(token_text(i) for i in range(max_tokens))
         usage = {"prompt_tokens": prompt_tokens, "total_tokens": prompt_tokens + max_tokens,
                  "completion_tokens": max_tokens}
@@ -313,6 +312,16 @@ class HeadServer:
     async def version(self, request: web.Request) -> web.Response:
         return web.Response(body=orjson.dumps({"version": SIM_VERSION}),
                             content_type="application/json")
+
+    async def server_info(self, request: web.Request) -> web.Response:
+        mode = self.role.role if self.role is not None else "null"
+        info = {"model_path": self.model, "served_model_name": self.model, "version": SIM_VERSION,
+                "disaggregation_mode": mode}
+        return web.Response(body=orjson.dumps(info), content_type="application/json")
+
+    async def model_info(self, request: web.Request) -> web.Response:
+        info = {"model_path": self.model, "tokenizer_path": self.model, "is_generation": True}
+        return web.Response(body=orjson.dumps(info), content_type="application/json")
 
     async def start_profile(self, request: web.Request) -> web.Response:
         assert self.profiler is not None
