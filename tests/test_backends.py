@@ -329,14 +329,16 @@ def processes_mentioning(text: str) -> list[int]:
 def test_ssh_session_sees_this_python_and_pool_home(
     ssh_scheduler: Callable[..., SchedulerConfig], sshd_pool: SshdPool
 ) -> None:
-    """The fixture's remote login env: same PATH (same python) as the tests, a light HOME."""
+    """The fixture's remote login env: the tests' python first on PATH, a light HOME."""
     scheduler = ssh_scheduler(1)
     backend = make_backend(scheduler)
     try:
-        probe = "import os, sys; print(os.environ['HOME']); print(os.environ['PATH'])"
+        probe = "import os, sys; print(os.environ['HOME']); print(sys.prefix)"
         result = backend.run(scheduler.nodes[0], ["python3", "-c", probe])
-        home, path = result.stdout.splitlines()
+        home, prefix = result.stdout.splitlines()
         assert home == str(sshd_pool.home)
-        assert path == os.environ["PATH"]
+        assert prefix == sys.prefix
+        path = backend.run(scheduler.nodes[0], ["sh", "-c", 'printf %s "$PATH"']).stdout
+        assert path == sshd_pool.path
     finally:
         backend.close()

@@ -17,7 +17,7 @@ from magpie_trace.bench import latest_attempt, read_result
 from magpie_trace.config import SimConfig
 from magpie_trace.errors import MagpieError
 from magpie_trace.launch import load_state
-from magpie_trace.run import run
+from magpie_trace.run import STAGES, run
 from magpie_trace.rundir import RunDir
 from tests.launch.simcluster import local_scheduler, sim_config
 from tests.launch.test_launch_ray import ray_scheduler
@@ -84,7 +84,7 @@ def check_run_layout(run_dir: RunDir, nodes: int, ranks_per_node: int) -> None:
     assert "data:image/png;base64," in html and "<table>" in html
     run_json = json.loads((root / "run.json").read_text())
     assert run_json["schema"] == "magpie-trace/run/1" and run_json["ok"] is True
-    assert [s["status"] for s in run_json["stages"]] == ["ok"] * 5
+    assert [(s["name"], s["status"]) for s in run_json["stages"]] == [(name, "ok") for name in STAGES]
 
 
 @pytest.mark.parametrize("backend", ["ssh", "ray"])
