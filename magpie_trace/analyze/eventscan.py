@@ -139,14 +139,13 @@ def _prefix_xor(x: np.uint64) -> np.uint64:
 
 
 @njit(cache=True, nogil=True)
-def masks(src: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
-    """(quotes, structure): per 64-byte block of src[:n], bit k set where byte k is a quote that
-    opens or closes a string (not an escaped one), resp. one of `{}[]:` outside every string.
+def masks(src: np.ndarray, n: int, quotes: np.ndarray, structure: np.ndarray) -> None:
+    """Fill quotes and structure (at least (n + 63) // 64 words): per 64-byte block of src[:n], bit
+    k set where byte k is a quote that opens or closes a string (not an escaped one), resp. one of
+    `{}[]:` outside every string.
     The per-byte tests are branch-free loops the compiler turns into vector instructions; only a
     block holding a backslash walks its bytes (escapes are rare in traces)."""
     blocks = (n + 63) // 64
-    quotes = np.empty(blocks, np.uint64)
-    structure = np.empty(blocks, np.uint64)
     inside = np.uint64(0)  # all ones while a string is open across a block edge
     pending = False  # the previous block ended on an unescaped backslash
     for b in range(blocks):
@@ -179,7 +178,6 @@ def masks(src: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
         inside = np.uint64(0) - (strings >> np.uint64(63))
         quotes[b] = q
         structure[b] = st & ~strings
-    return quotes, structure
 
 
 @njit(cache=True, nogil=True)

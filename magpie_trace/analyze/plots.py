@@ -8,7 +8,7 @@ from typing import Any
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.pyplot as plt
 
 # (column, label, colour): the stack adds up to the rank's total time
 _STACK = (("compute_only_us", "compute only", "#4878a8"), ("overlapped_us", "comm hidden by compute", "#8fb8de"),

@@ -25,7 +25,7 @@ from typing import Any
 import orjson
 import polars as pl
 
-from magpie_trace.analyze.events import SEGMENT_SCHEMA, STEP_SCHEMA, RankSource, build
+from magpie_trace.analyze.events import SEGMENT_SCHEMA, STEP_SCHEMA, RankSource, build, release_buffers
 from magpie_trace.errors import MagpieError
 from magpie_trace.fsutil import atomic_write_bytes
 
@@ -150,12 +150,14 @@ def build_events(merged_dir: Path, alignment: dict[str, Any], jobs: int = 1, ann
                 built = list(pool.map(_build_one, batch))
         else:
             built = [_build_one(job) for job in batch]
+            release_buffers()
         counts = {rank: n for rank, n, *_ in built}
         domains = {rank: domain for rank, _, domain, *_ in built}
         steps = pl.concat([b[3] for b in built]) if built else pl.DataFrame(schema=STEP_SCHEMA)
         steps.write_parquet(work / "steps.parquet")
         segments = pl.concat([b[4] for b in built]) if built else pl.DataFrame(schema=SEGMENT_SCHEMA)
-        segments.write_parquet(work / "segments.parquet")
+        # uncompressed: 3x the size of zstd, but 3.5x cheaper to write and to read for each breakdown
+        segments.write_parquet(work / "segments.parquet", compression="uncompressed")
         _ranks_frame(files, alignment, counts, domains, steps).write_parquet(work / "ranks.parquet")
         meta = {"schema": EVENTS_SCHEMA, "base_time_ns": alignment.get("base_time_ns"),
                 "reference_node": alignment.get("reference_node"), "ranks": len(built),
