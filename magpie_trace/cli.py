@@ -641,8 +641,9 @@ def _range(text: str | None, kind: type) -> tuple[Any, Any] | None:
 @click.option("--window", default=None, metavar="START:END",
               help="Cut every rank at the same aligned instants: ms from the reference rank's profile start.")
 @click.option("--steps", default=None, metavar="FIRST:LAST", help="Cut to these step annotations of the reference rank.")
-@click.option("--outputs", default="aligned,merged,tables,alignment,events", show_default=True,
-              help="Comma-separated subset of aligned,merged,tables,alignment,events.")
+@click.option("--outputs", default="aligned,merged,tables,alignment", show_default=True,
+              help="Comma-separated subset of aligned,merged,tables,alignment,events (events: the events table "
+                   "of `analyze`, collective ids in the aligned traces, flows in the merged one).")
 @click.option("--jobs", "-j", default=1, show_default=True, type=click.IntRange(1), help="Worker processes.")
 @click.option("--reference-node", default=None, help="Node whose clock the others are aligned to.")
 @json_option

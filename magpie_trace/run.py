@@ -367,12 +367,14 @@ def _collect(plan: Plan, backend: Backend, run_dir: RunDir, result: RunResult, s
 
 
 def _merge(plan: Plan, run_dir: RunDir, result: RunResult, say: Progress) -> None:
-    from magpie_trace.merge import MergeOptions, merge
+    from magpie_trace.merge import OUTPUTS, MergeOptions, merge
     from magpie_trace.merge.bytescan import compile_notice
 
     if notice := compile_notice():
         say(notice)
-    merged = merge(run_dir.traces, run_dir.merged, MergeOptions())
+    # every output, the events table too: the analyze stage then runs its SQL only, and the run's
+    # traces carry the collective ids and flows that come with it
+    merged = merge(run_dir.traces, run_dir.merged, MergeOptions(outputs=OUTPUTS))
     result.outputs["merged"] = str(merged.output_dir)
     if isinstance(merged.outputs.get("merged"), str):
         result.outputs["perfetto"] = merged.outputs["merged"]

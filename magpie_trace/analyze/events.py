@@ -29,7 +29,7 @@ from magpie_trace.errors import TraceError
 from magpie_trace.fsutil import temp_path_for
 from magpie_trace.merge.anchors import GPU_COLLECTIVE
 from magpie_trace.merge.gzipjoin import LEVEL
-from magpie_trace.merge.load import _STEP_NAME, Scratch, decompress
+from magpie_trace.merge.load import _STEP_NAME, Scratch, decompress, size_hint
 
 CATEGORIES = ("compute_kernel", "comm_kernel", "memcpy", "gpu_annotation", "cpu_op", "cpu_comm", "annotation",
               "runtime", "python", "other")
@@ -362,6 +362,8 @@ def annotate_ids(path: Path, src: np.ndarray, x: np.ndarray, collective: np.ndar
 
 def build(source: RankSource) -> RankTables:
     """The tables of one aligned rank trace."""
+    # room for the next file to be a little larger: a new 200 MB buffer costs as much as inflating into it
+    _BUFFERS.inflate.at_least(size_hint(source.path) * 17 // 16)
     buf, size, _ = decompress(source.path, _BUFFERS.inflate)
     src = np.frombuffer(buf, dtype=np.uint8, count=size)
     x, meta = _scan_rows(src, size, source.path)

@@ -25,7 +25,13 @@ from typing import Any
 import orjson
 import polars as pl
 
-from magpie_trace.analyze.events import SEGMENT_SCHEMA, STEP_SCHEMA, RankSource, build, release_buffers
+from magpie_trace.analyze.events import (
+    SEGMENT_SCHEMA,
+    STEP_SCHEMA,
+    RankSource,
+    build,
+    release_buffers,
+)
 from magpie_trace.errors import MagpieError
 from magpie_trace.fsutil import atomic_write_bytes
 

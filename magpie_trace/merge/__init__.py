@@ -38,6 +38,9 @@ from magpie_trace.merge.load import SCRATCH, Scanned, scan, size_hint
 from magpie_trace.merge.rewrite import RewriteJob, RewriteResult, Transform, rewrite
 
 OUTPUTS = ("aligned", "merged", "tables", "alignment", "events")
+# events (the analysis' events table, ids in the aligned traces' args, flows in the merged trace) is
+# asked for: it costs about as much as the merge itself; `run` asks, so its analyze stage is SQL only.
+DEFAULT_OUTPUTS = ("aligned", "merged", "tables", "alignment")
 TRIMONTH_NS = 7_889_238 * 10**9  # Kineto floors baseTimeNanoseconds to this period
 ALIGNMENT_SCHEMA = "magpie-trace/alignment/1"
 TRACELENS_REPORT = "TraceLens_generate_multi_rank_collective_report_pytorch"
@@ -54,7 +57,7 @@ class MergeOptions:
     reference rank's step annotations (ProfilerStep#N / vLLM execute_* / SGLang step[...]), inclusive.
     """
 
-    outputs: tuple[str, ...] = OUTPUTS
+    outputs: tuple[str, ...] = DEFAULT_OUTPUTS
     jobs: int = 1
     window_ms: tuple[float, float] | None = None
     steps: tuple[int, int] | None = None
@@ -505,4 +508,4 @@ def _relocate(value: Any, work: Path, output_dir: Path) -> Any:
     return value
 
 
-__all__ = ["OUTPUTS", "MergeOptions", "MergeResult", "merge"]
+__all__ = ["DEFAULT_OUTPUTS", "OUTPUTS", "MergeOptions", "MergeResult", "merge"]

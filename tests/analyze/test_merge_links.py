@@ -12,7 +12,7 @@ import orjson
 import pytest
 
 from magpie_trace.analyze import AnalyzeOptions, analyze, query
-from magpie_trace.merge import merge
+from magpie_trace.merge import OUTPUTS, MergeOptions, merge
 from magpie_trace.merge.perfetto import FLOW_CATEGORY
 from tests.analyze import synth
 
@@ -23,7 +23,7 @@ def merged(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (tmp / "traces").mkdir()
     for rank, delay in ((0, 0), (1, 70)):
         synth.write(synth.gpu_rank(rank, delay), tmp / "traces" / f"node{rank}-TP{rank}.trace.json.gz")
-    merge(tmp / "traces", tmp / "merged")
+    merge(tmp / "traces", tmp / "merged", MergeOptions(outputs=OUTPUTS))
     return tmp / "merged"
 
 
@@ -34,6 +34,17 @@ def _load(path: Path) -> dict:
 def test_merge_writes_the_events_table(merged: Path) -> None:
     assert (merged / "events" / "rank0.parquet").is_file() and (merged / "events" / "rank1.parquet").is_file()
     assert analyze(merged, AnalyzeOptions(plots=False)).events["built"] is False  # analyze reuses it
+
+
+def test_plain_merge_leaves_the_events_table_to_analyze(merged: Path, tmp_path: Path) -> None:
+    plain = tmp_path / "plain"
+    merge(merged.parent / "traces", plain)  # default outputs: no events table, no ids in the args
+    assert not (plain / "events").exists()
+    aligned = _load(plain / "aligned" / "node0-TP0-rank0.trace.json.gz")["traceEvents"]
+    assert not any("magpie_collective" in e.get("args", {}) for e in aligned)
+    assert analyze(plain, AnalyzeOptions(plots=False)).events["built"] is True
+    every = "SELECT * EXCLUDE (label) FROM events ORDER BY rank, start_ns, name, tid"
+    assert query(plain, every) == query(merged, every)  # the same table, whoever built it
 
 
 def test_aligned_args_carry_the_collective_id(merged: Path) -> None:

@@ -70,6 +70,9 @@ def check_run_layout(run_dir: RunDir, nodes: int, ranks_per_node: int) -> None:
     for name in ("merged.trace.json.gz", "alignment.json", "collectives.parquet", "collectives.csv",
                  "nodes.parquet", "nodes.csv"):
         assert (merged / name).is_file(), name
+    # run's merge writes the events table (merge alone does so when asked); analyze reused it
+    assert (merged / "events" / "meta.json").is_file()
+    assert json.loads((merged / "analysis" / "analysis.json").read_text())["events"]["built"] is False
     if nodes > 1:
         alignment = json.loads((merged / "alignment.json").read_text())
         offset_ms = alignment["nodes"]["node1"]["offset_ns"] / 1e6
