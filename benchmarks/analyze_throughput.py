@@ -2,25 +2,27 @@
 
 Input: the merge benchmark's 8 rank files (benchmarks/merge_throughput.py `build`: the real vLLM TP2
 pair repeated to >= 200 MB uncompressed per rank, 4 nodes with shifted clocks). Each step runs in a
-fresh subprocess; CPU seconds (user+sys, workers included), wall seconds and peak RSS come from the
-kernel (getrusage):
+fresh subprocess; CPU seconds (user+sys, workers included), wall seconds and that step's own peak RSS
+come from the kernel (wait4 of the step's process):
 
-  1. merge without its events output (aligned, merged, tables, alignment);
+  1. merge with its default outputs (aligned, merged, tables, alignment; no events table);
   2. analyze on that merge: the events table (compiled scan of every aligned file, one Parquet per
      rank) plus every SQL analysis, the plots and analysis.json;
   3. the SQL analyses and plots alone, on the events table just written;
-  4. merge with every output (its default: the events table too, ids in the aligned traces' args,
-     flows in the merged trace), after which analyze needs only step 3.
+  4. merge with every output, the events table too (ids in the aligned traces' args, flows in the
+     merged trace; what `run` asks for), after which analyze needs only step 3.
 
 Events per second is the events-table rows over the analyze step's CPU and wall time.
 
-    python benchmarks/analyze_throughput.py [--ranks 8] [--mb 200] [--jobs 1] [--keep DIR]
+    python benchmarks/analyze_throughput.py [--ranks 8] [--mb 200] [--jobs 1] [--keep DIR] [--repeat 1]
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -30,23 +32,32 @@ from pathlib import Path
 import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import merge_throughput  # noqa: E402  (the merge benchmark's input builder and measuring)
+import merge_throughput  # the merge benchmark's input builder and warm-up
 
 
 def _child(kind: str, in_dir: str, out_dir: str, jobs: int) -> None:
     from magpie_trace.analyze import AnalyzeOptions, analyze
-    from magpie_trace.merge import MergeOptions, merge
+    from magpie_trace.merge import OUTPUTS, MergeOptions, merge
 
     if kind == "merge":
-        merge(Path(in_dir), Path(out_dir), MergeOptions(jobs=jobs, outputs=("aligned", "merged", "tables", "alignment")))
-    elif kind == "merge-all":
         merge(Path(in_dir), Path(out_dir), MergeOptions(jobs=jobs))
+    elif kind == "merge-all":
+        merge(Path(in_dir), Path(out_dir), MergeOptions(jobs=jobs, outputs=OUTPUTS))
     else:
         analyze(Path(out_dir), AnalyzeOptions(jobs=jobs, rebuild=kind == "analyze"))
 
 
 def measure(kind: str, in_dir: Path, out_dir: Path, jobs: int) -> dict:
-    return merge_throughput.measure(kind, in_dir, out_dir, jobs, script=__file__)
+    """`--child kind in out jobs` in a fresh process: its CPU and wall seconds and its own peak RSS
+    (getrusage of all children would give the largest of every step so far)."""
+    start = time.perf_counter()
+    proc = subprocess.Popen([sys.executable, __file__, "--child", kind, str(in_dir), str(out_dir), str(jobs)])
+    _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode:
+        raise SystemExit(f"{kind} failed with exit code {proc.returncode}")
+    return {"wall_s": time.perf_counter() - start, "cpu_s": usage.ru_utime + usage.ru_stime,
+            "peak_rss_mb": usage.ru_maxrss / 1024}
 
 
 def main() -> None:
@@ -58,6 +69,8 @@ def main() -> None:
     ap.add_argument("--mb", type=int, default=200, help="uncompressed MB per rank file (at least)")
     ap.add_argument("--jobs", type=int, default=1, help="--jobs for merge and analyze")
     ap.add_argument("--keep", type=Path, help="build the input here (reused when it exists) and keep it")
+    ap.add_argument("--repeat", type=int, default=1,
+                    help="measure merge and analyze this many times, alternating; the median is shown")
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="analyze-bench-"))
     in_dir = args.keep or work / "in"
@@ -70,10 +83,14 @@ def main() -> None:
         merge_throughput.warm_up(work)  # numba caches of the merge's scanner
         measure("analyze", work / "warm-in", work / "warm-out", 1)  # and of the events scanner
         out = work / "out"
-        rows = [("merge", measure("merge", in_dir, out, args.jobs)),
-                ("analyze (events + SQL)", measure("analyze", in_dir, out, args.jobs)),
+        pairs = [(measure("merge", in_dir, out, args.jobs), measure("analyze", in_dir, out, args.jobs))
+                 for _ in range(max(1, args.repeat))]
+        rows = [("merge", _median([m for m, _ in pairs])),
+                ("analyze (events + SQL)", _median([a for _, a in pairs])),
                 ("SQL + plots only", measure("sql", in_dir, out, args.jobs)),
                 ("merge with events", measure("merge-all", in_dir, work / "out-all", args.jobs))]
+        if len(pairs) > 1:
+            print("each run, merge / analyze CPU s:", ", ".join(f"{m['cpu_s']:.1f}/{a['cpu_s']:.1f}" for m, a in pairs))
         meta = orjson.loads((out / "events" / "meta.json").read_bytes())
         align = orjson.loads((out / "alignment.json").read_bytes())
         mb = align["input_bytes"] / 1e6
@@ -88,10 +105,14 @@ def main() -> None:
         ratio = rows[1][1]["cpu_s"] / rows[0][1]["cpu_s"]
         print(f"analyze / merge CPU time: {ratio:.2f} (wall {rows[1][1]['wall_s'] / rows[0][1]['wall_s']:.2f}); "
               f"peak / largest trace: {rows[1][1]['peak_rss_mb'] / largest:.2f}")
-        print(f"cpu: {__import__('os').cpu_count()} cores, {merge_throughput._cpu_model()}; "
+        print(f"cpu: {os.cpu_count()} cores, {merge_throughput._cpu_model()}; "
               f"python {sys.version.split()[0]}")
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def _median(runs: list[dict]) -> dict:
+    return {key: statistics.median(r[key] for r in runs) for key in runs[0]}
 
 
 if __name__ == "__main__":
