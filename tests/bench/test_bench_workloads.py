@@ -45,6 +45,8 @@ VLLM_KEYS = {
     "start_times": list, "queue_times": list, "generated_texts": list, "errors": list,
     "max_output_tokens_per_s": float, "max_concurrent_requests": int, "rtfx": float,
     **{f"{s}_{m}_ms": float for s in ("mean", "median", "std", "p99") for m in ("ttft", "tpot", "itl")},
+    # with --max-concurrency, vLLM also writes the client-side queueing (serve.py: queue_times)
+    **{f"{s}_client_queue_time_ms": float for s in ("mean", "median", "std", "p99")},
 }
 
 
@@ -195,7 +197,7 @@ def test_trace_replay_sends_within_5_ms_of_the_trace_at_50_req_s(sim, tmp_path):
                            trace_block_size=8)
         records = rows(result)
         start = min(r["scheduled_ns"] for r in records)
-        lates = [abs((r["wire_ns"] - start) / 1e6 - 20 * r["index"]) for r in sorted(records, key=lambda r: r["index"])]
+        lates = [abs((r["wire_ns"] - start) / 1e6 - 20 * r["conversation"]) for r in records]  # trace: 20 ms apart
         print(f"{dataset}: send time vs trace: max {max(lates):.2f} ms, mean {sum(lates) / len(lates):.2f} ms")
         assert result.points[0]["point"] == "replay" and result.points[0]["completed"] == 100
         assert max(lates) < 5.0
@@ -214,15 +216,17 @@ def test_request_rate_sweep_with_inf_and_no_cap(sim):
     assert file["max_concurrency"] is None and "mean_client_queue_time_ms" not in file
 
 
-def test_ramp_up_raises_the_rate_over_the_point(sim):
-    result = sim.bench(concurrency=None, ramp_up_strategy="linear", ramp_up_start_rps=10, ramp_up_end_rps=40,
+@pytest.mark.parametrize("strategy, second_rate", [("linear", 11.0), ("exponential", 10 * 4 ** (1 / 30))])
+def test_ramp_up_raises_the_rate_over_the_point(sim, strategy, second_rate):
+    result = sim.bench(concurrency=None, ramp_up_strategy=strategy, ramp_up_start_rps=10, ramp_up_end_rps=40,
                        num_prompts=31, burstiness=math.inf)
     point = result.points[0]
-    assert point["point"] == "ramp-linear-10-40" and point["schedule"] == "ramp"
-    assert (point["ramp_up_strategy"], point["ramp_up_start_rps"], point["ramp_up_end_rps"]) == ("linear", 10, 40)
+    assert point["point"] == f"ramp-{strategy}-10-40" and point["schedule"] == "ramp"
+    assert (point["ramp_up_strategy"], point["ramp_up_start_rps"], point["ramp_up_end_rps"]) == (strategy, 10, 40)
     due = sorted(r["scheduled_ns"] for r in rows(result))
     gaps = [(b - a) / 1e6 for a, b in zip(due, due[1:])]
-    assert gaps[0] == pytest.approx(1000 / 11, rel=1e-3) and gaps[-1] == pytest.approx(1000 / 40, rel=1e-3)
+    # request i of 31 is drawn at rate(i/30): 10 + 30 i/30 req/s, or 10 x 4^(i/30)
+    assert gaps[0] == pytest.approx(1000 / second_rate, rel=1e-3) and gaps[-1] == pytest.approx(1000 / 40, rel=1e-3)
     assert all(a > b for a, b in zip(gaps, gaps[1:]))
     events = point["rps_change_events"]  # vLLM's record of the ramp: every whole req/s reached
     assert [e["rps"] for e in events] == list(range(10, 41))
