@@ -203,6 +203,19 @@ def test_trace_replay_sends_within_5_ms_of_the_trace_at_50_req_s(sim, tmp_path):
         assert max(lates) < 5.0
 
 
+def test_mooncake_hash_ids_reach_the_server_as_shared_prefixes(sim, tmp_path):
+    """Equal hash ids are equal text: requests i, i+3, i+6, ... share their first block of 16 tokens
+    (one of the sim's prefix-cache blocks), and the server finds it cached after each group's first."""
+    path = tmp_path / "shared.jsonl"
+    path.write_text("".join(orjson.dumps({"timestamp": i, "input_length": 32, "output_length": 2,
+                                          "hash_ids": [i % 3, 1000 + i]}).decode() + "\n" for i in range(30)))
+    result = sim.bench(dataset="mooncake", dataset_path=str(path), num_prompts=30, concurrency=None,
+                       trace_block_size=16, seed=303)
+    point = result.points[0]
+    assert point["completed"] == 30 and point["total_input_tokens"] == 30 * 32
+    assert point["server_prefix_cache_hits"] == (30 - 3) * 16
+
+
 def test_request_rate_sweep_with_inf_and_no_cap(sim):
     result = sim.bench(concurrency=None, request_rate=[25.0, math.inf], num_prompts=20, burstiness=math.inf)
     paced, burst = result.points
