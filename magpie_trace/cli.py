@@ -409,6 +409,9 @@ def _vllm_flags(fn: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--tokenizer", help="Local tokenizer (HF name or folder); default: the server's /tokenize."),
         click.option("--num-warmups", type=int, help="Warmup requests before the first point."),
         click.option("--metric-percentiles", help="Comma-separated percentiles, e.g. 50,90,99."),
+        click.option("--percentile-metrics", help="Accepted: every metric's percentiles are reported (queue times under a cap)."),
+        click.option("--host", help="As vLLM: the server's host (with --port, instead of --url)."),
+        click.option("--port", type=click.IntRange(1, 65535), help="As vLLM: the server's port (default 8000 with --host)."),
         click.option("--goodput", multiple=True, help="SLO KEY:MS (ttft, tpot, e2el); repeatable."),
         click.option("--label", help="The results' label (vLLM's --label)."),
         click.option("--sglang-result", is_flag=True, default=None, help="Also write SGLang bench_serving's JSONL."),
@@ -446,11 +449,17 @@ def bench_command(
     import dataclasses
 
     from magpie_trace.bench import run_benchmark
+    from magpie_trace.bench.flags import base_url
     from magpie_trace.bench.flags import overrides as flag_overrides
     from magpie_trace.config import benchmark_config
 
     flags["max_concurrency"] = (*concurrency, *flags["max_concurrency"])
     flags["num_prompts"] = num_prompts
+    host, port = flags.pop("host"), flags.pop("port")
+    if host is not None or port is not None:
+        if url:
+            raise click.UsageError("give --url, or --host and --port, not both")
+        url = base_url(host, port)
     extra = [*flag_overrides(flags, with_config=config_path is not None), *overrides]
     out = out or result_dir
     if config_path is None:

@@ -20,10 +20,9 @@ import numpy as np
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from magpie_trace.bench.metrics import RequestRecord  # noqa: E402
+from magpie_trace.bench.metrics import LATENCIES, RequestRecord  # noqa: E402
 
 TIMELINE_MAX_REQUESTS = 400
-LATENCIES = ("ttft", "tpot", "itl", "e2el")
 
 
 class Axis:

@@ -45,7 +45,7 @@ VLLM_KEYS = {
     "start_times": list, "queue_times": list, "generated_texts": list, "errors": list,
     "max_output_tokens_per_s": float, "max_concurrent_requests": int, "rtfx": float,
     **{f"{s}_{m}_ms": float for s in ("mean", "median", "std", "p99") for m in ("ttft", "tpot", "itl")},
-    # with --max-concurrency, vLLM also writes the client-side queueing (serve.py: queue_times)
+    # under a cap, what vLLM writes when --percentile-metrics names client_queue_time (its default does not)
     **{f"{s}_client_queue_time_ms": float for s in ("mean", "median", "std", "p99")},
 }
 
@@ -319,11 +319,26 @@ def test_vllm_style_command_line_without_a_config_file(sim, tmp_path):
     bad = subprocess.run([*cli[:4], "--url", sim.url, "--dataset-name", "nope"], capture_output=True, text=True, timeout=60)
     assert bad.returncode == 2 and bad.stderr.strip() == (
         "error: --dataset-name nope: one of random, prefix_repetition, sharegpt, custom, jsonl, mooncake, burstgpt")
+    # vLLM's --host/--port instead of a URL, and its --percentile-metrics (every metric is reported)
+    from urllib.parse import urlsplit
+
+    where = urlsplit(sim.url)
+    vllm_like = [*cli[:4], "--host", str(where.hostname), "--port", str(where.port), "--num-prompts", "2",
+                 "--random-input-len", "4", "--random-output-len", "2", "--max-concurrency", "1", "--num-warmups", "0",
+                 "--percentile-metrics", "ttft,tpot,itl,e2el", "--result-dir", str(tmp_path / "hp")]
+    proc = subprocess.run(vllm_like, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    data = read_result(tmp_path / "hp")
+    assert data["target"]["base_url"] == sim.url and data["points"][0]["completed"] == 2
+    assert "p99_e2el_ms" in data["points"][0]
+    both = subprocess.run([*vllm_like, "--url", sim.url], capture_output=True, text=True, timeout=60)
+    assert both.returncode == 2 and "give --url, or --host and --port, not both" in both.stderr
 
 
 def test_vllm_flags_map_to_benchmark_keys():
-    from magpie_trace.bench.flags import overrides
+    from magpie_trace.bench.flags import base_url, overrides
     from magpie_trace.config import benchmark_config
+    from magpie_trace.errors import ConfigError
 
     flags = {"dataset_name": "prefix_repetition", "prefix_repetition_prefix_len": 64,
              "prefix_repetition_num_prefixes": 4, "prefix_repetition_suffix_len": 32, "max_concurrency": (4, 8),
@@ -335,6 +350,14 @@ def test_vllm_flags_map_to_benchmark_keys():
     assert (bench.model, bench.tokenizer) == ("llama", "/models/llama")  # as vLLM: --model names the tokenizer
     assert bench.goodput == {"ttft": 500.0, "tpot": 50.0} and bench.percentiles == [50.0, 99.0]
     assert benchmark_config(overrides({}, with_config=False)).benchmark.concurrency is None  # vLLM: no cap
+    assert overrides({"percentile_metrics": "ttft,e2el,client_queue_time"}, with_config=True) == []
+    with pytest.raises(ConfigError, match=r"^--percentile-metrics ttfb: one of ttft, tpot, itl, e2el, client_queue_time"):
+        overrides({"percentile_metrics": "ttft,ttfb"}, with_config=True)
+    assert base_url(None, None) == "http://127.0.0.1:8000" and base_url("head-0", 9000) == "http://head-0:9000"
+    assert base_url("::1", 8001) == "http://[::1]:8001"
+    for bad in ("evil@host", "a/b", "-x", "a b"):
+        with pytest.raises(ConfigError, match=r"^--host .*: a host name or address"):
+            base_url(bad, None)
 
 
 def test_prompt_lengths_off_by_more_than_2_percent_are_warned(sim, tmp_path):
