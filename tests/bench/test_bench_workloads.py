@@ -307,7 +307,7 @@ def test_vllm_style_command_line_without_a_config_file(sim, tmp_path):
     cli = [sys.executable, "-m", "magpie_trace.cli", "bench", "--url", sim.url, "--dataset-name", "random",
            "--random-input-len", "8", "--random-output-len", "3", "--num-prompts", "6", "--max-concurrency", "2",
            "--request-rate", "20", "--request-rate", "inf", "--num-warmups", "0", "--save-result",
-           "--result-dir", str(out), "--label", "cli-run", "--sglang-result"]
+           "--result-dir", str(out), "--label", "cli-run", "--sglang-result", "--result-filename", "vllm.json"]
     proc = subprocess.run(cli, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     data = read_result(out)
@@ -316,6 +316,8 @@ def test_vllm_style_command_line_without_a_config_file(sim, tmp_path):
     file = json.loads((out / "attempt-001" / "points" / "c2-rate20.json").read_text())
     assert (file["label"], file["request_rate"], file["max_concurrency"], file["num_prompts"]) == ("cli-run", 20.0, 2, 6)
     assert len((out / "attempt-001" / "sglang.jsonl").read_text().splitlines()) == 2
+    for point in ("c2-rate20", "c2"):  # --result-filename: vLLM's file where its readers look, one per point
+        assert (out / f"vllm-{point}.json").read_bytes() == (out / "attempt-001" / "points" / f"{point}.json").read_bytes()
     bad = subprocess.run([*cli[:4], "--url", sim.url, "--dataset-name", "nope"], capture_output=True, text=True, timeout=60)
     assert bad.returncode == 2 and bad.stderr.strip() == (
         "error: --dataset-name nope: one of random, prefix_repetition, sharegpt, custom, jsonl, mooncake, burstgpt")
@@ -325,12 +327,21 @@ def test_vllm_style_command_line_without_a_config_file(sim, tmp_path):
     where = urlsplit(sim.url)
     vllm_like = [*cli[:4], "--host", str(where.hostname), "--port", str(where.port), "--num-prompts", "2",
                  "--random-input-len", "4", "--random-output-len", "2", "--max-concurrency", "1", "--num-warmups", "0",
-                 "--percentile-metrics", "ttft,tpot,itl,e2el", "--result-dir", str(tmp_path / "hp")]
+                 "--percentile-metrics", "ttft,tpot,itl,e2el", "--result-dir", str(tmp_path / "hp"),
+                 "--result-filename", "one.json"]
     proc = subprocess.run(vllm_like, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     data = read_result(tmp_path / "hp")
     assert data["target"]["base_url"] == sim.url and data["points"][0]["completed"] == 2
     assert "p99_e2el_ms" in data["points"][0]
+    saved = (tmp_path / "hp" / "one.json").read_bytes()
+    assert saved == (tmp_path / "hp" / "attempt-001" / "points" / "c1.json").read_bytes()
+    again = subprocess.run(vllm_like, capture_output=True, text=True, timeout=60)  # vLLM would overwrite it
+    assert again.returncode == 2 and again.stderr.strip() == (
+        f"error: --result-filename: {tmp_path / 'hp' / 'one.json'} exists; nothing is overwritten (give another name)")
+    assert (tmp_path / "hp" / "one.json").read_bytes() == saved and not (tmp_path / "hp" / "attempt-002").exists()
+    nested = subprocess.run([*vllm_like[:-1], "sub/one.json"], capture_output=True, text=True, timeout=60)
+    assert nested.returncode == 2 and "--result-filename 'sub/one.json': a file name without a folder" in nested.stderr
     both = subprocess.run([*vllm_like, "--url", sim.url], capture_output=True, text=True, timeout=60)
     assert both.returncode == 2 and "give --url, or --host and --port, not both" in both.stderr
 
