@@ -20,12 +20,15 @@ instants, counters) are skipped. The scanner is numba, cached on disk after the 
 from __future__ import annotations
 
 import numpy as np
-from llvmlite import ir
-from numba import njit, types
-from numba.core import cgutils
-from numba.extending import intrinsic
+from numba import njit
 
-from magpie_trace.merge.bytescan import _is_ws, _parse, _string_end, _trailing_zeros
+from magpie_trace.merge.bytescan import (
+    _is_ws,
+    _leading_zeros,
+    _parse,
+    _string_end,
+    _trailing_zeros,
+)
 
 # Columns of a row.
 PH, CAT_LO, CAT_LEN, NAME_LO, NAME_LEN, NAME_HASH = 0, 1, 2, 3, 4, 5
@@ -108,18 +111,6 @@ def _hash(src: np.ndarray, lo: int, length: int) -> np.int64:
     for k in range(length):
         h = (h ^ np.int64(src[lo + k])) * _FNV_PRIME
     return h
-
-
-@intrinsic
-def _leading_zeros(typingctx, x):  # type: ignore[no-untyped-def]
-    sig = types.uint64(types.uint64)
-
-    def codegen(context, builder, signature, args):  # type: ignore[no-untyped-def]
-        fn = cgutils.get_or_insert_function(
-            builder.module, ir.FunctionType(ir.IntType(64), [ir.IntType(64), ir.IntType(1)]), "llvm.ctlz.i64")
-        return builder.call(fn, [args[0], ir.Constant(ir.IntType(1), 0)])
-
-    return sig, codegen
 
 
 _ONE = np.uint64(1)
@@ -220,6 +211,15 @@ def _string_id(src: np.ndarray, quotes: np.ndarray, row: np.ndarray, kind: int, 
 
 
 @njit(cache=True, nogil=True)
+def _string(src: np.ndarray, quotes: np.ndarray, row: np.ndarray, lo: int, length: int, hash_: int, i: int) -> None:
+    """A string value at i: where its text is and its hash, into the row's columns lo, length, hash_."""
+    if src[i] == 34:
+        end = _next_quote(quotes, i)
+        row[lo], row[length] = i + 1, end - i - 1
+        row[hash_] = _hash(src, i + 1, end - i - 1)
+
+
+@njit(cache=True, nogil=True)
 def _event_key(src: np.ndarray, quotes: np.ndarray, row: np.ndarray, colon: int, n: int) -> bool:
     """Read the value of the event's key that ends at `colon` into row; True when it is `args` and
     its value an object (the next `{` opens it)."""
@@ -243,19 +243,13 @@ def _event_key(src: np.ndarray, quotes: np.ndarray, row: np.ndarray, colon: int,
         if ok:
             row[DUR] = v
     elif klen == 3 and _is(src, klo, klen, _K_CAT):
-        if src[i] == 34:
-            end = _next_quote(quotes, i)
-            row[CAT_LO], row[CAT_LEN] = i + 1, end - i - 1
-            row[CAT_HASH] = _hash(src, i + 1, end - i - 1)
+        _string(src, quotes, row, CAT_LO, CAT_LEN, CAT_HASH, i)
     elif klen == 3 and _is(src, klo, klen, _K_PID):
         _string_id(src, quotes, row, PID_KIND, i, n)
     elif klen == 3 and _is(src, klo, klen, _K_TID):
         _string_id(src, quotes, row, TID_KIND, i, n)
     elif klen == 4 and _is(src, klo, klen, _K_NAME):
-        if src[i] == 34:
-            end = _next_quote(quotes, i)
-            row[NAME_LO], row[NAME_LEN] = i + 1, end - i - 1
-            row[NAME_HASH] = _hash(src, i + 1, end - i - 1)
+        _string(src, quotes, row, NAME_LO, NAME_LEN, NAME_HASH, i)
     elif klen == 4 and _is(src, klo, klen, _K_ARGS):
         row[ARGS_LO] = i
         row[ARGS_HI] = i

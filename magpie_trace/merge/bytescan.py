@@ -198,16 +198,25 @@ def _load_u64(typingctx, arr, at):  # type: ignore[no-untyped-def]
     return sig, codegen
 
 
-@intrinsic
-def _trailing_zeros(typingctx, x):  # type: ignore[no-untyped-def]
-    sig = types.uint64(types.uint64)
+def _zero_count(llvm_name: str) -> Any:
+    """An intrinsic counting a uint64's zero bits from one end (LLVM's cttz / ctlz: one instruction)."""
 
-    def codegen(context, builder, signature, args):  # type: ignore[no-untyped-def]
-        fn = cgutils.get_or_insert_function(
-            builder.module, ir.FunctionType(ir.IntType(64), [ir.IntType(64), ir.IntType(1)]), "llvm.cttz.i64")
-        return builder.call(fn, [args[0], ir.Constant(ir.IntType(1), 0)])
+    def count(typingctx, x):  # type: ignore[no-untyped-def]
+        sig = types.uint64(types.uint64)
 
-    return sig, codegen
+        def codegen(context, builder, signature, args):  # type: ignore[no-untyped-def]
+            fn = cgutils.get_or_insert_function(
+                builder.module, ir.FunctionType(ir.IntType(64), [ir.IntType(64), ir.IntType(1)]), llvm_name)
+            return builder.call(fn, [args[0], ir.Constant(ir.IntType(1), 0)])
+
+        return sig, codegen
+
+    count.__name__ = count.__qualname__ = llvm_name.replace(".", "_")
+    return intrinsic(count)
+
+
+_trailing_zeros = _zero_count("llvm.cttz.i64")
+_leading_zeros = _zero_count("llvm.ctlz.i64")  # the events scan's backward search
 
 
 _LOW7 = np.uint64(0x7F7F7F7F7F7F7F7F)
