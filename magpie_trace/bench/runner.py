@@ -339,7 +339,7 @@ async def run_benchmark_async(
             owned.stop()
     trip = watchdog.trip
     if trip is not None and plan is not None:
-        trip = Trip(plan.label(trip.node), trip.reason)  # names its group too
+        trip = replace(trip, node=plan.label(trip.node))  # names its group too; keeps which process
     if trip is not None:
         result["valid"] = False
         result["invalid_reasons"].append(f"{trip.node}: {trip.reason}")
