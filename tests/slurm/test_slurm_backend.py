@@ -97,6 +97,39 @@ def test_a_step_cancelled_from_outside_is_seen_ended(slurm_cluster: SlurmCluster
     backend.stop(node, handle, grace_s=1)  # nothing left to stop: harmless
 
 
+def test_files_under_shared_dir_are_read_here_without_a_step(slurm_cluster: SlurmCluster, slurm_job: str,
+                                                             tmp_path: Path) -> None:
+    """With scheduler.shared_dir the exit file, listdir, fetch and tail read the shared filesystem
+    here; a path outside it still goes through a step on the node."""
+    scheduler = slurm_cluster.scheduler(tmp_path / "shared", 1, slurm_job)
+    scheduler.shared_dir = str(tmp_path / "shared")
+    backend = make_backend(scheduler)
+    node = scheduler.nodes[0]
+    workdir = backend.workdir(node)
+    handle = backend.start(node, ["sh", "-c", "printf 'a b\\nlast\\n'; printf abc > out.bin; exit 3"],
+                           {}, f"{workdir}/f.log")
+    assert wait_for(lambda: not backend.alive(node, handle), 15)
+    def no_step(*_args: object) -> list[str]:
+        raise AssertionError("an srun for a path under shared_dir")
+
+    srun, backend.command = backend.command, no_step  # type: ignore[method-assign]
+    assert backend.exit_code(node, handle) == 3
+    assert [(f.path, f.size) for f in backend.listdir(node, workdir, "*.bin")] == [(f"{workdir}/out.bin", 3)]
+    backend.fetch(node, f"{workdir}/out.bin", str(tmp_path / "here.bin"))
+    assert (tmp_path / "here.bin").read_bytes() == b"abc"
+    assert backend.tail(node, f"{workdir}/f.log", 1) == "last\n"
+    with pytest.raises(NodeError, match=r"^node0: cannot fetch .*/absent: No such file"):
+        backend.fetch(node, f"{workdir}/absent", str(tmp_path / "absent"))
+    assert not (tmp_path / "absent").exists()
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "x.bin").write_bytes(b"xy")
+    with pytest.raises(AssertionError, match="an srun"):
+        backend.listdir(node, str(outside), "*.bin")
+    backend.command = srun  # type: ignore[method-assign]
+    assert [f.path for f in backend.listdir(node, str(outside), "*.bin")] == [f"{outside}/x.bin"]  # a step
+
+
 def test_a_node_outside_the_allocation_is_one_line(slurm_cluster: SlurmCluster, tmp_path: Path) -> None:
     job = slurm_cluster.hold(1)  # n1 only
     try:
