@@ -22,8 +22,8 @@ from isal import igzip, isal_zlib
 from magpie_trace.errors import TraceError
 from magpie_trace.merge import bytescan
 from magpie_trace.merge.anchors import Anchor, classify
+from magpie_trace.merge.bytescan import MAX_CLOCK_NS
 from magpie_trace.merge.discover import TraceFile
-from magpie_trace.merge.rewrite import MAX_ABS_US  # |ts|, dur beyond it (us) do not fit int64 ns
 
 # Event names pass 1 looks at: collectives (gloo, NCCL/RCCL kernels, custom all-reduce), process
 # metadata, step annotations (PyTorch, vLLM, SGLang) and the profiler's own span.
@@ -241,13 +241,14 @@ MAX_RATIO = 200  # uncompressed / compressed: Kineto JSON compresses ~10-20x, a 
 MIN_BOMB_BYTES = 256 << 20  # below this, any ratio is harmless
 
 
-def _us_to_ns(value: Any, path: Path, what: str) -> int:
-    """A `ts`/`dur` in microseconds as integer ns, or one line naming the file."""
+def _us_to_ns(value: Any, path: Path, what: str, base: int = 0) -> int:
+    """A `ts`/`dur` in microseconds as integer ns, or one line naming the file; `base` + it must be
+    a clock reading (within MAX_CLOCK_NS of the epoch, as pass 2 checks too)."""
     try:
         us = float(value)
     except (TypeError, ValueError):
         raise TraceError(f"{path}: an event's {what} is not a number ({str(value)[:40]!r})") from None
-    if not abs(us) <= MAX_ABS_US:  # also NaN
+    if not abs(us * 1000 + base) <= MAX_CLOCK_NS:  # also NaN
         raise TraceError(f"{path}: an event's {what} is {value!r} us, outside any plausible clock reading")
     return int(round(us * 1000))
 
@@ -264,6 +265,8 @@ def scan(tf: TraceFile) -> Scanned:
             base_ns = int(data[lo:hi])
         except ValueError:
             raise TraceError(f"{tf.path}: baseTimeNanoseconds is not an integer") from None
+        if abs(base_ns) > MAX_CLOCK_NS:
+            raise TraceError(f"{tf.path}: baseTimeNanoseconds is {base_ns}, outside any plausible clock reading")
     dist = None
     if "distributedInfo" in values:
         lo, hi = values["distributedInfo"]
@@ -295,7 +298,7 @@ def scan(tf: TraceFile) -> Scanned:
             continue
         if ph != "X" or "ts" not in ev:
             continue
-        start = base + _us_to_ns(ev["ts"], tf.path, "ts")
+        start = base + _us_to_ns(ev["ts"], tf.path, "ts", base)
         end = start + _us_to_ns(ev.get("dur") or 0, tf.path, "dur")
         if name.startswith("PyTorch Profiler"):
             span = (start, end)

@@ -84,6 +84,36 @@ def _absurd_ts_elsewhere(inp: Path) -> str:
     return "node1-TP1.trace.json.gz: an event's ts or dur is outside any plausible clock reading"
 
 
+def _ts_past_2100_on_an_anchor(inp: Path) -> str:
+    """Fits int64 ns alone, not once the file's base is added (was an OverflowError traceback)."""
+    _edit_event(inp, lambda e: e.get("name") == "gloo:all_reduce", {"ts": 8.5e15})
+    return "node1-TP1.trace.json.gz: an event's ts is 8500000000000000.0 us, outside any plausible clock reading"
+
+
+def _ts_past_2100_elsewhere(inp: Path) -> str:
+    """Year 2185 after the base (was written out as it was, exit 0)."""
+    _edit_event(inp, lambda e: e.get("cat") == "cpu_op", {"ts": 5e15})
+    return "node1-TP1.trace.json.gz: an event's ts or dur is outside any plausible clock reading"
+
+
+def _ts_that_wraps_int64_elsewhere(inp: Path) -> str:
+    """base + ts past int64: would wrap round to a plausible-looking time (was exit 0)."""
+    _edit_event(inp, lambda e: e.get("cat") == "cpu_op", {"ts": 8.5e15})
+    return "node1-TP1.trace.json.gz: an event's ts or dur is outside any plausible clock reading"
+
+
+def _dur_of_centuries(inp: Path) -> str:
+    _edit_event(inp, lambda e: e.get("cat") == "cpu_op", {"dur": 5e15})
+    return "node1-TP1.trace.json.gz: an event's ts or dur is outside any plausible clock reading"
+
+
+def _base_past_2100(inp: Path) -> str:
+    doc = load(vllm_rank(1))
+    doc["baseTimeNanoseconds"] = 9 * 10**18
+    save(doc, inp / "node1-TP1.trace.json.gz")
+    return "node1-TP1.trace.json.gz: baseTimeNanoseconds is 9000000000000000000, outside any plausible clock reading"
+
+
 def _ts_not_a_number(inp: Path) -> str:
     _edit_event(inp, lambda e: e.get("name") == "gloo:all_reduce", {"ts": "soon"})
     return "node1-TP1.trace.json.gz: an event's ts is not a number ('soon')"
@@ -103,7 +133,8 @@ def _gzip_bomb(inp: Path) -> str:
 
 
 CASES = [_truncated, _not_json, _not_a_trace, _top_level_list, _two_files_one_rank, _absurd_ts_on_an_anchor,
-         _absurd_ts_elsewhere, _ts_not_a_number, _gzip_bomb]
+         _absurd_ts_elsewhere, _ts_past_2100_on_an_anchor, _ts_past_2100_elsewhere, _ts_that_wraps_int64_elsewhere,
+         _dur_of_centuries, _base_past_2100, _ts_not_a_number, _gzip_bomb]
 
 
 @pytest.mark.parametrize("spoil", CASES, ids=[c.__name__.strip("_") for c in CASES])
