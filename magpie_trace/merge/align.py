@@ -373,6 +373,18 @@ class NodeTimes:
         return len(gap), len(bad), float(np.median(bad)) if len(bad) else 0.0
 
 
+def two_clocks(times: NodeTimes) -> dict[str, str]:
+    """Nodes whose files no single clock explains (their shared anchors violate causality between
+    them), with the reason: such a node cannot be aligned, nor be the reference."""
+    out = {}
+    for node in times.nodes:
+        total, bad, median = times.same_node_conflict(node)
+        if bad and bad >= max(3, 0.1 * total):
+            out[node] = (f"its files disagree with each other by {median / 1e6:.3f} ms in {bad} of {total} "
+                         "shared anchors: two clocks under one node name (files of different hosts?)")
+    return out
+
+
 def residuals(times: NodeTimes, fit: ClockFit, reference: str) -> dict[str, Any]:
     """After correcting `fit.node`, against the reference node: end skew percentiles of synchronous
     instances and how many instances still violate causality."""
@@ -435,12 +447,7 @@ def _solve(times: NodeTimes, reference: str, t0: int, probes: dict[str, list[Pro
     nodes = times.nodes
     notes: list[str] = []
     edges: dict[tuple[str, str], PairFit] = {}
-    conflict: dict[str, str] = {}
-    for node in nodes:
-        total, bad, median = times.same_node_conflict(node)
-        if bad and bad >= max(3, 0.1 * total):
-            conflict[node] = (f"its files disagree with each other by {median / 1e6:.3f} ms in {bad} of {total} "
-                              "shared anchors: two clocks under one node name (files of different hosts?)")
+    conflict = two_clocks(times)
     for k, n in enumerate(nodes):
         for m in nodes[k + 1:]:
             if n in conflict or m in conflict:
@@ -465,8 +472,9 @@ def _solve(times: NodeTimes, reference: str, t0: int, probes: dict[str, list[Pro
     placed = [n for n in all_nodes if n in reach and n != reference]
     fits = {reference: ClockFit(reference, 0.0, 0.0, t0, "reference", 0, 0.0, reference=True,
                                 placed_by=["reference"])}
-    if reference in conflict:
-        fits[reference].warnings.append(f"{reference}: {conflict[reference]}")
+    if reference in conflict:  # the others keep only what the probe says of its clock
+        fits[reference].unaligned, fits[reference].method = conflict[reference], "unaligned"
+        fits[reference].warnings.append(f"{reference}: left on its own clock: {conflict[reference]}")
     if placed:
         index = {n: k for k, n in enumerate(placed)}
         used = [(n, m, p) for (n, m), p in edges.items() if n in reach]
@@ -493,7 +501,8 @@ def _solve(times: NodeTimes, reference: str, t0: int, probes: dict[str, list[Pro
             )
     for node in all_nodes:
         if node not in fits:
-            why = conflict.get(node) or ("it shares no anchor with the other nodes and has no clock probe"
+            why = conflict.get(node) or ("no anchor ties it to the reference (none shared, or none matched or "
+                                         "fitted: see the warnings) and it has no clock probe"
                                          if node in nodes or node not in probes else "no anchors")
             fits[node] = ClockFit(node, 0.0, 0.0, t0, "unaligned", 0, float("inf"),
                                   warnings=[f"{node}: left on its own clock: {why}"], unaligned=why,

@@ -23,7 +23,7 @@ from magpie_trace.errors import TraceError
 from magpie_trace.merge import bytescan
 from magpie_trace.merge.anchors import Anchor, classify
 from magpie_trace.merge.bytescan import MAX_CLOCK_NS
-from magpie_trace.merge.discover import TraceFile
+from magpie_trace.merge.discover import HOST_NAME, TraceFile
 
 # Event names pass 1 looks at: collectives (gloo, NCCL/RCCL kernels, custom all-reduce), process
 # metadata, step annotations (PyTorch, vLLM, SGLang) and the profiler's own span.
@@ -61,6 +61,7 @@ class Scanned:
     steps: list[Step]
     span: tuple[int, int] | None  # profiler window (absolute ns, own clock)
     warnings: list[str] = field(default_factory=list)
+    host: str | None = None  # the trace's `host_name` (vLLM writes it), when it may name a node
 
 
 class Scratch:
@@ -272,6 +273,11 @@ def scan(tf: TraceFile) -> Scanned:
         lo, hi = values["distributedInfo"]
         parsed = orjson.loads(data[lo:hi])
         dist = parsed if isinstance(parsed, dict) else None
+    host = None
+    if "host_name" in values:
+        lo, hi = values["host_name"]
+        parsed = orjson.loads(data[lo:hi])
+        host = parsed if isinstance(parsed, str) and HOST_NAME.match(parsed) else None
     ev_lo, ev_hi = values["traceEvents"]
     base = base_ns or 0
     anchors: list[Anchor] = []
@@ -314,7 +320,7 @@ def scan(tf: TraceFile) -> Scanned:
     meta_cuts = _disjoint(meta_cuts)
     kept = {key: bytes(data[lo:hi]) for key, lo, hi in top if key != "traceEvents"}
     return Scanned(tf, size, csize, (ev_lo, ev_hi), top, kept, base_ns, dist, anchors, meta_cuts, names,
-                   steps, span)
+                   steps, span, host=host)
 
 
 def _disjoint(spans: list[tuple[int, int]]) -> list[tuple[int, int]]:
