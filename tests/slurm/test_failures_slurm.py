@@ -93,7 +93,7 @@ def test_an_engine_killed_mid_benchmark(slurm_cluster: SlurmCluster, tmp_path: P
     code, error = run.the_error()
     assert code == 3, error
     assert error.startswith("error: node1: engine process "), error
-    assert "exited with code 137 during the benchmark" in error
+    assert "exited with code 137 (SIGKILL) during the benchmark" in error
     check_nothing_left(slurm_cluster, tmp_path)
 
 
