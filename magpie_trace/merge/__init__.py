@@ -354,10 +354,15 @@ def _merge(files: list[TraceFile], manifest: dict[str, Any] | None, output_dir: 
     matched = Matched.of(matching.collectives)
 
     def origin(node: str) -> tuple[int, int]:
-        """(the node's first rank file, t0: the first anchor's start on it, else its profiler span's)."""
+        """(the node's first rank file, t0: the first anchor's start on it, else its profiler span's or
+        first step's, else the first clock probe's: a time of the capture, so offsets at t0 read sensibly)."""
         first = next(i for i in ranks if files[i].node_name == node)
-        starts = [a.start for a in scanned[first].anchors]
-        return first, min(starts) if starts else (scanned[first].span or (0, 0))[0]
+        sc = scanned[first]
+        if sc.anchors:
+            return first, min(a.start for a in sc.anchors)
+        if sc.span or sc.steps:
+            return first, sc.span[0] if sc.span else sc.steps[0].start
+        return first, min((p.t_ns for points in probes.values() for p in points), default=0)
 
     ref_file, t0 = origin(reference)
     times = NodeTimes.build(matched, {i: files[i].node_name for i in ranks}, nodes, t0)

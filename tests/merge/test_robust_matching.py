@@ -244,6 +244,17 @@ def test_a_node_placed_wider_than_the_median_collective_is_warned_about(tmp_path
     assert warning in result.warnings
 
 
+def test_a_capture_with_no_events_is_placed_by_the_probe_at_the_capture(tmp_path, vllm_pair):
+    """The load ended before the capture opened: only metadata in every trace. The probe places
+    node 1, and the fit's origin is the capture's time (the first probe), not the epoch."""
+    ref, other = (dict(doc, traceEvents=[e for e in doc["traceEvents"] if e.get("ph") == "M"]) for doc in vllm_pair)
+    lo, hi = span(vllm_pair[0])
+    result = _merge_pair(tmp_path, ref, other, manifest=_probe_manifest(1_720_000, 150_000, (lo, hi)))
+    node = result.nodes["node1"]
+    assert node["placed_by"] == ["probe"] and node["t0_ns"] == lo
+    assert abs(node["offset_ns"] - 1_720_000) <= 1 and node["uncertainty_us"] >= 150
+
+
 def test_fit_agrees_with_the_probe_when_both_are_there(tmp_path, vllm_pair):
     ref, other = vllm_pair
     t_ref = span(other)[0]
