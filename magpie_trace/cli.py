@@ -409,10 +409,14 @@ def _vllm_flags(fn: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--tokenizer", help="Local tokenizer (HF name or folder); default: the server's /tokenize."),
         click.option("--num-warmups", type=int, help="Warmup requests before the first point."),
         click.option("--metric-percentiles", help="Comma-separated percentiles, e.g. 50,90,99."),
+        click.option("--percentile-metrics", help="Accepted: every metric's percentiles are reported (queue times under a cap)."),
+        click.option("--host", help="As vLLM: the server's host (with --port, instead of --url)."),
+        click.option("--port", type=click.IntRange(1, 65535), help="As vLLM: the server's port (default 8000 with --host)."),
         click.option("--goodput", multiple=True, help="SLO KEY:MS (ttft, tpot, e2el); repeatable."),
         click.option("--label", help="The results' label (vLLM's --label)."),
         click.option("--sglang-result", is_flag=True, default=None, help="Also write SGLang bench_serving's JSONL."),
         click.option("--result-dir", type=click.Path(file_okay=False), help="Same as --out."),
+        click.option("--result-filename", help="Also copy each point's vLLM file to --result-dir/NAME (NAME-<point> for several); never over a file."),
         click.option("--save-result", is_flag=True, help="Accepted for vLLM's command lines: results are always saved."),
         click.option("--save-detailed", is_flag=True, help="Accepted: per-request lists are always saved."),
         click.option("--disable-tqdm", is_flag=True, help="Accepted: the progress line shows only on a terminal."),
@@ -445,12 +449,22 @@ def bench_command(
     """
     import dataclasses
 
-    from magpie_trace.bench import run_benchmark
+    from magpie_trace.bench import run_benchmark, sweep_points
+    from magpie_trace.bench.flags import base_url
     from magpie_trace.bench.flags import overrides as flag_overrides
+    from magpie_trace.bench.results import check_result_filename, export_new, result_file_targets
     from magpie_trace.config import benchmark_config
 
     flags["max_concurrency"] = (*concurrency, *flags["max_concurrency"])
     flags["num_prompts"] = num_prompts
+    host, port = flags.pop("host"), flags.pop("port")
+    result_filename = flags.pop("result_filename")
+    if result_filename is not None:
+        check_result_filename(result_filename)  # before a run folder is made for it
+    if host is not None or port is not None:
+        if url:
+            raise click.UsageError("give --url, or --host and --port, not both")
+        url = base_url(host, port)
     extra = [*flag_overrides(flags, with_config=config_path is not None), *overrides]
     out = out or result_dir
     if config_path is None:
@@ -459,11 +473,18 @@ def bench_command(
         config = benchmark_config(extra)
     else:
         config = read_config(config_path, tuple(extra))
+    labels = [p.label for p in sweep_points(config.benchmark)]
+
+    def vllm_files(root: Any) -> list[Any]:
+        """Checked before the run: a name that would overwrite a file is refused then."""
+        return result_file_targets(root, result_filename, labels) if result_filename else []
+
     if url:
         from magpie_trace.plan import new_run_id
         from magpie_trace.rundir import new_run_dir
 
         out_dir = out or new_run_dir(config.output.dir, new_run_id(), latest=False).bench
+        targets = vllm_files(out_dir)
         with display() as say:
             result = run_benchmark(config, None, out_dir, url=url, say=say)
     else:
@@ -475,6 +496,7 @@ def bench_command(
         plan = plan_for_run(run_dir)
         state = load_state(run_dir)
         config = dataclasses.replace(plan.config, benchmark=config.benchmark)
+        targets = vllm_files(out or run_dir.bench)
         backend = make_backend(plan.config.scheduler)
         try:
             with run_dir.lock("bench"), display() as say:
@@ -483,6 +505,8 @@ def bench_command(
                 )
         finally:
             backend.close()
+    for point, target in zip(result.points, targets):  # vLLM's --result-filename: where its readers look
+        export_new(result.out_dir / "points" / f"{point['point']}.json", target)
     if as_json:
         print_json(result.data)
         return

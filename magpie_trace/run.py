@@ -227,10 +227,10 @@ def _write_run_json(
     in which attempt); outputs and bench validity carry over from attempts that measured them."""
     latest: dict[str, StageRecord] = {}
     for attempt in earlier:
-        for record in attempt.get("stages", []):
-            latest[record["name"]] = StageRecord(
-                record["name"], record["status"], record.get("seconds", 0.0), record.get("detail", ""),
-                record.get("attempt") or attempt.get("attempt"),
+        for stage_row in attempt.get("stages", []):
+            latest[stage_row["name"]] = StageRecord(
+                stage_row["name"], stage_row["status"], stage_row.get("seconds", 0.0),
+                stage_row.get("detail", ""), stage_row.get("attempt") or attempt.get("attempt"),
             )
         result.outputs = {**attempt.get("outputs", {}), **result.outputs}
     for done in ran:

@@ -13,8 +13,11 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from magpie_trace.bench.metrics import LATENCIES
 from magpie_trace.errors import ConfigError
 
+# vLLM's --percentile-metrics names; every one that applies is always reported (the queue ones under a cap)
+PERCENTILE_METRICS = (*LATENCIES, "client_queue_time", "e2el_including_client_queue")
 DATASETS = ("random", "prefix_repetition", "sharegpt", "custom", "jsonl", "mooncake", "burstgpt")
 ENDPOINTS = {"/v1/completions": "completions", "/v1/chat/completions": "chat"}
 BACKENDS = {"openai": "completions", "vllm": "completions", "openai-chat": "chat"}
@@ -73,6 +76,9 @@ def overrides(options: dict[str, Any], with_config: bool) -> list[str]:
         out.append(_set("request_rate", ["inf" if r == float("inf") else r for r in rates]))
     out += _lengths(given)
     out += _dataset(given)
+    for metric in str(given.get("percentile_metrics", "")).split(","):
+        if metric.strip() and metric.strip() not in PERCENTILE_METRICS:
+            raise ConfigError(f"--percentile-metrics {metric.strip()}: one of {', '.join(PERCENTILE_METRICS)}")
     if "metric_percentiles" in given:
         out.append(_set("percentiles", [float(p) for p in str(given["metric_percentiles"]).split(",") if p]))
     goodput = {}
@@ -119,3 +125,13 @@ def _dataset(given: dict[str, Any]) -> list[str]:
     if "prefix_repetition_output_len" in given:
         out.append(_set("output_len", given["prefix_repetition_output_len"]))
     return out
+
+
+def base_url(host: str | None, port: int | None) -> str:
+    """vLLM's `--host`/`--port` as one URL (its defaults: 127.0.0.1, 8000)."""
+    host = host or "127.0.0.1"
+    if any(c in host for c in "/?#@ \t") or host.startswith("-"):
+        raise ConfigError(f"--host {host!r}: a host name or address")
+    if ":" in host and not host.startswith("["):
+        host = f"[{host}]"  # an IPv6 address
+    return f"http://{host}:{port or 8000}"

@@ -20,10 +20,9 @@ import numpy as np
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from magpie_trace.bench.metrics import RequestRecord  # noqa: E402
+from magpie_trace.bench.metrics import LATENCIES, RequestRecord  # noqa: E402
 
 TIMELINE_MAX_REQUESTS = 400
-LATENCIES = ("ttft", "tpot", "itl", "e2el")
 
 
 class Axis:
@@ -121,7 +120,8 @@ def _latency(plot_dir: Path, points: list[dict[str, Any]], axis: Axis, metric: s
             ax.plot(axis.values, _series(points, key), "o-", label=stat)
     axis.apply(ax)
     ax.set_ylabel(f"{metric.upper()} (ms)")
-    ax.legend()
+    if ax.get_legend_handles_labels()[0]:  # no percentile of this metric in any point: no legend
+        ax.legend()
     ax.set_title(f"{metric.upper()} percentiles vs {axis.name}")
     return _save(fig, plot_dir / f"{metric}_vs_{axis.name}.png")
 
@@ -168,7 +168,8 @@ def _cdfs(plot_dir: Path, by_point: dict[str, list[RequestRecord]]) -> str:
         ax.set_xlabel(f"{metric.upper()} (ms)")
         ax.set_ylabel("fraction of samples")
         ax.grid(alpha=0.3)
-    axes.flat[0].legend(fontsize=7)
+    if axes.flat[0].get_legend_handles_labels()[0]:
+        axes.flat[0].legend(fontsize=7)
     fig.suptitle("Latency CDFs per load point")
     return _save(fig, plot_dir / "latency_cdf.png")
 

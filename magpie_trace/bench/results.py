@@ -18,6 +18,7 @@ import csv
 import datetime as dt
 import io
 import math
+import os
 import platform
 import re
 from importlib import metadata
@@ -30,7 +31,8 @@ from magpie_trace.bench.arrivals import LoadPoint
 from magpie_trace.bench.formats import dumps, sglang_line, vllm_point
 from magpie_trace.bench.metrics import RequestRecord
 from magpie_trace.config import BenchmarkConfig
-from magpie_trace.fsutil import atomic_write_bytes, atomic_write_text
+from magpie_trace.errors import ConfigError
+from magpie_trace.fsutil import atomic_write_bytes, atomic_write_text, temp_path_for
 
 SCHEMA = "magpie-trace/bench/1"
 ATTEMPT = re.compile(r"attempt-(\d{3,})")
@@ -164,6 +166,36 @@ def sweep_csv(points: list[dict[str, Any]]) -> str:
             row.append("" if value is None else value)
         writer.writerow(row)
     return buffer.getvalue()
+
+
+def check_result_filename(filename: str) -> str:
+    if not filename or Path(filename).name != filename or filename in (".", ".."):
+        raise ConfigError(f"--result-filename {filename!r}: a file name without a folder (the folder is --result-dir)")
+    return filename
+
+
+def result_file_targets(root: str | Path, filename: str, labels: list[str]) -> list[Path]:
+    """Where vLLM's `--result-filename NAME` puts each point's vLLM file: root/NAME for one point,
+    root/<stem>-<point><suffix> for each of several. Refused (before the run) when NAME is not a
+    plain file name or a target exists: vLLM would overwrite it, we never do."""
+    target = Path(root) / check_result_filename(filename)
+    targets = [target] if len(labels) == 1 else [
+        target.with_name(f"{target.stem}-{label}{target.suffix}") for label in labels
+    ]
+    for path in targets:
+        if os.path.lexists(path):
+            raise ConfigError(f"--result-filename: {path} exists; nothing is overwritten (give another name)")
+    return targets
+
+
+def export_new(source: Path, target: Path) -> None:
+    """A copy of source at target, whole or not at all, never over a file (or link) already there."""
+    tmp = temp_path_for(target)
+    try:
+        tmp.write_bytes(source.read_bytes())
+        os.link(tmp, target)  # fails if target exists, unlike a rename
+    finally:
+        tmp.unlink()
 
 
 def read_result(path: str | Path) -> dict[str, Any]:

@@ -45,6 +45,8 @@ VLLM_KEYS = {
     "start_times": list, "queue_times": list, "generated_texts": list, "errors": list,
     "max_output_tokens_per_s": float, "max_concurrent_requests": int, "rtfx": float,
     **{f"{s}_{m}_ms": float for s in ("mean", "median", "std", "p99") for m in ("ttft", "tpot", "itl")},
+    # under a cap, what vLLM writes when --percentile-metrics names client_queue_time (its default does not)
+    **{f"{s}_client_queue_time_ms": float for s in ("mean", "median", "std", "p99")},
 }
 
 
@@ -195,10 +197,23 @@ def test_trace_replay_sends_within_5_ms_of_the_trace_at_50_req_s(sim, tmp_path):
                            trace_block_size=8)
         records = rows(result)
         start = min(r["scheduled_ns"] for r in records)
-        lates = [abs((r["wire_ns"] - start) / 1e6 - 20 * r["index"]) for r in sorted(records, key=lambda r: r["index"])]
+        lates = [abs((r["wire_ns"] - start) / 1e6 - 20 * r["conversation"]) for r in records]  # trace: 20 ms apart
         print(f"{dataset}: send time vs trace: max {max(lates):.2f} ms, mean {sum(lates) / len(lates):.2f} ms")
         assert result.points[0]["point"] == "replay" and result.points[0]["completed"] == 100
         assert max(lates) < 5.0
+
+
+def test_mooncake_hash_ids_reach_the_server_as_shared_prefixes(sim, tmp_path):
+    """Equal hash ids are equal text: requests i, i+3, i+6, ... share their first block of 16 tokens
+    (one of the sim's prefix-cache blocks), and the server finds it cached after each group's first."""
+    path = tmp_path / "shared.jsonl"
+    path.write_text("".join(orjson.dumps({"timestamp": i, "input_length": 32, "output_length": 2,
+                                          "hash_ids": [i % 3, 1000 + i]}).decode() + "\n" for i in range(30)))
+    result = sim.bench(dataset="mooncake", dataset_path=str(path), num_prompts=30, concurrency=None,
+                       trace_block_size=16, seed=303)
+    point = result.points[0]
+    assert point["completed"] == 30 and point["total_input_tokens"] == 30 * 32
+    assert point["server_prefix_cache_hits"] == (30 - 3) * 16
 
 
 def test_request_rate_sweep_with_inf_and_no_cap(sim):
@@ -214,15 +229,17 @@ def test_request_rate_sweep_with_inf_and_no_cap(sim):
     assert file["max_concurrency"] is None and "mean_client_queue_time_ms" not in file
 
 
-def test_ramp_up_raises_the_rate_over_the_point(sim):
-    result = sim.bench(concurrency=None, ramp_up_strategy="linear", ramp_up_start_rps=10, ramp_up_end_rps=40,
+@pytest.mark.parametrize("strategy, second_rate", [("linear", 11.0), ("exponential", 10 * 4 ** (1 / 30))])
+def test_ramp_up_raises_the_rate_over_the_point(sim, strategy, second_rate):
+    result = sim.bench(concurrency=None, ramp_up_strategy=strategy, ramp_up_start_rps=10, ramp_up_end_rps=40,
                        num_prompts=31, burstiness=math.inf)
     point = result.points[0]
-    assert point["point"] == "ramp-linear-10-40" and point["schedule"] == "ramp"
-    assert (point["ramp_up_strategy"], point["ramp_up_start_rps"], point["ramp_up_end_rps"]) == ("linear", 10, 40)
+    assert point["point"] == f"ramp-{strategy}-10-40" and point["schedule"] == "ramp"
+    assert (point["ramp_up_strategy"], point["ramp_up_start_rps"], point["ramp_up_end_rps"]) == (strategy, 10, 40)
     due = sorted(r["scheduled_ns"] for r in rows(result))
     gaps = [(b - a) / 1e6 for a, b in zip(due, due[1:])]
-    assert gaps[0] == pytest.approx(1000 / 11, rel=1e-3) and gaps[-1] == pytest.approx(1000 / 40, rel=1e-3)
+    # request i of 31 is drawn at rate(i/30): 10 + 30 i/30 req/s, or 10 x 4^(i/30)
+    assert gaps[0] == pytest.approx(1000 / second_rate, rel=1e-3) and gaps[-1] == pytest.approx(1000 / 40, rel=1e-3)
     assert all(a > b for a, b in zip(gaps, gaps[1:]))
     events = point["rps_change_events"]  # vLLM's record of the ramp: every whole req/s reached
     assert [e["rps"] for e in events] == list(range(10, 41))
@@ -290,7 +307,7 @@ def test_vllm_style_command_line_without_a_config_file(sim, tmp_path):
     cli = [sys.executable, "-m", "magpie_trace.cli", "bench", "--url", sim.url, "--dataset-name", "random",
            "--random-input-len", "8", "--random-output-len", "3", "--num-prompts", "6", "--max-concurrency", "2",
            "--request-rate", "20", "--request-rate", "inf", "--num-warmups", "0", "--save-result",
-           "--result-dir", str(out), "--label", "cli-run", "--sglang-result"]
+           "--result-dir", str(out), "--label", "cli-run", "--sglang-result", "--result-filename", "vllm.json"]
     proc = subprocess.run(cli, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     data = read_result(out)
@@ -299,14 +316,40 @@ def test_vllm_style_command_line_without_a_config_file(sim, tmp_path):
     file = json.loads((out / "attempt-001" / "points" / "c2-rate20.json").read_text())
     assert (file["label"], file["request_rate"], file["max_concurrency"], file["num_prompts"]) == ("cli-run", 20.0, 2, 6)
     assert len((out / "attempt-001" / "sglang.jsonl").read_text().splitlines()) == 2
+    for point in ("c2-rate20", "c2"):  # --result-filename: vLLM's file where its readers look, one per point
+        assert (out / f"vllm-{point}.json").read_bytes() == (out / "attempt-001" / "points" / f"{point}.json").read_bytes()
     bad = subprocess.run([*cli[:4], "--url", sim.url, "--dataset-name", "nope"], capture_output=True, text=True, timeout=60)
     assert bad.returncode == 2 and bad.stderr.strip() == (
         "error: --dataset-name nope: one of random, prefix_repetition, sharegpt, custom, jsonl, mooncake, burstgpt")
+    # vLLM's --host/--port instead of a URL, and its --percentile-metrics (every metric is reported)
+    from urllib.parse import urlsplit
+
+    where = urlsplit(sim.url)
+    vllm_like = [*cli[:4], "--host", str(where.hostname), "--port", str(where.port), "--num-prompts", "2",
+                 "--random-input-len", "4", "--random-output-len", "2", "--max-concurrency", "1", "--num-warmups", "0",
+                 "--percentile-metrics", "ttft,tpot,itl,e2el", "--result-dir", str(tmp_path / "hp"),
+                 "--result-filename", "one.json"]
+    proc = subprocess.run(vllm_like, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    data = read_result(tmp_path / "hp")
+    assert data["target"]["base_url"] == sim.url and data["points"][0]["completed"] == 2
+    assert "p99_e2el_ms" in data["points"][0]
+    saved = (tmp_path / "hp" / "one.json").read_bytes()
+    assert saved == (tmp_path / "hp" / "attempt-001" / "points" / "c1.json").read_bytes()
+    again = subprocess.run(vllm_like, capture_output=True, text=True, timeout=60)  # vLLM would overwrite it
+    assert again.returncode == 2 and again.stderr.strip() == (
+        f"error: --result-filename: {tmp_path / 'hp' / 'one.json'} exists; nothing is overwritten (give another name)")
+    assert (tmp_path / "hp" / "one.json").read_bytes() == saved and not (tmp_path / "hp" / "attempt-002").exists()
+    nested = subprocess.run([*vllm_like[:-1], "sub/one.json"], capture_output=True, text=True, timeout=60)
+    assert nested.returncode == 2 and "--result-filename 'sub/one.json': a file name without a folder" in nested.stderr
+    both = subprocess.run([*vllm_like, "--url", sim.url], capture_output=True, text=True, timeout=60)
+    assert both.returncode == 2 and "give --url, or --host and --port, not both" in both.stderr
 
 
 def test_vllm_flags_map_to_benchmark_keys():
-    from magpie_trace.bench.flags import overrides
+    from magpie_trace.bench.flags import base_url, overrides
     from magpie_trace.config import benchmark_config
+    from magpie_trace.errors import ConfigError
 
     flags = {"dataset_name": "prefix_repetition", "prefix_repetition_prefix_len": 64,
              "prefix_repetition_num_prefixes": 4, "prefix_repetition_suffix_len": 32, "max_concurrency": (4, 8),
@@ -318,6 +361,14 @@ def test_vllm_flags_map_to_benchmark_keys():
     assert (bench.model, bench.tokenizer) == ("llama", "/models/llama")  # as vLLM: --model names the tokenizer
     assert bench.goodput == {"ttft": 500.0, "tpot": 50.0} and bench.percentiles == [50.0, 99.0]
     assert benchmark_config(overrides({}, with_config=False)).benchmark.concurrency is None  # vLLM: no cap
+    assert overrides({"percentile_metrics": "ttft,e2el,client_queue_time"}, with_config=True) == []
+    with pytest.raises(ConfigError, match=r"^--percentile-metrics ttfb: one of ttft, tpot, itl, e2el, client_queue_time"):
+        overrides({"percentile_metrics": "ttft,ttfb"}, with_config=True)
+    assert base_url(None, None) == "http://127.0.0.1:8000" and base_url("head-0", 9000) == "http://head-0:9000"
+    assert base_url("::1", 8001) == "http://[::1]:8001"
+    for bad in ("evil@host", "a/b", "-x", "a b"):
+        with pytest.raises(ConfigError, match=r"^--host .*: a host name or address"):
+            base_url(bad, None)
 
 
 def test_prompt_lengths_off_by_more_than_2_percent_are_warned(sim, tmp_path):

@@ -6,7 +6,7 @@ import asyncio
 
 from magpie_trace.bench.client import Progress
 from magpie_trace.bench.progressbar import INTERVAL_S, report_progress
-from magpie_trace.bench.results import sweep_csv
+from magpie_trace.bench.results import attempts, new_attempt, sweep_csv
 
 
 def test_sweep_csv_rows_and_empty_values() -> None:
@@ -85,3 +85,26 @@ def test_plots_including_gpu_utilization_from_recorded_samples(tmp_path) -> None
     _, notes = write_plots(tmp_path / "none", [{"point": "c1", "max_concurrency": 1, "completed": 0}], [], {"node0": []})
     assert notes == ["no completed requests: no throughput or latency plots",
                      "no GPU telemetry on any node: no GPU utilization plot"]
+
+
+def test_benches_started_at_once_never_share_an_attempt_folder(tmp_path) -> None:
+    """Each invocation's folder is made with an exclusive mkdir: 8 at once, 5 times each, 40 folders."""
+    import threading
+
+    start = threading.Barrier(8)
+    made: list[str] = []
+
+    def bench() -> None:
+        start.wait()
+        for _ in range(5):
+            made.append(new_attempt(tmp_path / "bench").name)
+
+    threads = [threading.Thread(target=bench) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(made) == [f"attempt-{n:03d}" for n in range(1, 41)]
+    assert [p.name for p in attempts(tmp_path / "bench")] == sorted(made)
+    (tmp_path / "bench" / "attempt-1000").mkdir()  # numbers past 999 keep their order
+    assert new_attempt(tmp_path / "bench").name == "attempt-1001"

@@ -99,7 +99,10 @@ def test_our_files_and_numbers_match_vllm_bench_serve(one_vllm, tmp_path, engine
         "--max-concurrency", str(CONCURRENCY), "--ignore-eos", "--temperature", "0", "--save-result",
         "--save-detailed", "--result-dir", str(tmp_path), "--result-filename", "vllm.json", "--disable-tqdm",
     ]
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=engine_env)
+    # Unbuffered: its print("Starting main benchmark run...") would otherwise sit in a pipe buffer
+    # until it exits, and our load would start after its own had ended.
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env={**engine_env, "PYTHONUNBUFFERED": "1"})
     output: list[str] = []
 
     def together(_point: object) -> None:
