@@ -161,6 +161,27 @@ def test_real_sampled_sendrecv_pair_with_drift_is_covered(tmp_path, sendrecv_pai
     assert node["aligned"] and _error(node, moved, offset_ns, 20.0, t_ref) <= node["uncertainty_us"] * 1e3
 
 
+@pytest.mark.parametrize("drift_ppm", (20.0, 0.0))
+def test_a_drift_fitted_on_part_of_the_window_is_not_trusted_beyond_it(tmp_path, nccl_pair, drift_ppm):
+    """GPU kernels only in the first half of the window (the load stopped), the window's other
+    events running on: the 10 kernels fit a drift, but beyond them it is extrapolated, so the
+    uncertainty grows there as fast as any drift the bounds allow differs from it (stated +-1.25 us
+    before, wrong by 5.5 us at the window's end)."""
+    def kernels_in_first_half(doc: dict) -> dict:
+        lo, hi = span(doc)
+        return dict(doc, traceEvents=[e for e in doc["traceEvents"] if not (
+            e.get("cat") == "kernel" and "nccl" in e.get("name", "").lower()) or
+            doc["baseTimeNanoseconds"] + e["ts"] * 1000 <= lo + (hi - lo) * 0.5])
+    ref, other = (kernels_in_first_half(doc) for doc in nccl_pair)
+    t_ref = span(other)[0]
+    moved = shift(other, 3_000_000, drift_ppm, t_ref)
+    node = _merge_pair(tmp_path, ref, moved).nodes["node1"]
+    error = _error(node, moved, 3_000_000, drift_ppm, t_ref)
+    print(f"GPU kernels in the first half, {drift_ppm} ppm: {node['method']} {node['n_anchors']} anchors, error "
+          f"{error / 1e3:.2f} us, +-{node['uncertainty_us']} us")
+    assert node["method"] == "ends" and error <= node["uncertainty_us"] * 1e3
+
+
 def test_ranks_from_two_runs_are_refused_or_right(tmp_path, vllm_pair, nccl_pair):
     """Rank 0 of one run with rank 1 of another (here: the CPU run and the GPU run) never yields a
     confident offset."""
