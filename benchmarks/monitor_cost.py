@@ -12,9 +12,12 @@ the test nodes' light ~/.bashrc, and with one that costs what a `pyenv init` cos
 Part `vllm` (a real vLLM, CPU build, TP=2 over two ssh "nodes", the engine venv of
 .ci/setup-engines): the same benchmark, interleaved, with the monitor (`bench CONFIG`), with
 nothing watching (`bench --url`), and with the former per-check shells beside a `--url` bench:
-output throughput and median TPOT per mode.
+output throughput and median TPOT per mode. `--pyenv-bashrc` gives the nodes' ~/.bashrc the cost of
+a `pyenv init` (a python start), as on the tour's nodes, where the former shells halved the
+throughput: the monitor must agree with `none` there too.
 
     python benchmarks/monitor_cost.py [--part cost vllm] [--nodes 2] [--seconds 30] [--rounds 4]
+                                      [--pyenv-bashrc]
 """
 
 from __future__ import annotations
@@ -121,7 +124,7 @@ def part_cost(nodes: int, seconds: float, interval: float) -> None:
                   f"here {(local_s - idle_local) * scale:6.2f} CPU-s/min")
 
 
-def part_vllm(rounds: int, interval: float) -> None:
+def part_vllm(rounds: int, interval: float, heavy: bool) -> None:
     from magpie_trace.bench import run_benchmark
     from magpie_trace.config import BenchmarkConfig
     from magpie_trace.launch import launch, stop
@@ -139,6 +142,8 @@ def part_vllm(rounds: int, interval: float) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         (Path(tmp) / "sshd").mkdir()
         pool = SshdPool(Path(tmp) / "sshd")
+        if heavy:
+            (pool.home / ".bashrc").write_text((pool.home / ".bashrc").read_text() + HEAVY_BASHRC)
         try:
             config = vllm_config(pool.scheduler(2, f"{tmp}/nodes"), Path(tmp), model, [str(vllm)], offline_env())
             config.benchmark = BenchmarkConfig(input_len=64, output_len=32, num_prompts=48, concurrency=[4],
@@ -146,7 +151,8 @@ def part_vllm(rounds: int, interval: float) -> None:
             plan = make_plan(config)
             run_dir = new_run_dir(config.output.dir, plan.run_id)
             backend = SshBackend(config.scheduler)
-            print(f"== real vLLM TP=2 over 2 ssh nodes: launching (minutes on 2 cores)")
+            bashrc = "pyenv-like" if heavy else "light"
+            print(f"== real vLLM TP=2 over 2 ssh nodes, {bashrc} ~/.bashrc: launching (minutes on 2 cores)")
             state = launch(plan, run_dir, backend, preflight=False)
             nodes = {n.name: plan.node_config(n.index) for n in plan.nodes}
             modes: dict[str, Callable[[], dict]] = {
@@ -189,11 +195,13 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=30.0)
     parser.add_argument("--interval", type=float, default=1.0)
     parser.add_argument("--rounds", type=int, default=4)
+    parser.add_argument("--pyenv-bashrc", action="store_true",
+                        help="vllm part: the nodes' ~/.bashrc costs a python start, as a pyenv init does")
     args = parser.parse_args()
     if "cost" in args.part:
         part_cost(args.nodes, args.seconds, args.interval)
     if "vllm" in args.part:
-        part_vllm(args.rounds, args.interval)
+        part_vllm(args.rounds, args.interval, args.pyenv_bashrc)
 
 
 if __name__ == "__main__":

@@ -173,6 +173,7 @@ class SimConfig:
     clock_offset_ms: dict[int, float] = field(default_factory=dict)
     clock_drift_ppm: dict[int, float] = field(default_factory=dict)
     die_after_s: dict[int, float] = field(default_factory=dict)
+    hang_after_s: float | None = None  # the head stops producing tokens, every process still running
     layers: int = 4
     transfer_ms: float = 5.0  # a prefill group's KV handoff to a decode group
 
@@ -735,6 +736,9 @@ def validate(config: Config) -> None:
         for index, value in mapping.items():
             if not math.isfinite(value) or (key == "die_after_s" and value < 0):
                 raise ConfigError(f"{src}: server.sim.{key}.{index}: {value!r} is out of range")
+    hang = server.sim.hang_after_s
+    if hang is not None and not (math.isfinite(hang) and hang >= 0):
+        raise ConfigError(f"{src}: server.sim.hang_after_s: {hang!r} is out of range")
     for i, group in enumerate(server.groups):
         _check_env(group.env, f"server.groups[{i}].env", src)
     if config.router is not None:

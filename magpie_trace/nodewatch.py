@@ -40,6 +40,7 @@ class Trip:
     process: str | None = None  # which process of the node's engine: "engine process", a rank
     pid: int | None = None
     main_pid: int | None = None  # a rank ended, and so did the engine's main process (this pid)
+    lost: bool = True  # False: the symptom is seen at this node, which is not known to be lost
 
 
 @dataclass

@@ -143,11 +143,13 @@ def _planned_ports(plan: Plan, node: NodePlan) -> list[int]:
 
 
 def check_router(plan: Plan, backend: Backend) -> None:
-    """The router's command must start on its node (`--help` answers)."""
+    """The router's command must start on its node (`--help` answers), under the env it will
+    start with (router.env: a PATH or LD_LIBRARY_PATH it needs, say)."""
     router = plan.router
     if router is None:
         return
-    result = backend.run(plan.node_config(router.index), [*router.command, "--help"], 120)
+    result = backend.run_with_env(plan.node_config(router.index), [*router.command, "--help"],
+                                  router.env, 120)
     if result.returncode != 0:
         detail = (result.stderr.strip().splitlines() or [f"exit code {result.returncode}"])[-1]
         raise NodeError(plan.label(router.name),

@@ -19,8 +19,9 @@ if TYPE_CHECKING:
 
 _SECRET_NAME = re.compile(r"(TOKEN|SECRET|PASSWORD|PASSWD|API_KEY|APIKEY|CREDENTIAL|PRIVATE_KEY)", re.I)
 MASK = "***"
-# In free text (error messages, log lines) a value is replaced wherever it occurs; values this
-# short would blank out ordinary words and digits, and are no secret anyway.
+# In free text (error messages, log lines) and argv words a value is replaced wherever it occurs;
+# values this short would blank out ordinary words and digits (HF_HUB_OFFLINE=1 masked
+# `--node-rank 1`), and are no secret anyway. In env maps every value is masked.
 MIN_TEXT_SECRET = 4
 
 
@@ -34,7 +35,8 @@ class Secrets:
 
     def __init__(self, values: Iterable[str] = ()) -> None:
         self.values = frozenset(v for v in values if v)
-        long = sorted((v for v in self.values if len(v) >= MIN_TEXT_SECRET), key=len, reverse=True)
+        self._words = frozenset(v for v in self.values if len(v) >= MIN_TEXT_SECRET)
+        long = sorted(self._words, key=len, reverse=True)
         self._pattern = re.compile("|".join(map(re.escape, long))) if long else None
 
     @classmethod
@@ -59,9 +61,9 @@ class Secrets:
         masked = []
         for word in argv:
             option, sep, value = word.partition("=")
-            if word in self.values:
+            if word in self._words:
                 word = MASK
-            elif sep and value in self.values:
+            elif sep and value in self._words:
                 word = f"{option}={MASK}"
             masked.append(word)
         return masked

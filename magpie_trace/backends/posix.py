@@ -20,6 +20,7 @@ import os
 import posixpath
 import shlex
 import subprocess
+import threading
 from collections.abc import Callable
 from typing import IO
 
@@ -360,21 +361,31 @@ class _ProcessStream(LineStream):
     ) -> None:
         self.proc = proc
         self.abandon = abandon  # the backend's way to end its transport process
+        self._reading = threading.Lock()  # held by readline: stdout is not closed under a reader
 
     def readline(self) -> str | None:
         assert self.proc.stdout is not None
-        line = self.proc.stdout.readline()
+        with self._reading:
+            if self.proc.stdout.closed:
+                return None
+            line = self.proc.stdout.readline()
         return line.decode(errors="replace") if line else None
 
     def close(self) -> None:
-        for pipe in (self.proc.stdin, self.proc.stdout):
-            if pipe is not None:
-                pipe.close()  # the command sees EOF and ends
+        if self.proc.stdin is not None:
+            self.proc.stdin.close()  # the command sees EOF and ends
         try:
             self.proc.wait(timeout=5)
         except subprocess.TimeoutExpired:
             self.abandon(self.proc)
             self.proc.wait()
+        # A reader in another thread now reads EOF and lets go; one held by a pipe that something
+        # else keeps open is left with it rather than have its buffer closed under it.
+        if self.proc.stdout is not None and self._reading.acquire(timeout=5):
+            try:
+                self.proc.stdout.close()
+            finally:
+                self._reading.release()
         if self.proc.stderr is not None:
             self.proc.stderr.close()
 

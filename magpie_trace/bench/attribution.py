@@ -49,7 +49,7 @@ def per_node(
             "role": node.role,
             **({"group": node.group, "group_role": node.group_role} if node.group else {}),
             "request_metrics": meaning.get(kind, "undefined"),
-            "lost": trip is not None and trip.node == node.name,
+            "lost": trip is not None and trip.lost and trip.node == node.name,
         }
         if sampler is not None:
             entry["telemetry"] = sampler.summary()

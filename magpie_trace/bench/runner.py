@@ -12,7 +12,7 @@ import gc
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Awaitable, Callable, TypeVar
 
 import aiohttp
 
@@ -67,6 +67,7 @@ from magpie_trace.secrets import Secrets
 
 Say = Callable[[str], None]
 INTERRUPTED = "interrupted before the load finished"
+T = TypeVar("T")
 WARMUP_MAX_TOKENS = 16
 PROFILE_POINT_MAX_REQUESTS = 100_000  # the profiled point ends when the capture does; this bounds it
 PROMPT_DIFF_WARN_PCT = 2.0
@@ -298,10 +299,11 @@ async def run_benchmark_async(
                         watchdog, run_point(client, supply, point, bench.burstiness, bench.seed, run, until), deadline,
                     )
                 finally:
-                    bar_task.cancel()
-                    await asyncio.gather(bar_task, return_exceptions=True)
+                    cut_short = watchdog.trip is not None
+                    bar_task.cancel()  # its last line may meet a closed output: an interrupt
+                    await _to_the_end(watchdog, asyncio.gather(bar_task, return_exceptions=True))
                 records.extend(run.records)
-                after = await scrape_all(session, targets) if watchdog.trip is None else {}
+                after = await _to_the_end(watchdog, scrape_all(session, targets)) if not cut_short else {}
                 summary = _point_summary(point, run, bench, model_id, client.model)
                 head_page = next(iter(targets), None)
                 summary.update(spec_decode(before.get(head_page), after.get(head_page)) if after else {})
@@ -312,7 +314,7 @@ async def run_benchmark_async(
                                                      bench.goodput or None)}
                        if len(endpoints) > 1 else {}),
                     "telemetry": {n: s.summary(run.started_unix, run.ended_unix) for n, s in samplers.items()},
-                    "partial": watchdog.trip is not None,
+                    "partial": cut_short,
                 })
                 if plan is not None and plan.has_groups:
                     summary["server_groups"] = group_totals(plan, summary["server"])
@@ -337,7 +339,7 @@ async def run_benchmark_async(
             owned.stop()
     trip = watchdog.trip
     if trip is not None and plan is not None:
-        trip = Trip(plan.label(trip.node), trip.reason)  # names its group too
+        trip = replace(trip, node=plan.label(trip.node))  # names its group too; keeps which process
     if trip is not None:
         result["valid"] = False
         result["invalid_reasons"].append(f"{trip.node}: {trip.reason}")
@@ -416,6 +418,21 @@ def _point_summary(
         "started_unix": run.started_unix,
         "ended_unix": run.ended_unix,
     }
+
+
+async def _to_the_end(watchdog: Watchdog, work: Awaitable[T]) -> T:
+    """work, awaited to its end even when an interrupt (Ctrl-C, SIGTERM, a closed output) comes
+    meanwhile: a load point that has run is summarised and written, not lost between its last
+    request and its summary. The interrupt is recorded; the sweep stops after this point."""
+    task = asyncio.ensure_future(work)
+    while True:
+        try:
+            return await asyncio.shield(task)
+        except asyncio.CancelledError:
+            if task.cancelled():
+                raise
+            if watchdog.trip is None:
+                watchdog.trip = Trip("benchmark", INTERRUPTED)
 
 
 async def _watched(watchdog: Watchdog, work: Any, deadline: float) -> None:

@@ -113,9 +113,13 @@ class Watchdog:
             return None
         idle = (time.perf_counter_ns() - progress.last_progress_ns) / 1e9
         if idle > self.stall_timeout_s:
+            # Called right after a clean process check: with the nodes watched, none is to blame.
+            running = ("; every node's engine is running (no process exited or stopped): the server "
+                       "hangs, no node is known lost (see each node's log)") if self.handles else ""
             return Trip(
                 self.head,
-                f"no token progress for {idle:.0f} s with {progress.in_flight} request(s) in flight",
+                f"no token progress for {idle:.0f} s with {progress.in_flight} request(s) in flight{running}",
+                lost=False,
             )
         return None
 

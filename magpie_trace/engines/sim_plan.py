@@ -77,6 +77,8 @@ class SimEngine(VllmStyleProfiling, Engine):
             args += ["--clock-drift-ppm", _number(sim.clock_drift_ppm[ctx.node_index])]
         if ctx.node_index in sim.die_after_s:
             args += ["--die-after-s", _number(sim.die_after_s[ctx.node_index])]
+        if sim.hang_after_s is not None and ctx.is_head:
+            args += ["--hang-after-s", _number(sim.hang_after_s)]
         if ctx.trace_dir is not None:
             args += ["--profile-dir", ctx.trace_dir]
         return args + list(ctx.group.extra_args)

@@ -204,9 +204,7 @@ def _solve_groups(files: list[TraceFile], scanned: list[Scanned], ranks: list[in
 
     reference_group = str(next(g for g, members in groups.items() if reference in members))
     fits, unplaced = place_groups(group_fits, handoffs, reference_group, probed)
-    for group in unplaced:
-        why = (f"its group {group} shares no KV handoff with the other groups and its nodes have no "
-               "clock probe")
+    for group, why in unplaced.items():
         for node in group_fits[group]:
             fits[node] = ClockFit(node, 0.0, 0.0, t0, "unaligned", 0, float("inf"),
                                   warnings=[f"{node}: left on its own clock: {why}"], unaligned=why,

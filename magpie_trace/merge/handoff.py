@@ -7,6 +7,8 @@ to receiving the KV (t4) on its clock; the prefill's `kv_transfer.send` from rec
 the offset theta_P - theta_D lies in [t3 - t4, t2 - t1]: a two-sided bound per handoff, whatever
 the transfer's own duration. The fit is the offset deepest inside every bound (the envelope of
 align.py without drift), its uncertainty the half-width left, which covers the true error.
+Handoffs whose bounds cannot all hold (no offset lies inside every one) vouch for nothing: they do
+not place the group, and the clock probe does, with the contradiction in its warnings.
 
 The events are read from one rank file per node (a node's ranks share its clock), only for a
 deployment of groups, in a scan of their own: an extra inflate of those files.
@@ -83,40 +85,48 @@ def launch_measurements(manifest: dict[str, Any] | None, files: list[TraceFile]
 
 def place_groups(group_fits: dict[str, dict[str, ClockFit]], handoffs: dict[str, list[Handoff]],
                  reference_group: str, probed: Callable[[str, str], tuple[float, float] | None] | None = None,
-                 ) -> tuple[dict[str, ClockFit], list[str]]:
+                 ) -> tuple[dict[str, ClockFit], dict[str, str]]:
     """Every node's fit to the reference group's reference clock.
 
     group_fits: per group, its nodes' fits to the group's own reference node (from its
     collectives). Each group moves as one rigid body, so the alignment inside it keeps the
     collectives' accuracy; its offset comes from every KV handoff between its nodes and an already
-    placed group's, and its uncertainty adds to theirs. A group no handoff reaches is placed by
-    `probed(n, m)` (theta_m - theta_n and its uncertainty from the clock probe, between two groups'
-    reference nodes), method "probe". Returns the fits and the groups still not placed (left out).
+    placed group's, and its uncertainty adds to theirs. A group no consistent handoff reaches is
+    placed by `probed(n, m)` (theta_m - theta_n and its uncertainty from the clock probe, between
+    two groups' reference nodes), method "probe". Returns the fits and the groups still not placed
+    (left out), each with why.
     """
     heads = {group: next(node for node, fit in fits.items() if fit.reference)
              for group, fits in group_fits.items()}
     group_of = {node: group for group, fits in group_fits.items() for node in fits}
     placed = {reference_group: (0.0, 0.0, 0, [], "reference")}  # offset, uncertainty, n, warnings, how
     pending = set(group_fits) - {reference_group}
+    refused: dict[str, list[str]] = {}  # group -> why its handoffs did not place it
     while pending:
         best = None
         for group in sorted(pending):
             for other, (base, base_u, *_rest) in placed.items():
                 bound = _group_bound(group_fits, handoffs, group_of, group, other)
-                if bound is not None and (best is None or bound[1] + base_u < best[2]):
-                    best = (group, base + bound[0], bound[1] + base_u, bound[2], bound[3], "kv_transfer")
+                if isinstance(bound, str):
+                    refused.setdefault(group, [])
+                    if bound not in refused[group]:
+                        refused[group].append(bound)
+                elif bound is not None and (best is None or bound[1] + base_u < best[2]):
+                    best = (group, base + bound[0], bound[1] + base_u, bound[2], [], "kv_transfer")
         if best is None and probed is not None:
             for group in sorted(pending):
                 for other, (base, base_u, *_rest) in placed.items():
                     found = probed(heads[other], heads[group])
                     if found is not None and (best is None or found[1] + base_u < best[2]):
-                        warning = (f"group {group}: no KV handoff with a placed group; placed by the "
-                                   f"clock probe (+-{(found[1] + base_u) / 1e3:.0f} us)")
+                        why = "its KV handoffs were not used" if group in refused else \
+                            "no KV handoff with a placed group"
+                        warning = (f"group {group}: {why}; placed by the clock probe "
+                                   f"(+-{(found[1] + base_u) / 1e3:.0f} us)")
                         best = (group, base + found[0], found[1] + base_u, 0, [warning], "probe")
         if best is None:
             break
         group, offset, uncertainty, n, warnings, how = best
-        placed[group] = (offset, uncertainty, n, warnings, how)
+        placed[group] = (offset, uncertainty, n, [*refused.get(group, []), *warnings], how)
         pending.discard(group)
     fits: dict[str, ClockFit] = {}
     for group, (offset, uncertainty, n, warnings, how) in placed.items():
@@ -132,14 +142,18 @@ def place_groups(group_fits: dict[str, dict[str, ClockFit]], handoffs: dict[str,
                 reference=False, warnings=[*fit.warnings, *warnings],
                 placed_by=[how] if fit.reference else [*fit.placed_by, how],
                 interval_ns=(lo + offset - uncertainty, hi + offset + uncertainty))
-    return fits, sorted(pending)
+    return fits, {group: f"{'; '.join(refused[group])}; and no clock probe placed it" if group in refused
+                  else f"its group {group} shares no KV handoff with the other groups and its nodes "
+                       "have no clock probe"
+                  for group in sorted(pending)}
 
 
 def _group_bound(group_fits: dict[str, dict[str, ClockFit]], handoffs: dict[str, list[Handoff]],
                  group_of: dict[str, str], group: str, other: str
-                 ) -> tuple[float, float, int, list[str]] | None:
-    """(offset of `group`'s reference clock from `other`'s, half-width, handoffs, warnings) from
-    every handoff between their nodes; None when they saw none."""
+                 ) -> tuple[float, float, int] | str | None:
+    """(offset of `group`'s reference clock from `other`'s, half-width, handoffs) from every
+    handoff between their nodes; None when they saw none; why not, when their bounds contradict
+    each other (then no offset is inside every bound, and the envelope's would vouch for nothing)."""
     lower, upper = [], []
     for decode, events in handoffs.items():
         recvs = {h.transfer_id: h for h in events if h.side == "recv"}
@@ -164,8 +178,8 @@ def _group_bound(group_fits: dict[str, dict[str, ClockFit]], handoffs: dict[str,
         return None
     zero = np.zeros(len(lower))
     offset, _, margin = envelope(zero, np.array(lower), zero, np.array(upper), fit_drift=False)
-    warnings = []
     if margin < 0:
-        warnings.append(f"group {group}: its KV handoffs with group {other} contradict each "
-                        "other (a clock that stepped during the capture?)")
-    return float(offset), max(float(margin), 0.0), len(lower), warnings
+        return (f"group {group}: its {len(lower)} KV handoffs with group {other} contradict each other "
+                f"by {-2 * margin / 1e3:.0f} us (a clock that stepped during the capture, or a "
+                "group's own alignment off?): not used to place it")
+    return float(offset), float(margin), len(lower)

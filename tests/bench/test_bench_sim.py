@@ -249,8 +249,10 @@ def test_chat_endpoint_streams_and_counts(sim_run):
                                   concurrency=[2], warmup_requests=1))
     point = run.bench().points[0]
     assert point["completed"] == 6 and point["total_output_tokens"] == 30
-    # The sim may send a chunk up to 0.2 ms early (it batches what is due within 0.2 ms).
-    assert point["median_ttft_ms"] >= 9.8 and point["median_tpot_ms"] >= 4.8
+    # The sim may send a chunk up to 0.2 ms early (it batches what is due within 0.2 ms), never
+    # more: neither the first token nor the last (TTFT + 4 ITL). TPOT is not bounded here: a first
+    # token late on a busy machine shortens it though every token was on time or late.
+    assert point["median_ttft_ms"] >= 9.8 and point["median_e2el_ms"] >= 10 + 4 * 5 - 0.2
     rows = [json.loads(x) for x in (run.run_dir.bench / "attempt-001" / "requests.jsonl").read_text().splitlines()]
     assert all(r["output_tokens_source"] == "usage" and r["output_chars"] > 0 for r in rows)
 

@@ -8,16 +8,28 @@ from pathlib import Path
 
 import pytest
 
+from magpie_trace.backends import make_backend
 from magpie_trace.bench import run_benchmark
 from magpie_trace.bench.endpoints import Endpoints
-from magpie_trace.config import BenchmarkConfig, Config, GroupConfig, OutputConfig, ServerConfig, SimConfig, validate
+from magpie_trace.config import (
+    BenchmarkConfig,
+    Config,
+    GroupConfig,
+    OutputConfig,
+    RouterConfig,
+    ServerConfig,
+    SimConfig,
+    validate,
+)
 from magpie_trace.errors import MagpieError
 from magpie_trace.launch import launch, load_state, stop
 from magpie_trace.plan import make_plan
 from magpie_trace.ports import free_port
+from magpie_trace.preflight import check_router
 from magpie_trace.rundir import new_run_dir
 from tests.launch.simcluster import local_scheduler
 from tests.procs import leftover_processes, wait_for
+from tests.router.conftest import router_command
 
 PROMPTS = 24
 
@@ -95,3 +107,43 @@ def test_a_group_that_cannot_start_is_named_with_its_node_and_nothing_is_left(tm
     assert str(info.value).startswith("node1 (group r1): process exited with code 2 during startup")
     state = load_state(run_dir)
     assert wait_for(lambda: not leftover_processes(h.pgid for h in state.handles.values()), 10)
+
+
+def test_a_router_that_cannot_start_is_named_and_the_groups_are_stopped(tmp_path):
+    """The real sglang-router refusing an argument: launch fails naming the router and its node
+    (the groups were ready), and every process it started, the groups' included, is gone."""
+    config = replica_config(tmp_path, "round_robin")
+    config.router = RouterConfig(kind="sglang-router", host="127.0.0.1", port=free_port(),
+                                 metrics_port=free_port(), command=router_command("sglang-router"),
+                                 extra_args=["--no-such-flag"], ready_timeout_s=30.0)
+    validate(config)
+    plan = make_plan(config)
+    run_dir = new_run_dir(config.output.dir, plan.run_id)
+    with pytest.raises(MagpieError) as info:
+        launch(plan, run_dir)
+    message = str(info.value)
+    assert message.startswith("router (sglang-router on node0): process exited with code 2 during "
+                              "startup"), message
+    assert "--no-such-flag" in message  # the router's own complaint, from its log
+    state = load_state(run_dir)
+    assert set(state.handles) == {"node0", "node1", "router"}
+    assert wait_for(lambda: not leftover_processes(h.pgid for h in state.handles.values()), 10)
+
+
+def test_preflight_starts_the_router_under_its_own_env(tmp_path):
+    """router.command found only through router.env's PATH (as launch starts it): preflight's
+    `--help` check runs under that env too."""
+    real = Path(router_command("sglang-router")[0])
+    (tmp_path / "bin").mkdir()
+    (tmp_path / "bin" / "my-router").symlink_to(real)
+    config = replica_config(tmp_path, "round_robin")
+    config.router = RouterConfig(kind="sglang-router", host="127.0.0.1", port=free_port(),
+                                 metrics_port=free_port(), command=["my-router", "launch"],
+                                 env={"PATH": f"{tmp_path / 'bin'}:/usr/bin:/bin"})
+    validate(config)
+    plan = make_plan(config)
+    check_router(plan, make_backend(config.scheduler))
+    config.router.env = {}
+    with pytest.raises(MagpieError, match=r"^router \(sglang-router on node0\): preflight: my-router "
+                                          r"launch does not start: "):
+        check_router(make_plan(config), make_backend(config.scheduler))

@@ -36,7 +36,7 @@ from magpie_trace.plan import make_plan
 from magpie_trace.rundir import new_run_dir
 from tests.engine.test_launch_real_vllm import vllm_config
 from tests.launch.simcluster import local_scheduler
-from tests.procs import group_members, leftover_processes, wait_for
+from tests.procs import children_of, group_members, leftover_processes, wait_for
 
 pytestmark = pytest.mark.engine
 
@@ -195,3 +195,45 @@ def test_killing_one_rank_process_names_the_node_and_the_rank(real_vllm):
     data = read_result(run_dir.bench)
     assert data["valid"] is False and data["abort"]["node"] == "node1"
     assert wait_for(lambda: not leftover_processes([group]), 20)  # node1's whole tree is stopped
+
+
+@pytest.mark.parametrize("what", ["frozen", "main"])
+def test_a_frozen_node_or_its_killed_main_process_is_named_and_its_tree_stopped(real_vllm, what):
+    """Issue 11 finding 15 on the real engine: node1 SIGSTOPped (was reported after 30 s as
+    "node0: no token progress", node0 marked lost), or node1's headless main process killed (was
+    named by the wrapper shell's pid, its VLLM::Worker_TP1 left serving until `stop`). Each is
+    named within 15 s by node1 and the engine's own process, and node1's whole tree is stopped."""
+    config, plan, run_dir, backend, state = real_vllm
+    config.benchmark = BenchmarkConfig(input_len=16, output_len=256, num_prompts=400, concurrency=[4],
+                                       warmup_requests=1, stall_timeout_s=60)
+    handle = state.handles["node1"]
+    main = children_of(handle.pid)[0]  # the local backend runs the engine under a sh wrapper
+    assert b"VLLM::Worker_TP1" in b" ".join(Path(f"/proc/{pid}/cmdline").read_bytes()
+                                           for pid in group_members(handle.pgid))
+    hit_at: list[float] = []
+
+    def hit() -> None:
+        hit_at.append(time.monotonic())
+        if what == "frozen":
+            os.killpg(handle.pgid, signal.SIGSTOP)
+        else:
+            os.kill(main, signal.SIGKILL)
+
+    timer = threading.Timer(8, hit)
+    timer.start()
+    with pytest.raises(RunAborted) as caught:
+        run_benchmark(config, plan, run_dir.bench, backend=backend, handles=state.handles)
+    stopped_at = time.monotonic()
+    timer.join()
+    assert caught.value.node == "node1" and caught.value.exit_code == 3, caught.value
+    reason = caught.value.reason
+    if what == "frozen":
+        assert "is stopped (SIGSTOP?): the node is frozen" in reason, reason
+    else:
+        assert reason.startswith(f"engine process {main} exited with code 137 (SIGKILL)"), reason
+    print(f"{what}: named {stopped_at - hit_at[0]:.1f} s after the hit: {reason}")
+    assert stopped_at - hit_at[0] < 15
+    data = read_result(run_dir.bench)
+    assert data["valid"] is False and data["abort"]["node"] == "node1"
+    assert not data["per_node"]["node0"]["lost"] and data["per_node"]["node1"]["lost"]
+    assert wait_for(lambda: not leftover_processes([handle.pgid]), 20), leftover_processes([handle.pgid])

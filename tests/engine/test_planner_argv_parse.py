@@ -13,6 +13,7 @@ import yaml
 
 from magpie_trace.config import Config, config_from_dict, load_config
 from magpie_trace.plan import NodePlan, Plan, make_plan
+from tests.slurm.configs import as_if_allocated
 
 pytestmark = pytest.mark.engine
 
@@ -84,7 +85,7 @@ def _topology_config(engine: str, name: str) -> Config:
 def _plan(case: str) -> Plan:
     kind, name = case.split(":", 1)
     if kind == "example":
-        return make_plan(load_config(Path(__file__).resolve().parents[2] / "examples" / name))
+        return make_plan(as_if_allocated(load_config(Path(__file__).resolve().parents[2] / "examples" / name)))
     return make_plan(_topology_config(kind, name))
 
 

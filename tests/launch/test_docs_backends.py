@@ -8,8 +8,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from magpie_trace.config import NodeConfig, config_from_dict
+from magpie_trace.config import config_from_dict
 from magpie_trace.plan import make_plan
+from tests.slurm.configs import as_if_allocated
 
 DOCS = Path(__file__).resolve().parents[2] / "docs"
 BLOCK = re.compile(r"^```yaml\n(.*?)^```", re.DOTALL | re.MULTILINE)
@@ -26,12 +27,7 @@ def test_the_docs_show_configs():
 
 @pytest.mark.parametrize("text", SNIPPETS)
 def test_doc_config_is_valid_and_plans(text):
-    config = config_from_dict(yaml.safe_load(text), source="docs")
-    if config.scheduler.backend == "slurm" and not config.scheduler.nodes:
-        # The nodes are the allocation's, known once Slurm grants it (as the slurm backend fills them).
-        count = config.scheduler.slurm.nodes or 2
-        config.scheduler.nodes = [NodeConfig(host=f"gpu-node-{i}", name=f"node{i}", address=f"10.0.0.{i + 1}")
-                                  for i in range(count)]
+    config = as_if_allocated(config_from_dict(yaml.safe_load(text), source="docs"))
     plan = make_plan(config, run_id="docs")
     assert plan.nodes[0].argv
     if config.server.executor == "ray":  # "the other config nodes run nothing"

@@ -48,6 +48,35 @@ def test_plan_prints_per_node_host_role_ranks_command_env():
     assert "--headless" in result.output and "env: VLLM_HOST_IP=10.0.0.2" in result.output
 
 
+def test_plan_shows_groups_router_and_every_node_with_secrets_masked():
+    """A deployment of groups: one line per group (layout, nodes, API, KV port), the router (node,
+    URL, its exact command, its env masked), then every node with its group."""
+    result = CliRunner().invoke(main, ["plan", str(EXAMPLES[0].parent / "sglang-pd-2p2d.yaml"),
+                                       "--set", "router.env.ROUTER_TOKEN=s3cret-router-value"])
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert lines[:2] == [
+        "sglang on 4 node(s) via ssh, 2 group(s); endpoint(s) http://10.0.0.1:8000",
+        "  group prefill (prefill): TP16 PP1 DP1 EP16 on node0, node1; API http://10.0.0.1:30000; KV port 8998",
+    ]
+    assert lines[2].startswith("  group decode (decode): TP16 PP1 DP1 EP16 on node2, node3; API "
+                               "http://10.0.0.3:30000")
+    assert lines[4] == "[router] sglang-router on node0 at http://10.0.0.1:8000"
+    assert lines[5].startswith("  command: sglang-router launch --host 0.0.0.0 --port 8000 "
+                               "--pd-disaggregation --prefill http://10.0.0.1:30000 8998 "
+                               "--decode http://10.0.0.3:30000 ")
+    assert "  env: ROUTER_TOKEN=***" in lines and "s3cret-router-value" not in result.output
+    heads = [line for line in lines if line.startswith("[node")]
+    assert heads == [
+        "[node0] host=gpu-node-0 address=10.0.0.1 role=head group=prefill",
+        "[node1] host=gpu-node-1 address=10.0.0.2 role=worker group=prefill",
+        "[node2] host=gpu-node-2 address=10.0.0.3 role=worker group=decode",
+        "[node3] host=gpu-node-3 address=10.0.0.4 role=worker group=decode",
+    ]
+    assert result.output.count("--disaggregation-mode prefill") == 2
+    assert result.output.count("--disaggregation-mode decode") == 2
+
+
 def test_cli_error_is_one_line_exit_2(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("scheduler: {nodes: [a]}\nserver: {model: m, tp: 12, xyz: 1}\n")

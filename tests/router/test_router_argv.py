@@ -7,7 +7,7 @@ import pytest
 
 from magpie_trace.config import config_from_dict
 from magpie_trace.plan import make_plan
-from magpie_trace.router import RouterPlan
+from magpie_trace.router import RouterPlan, Worker, unready_workers
 
 
 def _parse(router: RouterPlan):
@@ -59,3 +59,18 @@ def test_replica_router_argv_lists_every_api_server(kind):
     assert args.worker_urls == ["http://10.0.0.1:8000", "http://10.0.0.2:8000", "http://10.0.0.3:8000"]
     assert not getattr(args, "pd_disaggregation", False)
     assert not getattr(args, "vllm_pd_disaggregation", False)
+
+
+def test_readiness_needs_every_worker_listed_healthy():
+    """GET /workers as both routers answer it: a worker counts once listed with is_healthy true
+    (trailing slashes aside); anything unreadable leaves every worker missing."""
+    workers = [Worker("http://10.0.0.1:8000", "prefill", "p", 8998), Worker("http://10.0.0.3:8000", "decode", "d")]
+    listed = {"workers": [{"url": "http://10.0.0.1:8000/", "worker_type": "prefill", "is_healthy": True},
+                          {"url": "http://10.0.0.3:8000", "worker_type": "decode", "is_healthy": False}]}
+    assert unready_workers(listed, workers) == [workers[1]]
+    listed["workers"][1]["is_healthy"] = True
+    assert unready_workers(listed, workers) == []
+    listed["workers"][1]["is_healthy"] = "true"  # only a JSON true counts
+    assert unready_workers(listed, workers) == [workers[1]]
+    for unreadable in ({}, {"workers": None}, [], "ok", None):
+        assert unready_workers(unreadable, workers) == workers

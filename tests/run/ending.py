@@ -61,6 +61,19 @@ def read_until(proc: subprocess.Popen[str], prefix: str, timeout_s: float = 120)
     return seen
 
 
+def ended(proc: subprocess.Popen[str], seen: list[str], timeout_s: float = 120) -> tuple[str, list[str]]:
+    """Once the CLI has ended (killed after timeout_s): its whole stderr, the lines read before
+    included, and its error lines."""
+    try:
+        _, err = proc.communicate(timeout=timeout_s)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    err = "".join(seen) + err
+    return err, error_lines(err)
+
+
 def only_run_dir(config: Config) -> RunDir:
     runs = [p for p in Path(config.output.dir).iterdir() if p.is_dir() and not p.is_symlink()]
     assert len(runs) == 1, runs

@@ -43,13 +43,22 @@ def profiled_config(scheduler, tmp_path, bench: bool):
     return config
 
 
-@pytest.mark.parametrize("bench", [False, True], ids=["capture-only", "capture-during-bench"])
-def test_a_node_lost_in_the_profile_window_ends_the_run_naming_it(bench, tmp_path, request, ssh_scheduler):
+@pytest.mark.parametrize("when", ["capture-only", "capture-during-bench", "awaiting-files"])
+def test_a_node_lost_in_the_profile_window_ends_the_run_naming_it(when, tmp_path, request, ssh_scheduler):
+    """awaiting-files: a step window (profile.max_iterations) that never closes, so the run waits
+    for every rank's trace file; node1's files will never come."""
+    bench = when == "capture-during-bench"
     config = profiled_config(ssh_scheduler(2), tmp_path, bench)
+    if when == "awaiting-files":
+        config.profile.max_iterations = 1_000_000  # never reached
     request.addfinalizer(lambda: stop_leftovers(config))
     proc = start_cli(["run", str(write_config(config, tmp_path))])
     try:
-        seen = read_until(proc, "magpie-trace: capture ")  # "capture <id> open on <url>"
+        if when == "awaiting-files":
+            seen = read_until(proc, "magpie-trace: waiting for the step window to close")
+            time.sleep(1.0)  # a look or two at the nodes' files has been made
+        else:
+            seen = read_until(proc, "magpie-trace: capture ")  # "capture <id> open on <url>"
         run_dir = only_run_dir(config)
         kill_node(run_dir, "node1")
         killed = time.monotonic()
@@ -68,6 +77,8 @@ def test_a_node_lost_in_the_profile_window_ends_the_run_naming_it(bench, tmp_pat
     data = run_json(run_dir)
     assert data["ok"] is False and data["error"].startswith("node1: ")
     assert stages(run_dir)["report"] == "ok"
+    captures = json.loads((run_dir.root / "captures.json").read_text())["captures"]
+    assert captures[-1]["stopped_at"] is None  # opened, never completed
     if bench:
         result = read_result(run_dir.bench)
         assert result["valid"] is False and result["abort"]["node"] == "node1"
@@ -127,3 +138,4 @@ def test_a_frozen_node_in_the_profile_window_is_named_not_its_url(tmp_path, requ
     assert "is stopped (SIGSTOP?): the node is frozen during the profile capture" in errors[0]
     check_torn_down(run_dir)  # a frozen node is stopped too (SIGKILL after the grace period)
     assert run_json(run_dir)["error"].startswith("node1: ")
+

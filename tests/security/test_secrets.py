@@ -100,9 +100,10 @@ def test_masking_goes_by_value_in_env_argv_and_text():
     secrets = Secrets(["s3cr3t-value", "1"])
     assert secrets.env({"A": "s3cr3t-value", "B": "1", "C": "2", "HF_TOKEN": "x"}) == {
         "A": "***", "B": "***", "C": "2", "HF_TOKEN": "***"}
-    assert secrets.argv(["--api-key", "s3cr3t-value", "--key=s3cr3t-value", "--n=1", "--tp=2"]) == [
-        "--api-key", "***", "--key=***", "--n=***", "--tp=2"]
-    # Free text: long values wherever they occur; a one-character value is no secret to hunt.
+    # argv words and free text: long values wherever they occur; a one-character value is no
+    # secret to hunt, and masking it would hide `--node-rank 1` (HF_HUB_OFFLINE=1 did).
+    assert secrets.argv(["--api-key", "s3cr3t-value", "--key=s3cr3t-value", "--n=1", "--node-rank", "1"]) == [
+        "--api-key", "***", "--key=***", "--n=1", "--node-rank", "1"]
     assert secrets.text("auth s3cr3t-value failed on node1") == "auth *** failed on node1"
 
 

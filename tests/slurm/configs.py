@@ -9,10 +9,22 @@ from typing import Any
 
 import yaml
 
+from magpie_trace.config import Config, NodeConfig
 from magpie_trace.ports import free_port
 from tests.fixtures.slurm_cluster import SlurmCluster
 
 OFFSET_MS = 2.5  # node 1's clock lead in the sim
+
+
+def as_if_allocated(config: Config) -> Config:
+    """A Slurm config that lists no nodes, with the nodes an allocation of scheduler.slurm.nodes
+    would give it (the slurm backend fills them so once Slurm grants one), to plan it anywhere."""
+    if config.scheduler.backend == "slurm" and not config.scheduler.nodes:
+        config.scheduler.nodes = [
+            NodeConfig(host=f"gpu-node-{i}", name=f"node{i}", address=f"10.0.0.{i + 1}")
+            for i in range(config.scheduler.slurm.nodes or 2)
+        ]
+    return config
 
 
 def sim_run_config(cluster: SlurmCluster, tmp_path: Path, nodes: int, **sections: Any) -> Path:

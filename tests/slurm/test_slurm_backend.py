@@ -97,6 +97,39 @@ def test_a_step_cancelled_from_outside_is_seen_ended(slurm_cluster: SlurmCluster
     backend.stop(node, handle, grace_s=1)  # nothing left to stop: harmless
 
 
+def test_files_under_shared_dir_are_read_here_without_a_step(slurm_cluster: SlurmCluster, slurm_job: str,
+                                                             tmp_path: Path) -> None:
+    """With scheduler.shared_dir the exit file, listdir, fetch and tail read the shared filesystem
+    here; a path outside it still goes through a step on the node."""
+    scheduler = slurm_cluster.scheduler(tmp_path / "shared", 1, slurm_job)
+    scheduler.shared_dir = str(tmp_path / "shared")
+    backend = make_backend(scheduler)
+    node = scheduler.nodes[0]
+    workdir = backend.workdir(node)
+    handle = backend.start(node, ["sh", "-c", "printf 'a b\\nlast\\n'; printf abc > out.bin; exit 3"],
+                           {}, f"{workdir}/f.log")
+    assert wait_for(lambda: not backend.alive(node, handle), 15)
+    def no_step(*_args: object) -> list[str]:
+        raise AssertionError("an srun for a path under shared_dir")
+
+    srun, backend.command = backend.command, no_step  # type: ignore[method-assign]
+    assert backend.exit_code(node, handle) == 3
+    assert [(f.path, f.size) for f in backend.listdir(node, workdir, "*.bin")] == [(f"{workdir}/out.bin", 3)]
+    backend.fetch(node, f"{workdir}/out.bin", str(tmp_path / "here.bin"))
+    assert (tmp_path / "here.bin").read_bytes() == b"abc"
+    assert backend.tail(node, f"{workdir}/f.log", 1) == "last\n"
+    with pytest.raises(NodeError, match=r"^node0: cannot fetch .*/absent: No such file"):
+        backend.fetch(node, f"{workdir}/absent", str(tmp_path / "absent"))
+    assert not (tmp_path / "absent").exists()
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "x.bin").write_bytes(b"xy")
+    with pytest.raises(AssertionError, match="an srun"):
+        backend.listdir(node, str(outside), "*.bin")
+    backend.command = srun  # type: ignore[method-assign]
+    assert [f.path for f in backend.listdir(node, str(outside), "*.bin")] == [f"{outside}/x.bin"]  # a step
+
+
 def test_a_node_outside_the_allocation_is_one_line(slurm_cluster: SlurmCluster, tmp_path: Path) -> None:
     job = slurm_cluster.hold(1)  # n1 only
     try:
@@ -211,3 +244,40 @@ def _state(pid: int) -> str:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
     except OSError:
         return "gone"
+
+
+def test_every_allocation_setting_reaches_salloc_sbatch_and_srun(tmp_path: Path) -> None:
+    """scheduler.slurm's request, as argv words (never a shell line): salloc's, the batch script's
+    #SBATCH lines (the same options) and every step's srun; the user's extra args come last, so
+    they win. (The loopback cluster has no accounts, QOS, GPUs or features to grant them.)"""
+    from magpie_trace.backends.slurm_allocation import salloc_argv
+    from magpie_trace.config import NodeConfig, config_from_dict
+    from magpie_trace.submit import prepare
+
+    slurm = SlurmConfig(partition="gpu", account="proj-1", qos="high", time="01:30:00", nodes=2,
+                        gpus_per_node=8, gres="gpu:h100:8", constraint="h100&ib",
+                        salloc_args=["--exclusive", "--comment=a b;$(x)"], srun_args=["--cpu-bind=none"])
+    options = ["--partition=gpu", "--account=proj-1", "--qos=high", "--time=01:30:00",
+               "--gres=gpu:h100:8", "--constraint=h100&ib", "--gpus-per-node=8"]
+    assert salloc_argv(slurm, 2, []) == ["salloc", "--no-shell", "--job-name=magpie-trace", "--nodes=2",
+                                         *options, "--exclusive", "--comment=a b;$(x)"]
+    assert salloc_argv(slurm, 2, ["n1", "n3"])[-3] == "--nodelist=n1,n3"
+
+    scheduler = SchedulerConfig(backend="slurm", nodes=[NodeConfig(host="n2", name="node0")],
+                                workdir=str(tmp_path), slurm=slurm)
+    srun = make_backend(scheduler).srun_argv(scheduler.nodes[0], "42", "magpie-trace-node0")
+    assert srun[1:] == ["--jobid=42", "--nodes=1", "--ntasks=1", "--nodelist=n2", "--overlap",
+                        "--mpi=none", "--quiet", "--job-name=magpie-trace-node0", "--cpu-bind=none"]
+
+    slurm.salloc_args = ["--exclusive"]  # an #SBATCH line is one word
+    config = config_from_dict({"scheduler": {"backend": "slurm", "slurm": slurm.__dict__},
+                               "server": {"engine": "sim", "model": "m", "tp": 2},
+                               "output": {"dir": str(tmp_path / "runs")}}, source="s.yaml")
+    script = prepare(config, "s.yaml", [], []).script
+    directives = [line.removeprefix("#SBATCH ") for line in script.splitlines() if line.startswith("#SBATCH")]
+    assert directives == ["--job-name=magpie-trace", "--nodes=2", "--signal=B:TERM@120", *options,
+                          "--exclusive"]
+    config.scheduler.slurm.salloc_args = ["--comment=a b"]
+    with pytest.raises(ConfigError, match=r"^s.yaml: scheduler.slurm.salloc_args: '--comment=a b' cannot be "
+                                          r"an #SBATCH option \(one word, no spaces\)$"):
+        prepare(config, "s.yaml", [], [])

@@ -49,6 +49,8 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--clock-drift-ppm", type=float, default=0.0,
                        help="this node's clock also runs this fast (counted from the last Kineto base time)")
     serve.add_argument("--die-after-s", type=float, help="exit with code 1 after this long")
+    serve.add_argument("--hang-after-s", type=float,
+                       help="the head stops producing tokens after this long, every process still running")
     serve.add_argument("--profile-dir", type=Path,
                        help="where ranks write traces; without it /start_profile is 404")
     serve.add_argument("--layers", type=int, default=4, help="all-reduces per engine step")
@@ -96,8 +98,9 @@ def _config(args: argparse.Namespace, parser: argparse.ArgumentParser) -> NodeCo
         parser.error("--kv-port is required on a prefill head (--pd-role prefill) and only there")
     if args.kv_port is not None and not 0 < args.kv_port < 65536:
         parser.error(f"--kv-port {args.kv_port} is not a TCP port")
-    if args.die_after_s is not None and args.die_after_s < 0:
-        parser.error("--die-after-s must be >= 0")
+    for flag, value in (("--die-after-s", args.die_after_s), ("--hang-after-s", args.hang_after_s)):
+        if value is not None and not value >= 0:
+            parser.error(f"{flag} must be >= 0")
     if args.profile_dir is not None:
         try:
             args.profile_dir.mkdir(parents=True, exist_ok=True)
@@ -112,7 +115,7 @@ def _config(args: argparse.Namespace, parser: argparse.ArgumentParser) -> NodeCo
         startup_s=args.startup_s, offset_ns=round(args.clock_offset_ms * 1_000_000), drift_ppm=args.clock_drift_ppm,
         die_after_s=args.die_after_s, profile_dir=args.profile_dir, layers=args.layers,
         pd_role=args.pd_role, kv_port=args.kv_port, kv_address=args.kv_address or "",
-        transfer_s=args.transfer_ms / 1000,
+        transfer_s=args.transfer_ms / 1000, hang_after_s=args.hang_after_s,
     )
 
 

@@ -65,6 +65,7 @@ class NodeConfig:
     kv_port: int | None = None  # prefill: the KV side channel (bootstrap) port
     kv_address: str = ""  # prefill: the address decode servers reach that port at
     transfer_s: float = 0.0  # prefill: how long one KV transfer takes
+    hang_after_s: float | None = None  # head: stop producing tokens then, every process running
 
 
 class _Http2ProbeFilter(logging.Filter):
@@ -98,6 +99,7 @@ class _Node:
         self.pool = RankPool(specs, self._rank_exited)
         self.engine: TokenEngine | None = None
         self.lost: list[int] = []
+        self.hung = False
         self._exit: asyncio.Future[int] | None = None
 
     async def run(self) -> int:
@@ -108,6 +110,8 @@ class _Node:
             loop.add_signal_handler(signum, self._finish, 0, f"{signal.Signals(signum).name}")
         if self.config.die_after_s is not None:
             loop.call_at(started + self.config.die_after_s, self._die)
+        if self.config.hang_after_s is not None:
+            loop.call_at(started + self.config.hang_after_s, self._hang)
         body = self._headless(started) if self.config.headless else self._head(started)
         main = asyncio.create_task(body)
         main.add_done_callback(self._main_done)
@@ -135,6 +139,14 @@ class _Node:
                  self.config.die_after_s)
         sys.stderr.flush()
         os._exit(1)
+
+    def _hang(self) -> None:
+        """Failure injection: the engine stops producing tokens while every process runs on, as
+        a TP engine does when a peer hangs in a collective (no process exits, none is stopped)."""
+        log.info("%s: --hang-after-s %g reached, no more tokens", self.name, self.config.hang_after_s)
+        self.hung = True  # an engine made after this hangs at once
+        if self.engine is not None:
+            self.engine.hang()
 
     def _rank_exited(self, rank: int, code: int | None) -> None:
         self._finish(1, f"rank {rank} exited with code {code}")
@@ -169,7 +181,7 @@ class _Node:
                 profiler.on_finish(stream, finish_ns)
 
         self.engine = TokenEngine(config.ttft_s, config.itl_s, metrics, on_step, on_finish)
-        if self.lost:
+        if self.lost or self.hung:
             self.engine.hang()
         tasks = [asyncio.create_task(self.engine.run()), asyncio.create_task(self.engine.run_steps())]
         role = await self._role(metrics, profiler)
