@@ -4,8 +4,8 @@ the real vLLM TP2 traces in tests/data/traces/vllm-cpu-tp2-2node.
 Input: RANKS files (default 8: 4 nodes x 2 ranks; even ranks are copies of the real rank 0, odd
 ranks of rank 1) whose event arrays are the real events repeated back to back (each copy shifted by
 the original span) until each file holds >= MB uncompressed megabytes; each node's clock is shifted
-by a known offset (and node 3 also drifts), written in Kineto's own text format. Compressed with
-gzip level 6.
+by a known offset (and node 3 also drifts), written in Kineto's own text format, with the clock
+probe `collect` would record in the manifest. Compressed with gzip level 6.
 
 Both contenders run in a fresh subprocess; CPU seconds (user+sys of the process and its workers),
 wall seconds and peak RSS come from the kernel (getrusage). MB/s is uncompressed input per CPU
@@ -60,13 +60,16 @@ def build(out_dir: Path, ranks: int, target_mb: int) -> list[Path]:
     first_ns = base0 + min(stamps)
     files = []
     manifest = {"schema": "magpie-trace/manifest/1", "run_id": "bench", "engine": "vllm", "engine_version": "0.32.0",
-                "gpus_per_node": 2, "world_size": ranks, "tp": ranks, "pp": 1, "dp": 1, "ep": 1, "files": []}
+                "gpus_per_node": 2, "world_size": ranks, "tp": ranks, "pp": 1, "dp": 1, "ep": 1, "files": [],
+                "clock_probes": {}}
+    last_ns = first_ns
     for rank in range(ranks):
         node = rank // 2
         raw, lo, hi, base = sources[rank % 2]
         off, ppm = NODE_OFFSETS_NS[node % 4], NODE_DRIFT_PPM[node % 4]
         body = raw[lo:hi].strip()
         copies = max(1, -(-target_mb * 10**6 // len(body)))
+        last_ns = max(last_ns, first_ns + copies * period_ns)
         parts = []
         for k in range(copies):
             def shift(m: re.Match, k: int = k) -> bytes:
@@ -83,6 +86,15 @@ def build(out_dir: Path, ranks: int, target_mb: int) -> list[Path]:
         manifest["files"].append({"file": name, "kind": "rank", "node": node, "node_name": f"node{node}",
                                   "host": f"host{node}", "global_rank": rank, "tp_rank": rank, "pp_rank": 0,
                                   "dp_rank": 0, "ep_rank": 0})
+    # The clock probe `collect` records around every capture (loopback-sized uncertainty): the
+    # repeated copies make every trace exactly periodic, so without it each pairing would be
+    # ambiguous by one copy and every node but the reference left unaligned.
+    for node in range(-(-ranks // 2)):
+        off, ppm = NODE_OFFSETS_NS[node % 4], NODE_DRIFT_PPM[node % 4]
+        manifest["clock_probes"][str(node)] = [
+            {"t_ns": t, "offset_ns": off + ppm * 1e-6 * (t - first_ns), "uncertainty_ns": 120_000.0,
+             "rtt_min_ns": 40_000, "samples": 200, "when": when}
+            for t, when in ((first_ns - 10_000_000, "before"), (last_ns + 10_000_000, "after"))]
     (out_dir / "manifest.json").write_bytes(orjson.dumps(manifest))
     return files
 

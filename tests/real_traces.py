@@ -9,6 +9,7 @@ TRACES = Path(__file__).resolve().parent / "data" / "traces"
 VLLM_CPU_PAIR = TRACES / "vllm-cpu-tp2-2node"
 NCCL_RANK0 = TRACES / "hta" / "nccl-2rank-rank0.json.gz"
 LEGACY = TRACES / "hta" / "legacy-abs-ts-16rank-rank0.json.gz"
+SENDRECV_PAIR = tuple(TRACES / "hta" / f"sampled-sendrecv-2rank-rank{r}.json.gz" for r in (0, 1))
 
 
 def vllm_cpu(pattern: str) -> Path:

@@ -29,7 +29,17 @@ import polars as pl
 
 from magpie_trace.errors import MagpieError, TraceError
 from magpie_trace.merge import gzipjoin, perfetto, tables
-from magpie_trace.merge.align import ClockFit, NodeTimes, PairRows, ProbePoint, fit_pair, probe_rows, residuals, solve
+from magpie_trace.merge.align import (
+    ClockFit,
+    NodeTimes,
+    PairRows,
+    ProbePoint,
+    fit_pair,
+    probe_rows,
+    residuals,
+    solve,
+    two_clocks,
+)
 from magpie_trace.merge.anchors import Matched
 from magpie_trace.merge.discover import TraceFile, discover, manifest_probes
 from magpie_trace.merge.handoff import launch_measurements, place_groups, read_handoffs
@@ -319,6 +329,9 @@ def _merge(files: list[TraceFile], manifest: dict[str, Any] | None, output_dir: 
     finally:
         SCRATCH.release()  # pass 2 and the caller's process get the memory back, also after bad input
     files = [sc.file for sc in scanned]  # workers return their own (updated) copies
+    for sc in scanned:
+        if sc.file.own_label is not None and sc.host:  # raw engine files: one clock per host
+            sc.file.node_name = sc.host
     _resolve_ranks(scanned)
     warnings: list[str] = [f"{tf.path.name}: {note}" for tf in files for note in tf.notes]
     # Ranks first, by global rank; a deployment of groups (each numbering its own ranks) in node
@@ -340,10 +353,26 @@ def _merge(files: list[TraceFile], manifest: dict[str, Any] | None, output_dir: 
                              _priors(files, ranks, probes))
     warnings += [f"not matched: {reason}" for reason in matching.refused]
     matched = Matched.of(matching.collectives)
-    ref_file = next(i for i in ranks if files[i].node_name == reference)
-    ref_anchor_starts = [a.start for a in scanned[ref_file].anchors]
-    t0 = min(ref_anchor_starts) if ref_anchor_starts else (scanned[ref_file].span or (0, 0))[0]
+
+    def origin(node: str) -> tuple[int, int]:
+        """(the node's first rank file, t0: the first anchor's start on it, else its profiler span's or
+        first step's, else the first clock probe's: a time of the capture, so offsets at t0 read sensibly)."""
+        first = next(i for i in ranks if files[i].node_name == node)
+        sc = scanned[first]
+        if sc.anchors:
+            return first, min(a.start for a in sc.anchors)
+        if sc.span or sc.steps:
+            return first, sc.span[0] if sc.span else sc.steps[0].start
+        return first, min((p.t_ns for points in probes.values() for p in points), default=0)
+
+    ref_file, t0 = origin(reference)
     times = NodeTimes.build(matched, {i: files[i].node_name for i in ranks}, nodes, t0)
+    conflict = two_clocks(times)
+    if reference in conflict and not opts.reference_node and set(nodes) - set(conflict):
+        # Files of two clocks under the first node's name: it can be no one's reference.
+        reference = next(n for n in nodes if n not in conflict)
+        ref_file, t0 = origin(reference)
+        times = NodeTimes.build(matched, {i: files[i].node_name for i in ranks}, nodes, t0)
     on_ref = [scanned[i] for i in ranks if files[i].node_name == reference]  # one clock: the reference's
     extent = [t for sc in on_ref for t in ([*sc.span] if sc.span else [])] + [
         t for sc in on_ref for a in [*sc.anchors[:1], *sc.anchors[-1:], *sc.steps[:1], *sc.steps[-1:]]

@@ -24,7 +24,7 @@ when it disagrees with the probe.
 from __future__ import annotations
 
 import heapq
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -64,16 +64,20 @@ class PairFit:
     x_lo: float = 0.0  # the time its anchors span (s since t0): the estimate holds there
     x_hi: float = 0.0
     drift_fitted: bool = False
+    drifts: tuple[float, float] = (-MAX_DRIFT, MAX_DRIFT)  # the drifts its bounds allow (ns per s)
 
     def widened(self, lo_s: float, hi_s: float) -> PairFit:
-        """The same fit with its uncertainty good over [lo_s, hi_s]: without a fitted drift, beyond
-        the anchors' span the error may grow at up to MAX_DRIFT (a short load in a long window)."""
-        if self.drift_fitted or self.method == "probe":
+        """The same fit with its uncertainty good over [lo_s, hi_s]: beyond the anchors' span the
+        error may grow as fast as its drift differs from any drift the bounds allow (up to
+        MAX_DRIFT either way when they allow any). A fitted drift is only as good as the stretch it
+        was fitted on: a load shorter than the window leaves the rest to extrapolation."""
+        if self.method == "probe":  # probes before and after the capture: the interval holds throughout
             return self
         beyond = max(0.0, self.x_lo - lo_s, hi_s - self.x_hi)
-        extra = MAX_DRIFT * beyond
-        return PairFit(self.a, self.b, self.method, self.n, self.uncertainty_ns + extra, self.lo - extra,
-                       self.hi + extra, self.kinds, self.warnings, self.x_lo, self.x_hi, self.drift_fitted)
+        extra = max(self.b - self.drifts[0], self.drifts[1] - self.b, 0.0) * beyond
+        if not extra:
+            return self
+        return replace(self, uncertainty_ns=self.uncertainty_ns + extra, lo=self.lo - extra, hi=self.hi + extra)
 
 
 @dataclass
@@ -132,22 +136,24 @@ def envelope(xl: np.ndarray, yl: np.ndarray, xu: np.ndarray, yu: np.ndarray, fit
     return a, b, margin
 
 
-def feasible_spread(xl: np.ndarray, yl: np.ndarray, xu: np.ndarray, yu: np.ndarray, a: float, b: float,
-                    x_ends: tuple[float, float]) -> float:
-    """How far any line the bounds allow (drift within +-MAX_DRIFT) strays from a + b*x at the ends
-    of x_ends: the honest uncertainty of the envelope's line, which is only the deepest of them."""
+def _band(xl: np.ndarray, yl: np.ndarray, xu: np.ndarray, yu: np.ndarray, slope: float) -> tuple[float, float]:
+    """The offsets at t0 the bounds allow a line of this slope: (lowest, highest)."""
+    return float(np.max(yl - slope * xl)), float(np.min(yu - slope * xu))
 
-    def band(slope: float) -> tuple[float, float]:
-        return float(np.max(yl - slope * xl)), float(np.min(yu - slope * xu))
+
+def feasible_drifts(xl: np.ndarray, yl: np.ndarray, xu: np.ndarray, yu: np.ndarray,
+                    b: float) -> tuple[float, float] | None:
+    """The interval of drifts (within +-MAX_DRIFT) some line the bounds allow has, around the
+    feasible drift b (the set is an interval: the margin is concave); None if b is not feasible."""
 
     def ok(slope: float) -> bool:
-        low, high = band(slope)
+        low, high = _band(xl, yl, xu, yu, slope)
         return high >= low
 
     if not ok(b):
-        return 0.0
+        return None
     edges = []
-    for limit in (-MAX_DRIFT, MAX_DRIFT):  # the feasible drifts are an interval around b
+    for limit in (-MAX_DRIFT, MAX_DRIFT):
         inside, outside = b, limit
         if ok(limit):
             edges.append(limit)
@@ -156,9 +162,19 @@ def feasible_spread(xl: np.ndarray, yl: np.ndarray, xu: np.ndarray, yu: np.ndarr
             mid = (inside + outside) / 2
             inside, outside = (mid, outside) if ok(mid) else (inside, mid)
         edges.append(inside)
+    return edges[0], edges[1]
+
+
+def feasible_spread(xl: np.ndarray, yl: np.ndarray, xu: np.ndarray, yu: np.ndarray, a: float, b: float,
+                    x_ends: tuple[float, float], drifts: tuple[float, float] | None) -> float:
+    """How far any line the bounds allow (drift within `drifts`, from feasible_drifts) strays from
+    a + b*x at the ends of x_ends: the honest uncertainty of the envelope's line, which is only the
+    deepest of them."""
+    if drifts is None:
+        return 0.0
     worst = 0.0
-    for slope in np.linspace(edges[0], edges[1], 33):
-        low, high = band(float(slope))
+    for slope in np.linspace(drifts[0], drifts[1], 33):
+        low, high = _band(xl, yl, xu, yu, float(slope))
         for x in x_ends:
             worst = max(worst, abs(low + slope * x - (a + b * x)), abs(high + slope * x - (a + b * x)))
     return float(worst)
@@ -254,9 +270,12 @@ def fit_pair(rows: PairRows, probe: np.ndarray | None, label: str) -> PairFit:
                         "different runs?)", n, kinds)
     lo, hi = a_v - margin, a_v + margin
     uncertainty = max(margin, 0.0)
+    drifts: tuple[float, float] = (-MAX_DRIFT, MAX_DRIFT)
     if method.startswith("envelope") and len(yl) and len(yu) and len(xs):
         ends = (float(np.min(xs)), float(np.max(xs)))
-        uncertainty = max(uncertainty, feasible_spread(xl, yl, xu, yu, a_v, b_v, ends))
+        allowed = feasible_drifts(xl, yl, xu, yu, b_v)
+        drifts = allowed or drifts
+        uncertainty = max(uncertainty, feasible_spread(xl, yl, xu, yu, a_v, b_v, ends, allowed))
         lo, hi = a_v - uncertainty, a_v + uncertainty
     if method == "envelope-trimmed" and len(ye):
         # Some bounds were left out as mismatched; the margin of the rest would vouch only for them.
@@ -266,8 +285,7 @@ def fit_pair(rows: PairRows, probe: np.ndarray | None, label: str) -> PairFit:
         lo, hi = a_v - uncertainty, a_v + uncertainty
     span = np.r_[xs, px] if method in ("probe", "envelope+probe") else xs
     fit = PairFit(float(a_v), float(b_v), method, n, float(uncertainty), float(lo), float(hi), kinds, warnings,
-                  float(np.min(span)),
-                  float(np.max(span)), bool(fit_drift))
+                  float(np.min(span)), float(np.max(span)), bool(fit_drift), drifts)
     if len(ye) and len(yl) and len(yu):
         ends_drift = len(ye) >= MIN_ENDS_DRIFT and span_s * 1e9 >= MIN_DRIFT_SPAN_NS
         a_e, b_e = theil_sen(xe, ye, ends_drift)
@@ -275,7 +293,8 @@ def fit_pair(rows: PairRows, probe: np.ndarray | None, label: str) -> PairFit:
         spread = float(1.4826 * np.median(np.abs(resid - np.median(resid))))
         inside = np.mean(np.r_[a_e + b_e * xl >= yl - spread, a_e + b_e * xu <= yu + spread])
         if spread < margin and inside >= 0.99:
-            fit = PairFit(a_e, b_e, "ends", n, spread, lo, hi, kinds, warnings, fit.x_lo, fit.x_hi, ends_drift)
+            fit = PairFit(a_e, b_e, "ends", n, spread, lo, hi, kinds, warnings, fit.x_lo, fit.x_hi, ends_drift,
+                          drifts)
     if len(px) and method != "probe":
         at = fit.a + fit.b * px
         gap = float(np.max(np.r_[plo - at - fit.uncertainty_ns, at - phi - fit.uncertainty_ns]))
@@ -373,6 +392,18 @@ class NodeTimes:
         return len(gap), len(bad), float(np.median(bad)) if len(bad) else 0.0
 
 
+def two_clocks(times: NodeTimes) -> dict[str, str]:
+    """Nodes whose files no single clock explains (their shared anchors violate causality between
+    them), with the reason: such a node cannot be aligned, nor be the reference."""
+    out = {}
+    for node in times.nodes:
+        total, bad, median = times.same_node_conflict(node)
+        if bad and bad >= max(3, 0.1 * total):
+            out[node] = (f"its files disagree with each other by {median / 1e6:.3f} ms in {bad} of {total} "
+                         "shared anchors: two clocks under one node name (files of different hosts?)")
+    return out
+
+
 def residuals(times: NodeTimes, fit: ClockFit, reference: str) -> dict[str, Any]:
     """After correcting `fit.node`, against the reference node: end skew percentiles of synchronous
     instances and how many instances still violate causality."""
@@ -435,12 +466,7 @@ def _solve(times: NodeTimes, reference: str, t0: int, probes: dict[str, list[Pro
     nodes = times.nodes
     notes: list[str] = []
     edges: dict[tuple[str, str], PairFit] = {}
-    conflict: dict[str, str] = {}
-    for node in nodes:
-        total, bad, median = times.same_node_conflict(node)
-        if bad and bad >= max(3, 0.1 * total):
-            conflict[node] = (f"its files disagree with each other by {median / 1e6:.3f} ms in {bad} of {total} "
-                              "shared anchors: two clocks under one node name (files of different hosts?)")
+    conflict = two_clocks(times)
     for k, n in enumerate(nodes):
         for m in nodes[k + 1:]:
             if n in conflict or m in conflict:
@@ -465,8 +491,9 @@ def _solve(times: NodeTimes, reference: str, t0: int, probes: dict[str, list[Pro
     placed = [n for n in all_nodes if n in reach and n != reference]
     fits = {reference: ClockFit(reference, 0.0, 0.0, t0, "reference", 0, 0.0, reference=True,
                                 placed_by=["reference"])}
-    if reference in conflict:
-        fits[reference].warnings.append(f"{reference}: {conflict[reference]}")
+    if reference in conflict:  # the others keep only what the probe says of its clock
+        fits[reference].unaligned, fits[reference].method = conflict[reference], "unaligned"
+        fits[reference].warnings.append(f"{reference}: left on its own clock: {conflict[reference]}")
     if placed:
         index = {n: k for k, n in enumerate(placed)}
         used = [(n, m, p) for (n, m), p in edges.items() if n in reach]
@@ -493,7 +520,8 @@ def _solve(times: NodeTimes, reference: str, t0: int, probes: dict[str, list[Pro
             )
     for node in all_nodes:
         if node not in fits:
-            why = conflict.get(node) or ("it shares no anchor with the other nodes and has no clock probe"
+            why = conflict.get(node) or ("no anchor ties it to the reference (none shared, or none matched or "
+                                         "fitted: see the warnings) and it has no clock probe"
                                          if node in nodes or node not in probes else "no anchors")
             fits[node] = ClockFit(node, 0.0, 0.0, t0, "unaligned", 0, float("inf"),
                                   warnings=[f"{node}: left on its own clock: {why}"], unaligned=why,

@@ -29,6 +29,9 @@ from numba.extending import intrinsic
 _KEY_TS, _KEY_DUR, _KEY_PID, _KEY_ID = 1, 2, 3, 4
 _OUT_OF_RANGE = np.int64(-(2**63))  # _parse's value for a number no int64 holds
 OUT_OF_RANGE = -2  # rewrite's third value when a ts or dur is out of range
+# No clock reads beyond this either way (ns: the Unix epoch to 2100-01-01), absolute (base + ts) or
+# as a duration. Checked before any sum, so nothing past it can wrap int64 into a plausible time.
+MAX_CLOCK_NS = 4_102_444_800 * 10**9
 
 
 def pid_table(capacity: int) -> np.ndarray:
@@ -328,7 +331,7 @@ def rewrite(src: np.ndarray, colons: np.ndarray, out_a: np.ndarray, out_m: np.nd
             flow_mul: int, flow_add: int, last_ts: np.ndarray) -> tuple[int, int, int]:
     """Rewrite src into out_a (aligned) and/or out_m (merged); returns their lengths and how many
     rows of new_pids ([new pid, 0 number | 1 string, value | start, end]) were filled (-1: more
-    pids than `known` holds; OUT_OF_RANGE: a ts or dur no int64 of ns holds). pid_rows[0] counts the rows of `known` (`pid_table`) in use.
+    pids than `known` holds; OUT_OF_RANGE: a ts or dur beyond MAX_CLOCK_NS). pid_rows[0] counts the rows of `known` (`pid_table`) in use.
     `drift` is ppm * 1e-6; cuts are sorted, disjoint [start, end) rows left out of out_m;
     last_ts[0] carries the latest `ts` across chunks (a `dur` may start the next chunk).
 
@@ -373,7 +376,9 @@ def rewrite(src: np.ndarray, colons: np.ndarray, out_a: np.ndarray, out_m: np.nd
         ok, v, end = _parse(src, i, n, scale)
         if not ok:  # null, a string, ...: left as it is
             continue
-        if v == _OUT_OF_RANGE and code <= _KEY_DUR:
+        if code == _KEY_TS and not -MAX_CLOCK_NS - base_in <= v <= MAX_CLOCK_NS - base_in:
+            return oa, om, OUT_OF_RANGE  # also _OUT_OF_RANGE: no int64 holds it
+        if code == _KEY_DUR and not -MAX_CLOCK_NS <= v <= MAX_CLOCK_NS:
             return oa, om, OUT_OF_RANGE
         if code == _KEY_TS or (code == _KEY_DUR and fix_dur):
             if code == _KEY_TS:

@@ -2,8 +2,9 @@
 
 Sources, strongest first: `manifest.json` (written by `collect`), the file name (magpie's
 `node<N>-TP<R>[-DP<d>][-PP<p>]`, vLLM's `rank<G>.<ns>.pt.trace` and `dp.._rank<G>.`, SGLang's
-`<id>-TP-<R>`), then the trace's own `distributedInfo.rank` (read later, in `load`). A file whose node
-is unknown is its own clock domain.
+`<id>-TP-<R>`), then the trace's own `distributedInfo.rank` and `host_name` (read later, in `load`):
+files whose node neither the manifest nor the name tells share their host's clock; without a host
+either, a file is its own clock domain.
 """
 
 from __future__ import annotations
@@ -30,6 +31,9 @@ _MAGPIE = re.compile(r"^node(?P<node>\d+)-TP(?P<tp>\d+)(?:-DP(?P<dp>\d+))?(?:-PP
 _MAGPIE_API = re.compile(r"^node(?P<node>\d+)-api-server" + _GROUP + "$")
 _VLLM = re.compile(r"(?:^|_)rank(?P<rank>\d+)$")
 _SGLANG = re.compile(r"-TP-(?P<tp>\d+)(?:-DP-(?P<dp>\d+))?(?:-PP-(?P<pp>\d+))?(?:-EP-(?P<ep>\d+))?")
+_VLLM_API = re.compile(r"\.async_llm(?:\.\d+)?$")  # [prefix_]{hostname}_{pid}.async_llm.{ns}
+# A host_name that may name a node: it becomes part of output file names, so nothing path-like.
+HOST_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
 
 
 @dataclass
@@ -48,12 +52,15 @@ class TraceFile:
     host: str | None = None
     group: str | None = None  # its server group in a deployment of several (ranks count per group)
     from_manifest: bool = False
+    own_label: str | None = None  # the node is not known: the file's label, from its name (its host may say the node)
     notes: list[str] = field(default_factory=list)
 
     @property
     def label(self) -> str:
         """Display name, e.g. `node1-TP3`; used for process names and output file names."""
         group = [self.group] if self.group else []
+        if self.own_label is not None:
+            return "-".join([self.own_label, *group])
         if self.kind == "api_server":
             return "-".join([f"{self.node_name}-api-server", *group])
         if self.tp_rank is not None and self.node is not None:
@@ -108,15 +115,17 @@ def from_name(path: Path) -> TraceFile:
     short = stem.split(".")[0]
     m = _VLLM.search(short)
     if m:
-        return TraceFile(path, "rank", short, global_rank=int(m.group("rank")))
+        return TraceFile(path, "rank", short, global_rank=int(m.group("rank")), own_label=short)
+    if _VLLM_API.search(stem):
+        return TraceFile(path, "api_server", short, own_label=short)
     m = _SGLANG.search(stem)
     if m:
         g = m.groupdict()
         return TraceFile(
             path, "rank", stem, tp_rank=int(g["tp"]), dp_rank=int(g["dp"]) if g["dp"] else None,
-            pp_rank=int(g["pp"]) if g["pp"] else None, ep_rank=int(g["ep"]) if g["ep"] else None,
+            pp_rank=int(g["pp"]) if g["pp"] else None, ep_rank=int(g["ep"]) if g["ep"] else None, own_label=stem,
         )
-    return TraceFile(path, "other", short)
+    return TraceFile(path, "other", short, own_label=short)
 
 
 def read_manifest(input_dir: Path) -> dict[str, Any] | None:
@@ -145,7 +154,9 @@ def _from_manifest(input_dir: Path, entry: Any, manifest_path: Path) -> TraceFil
     node = _int(entry.get("node"))
     node_name = entry.get("node_name") or (f"node{node}" if node is not None else trace_stem(path))
     return TraceFile(
-        path, kind, str(node_name), node=node, global_rank=_int(entry.get("global_rank")),
+        path, kind, str(node_name), node=node,
+        own_label=None if entry.get("node_name") or node is not None else str(node_name),
+        global_rank=_int(entry.get("global_rank")),
         tp_rank=_int(entry.get("tp_rank")), pp_rank=_int(entry.get("pp_rank")),
         dp_rank=_int(entry.get("dp_rank")), ep_rank=_int(entry.get("ep_rank")),
         host=entry.get("host") if isinstance(entry.get("host"), str) else None,

@@ -22,8 +22,8 @@ from isal import igzip, isal_zlib
 from magpie_trace.errors import TraceError
 from magpie_trace.merge import bytescan
 from magpie_trace.merge.anchors import Anchor, classify
-from magpie_trace.merge.discover import TraceFile
-from magpie_trace.merge.rewrite import MAX_ABS_US  # |ts|, dur beyond it (us) do not fit int64 ns
+from magpie_trace.merge.bytescan import MAX_CLOCK_NS
+from magpie_trace.merge.discover import HOST_NAME, TraceFile
 
 # Event names pass 1 looks at: collectives (gloo, NCCL/RCCL kernels, custom all-reduce), process
 # metadata, step annotations (PyTorch, vLLM, SGLang) and the profiler's own span.
@@ -61,6 +61,7 @@ class Scanned:
     steps: list[Step]
     span: tuple[int, int] | None  # profiler window (absolute ns, own clock)
     warnings: list[str] = field(default_factory=list)
+    host: str | None = None  # the trace's `host_name` (vLLM writes it), when it may name a node
 
 
 class Scratch:
@@ -241,13 +242,14 @@ MAX_RATIO = 200  # uncompressed / compressed: Kineto JSON compresses ~10-20x, a 
 MIN_BOMB_BYTES = 256 << 20  # below this, any ratio is harmless
 
 
-def _us_to_ns(value: Any, path: Path, what: str) -> int:
-    """A `ts`/`dur` in microseconds as integer ns, or one line naming the file."""
+def _us_to_ns(value: Any, path: Path, what: str, base: int = 0) -> int:
+    """A `ts`/`dur` in microseconds as integer ns, or one line naming the file; `base` + it must be
+    a clock reading (within MAX_CLOCK_NS of the epoch, as pass 2 checks too)."""
     try:
         us = float(value)
     except (TypeError, ValueError):
         raise TraceError(f"{path}: an event's {what} is not a number ({str(value)[:40]!r})") from None
-    if not abs(us) <= MAX_ABS_US:  # also NaN
+    if not abs(us * 1000 + base) <= MAX_CLOCK_NS:  # also NaN
         raise TraceError(f"{path}: an event's {what} is {value!r} us, outside any plausible clock reading")
     return int(round(us * 1000))
 
@@ -264,11 +266,18 @@ def scan(tf: TraceFile) -> Scanned:
             base_ns = int(data[lo:hi])
         except ValueError:
             raise TraceError(f"{tf.path}: baseTimeNanoseconds is not an integer") from None
+        if abs(base_ns) > MAX_CLOCK_NS:
+            raise TraceError(f"{tf.path}: baseTimeNanoseconds is {base_ns}, outside any plausible clock reading")
     dist = None
     if "distributedInfo" in values:
         lo, hi = values["distributedInfo"]
         parsed = orjson.loads(data[lo:hi])
         dist = parsed if isinstance(parsed, dict) else None
+    host = None
+    if "host_name" in values:
+        lo, hi = values["host_name"]
+        parsed = orjson.loads(data[lo:hi])
+        host = parsed if isinstance(parsed, str) and HOST_NAME.match(parsed) else None
     ev_lo, ev_hi = values["traceEvents"]
     base = base_ns or 0
     anchors: list[Anchor] = []
@@ -295,7 +304,7 @@ def scan(tf: TraceFile) -> Scanned:
             continue
         if ph != "X" or "ts" not in ev:
             continue
-        start = base + _us_to_ns(ev["ts"], tf.path, "ts")
+        start = base + _us_to_ns(ev["ts"], tf.path, "ts", base)
         end = start + _us_to_ns(ev.get("dur") or 0, tf.path, "dur")
         if name.startswith("PyTorch Profiler"):
             span = (start, end)
@@ -311,7 +320,7 @@ def scan(tf: TraceFile) -> Scanned:
     meta_cuts = _disjoint(meta_cuts)
     kept = {key: bytes(data[lo:hi]) for key, lo, hi in top if key != "traceEvents"}
     return Scanned(tf, size, csize, (ev_lo, ev_hi), top, kept, base_ns, dist, anchors, meta_cuts, names,
-                   steps, span)
+                   steps, span, host=host)
 
 
 def _disjoint(spans: list[tuple[int, int]]) -> list[tuple[int, int]]:

@@ -180,15 +180,26 @@ def _width(a: Seq, b: Seq) -> float:
     return float(np.clip(np.median(np.r_[a.e - a.s, b.e - b.s]), 2_000.0, 2_000_000.0))
 
 
-def _candidates(a: Seq, b: Seq) -> list[float]:
+def _candidates(a: Seq, b: Seq, prior: Prior | None) -> list[float]:
     """Offsets at which many end differences pile up: from SAMPLE events of b against every event of
-    a with the same content, binned at the events' typical duration."""
+    a with the same content, binned at the events' typical duration. Periodic events pile up every
+    period, so with a clock probe the densest offsets inside its interval are added: the right
+    one is always scored, however far the offset is from where the two windows overlap most."""
     idx = np.unique(np.linspace(0, len(b) - 1, min(len(b), SAMPLE)).astype(np.int64))
     same = b.code[idx][:, None] == a.code[None, :]
     diffs = (b.e[idx][:, None] - a.e[None, :])[same].astype(np.float64)
+    width = _width(a, b)
+    out = _peaks(diffs, width)
+    if prior is not None:
+        inside = diffs[(diffs >= prior.lo - width) & (diffs <= prior.hi + width)]
+        out += [c for c in _peaks(inside, width) if c not in out]
+    return out
+
+
+def _peaks(diffs: np.ndarray, width: float) -> list[float]:
+    """The PEAKS densest offsets among `diffs` (binned at `width`), each the median of its bins."""
     if not len(diffs):
         return []
-    width = _width(a, b)
     q = np.floor((diffs - diffs.min()) / width).astype(np.int64)
     span = int(q.max()) + 1
     if span > 20_000_000:  # absurd spread: keep only the occupied bins
@@ -259,7 +270,7 @@ def pair_sequences(a: Seq, b: Seq, directed: bool, prior: Prior | None) -> PairM
         return _pair_directed(a, b, prior)
     scored = []
     width = _width(a, b)
-    for theta in _candidates(a, b):
+    for theta in _candidates(a, b, prior):
         ia, ib = _nearest(a, b, np.full(len(b), theta))
         if len(ia) < MIN_PAIRS:
             continue
@@ -285,16 +296,17 @@ def pair_sequences(a: Seq, b: Seq, directed: bool, prior: Prior | None) -> PairM
         scored.append((depth, lo, hi, float(np.median(b.e[ib] - a.e[ia])), ia, ib))
     if not scored:
         return PairMatch(empty, empty, reason="no events of the same content at any common offset")
-    if prior is not None:
-        fits = [s for s in scored if s[2] >= prior.lo and s[1] <= prior.hi]
-        scored = fits or scored
     scored.sort(key=lambda s: -s[0])
+    if prior is not None:  # the probe decides between near-equals, never against a clearly better pairing
+        fits = [s for s in scored if s[2] >= prior.lo and s[1] <= prior.hi]
+        if fits and fits[0][0] >= AMBIGUOUS * scored[0][0]:
+            scored = fits
     depth, lo, hi, theta, ia, ib = scored[0]
     rivals = [s for s in scored[1:] if s[0] >= AMBIGUOUS * depth and (s[1] > hi or s[2] < lo)]
     if rivals:
         return PairMatch(empty, empty, reason=(
-            f"equally consistent at offsets {theta / 1e6:+.3f} ms and {rivals[0][3] / 1e6:+.3f} ms "
-            "(periodic events; no clock probe to tell them apart)"))
+            f"equally consistent at offsets {theta / 1e6:+.3f} ms and {rivals[0][3] / 1e6:+.3f} ms (periodic events; "
+            + ("no clock probe to tell them apart)" if prior is None else "the clock probe does not tell them apart)")))
     inside_a = np.sum((a.e >= b.s.min() - theta) & (a.s <= b.e.max() - theta))
     inside_b = np.sum((b.e >= a.s.min() + theta) & (b.s <= a.e.max() + theta))
     shorter = max(1, min(int(inside_a), int(inside_b)))

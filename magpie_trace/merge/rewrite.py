@@ -26,10 +26,10 @@ from isal import igzip
 from magpie_trace.errors import TraceError
 from magpie_trace.fsutil import temp_path_for
 from magpie_trace.merge import bytescan
+from magpie_trace.merge.bytescan import MAX_CLOCK_NS
 from magpie_trace.merge.gzipjoin import LEVEL, PartWriter
 
 CHUNK = 8 << 20
-MAX_ABS_US = 9.0e15  # as load.MAX_ABS_US: beyond int64 ns
 PIDS_PER_FILE = 1000  # merged pids of file i are i*1000+1 ...; more processes in one file is an error
 _WS = b" \n\r\t"
 
@@ -196,7 +196,7 @@ def _window_filter(job: RewriteJob, data: bytes) -> tuple[bytes, bytes, int, int
     for raw in events:
         ev = decoder.decode(raw)
         if ev.ph != "M" and ev.ts is not None:
-            if not (abs(ev.ts) <= MAX_ABS_US and abs(ev.dur or 0.0) <= MAX_ABS_US):
+            if not (abs(ev.ts * 1000 + t.base_in) <= MAX_CLOCK_NS and abs(ev.dur or 0.0) * 1000 <= MAX_CLOCK_NS):
                 raise TraceError(f"{job.source}: an event's ts or dur is outside any plausible clock reading")
             start = int(t.apply(np.array([round(ev.ts * 1000)]))[0])
             end = start + int(round((ev.dur or 0.0) * 1000))

@@ -1,8 +1,10 @@
 """Real vLLM (CPU build), pipeline parallel PP=2 across two loopback "nodes", node 1's clock 250 ms
 ahead under libfaketime: the stages share no collective, only send/recv (node 0's `c10d::send`,
 node 1's `gloo:recv`), which bound node 1's offset from above only; the clock probe taken around the
-capture closes the other side. Node 1 must be placed within 1 ms of the injected offset and within
-its stated uncertainty, and say that send/recv and the probe placed it."""
+capture closes the other side. The run must succeed end to end, and alignment.json must say node 1
+is aligned with `send/recv` and `probe` among what placed it, its offset within 1 ms of the injected
+250 ms and within its stated uncertainty (the printed line gives method, offset, error, uncertainty
+and anchor count)."""
 
 from __future__ import annotations
 
@@ -56,6 +58,6 @@ def test_real_vllm_pp2_send_recv_and_probe_place_the_skewed_stage(tiny_model, vl
     error_us = abs(node1["offset_ns"] / 1e3 - FAKETIME_OFFSET_S * 1e6)
     print(f"node1: {node1['method']} {node1['placed_by']} offset {node1['offset_ns'] / 1e6:.3f} ms, "
           f"error {error_us:.0f} us, +-{node1['uncertainty_us']} us, {node1['n_anchors']} anchors")
-    assert node1["aligned"] and "send/recv" in node1["placed_by"], node1
+    assert node1["aligned"] and {"send/recv", "probe"} <= set(node1["placed_by"]), node1
     assert error_us < 1000
     assert error_us <= node1["uncertainty_us"]

@@ -59,6 +59,28 @@ def test_pairing_finds_a_window_that_started_later_at_any_offset():
         assert (found.ia - found.ib == 7).all()
 
 
+def test_periodic_transfers_far_from_the_windows_overlap_are_placed_by_the_probe():
+    """Pipeline stages hand off once per step, like clockwork (the sim's PP traces): a middle stage's
+    SendRecv kernels (receive at the start of its share, send at its end, one stream) against the
+    previous stage's sends. Every period, and every period plus a share, pairs as well as the right
+    one; the densest of them are where the two windows overlap most, 20 steps away from the truth
+    when one capture began 20 steps later (the right offset was then not even scored, and the pair
+    was refused as ambiguous although the clock probe told them apart). With the probe the right
+    one is found; without it the pairing is refused, never guessed."""
+    from magpie_trace.merge.matching import Prior
+
+    period, share, theta = 4_000_000, 1_333_333, 12_500_000
+    ends = np.arange(200) * period + 10**12
+    sends = Seq(_anchors(ends - 10_000, np.full(200, 10_000)), {})
+    mine = np.sort(np.r_[ends[20:], ends[20:] + share]) + theta  # the later capture: from step 20 on
+    stage = Seq(_anchors(mine - 10_000, np.full(len(mine), 10_000)), {})
+    found = pair_sequences(sends, stage, False, Prior(theta - 220_000, theta + 220_000))
+    assert found.reason is None and found.theta == pytest.approx(theta, abs=1)
+    assert len(found.ia) == 180 and (stage.e[found.ib] - sends.e[found.ia] == theta).all()
+    refused = pair_sequences(sends, stage, False, None)
+    assert refused.reason and "equally consistent" in refused.reason and not len(refused.ia)
+
+
 def test_exact_keys_match_out_of_order():
     starts = np.arange(0, 10_000_000, 1_000_000)
     durs = np.full(10, 50_000)

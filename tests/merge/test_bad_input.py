@@ -67,26 +67,46 @@ def _two_files_one_rank(inp: Path) -> str:
     return "node1-TP1.trace.json.gz and"
 
 
-def _edit_event(inp: Path, pick, change) -> None:
+def _edited(name: str, pick, change: dict, expected: str):
+    """A case that changes one event of rank 1 (the first that `pick` selects)."""
+    def spoil(inp: Path) -> str:
+        doc = load(vllm_rank(1))
+        next(e for e in doc["traceEvents"] if pick(e)).update(change)
+        save(doc, inp / "node1-TP1.trace.json.gz")
+        return f"node1-TP1.trace.json.gz: {expected}"
+
+    spoil.__name__ = name
+    return spoil
+
+
+def _anchor(e: dict) -> bool:
+    return e.get("name") == "gloo:all_reduce"
+
+
+def _other(e: dict) -> bool:
+    return e.get("cat") == "cpu_op"
+
+
+IN_PASS_2 = "an event's ts or dur is outside any plausible clock reading"
+EDITS = [
+    _edited("absurd_ts_on_an_anchor", _anchor, {"ts": 1e300},
+            "an event's ts is 1e+300 us, outside any plausible clock reading"),
+    _edited("absurd_ts_elsewhere", _other, {"ts": 1e300}, IN_PASS_2),
+    # Fits int64 ns alone, not once the file's base is added (was an OverflowError traceback).
+    _edited("ts_past_2100_on_an_anchor", _anchor, {"ts": 8.5e15},
+            "an event's ts is 8500000000000000.0 us, outside any plausible clock reading"),
+    _edited("ts_past_2100_elsewhere", _other, {"ts": 5e15}, IN_PASS_2),  # year 2185: was written out, exit 0
+    _edited("ts_that_wraps_int64_elsewhere", _other, {"ts": 8.5e15}, IN_PASS_2),  # wrapped to a plausible time
+    _edited("dur_of_centuries", _other, {"dur": 5e15}, IN_PASS_2),
+    _edited("ts_not_a_number", _anchor, {"ts": "soon"}, "an event's ts is not a number ('soon')"),
+]
+
+
+def _base_past_2100(inp: Path) -> str:
     doc = load(vllm_rank(1))
-    event = next(e for e in doc["traceEvents"] if pick(e))
-    event.update(change)
+    doc["baseTimeNanoseconds"] = 9 * 10**18
     save(doc, inp / "node1-TP1.trace.json.gz")
-
-
-def _absurd_ts_on_an_anchor(inp: Path) -> str:
-    _edit_event(inp, lambda e: e.get("name") == "gloo:all_reduce", {"ts": 1e300})
-    return "node1-TP1.trace.json.gz: an event's ts is 1e+300 us, outside any plausible clock reading"
-
-
-def _absurd_ts_elsewhere(inp: Path) -> str:
-    _edit_event(inp, lambda e: e.get("cat") == "cpu_op", {"ts": 1e300})
-    return "node1-TP1.trace.json.gz: an event's ts or dur is outside any plausible clock reading"
-
-
-def _ts_not_a_number(inp: Path) -> str:
-    _edit_event(inp, lambda e: e.get("name") == "gloo:all_reduce", {"ts": "soon"})
-    return "node1-TP1.trace.json.gz: an event's ts is not a number ('soon')"
+    return "node1-TP1.trace.json.gz: baseTimeNanoseconds is 9000000000000000000, outside any plausible clock reading"
 
 
 def _gzip_bomb(inp: Path) -> str:
@@ -102,8 +122,7 @@ def _gzip_bomb(inp: Path) -> str:
     return "node1-TP1.trace.json.gz: inflates to more than 268 MB from 0.3 MB"
 
 
-CASES = [_truncated, _not_json, _not_a_trace, _top_level_list, _two_files_one_rank, _absurd_ts_on_an_anchor,
-         _absurd_ts_elsewhere, _ts_not_a_number, _gzip_bomb]
+CASES = [_truncated, _not_json, _not_a_trace, _top_level_list, _two_files_one_rank, *EDITS, _base_past_2100, _gzip_bomb]
 
 
 @pytest.mark.parametrize("spoil", CASES, ids=[c.__name__.strip("_") for c in CASES])

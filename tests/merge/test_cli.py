@@ -53,3 +53,13 @@ def test_bad_options_are_one_line(tmp_path):
     proc = run(str(inp), "--outputs", "aligned,pictures")
     assert proc.returncode == 1 and proc.stderr.strip() == (
         "error: unknown output(s) ['pictures']; choose from aligned, merged, tables, alignment, events")
+
+
+def test_merge_prints_the_tracelens_command_as_run_does(tmp_path):
+    inp = _traces(tmp_path)
+    out = tmp_path / "out"
+    proc = run(str(inp), "-o", str(out), "--outputs", "aligned,alignment")
+    assert proc.returncode == 0, proc.stderr
+    command = (f"TraceLens: TraceLens_generate_multi_rank_collective_report_pytorch --trace_glob "
+               f"'{out}/aligned/*rank*.trace.json.gz' --world_size 2 --gpus_per_node 1")
+    assert command in proc.stdout.splitlines(), proc.stdout

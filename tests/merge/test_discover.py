@@ -25,7 +25,7 @@ from magpie_trace.merge.discover import (
      "dp0_pp0_tp1_dcp0_ep0_rank5"),
     ("1712345-TP-3-DP-1-DECODE.trace.json.gz", "rank", "1712345-TP-3-DP-1-DECODE", 3, None,
      "1712345-TP-3-DP-1-DECODE"),
-    ("vm_9937.async_llm.1795388698147209012.pt.trace.json.gz", "other", "vm_9937", None, None, "vm_9937"),
+    ("vm_9937.async_llm.1795388698147209012.pt.trace.json.gz", "api_server", "vm_9937", None, None, "vm_9937"),
 ])
 def test_names(name, kind, node, tp, rank, label):
     tf = from_name(Path(name))

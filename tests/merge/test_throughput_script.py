@@ -26,3 +26,4 @@ def test_merge_benchmark_prints_both_contenders_and_the_recovered_offsets():
     assert "speed-up per core:" in out
     offsets = re.findall(r"offset\s+(-?[\d.]+) us \(injected\s+(-?[\d.]+)\)", out)
     assert len(offsets) == 2 and all(abs(float(got) - float(want)) < 50 for got, want in offsets)
+    assert "unaligned" not in out  # every node placed (the printed method), none left on its own clock

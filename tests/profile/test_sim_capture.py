@@ -26,8 +26,8 @@ from magpie_trace.rundir import new_run_dir
 from tests.launch.simcluster import local_scheduler, sim_config
 
 
-def complete(url: str) -> None:
-    body = json.dumps({"model": "sim-model", "prompt": "hello", "max_tokens": 8}).encode()
+def complete(url: str, max_tokens: int = 8) -> None:
+    body = json.dumps({"model": "sim-model", "prompt": "hello", "max_tokens": max_tokens}).encode()
     request = urllib.request.Request(url + "/v1/completions", body, {"Content-Type": "application/json"})
     with urllib.request.urlopen(request, timeout=10) as response:
         response.read()
