@@ -66,9 +66,12 @@ def real_vllm(tmp_path, tiny_model, vllm_command, engine_env):
 
 @pytest.fixture
 def one_vllm(tmp_path, tiny_model, vllm_command, engine_env):
-    """One vLLM on one node, started with --served-model-name."""
-    config = vllm_config(local_scheduler(tmp_path, 1), tmp_path, tiny_model, vllm_command, engine_env)
-    config.server.tp, config.server.served_model_name = 1, SERVED
+    """One vLLM, TP=2 over two local nodes, started with --served-model-name. Not TP=1: the tiny
+    model's single-rank decode steps outrun the API server, which then sends a reply's 24 tokens
+    in one chunk, and TPOT (~0 for both clients) cannot be compared; gloo's all-reduce between
+    the ranks makes a step take milliseconds, as a real model's does."""
+    config = vllm_config(local_scheduler(tmp_path, 2), tmp_path, tiny_model, vllm_command, engine_env)
+    config.server.served_model_name = SERVED
     validate(config)
     yield from launched(config)
 
