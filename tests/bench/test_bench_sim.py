@@ -103,12 +103,18 @@ def test_sweep_writes_every_output_and_vllm_keys(sim_run):
     assert any("no GPU telemetry" in w for w in data["warnings"])
 
 
-# (concurrency, requests, output tokens, range ratio, request rate): c1 and c64 are closed loops;
-# at 256 streams arrivals are paced evenly so 256 run at once without a 256-request burst at t=0.
+# (concurrency, requests, output tokens, range ratio, request rate, TTFT and TPOT tolerance ms):
+# c1 and c64 are closed loops; at 256 streams arrivals are paced evenly so 256 run at once without
+# a 256-request burst at t=0. TPOT is a difference of two timestamps and stays within 1 ms. TTFT
+# also carries the sim's own timer lateness (asyncio's epoll timeout rounds up to whole ms: 0.76 ms
+# at the median, measured) and, at 256 streams on 2 cores, the queueing of both processes: on a
+# quiet 2-core machine 31.1 (c1), 31.8-32.2 (c64) and p99 36.5-40.7 ms (c256) for 30. The bounds
+# catch a client that adds or drops time; the client's overhead itself is a figure
+# (benchmarks/client_capacity.py, docs/performance.md), not a timed assertion.
 ACCURACY = {
-    1: (1, 30, 6, 0.0, None, 1.0, 1.0),
-    64: (64, 320, 16, 0.5, None, 1.0, 1.0),
-    256: (256, 768, 20, 0.0, 256 / 1.0, 5.0, 5.0),
+    1: (1, 30, 6, 0.0, None, 3.0, 1.0),
+    64: (64, 320, 16, 0.5, None, 3.0, 1.0),
+    256: (256, 768, 20, 0.0, 256 / 1.0, 15.0, 5.0),
 }
 
 

@@ -43,7 +43,9 @@ def test_the_documented_steps_run(engine_python: Path, tiny_model: Path, tmp_pat
     proc = subprocess.run(["bash", "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True,
                           timeout=1500, stdin=subprocess.DEVNULL)
     assert proc.returncode == 0, proc.stderr[-4000:]
-    assert "--node-rank 1 --headless" in proc.stdout  # the plan, as the doc says
+    # The plan, as the doc says: node 1 runs the same command with --node-rank 1 and --headless.
+    node1 = proc.stdout.split("[node1]", 1)[1].split("\n[", 1)[0]
+    assert "--node-rank 1 " in node1 and "--headless" in node1, proc.stdout
     run_dir = (tmp_path / "runs" / "latest").resolve()
     bench = json.loads((run_dir / "bench" / "result.json").read_text())
     assert bench["valid"] is True and bench["points"][0]["completed"] == 24

@@ -25,11 +25,6 @@ from magpie_trace.engines.sim.metrics import Metrics
 # about cancels the wake-up latency of a busy 2-core machine (~0.1-0.2 ms).
 BATCH_S = 0.0002
 WAKE_LEAD_S = BATCH_S / 2
-# asyncio on Linux sleeps in epoll_wait, whose timeout is whole milliseconds rounded up: a timer
-# fires up to 1 ms late (0.5 ms on average), which a token gap hides (both ends are late alike)
-# but a TTFT, timed from the request's arrival, does not. So the scheduler's timer fires this much
-# early, and the last sub-millisecond is slept in time.sleep, which is precise to ~0.1 ms.
-EPOLL_RESOLUTION_S = 0.001
 _WORDS = ("the", "sim", "engine", "writes", "one", "token", "per", "chunk", "on", "time")
 
 
@@ -123,15 +118,12 @@ class TokenEngine:
                 await self._wake
                 continue
             when = heap[0][0] - WAKE_LEAD_S
-            wait = when - loop.time()
-            if wait > EPOLL_RESOLUTION_S:
+            if when > loop.time():
                 self._wake = loop.create_future()
-                timer = loop.call_at(when - EPOLL_RESOLUTION_S, _resolve, self._wake)
+                timer = loop.call_at(when, _resolve, self._wake)
                 await self._wake
                 timer.cancel()
                 continue
-            if wait > 0:
-                time.sleep(wait)  # under 1 ms: the event loop cannot time it
             now = loop.time()
             horizon = now + BATCH_S
             while heap and heap[0][0] <= horizon and not self.hung:
