@@ -173,22 +173,21 @@ def plan_command(config_path: str, overrides: tuple[str, ...], as_json: bool) ->
 def echo_plan(plan: Any) -> None:
     """Groups and router (if any), then per node: host, role, ranks, the exact command and env
     (secrets masked)."""
+    shown = plan.to_dict()  # argv and env as masked for output
     if plan.has_groups:
         click.echo(f"{plan.engine} on {len(plan.nodes)} node(s) via {plan.backend}, "
                    f"{len(plan.groups)} group(s); endpoint(s) {', '.join(plan.endpoints)}")
         for group in plan.groups:
             layout = group.layout
-            nodes = ", ".join(plan.nodes[i].name for i in range(len(plan.nodes))
-                              if plan.nodes[i].index in group.nodes)
+            nodes = ", ".join(node.name for node in plan.nodes if node.index in group.nodes)
             kv = f"; KV port {group.bootstrap_port}" if group.bootstrap_port is not None else ""
             click.echo(f"  group {group.name} ({group.role}): TP{layout.tp} PP{layout.pp} "
                        f"DP{layout.dp} EP{layout.ep} on {nodes}; API {', '.join(group.api_urls)}{kv}")
         if plan.router is not None:
             router = plan.router
             click.echo(f"\n[router] {router.kind} on {router.node_name} at {router.url}")
-            shown = plan.to_dict()["router"]
-            click.echo("  command: " + shlex.join(shown["argv"]))
-            for key, value in sorted(shown["env"].items()):
+            click.echo("  command: " + shlex.join(shown["router"]["argv"]))
+            for key, value in sorted(shown["router"]["env"].items()):
                 click.echo(f"  env: {key}={value}")
     else:
         layout = plan.layout
@@ -196,7 +195,7 @@ def echo_plan(plan: Any) -> None:
             f"{plan.engine} on {layout.nnodes} node(s) via {plan.backend}: TP{layout.tp} PP{layout.pp} "
             f"DP{layout.dp} EP{layout.ep} = {layout.world_size} ranks; endpoint {plan.head_url}"
         )
-    for node, info in zip(plan.nodes, plan.to_dict()["nodes"]):
+    for node, info in zip(plan.nodes, shown["nodes"]):
         layout = node.layout
         ranks = ", ".join(
             f"{r.global_rank}(tp{r.tp} pp{r.pp} dp{r.dp}" + (f" ep{r.ep})" if layout.ep > 1 else ")")

@@ -629,6 +629,7 @@ _BOUNDS: tuple[tuple[str, float, bool], ...] = (
     ("server.sim.itl_ms", 0, True),
     ("server.sim.startup_s", 0, True),
     ("server.sim.layers", 1, True),
+    ("server.sim.hang_after_s", 0, True),
     ("profile.delay_iterations", 0, True),
     ("profile.max_iterations", 0, True),
     ("profile.start_step", 0, True),
@@ -736,9 +737,6 @@ def validate(config: Config) -> None:
         for index, value in mapping.items():
             if not math.isfinite(value) or (key == "die_after_s" and value < 0):
                 raise ConfigError(f"{src}: server.sim.{key}.{index}: {value!r} is out of range")
-    hang = server.sim.hang_after_s
-    if hang is not None and not (math.isfinite(hang) and hang >= 0):
-        raise ConfigError(f"{src}: server.sim.hang_after_s: {hang!r} is out of range")
     for i, group in enumerate(server.groups):
         _check_env(group.env, f"server.groups[{i}].env", src)
     if config.router is not None:

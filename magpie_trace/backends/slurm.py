@@ -63,8 +63,8 @@ exit $c
 """
 
 # srun's and slurmstepd's own lines on stderr; the task's status lines are not transport failures.
-_SLURM_LINE = re.compile(r"^(srun|slurmstepd(-\S+)?): ")
-_SLURM_PREFIX = re.compile(r"^(srun|slurmstepd(-\S+)?): ((error|fatal): )?")
+# (Its match is the prefix to drop from a line quoted in an error.)
+_SLURM_LINE = re.compile(r"^(srun|slurmstepd(-\S+)?): ((error|fatal): )?")
 _TASK_LINE = re.compile(r"^srun: error: \S+: tasks? [\d,-]+: ")
 START_TIMEOUT_S = 120.0  # step creation can wait for the controller
 STEPS_TTL_S = 0.2  # one squeue answers the liveness checks of every node at once
@@ -148,7 +148,7 @@ class SlurmBackend(PosixBackend):
         failures = [line for line in failures if not _TASK_LINE.match(line)
                     and not line.startswith("slurmstepd")]
         if result.returncode != 0 and failures:
-            raise NodeError(node.name, f"srun on {node.host}: {_SLURM_PREFIX.sub('', failures[-1])}")
+            raise NodeError(node.name, f"srun on {node.host}: {_SLURM_LINE.sub('', failures[-1])}")
         stderr = "".join(line for line in result.stderr.splitlines(keepends=True)
                          if not _SLURM_LINE.match(line))
         return CommandResult(result.returncode, result.stdout, stderr)
@@ -224,7 +224,7 @@ class SlurmBackend(PosixBackend):
                 raise NodeError(node.name, f"cannot start {what}: unexpected {line[0][:200]!r}")
             if proc.poll() is not None:
                 errors = _read(err).decode(errors="replace")
-                lines = [_SLURM_PREFIX.sub("", ln) for ln in errors.splitlines() if ln.strip()]
+                lines = [_SLURM_LINE.sub("", ln) for ln in errors.splitlines() if ln.strip()]
                 detail = lines[-1] if lines else f"srun exited with code {proc.returncode}"
                 raise NodeError(node.name, f"cannot start {what} on Slurm node {node.host}: {detail}")
             if time.monotonic() > deadline:

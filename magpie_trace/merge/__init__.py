@@ -209,15 +209,11 @@ def _solve_groups(files: list[TraceFile], scanned: list[Scanned], ranks: list[in
     fits, unplaced = place_groups(group_fits, handoffs, reference_group, probed)
     for group, why in unplaced.items():
         for node in group_fits[group]:
-            fits[node] = ClockFit(node, 0.0, 0.0, t0, "unaligned", 0, float("inf"),
-                                  warnings=[f"{node}: left on its own clock: {why}"], unaligned=why,
-                                  interval_ns=(-np.inf, np.inf))
+            fits[node] = ClockFit.left_alone(node, t0, why)
     for node in all_nodes:
         if node not in fits:
             why = "no rank trace of its group on it"
-            fits[node] = ClockFit(node, 0.0, 0.0, t0, "unaligned", 0, float("inf"),
-                                  warnings=[f"{node}: left on its own clock: {why}"], unaligned=why,
-                                  interval_ns=(-np.inf, np.inf))
+            fits[node] = ClockFit.left_alone(node, t0, why)
     return fits, notes
 
 

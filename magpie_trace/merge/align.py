@@ -97,6 +97,13 @@ class ClockFit:
     interval_ns: tuple[float, float] = (0.0, 0.0)  # hard bounds on the offset at t0, from causality/probe
     unaligned: str | None = None  # why the node could not be placed (it stays on its own clock)
 
+    @classmethod
+    def left_alone(cls, node: str, t0_ns: int, why: str) -> "ClockFit":
+        """A node that cannot be placed: it stays on its own clock, and says why."""
+        return cls(node, 0.0, 0.0, t0_ns, "unaligned", 0, float("inf"),
+                   warnings=[f"{node}: left on its own clock: {why}"], unaligned=why,
+                   interval_ns=(-np.inf, np.inf))
+
     @property
     def aligned(self) -> bool:
         return self.unaligned is None
@@ -523,9 +530,7 @@ def _solve(times: NodeTimes, reference: str, t0: int, probes: dict[str, list[Pro
             why = conflict.get(node) or ("no anchor ties it to the reference (none shared, or none matched or "
                                          "fitted: see the warnings) and it has no clock probe"
                                          if node in nodes or node not in probes else "no anchors")
-            fits[node] = ClockFit(node, 0.0, 0.0, t0, "unaligned", 0, float("inf"),
-                                  warnings=[f"{node}: left on its own clock: {why}"], unaligned=why,
-                                  interval_ns=(-np.inf, np.inf))
+            fits[node] = ClockFit.left_alone(node, t0, why)
     return fits, notes
 
 
