@@ -30,11 +30,11 @@ from typing import Any
 import numpy as np
 
 from magpie_trace.merge.anchors import Matched
+from magpie_trace.merge.lines import MAX_DRIFT, theil_sen
 
 MIN_ANCHORS = 20  # fewer matched instances than this between two nodes: warn
-MIN_ENDS_DRIFT = 6  # synchronous ends (a few us apart) fit a drift from this many over 0.2 s
+MIN_ENDS_DRIFT = 3  # synchronous ends (a few us apart) fit a drift from this many over 0.2 s
 MIN_DRIFT_SPAN_NS = 200_000_000  # shorter than this: fit an offset only
-MAX_DRIFT = 100_000.0  # ns per s (100 ppm): physical clocks do not drift more
 MIN_AGREEING = 0.5  # fewer of a pair's anchors than this agreeing with one line: refused
 SAME_NODE_SLACK_NS = 200_000  # files of one node may disagree this much (each process converts its clock)
 _SEARCH_ITERS = 100
@@ -185,20 +185,6 @@ def feasible_spread(xl: np.ndarray, yl: np.ndarray, xu: np.ndarray, yu: np.ndarr
         for x in x_ends:
             worst = max(worst, abs(low + slope * x - (a + b * x)), abs(high + slope * x - (a + b * x)))
     return float(worst)
-
-
-def theil_sen(x: np.ndarray, y: np.ndarray, fit_drift: bool) -> tuple[float, float]:
-    """Robust line; slopes from at most 20k deterministic point pairs."""
-    if not fit_drift or len(x) < MIN_ENDS_DRIFT:
-        return float(np.median(y)), 0.0
-    n = len(x)
-    rng = np.random.default_rng(0)
-    i = rng.integers(0, n, 20_000)
-    j = rng.integers(0, n, 20_000)
-    keep = np.abs(x[i] - x[j]) > 1e-3
-    slopes = (y[i][keep] - y[j][keep]) / (x[i][keep] - x[j][keep])
-    b = float(np.clip(np.median(slopes), -MAX_DRIFT, MAX_DRIFT)) if len(slopes) else 0.0
-    return float(np.median(y - b * x)), b
 
 
 def _stab_point(lower: np.ndarray, upper: np.ndarray) -> tuple[float, int]:

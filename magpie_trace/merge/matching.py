@@ -24,11 +24,13 @@ from typing import Any
 import numpy as np
 
 from magpie_trace.merge.anchors import COLL, P2P, RECV, SEND, Anchor, Collective
+from magpie_trace.merge.lines import theil_sen
 
 SAMPLE = 64  # events of one sequence whose end differences propose offsets
 PEAKS = 8  # candidate offsets scored in full
 NEIGHBOURS = 16  # events of one rank that may overlap one event of the other
 MIN_PAIRS = 3
+MIN_LINE_PAIRS = 20  # the pairs' line follows a drift from this many; fewer: an offset only
 MIN_COVERAGE = 0.2  # consistent pairs / events of the shorter sequence inside the overlap
 AMBIGUOUS = 0.75  # a second offset at least this good, elsewhere: the pairing is not determined
 
@@ -222,18 +224,6 @@ def _peaks(diffs: np.ndarray, width: float) -> list[float]:
     return out
 
 
-def _theil_sen_line(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
-    """Robust (intercept, slope) of y over x; slope 0 with few points."""
-    if len(x) < 20 or np.ptp(x) <= 0:
-        return float(np.median(y)), 0.0
-    rng = np.random.default_rng(0)
-    i, j = rng.integers(0, len(x), 4000), rng.integers(0, len(x), 4000)
-    keep = x[i] != x[j]
-    slope = float(np.median((y[i][keep] - y[j][keep]) / (x[i][keep] - x[j][keep]))) if keep.any() else 0.0
-    slope = float(np.clip(slope, -1e-4, 1e-4))  # 100 ppm: no clock drifts more
-    return float(np.median(y - slope * x)), slope
-
-
 def _pair_directed(a: Seq, b: Seq, prior: Prior | None) -> PairMatch:
     """Sends of a with receives of b, in order (transfers between two ranks are FIFO). A receive ends
     after its send started, so pairing it with a later send than its own can contradict that, and
@@ -278,7 +268,9 @@ def pair_sequences(a: Seq, b: Seq, directed: bool, prior: Prior | None) -> PairM
         # the middle stay), then the ordered pairs under it, until they stop changing.
         origin = int(b.e[0])
         for _ in range(6):
-            c0, slope = _theil_sen_line((b.e[ib] - origin).astype(np.float64), (b.e[ib] - a.e[ia]).astype(np.float64))
+            x = (b.e[ib] - origin).astype(np.float64)
+            c0, slope = theil_sen(x / 1e9, (b.e[ib] - a.e[ia]).astype(np.float64), len(x) >= MIN_LINE_PAIRS)
+            slope /= 1e9
             new_a, new_b = _chain(a, b, c0, slope, origin)
             if len(new_a) < MIN_PAIRS or (len(new_a) == len(ia) and np.array_equal(new_a, ia) and np.array_equal(new_b, ib)):
                 break
