@@ -79,8 +79,17 @@ def test_vllm_router_protocol_hands_the_kv_over_after_the_transfer_delay(sim) ->
                                 {"prompt": "a b c d", "max_tokens": 6, "stream": True,
                                  "kv_transfer_params": params})
     assert len(stamps) == 6
-    first_ms = (stamps[0] - sent) * 1000
-    assert first_ms >= TRANSFER_MS  # the KV was already computed: only the transfer remains
+    # The handoff takes the transfer delay from the prefill's first token: the decode's first token
+    # comes no sooner, and a decode that asks after the delay is over has the KV at once.
+    assert (stamps[0] - started) * 1000 >= TTFT_MS + TRANSFER_MS
+    late = dict(body, prompt="e f g h", stream=False)
+    status, raw = post(prefill.url("/v1/completions"), late)
+    assert status == 200, raw
+    time.sleep(2 * TRANSFER_MS / 1000)
+    sent, late_stamps = timed_stream(decode.url("/v1/completions"),
+                                     {"prompt": "e f g h", "max_tokens": 6, "stream": True,
+                                      "kv_transfer_params": orjson.loads(raw)["kv_transfer_params"]})
+    assert len(late_stamps) == 6 and (late_stamps[0] - sent) * 1000 < TRANSFER_MS
     gaps = sorted((b - a) * 1000 for a, b in zip(stamps, stamps[1:]))
     if busy_cores(0.5) <= 0.5:  # a busy machine delivers tokens in bursts
         assert abs(gaps[len(gaps) // 2] - ITL_MS) < 2.0
@@ -147,6 +156,12 @@ def test_decode_refuses_requests_no_router_paired_and_reports_a_lost_prefill(sim
                        {"prompt": "a", "max_tokens": 2, "bootstrap_host": "127.0.0.1",
                         "bootstrap_room": 2, "bootstrap_port": dead})
     assert status == 503 and f"127.0.0.1:{dead}".encode() in raw
+    # Streamed, the headers went out on arrival (as vLLM's do): the failure is an error event.
+    status, raw = post(decode.url("/v1/completions"),
+                       {"prompt": "a", "max_tokens": 2, "stream": True, "bootstrap_host": "127.0.0.1",
+                        "bootstrap_room": 3, "bootstrap_port": dead})
+    (event,) = sse_events(raw)
+    assert status == 200 and event["error"]["code"] == 503 and f"127.0.0.1:{dead}" in event["error"]["message"]
     # A plain request to a prefill server is served whole (vLLM's kv_both instance does so).
     status, raw = post(prefill.url("/v1/completions"), {"prompt": "a", "max_tokens": 3})
     assert status == 200 and orjson.loads(raw)["usage"]["completion_tokens"] == 3

@@ -2,16 +2,23 @@
 
 A prefill server's head listens on its KV port (SGLang's bootstrap port, vLLM's NIXL side-channel
 port). A decode server pulls a request's KV by key (SGLang's bootstrap_room, or the request id
-vLLM's prefill returned in kv_transfer_params): it sends `pull` and gets `kv` once the prefill has
-computed that prompt and the configured transfer delay has passed since the later of that moment
-and the pull. Both sides report each transfer with the wall-clock instants they saw it begin and
+vLLM's prefill returned in kv_transfer_params): it sends `pull` and gets `kv` the configured
+transfer delay after the prefill computed that prompt (at once if it asks later than that: the
+router's hops between the two servers, which vLLM's protocol puts between them, are part of the
+handoff, as they are in SGLang's, where the decode asks first). Both sides report each transfer with the wall-clock instants they saw it begin and
 end, so the traces of both groups show it, and four timestamps per transfer (pull sent, pull
 received, KV sent, KV received) bound the clock offset between the two nodes as an NTP exchange.
+
+The transfer delay is the whole handoff: the side channel's own latency (a process wake-up on each
+side, ~0.3 ms on a busy 2-core VM) is not added to it. Each `kv` reply says how long the prefill
+held the pull, so the decode knows the link's round trip without either clock; it sends the median
+of its recent one-way estimates with its next pulls (`lead_ns`), and the prefill sends that much early.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import itertools
 import logging
 import time
@@ -25,6 +32,7 @@ log = logging.getLogger("magpie_trace.engines.sim")
 
 # A computed prompt nobody pulls is dropped after this long; a pull waits at most this long.
 KV_TTL_S = 120.0
+LEAD_SAMPLES = 15  # the link's one-way latency: the median of this many recent round trips, halved
 
 
 @dataclass(frozen=True)
@@ -109,13 +117,16 @@ class KvSender:
             writer.write(wire.encode({"op": "error", "req": message["req"], "error": str(error)}))
             return
         self._ready.pop(key, None)
-        send_at = max(ready, received) + self.transfer_s
+        lead_ns = message.get("lead_ns")
+        lead_s = min(lead_ns / 1e9, self.transfer_s) if type(lead_ns) is int and lead_ns > 0 else 0.0
+        send_at = max(ready + self.transfer_s - lead_s, received)  # lands when the delay is over
         await asyncio.sleep(send_at - loop.time())
         sent_ns = time.time_ns()
         xfer_ns = round(self.transfer_s * 1e9)
         if writer.is_closing():
             return
-        writer.write(wire.encode({"op": "kv", "req": message["req"], "xfer_ns": xfer_ns}))
+        writer.write(wire.encode({"op": "kv", "req": message["req"], "xfer_ns": xfer_ns,
+                                  "held_ns": sent_ns - received_ns}))
         self._on_transfer(Transfer("send", key, received_ns, sent_ns, xfer_ns, peer))
 
 
@@ -145,6 +156,7 @@ class _Link:
         self._connecting: asyncio.Task[None] | None = None
         self._pending: dict[int, asyncio.Future[dict[str, Any]]] = {}
         self._ids = itertools.count(1)
+        self._one_way_ns: collections.deque[int] = collections.deque(maxlen=LEAD_SAMPLES)
         self.closed = False
 
     async def _connect(self) -> None:
@@ -178,10 +190,16 @@ class _Link:
         req = next(self._ids)
         future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
         self._pending[req] = future
+        pull: dict[str, Any] = {"op": "pull", "req": req, "key": key}
+        if self._one_way_ns:
+            pull["lead_ns"] = sorted(self._one_way_ns)[len(self._one_way_ns) // 2]
         sent_ns = time.time_ns()
-        self._writer.write(wire.encode({"op": "pull", "req": req, "key": key}))
+        self._writer.write(wire.encode(pull))
         reply = await future
         received_ns = time.time_ns()
         if reply.get("op") != "kv":
             raise KvError(f"the prefill at {self.peer} has no KV for {key}: {reply.get('error')}")
+        held_ns = reply.get("held_ns")
+        if type(held_ns) is int and 0 <= held_ns <= received_ns - sent_ns:
+            self._one_way_ns.append((received_ns - sent_ns - held_ns) // 2)
         return Transfer("recv", key, sent_ns, received_ns, int(reply["xfer_ns"]), self.peer)

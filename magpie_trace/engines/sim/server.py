@@ -9,6 +9,7 @@ and, only with a profile dir (vLLM mounts them only when its profiler is configu
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 import time
 import uuid
@@ -38,10 +39,13 @@ class BadRequest(Exception):
         self.status = status
 
 
-def _error(message: str, status: int) -> web.Response:
+def _error_body(message: str, status: int) -> bytes:
     kind = {400: "BadRequestError", 404: "NotFoundError", 409: "ConflictError"}.get(status, "Error")
-    body = {"error": {"message": message, "type": kind, "param": None, "code": status}}
-    return web.Response(status=status, body=orjson.dumps(body), content_type="application/json")
+    return orjson.dumps({"error": {"message": message, "type": kind, "param": None, "code": status}})
+
+
+def _error(message: str, status: int) -> web.Response:
+    return web.Response(status=status, body=_error_body(message, status), content_type="application/json")
 
 
 def _words(text: Any, where: str) -> list[str]:
@@ -222,19 +226,28 @@ class HeadServer:
             return _error(str(exc), 400)
         self.metrics.prefix_cache_queries += prompt_tokens
         self.metrics.prefix_cache_hits += self.prefix_cache.lookup_and_insert(prompt)
+        base = {"id": request_id, "object": "chat.completion.chunk" if chat else "text_completion",
+                "created": int(time.time()), "model": model}
+        response: web.StreamResponse | None = None
+        if stream:  # the headers go out now, as vLLM's StreamingResponse sends them before any token
+            response = web.StreamResponse(headers={"Content-Type": "text/event-stream",
+                                                   "Cache-Control": "no-cache"})
+            await response.prepare(request)
         first = None
         if self.role is not None:
             max_tokens = self.role.max_tokens(handoff, max_tokens)
             try:
                 first = await self.role.admit(handoff, arrival + self.engine.ttft)
             except KvError as exc:
-                return _error(f"KV transfer failed: {exc}", 503)
-        base = {"id": request_id, "object": "chat.completion.chunk" if chat else "text_completion",
-                "created": int(time.time()), "model": model}
-        if stream:
-            response = web.StreamResponse(headers={"Content-Type": "text/event-stream",
-                                                   "Cache-Control": "no-cache"})
-            await response.prepare(request)
+                if response is None:
+                    return _error(f"KV transfer failed: {exc}", 503)
+                # Past the headers an error is an event of the stream, as vLLM sends it.
+                with contextlib.suppress(ConnectionError):
+                    await response.write(b"data: " + _error_body(f"KV transfer failed: {exc}", 503)
+                                         + b"\n\ndata: [DONE]\n\n")
+                    await response.write_eof()
+                return response
+        if response is not None:
             output = _Sse(response, base, chat, prompt_tokens, include_usage)
             await self.engine.submit(request_id, prompt_tokens, max_tokens, output, arrival,
                                      arrival_ns, first)
