@@ -23,6 +23,7 @@ from typing import Any, Callable
 import orjson
 
 from magpie_trace import node_monitor
+from magpie_trace.awake import AWAKE
 from magpie_trace.backends.base import Backend, LineStream, ProcessHandle
 from magpie_trace.config import NodeConfig
 from magpie_trace.engines import get_engine
@@ -55,7 +56,7 @@ class NodeMonitor:
     rank_process: Callable[[str], str | None]
     interval_s: float = 1.0
     silence_s: float = 10.0
-    last_ok: float = field(default_factory=time.monotonic)
+    last_ok: float = field(default_factory=AWAKE.now)  # in AWAKE time: our own stalls are not its silence
     samples: int = 0
     gpu: list[dict[str, Any]] = field(default_factory=list)  # {"t", "source", "text"}
     watched: dict[int, Watched] = field(default_factory=dict)
@@ -75,7 +76,7 @@ class NodeMonitor:
         except MagpieError as exc:
             self.trip = Trip(self.node.name, f"cannot start its monitor: {exc}")
             return
-        self.last_ok = time.monotonic()
+        self.last_ok = AWAKE.now()
         self._thread = threading.Thread(target=self._read, name=f"monitor-{self.node.name}", daemon=True)
         self._thread.start()
 
@@ -95,7 +96,7 @@ class NodeMonitor:
                 sample = orjson.loads(line)
             except orjson.JSONDecodeError:
                 continue
-            self.last_ok = time.monotonic()
+            self.last_ok = AWAKE.now()
             self.samples += 1
             if sample.get("gpu"):
                 self.gpu.append({"t": sample["t"], **sample["gpu"]})
@@ -144,7 +145,7 @@ class NodeMonitor:
     def check(self) -> Trip | None:
         if self.trip is not None:
             return self.trip
-        silent = time.monotonic() - self.last_ok
+        silent = AWAKE.now() - self.last_ok
         # Its first sample waits for a python to start on the node: slow on a busy one.
         if silent > (self.silence_s if self.samples else max(self.silence_s, FIRST_SAMPLE_S)):
             return Trip(self.node.name, f"no status from the node for {silent:.0f} s "

@@ -6,9 +6,9 @@ exist; the result says so instead of inventing one.
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
+from magpie_trace.awake import AWAKE
 from magpie_trace.bench.telemetry import NodeSampler
 from magpie_trace.bench.watchdog import Trip
 from magpie_trace.plan import Plan
@@ -55,7 +55,7 @@ def per_node(
             entry["telemetry"] = sampler.summary()
             entry["liveness"] = {
                 "telemetry_failures": sampler.failures,
-                "seconds_since_last_answer": round(time.monotonic() - sampler.last_ok, 3),
+                "seconds_since_last_answer": round(AWAKE.now() - sampler.last_ok, 3),
             }
         else:
             entry["telemetry"] = {"source": "none", "note": "no backend given: telemetry not sampled"}

@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 import orjson
 
+from magpie_trace.awake import AWAKE
 from magpie_trace.backends.base import Backend
 from magpie_trace.config import NodeConfig
 from magpie_trace.errors import MagpieError
@@ -149,7 +150,7 @@ def detect_source(backend: Backend, node: NodeConfig, timeout_s: float = 20.0) -
 
 @dataclass
 class NodeSampler:
-    """Samples one node in a thread; `last_ok` is the monotonic time of the last answer."""
+    """Samples one node in a thread; `last_ok` is the AWAKE time of the last answer."""
 
     backend: Backend
     node: NodeConfig
@@ -157,7 +158,7 @@ class NodeSampler:
     source: str = "none"
     note: str = ""
     samples: list[dict[str, Any]] = field(default_factory=list)
-    last_ok: float = field(default_factory=time.monotonic)
+    last_ok: float = field(default_factory=AWAKE.now)
     failures: int = 0
     last_error: str = ""
     _stop: threading.Event = field(default_factory=threading.Event)
@@ -168,14 +169,14 @@ class NodeSampler:
             self.source, self.note = detect_source(self.backend, self.node)
         except MagpieError as exc:
             self.source, self.note, self.last_error = "none", str(exc), str(exc)
-        self.last_ok = time.monotonic()
+        self.last_ok = AWAKE.now()
         self._thread = threading.Thread(target=self._loop, name=f"telemetry-{self.node.name}", daemon=True)
         self._thread.start()
 
     def feed(self, sample: dict[str, Any]) -> None:
         """One line of the node's monitor (magpie_trace.monitor): the node's own GPU tool output,
         parsed here; no command is run from here for it."""
-        self.last_ok = time.monotonic()
+        self.last_ok = AWAKE.now()
         gpu = sample.get("gpu")
         if not gpu:
             self.note = "no nvidia-smi or amd-smi on this node"
@@ -203,7 +204,7 @@ class NodeSampler:
                 if parse is not None:
                     gpus = parse(result.stdout)
                     self.samples.append({"t": time.time(), "gpus": [g.to_dict() for g in gpus]})
-                self.last_ok = time.monotonic()
+                self.last_ok = AWAKE.now()
             except Exception as exc:  # noqa: BLE001 - any failure is a missed sample, counted
                 self.failures += 1
                 self.last_error = str(exc)

@@ -17,6 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from magpie_trace import interrupts
+from magpie_trace.awake import AWAKE
 from magpie_trace.backends.base import Backend, ProcessHandle
 from magpie_trace.bench.client import Progress
 from magpie_trace.bench.telemetry import NodeSampler
@@ -99,7 +100,7 @@ class Watchdog:
             pass  # teardown (or `magpie-trace stop`) tries again
 
     def check_telemetry(self) -> Trip | None:
-        now = time.monotonic()
+        now = AWAKE.now()
         for name, sampler in self.samplers.items():
             silent = now - sampler.last_ok
             if silent > self.silence_s:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from magpie_trace.awake import AWAKE
 from magpie_trace.backends import make_backend
 from magpie_trace.bench.telemetry import NodeSampler, detect_source
 from magpie_trace.bench.watchdog import Watchdog
@@ -62,7 +63,7 @@ def test_cpu_node_says_so_and_is_still_polled(tmp_path, monkeypatch):
     time.sleep(0.5)
     sampler.stop()
     assert sampler.summary()["note"] == "no nvidia-smi; no amd-smi"
-    assert time.monotonic() - sampler.last_ok < 0.5 and sampler.failures == 0
+    assert AWAKE.now() - sampler.last_ok < 0.5 and sampler.failures == 0
 
 
 def test_ssh_node_sampled_then_lost_trips_the_watchdog(ssh_scheduler):
@@ -106,7 +107,7 @@ def test_ray_node_sampled_then_removed_trips_the_watchdog(ray_cluster, tmp_path)
         sampler = NodeSampler(backend, node, interval_s=0.3)
         sampler.start()
         time.sleep(1.0)
-        assert sampler.failures == 0 and time.monotonic() - sampler.last_ok < 1.0
+        assert sampler.failures == 0 and AWAKE.now() - sampler.last_ok < 1.0
         assert sampler.source == "none"  # a CPU "node": said plainly
         assert "no nvidia-smi" in sampler.summary()["note"]
         ray_cluster.remove_node("bench-n9")
