@@ -77,8 +77,11 @@ def test_real_vllm_pd_pair_behind_vllm_router(nixl, ssh_scheduler, tiny_model, v
                             command=router_command("vllm-router"), ready_timeout_s=120.0),
         profile=ProfileConfig(enabled=True, with_stack=False, start_after_s=1.0, duration_s=3.0,
                               timeout_s=300.0),
+        # Two vLLMs compiling their kernels on a 2-core machine left the processes beside them
+        # (the node monitors among them) without a CPU for 12-23 s at a time: the nodes are
+        # watched every 5 s, so a node is called lost after 25 s of silence, not 10.
         benchmark=BenchmarkConfig(input_len=32, output_len=8, num_prompts=8, concurrency=[2],
-                                  warmup_requests=1, stall_timeout_s=120.0),
+                                  warmup_requests=1, stall_timeout_s=120.0, telemetry_interval_s=5.0),
         output=OutputConfig(dir=str(tmp_path / "runs")),
         source="real-vllm-pd-test",
     )
