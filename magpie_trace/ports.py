@@ -13,15 +13,16 @@ _LOW, _HIGH = 20000, 32000  # below Linux's default ephemeral range (32768-60999
 
 
 def free_port(host: str = "127.0.0.1") -> int:
-    """A port nothing listens on at host now, chosen at random below the ephemeral range."""
+    """A port nothing holds on this machine now, on any address (as preflight checks it: a server
+    on 127.0.0.3 makes the port busy for one on 127.0.0.2 too), at random below the ephemeral range."""
     rng = random.SystemRandom()
     for _ in range(200):
         port = rng.randrange(_LOW, _HIGH)
         with socket.socket() as sock:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             try:
-                sock.bind((host, port))
+                sock.bind(("0.0.0.0", port))
             except OSError:
                 continue
             return port
-    raise OSError(f"no free TCP port on {host} in {_LOW}-{_HIGH}")
+    raise OSError(f"no free TCP port for {host} in {_LOW}-{_HIGH}")

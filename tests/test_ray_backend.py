@@ -11,6 +11,7 @@ import hashlib
 import json
 import os
 import signal
+import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -123,12 +124,16 @@ def test_stop_escalates_to_sigkill(backend: RayBackend) -> None:
 
 
 def test_commands_get_every_signal(backend: RayBackend) -> None:
-    """Ray's worker threads block SIGINT; the commands they fork must not inherit that."""
+    """Ray's worker threads block SIGINT; the commands they fork must not inherit that. What the
+    user's own shell ignores (nohup: SIGHUP) they ignore too, as the cluster's processes do."""
     node = _node(backend, "n0")
     masks = "grep -E '^Sig(Blk|Ign)' /proc/self/status"
+    here = subprocess.run(["sh", "-c", masks], capture_output=True, text=True, check=True).stdout.split()
+    ours = here[3]  # what a command started from this shell ignores
     assert backend.run(node, ["sh", "-c", masks]).stdout.split() == [
-        "SigBlk:", "0" * 16, "SigIgn:", "0" * 16,
+        "SigBlk:", "0" * 16, "SigIgn:", ours,
     ]  # fmt: skip
+    assert not int(ours, 16) & (1 << (signal.SIGINT - 1)), "this shell ignores Ctrl-C: run the tests from one that does not"
     waiting = "import time; print('armed', flush=True); time.sleep(60)"
     handle = backend.start(
         node, [sys.executable, "-c", waiting], {}, f"{backend.workdir(node)}/i.log"
