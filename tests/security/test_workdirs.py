@@ -135,7 +135,7 @@ def test_a_folder_another_user_made_is_refused_over_ssh(ssh_scheduler, tmp_path)
     with pytest.raises(MagpieError) as info:
         run(config)
     run_dir = RunDir(next(Path(config.output.dir).glob("2*")))
-    check_refused(run_dir, str(info.value), spot, "belongs to uid 65534, not to you (uid 0): refused")
+    check_refused(run_dir, str(info.value), spot, f"belongs to uid 65534, not to you (uid {os.geteuid()}): refused")
     assert list(spot.iterdir()) == []
 
 
