@@ -31,6 +31,7 @@ PEAKS = 8  # candidate offsets scored in full
 NEIGHBOURS = 16  # events of one rank that may overlap one event of the other
 MIN_PAIRS = 3
 MIN_LINE_PAIRS = 20  # the pairs' line follows a drift from this many; fewer: an offset only
+LINE_SLOPES = 4000  # slopes per refinement of that line (it is redrawn up to 6 times per candidate)
 MIN_COVERAGE = 0.2  # consistent pairs / events of the shorter sequence inside the overlap
 AMBIGUOUS = 0.75  # a second offset at least this good, elsewhere: the pairing is not determined
 
@@ -269,7 +270,8 @@ def pair_sequences(a: Seq, b: Seq, directed: bool, prior: Prior | None) -> PairM
         origin = int(b.e[0])
         for _ in range(6):
             x = (b.e[ib] - origin).astype(np.float64)
-            c0, slope = theil_sen(x / 1e9, (b.e[ib] - a.e[ia]).astype(np.float64), len(x) >= MIN_LINE_PAIRS)
+            c0, slope = theil_sen(x / 1e9, (b.e[ib] - a.e[ia]).astype(np.float64), len(x) >= MIN_LINE_PAIRS,
+                                  LINE_SLOPES)
             slope /= 1e9
             new_a, new_b = _chain(a, b, c0, slope, origin)
             if len(new_a) < MIN_PAIRS or (len(new_a) == len(ia) and np.array_equal(new_a, ia) and np.array_equal(new_b, ib)):

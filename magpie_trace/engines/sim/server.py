@@ -239,12 +239,12 @@ class HeadServer:
             try:
                 first = await self.role.admit(handoff, arrival + self.engine.ttft)
             except KvError as exc:
+                message = f"KV transfer failed: {exc}"
                 if response is None:
-                    return _error(f"KV transfer failed: {exc}", 503)
+                    return _error(message, 503)
                 # Past the headers an error is an event of the stream, as vLLM sends it.
                 with contextlib.suppress(ConnectionError):
-                    await response.write(b"data: " + _error_body(f"KV transfer failed: {exc}", 503)
-                                         + b"\n\ndata: [DONE]\n\n")
+                    await response.write(b"data: " + _error_body(message, 503) + b"\n\ndata: [DONE]\n\n")
                     await response.write_eof()
                 return response
         if response is not None:
