@@ -24,7 +24,7 @@ from magpie_trace.rundir import new_run_dir
 from tests.launch.simcluster import local_scheduler, sim_config
 from tests.procs import children_of, leftover_processes, wait_for
 from tests.run.ending import read_until
-from tests.sim.test_sim_server import busy_cores
+from tests.timing import busy_cores
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -29,7 +29,7 @@ from magpie_trace.rundir import new_run_dir
 from tests.bench.local_app import serving
 from tests.launch.simcluster import local_scheduler, sim_config
 from tests.procs import leftover_processes, wait_for
-from tests.sim.test_sim_server import busy_cores
+from tests.timing import busy_cores, measure_within
 
 ITL_MS = 5.0
 # vLLM 0.32's `vllm bench serve --save-result --save-detailed` keys for a capped, unpaced run
@@ -193,18 +193,20 @@ def test_trace_replay_sends_within_5_ms_of_the_trace_at_50_req_s(sim, tmp_path):
     if others > 0.5:
         pytest.skip(f"other processes keep {others:.1f} cores busy: send times are not measurable")
     for dataset, path in (("mooncake", mooncake), ("burstgpt", burst)):
-        # One hiccup of a shared VM makes one send late (8.8 ms seen once, in a run of the whole
-        # tier as a new user): a second replay is taken when the first was hit.
-        for _ in range(2):
+
+        def replay(dataset: str = dataset, path: Path = path) -> list[float]:
             result = sim.bench(dataset=dataset, dataset_path=str(path), num_prompts=100, concurrency=None,
                                trace_block_size=8)
+            assert result.points[0]["point"] == "replay" and result.points[0]["completed"] == 100
             records = rows(result)
             start = min(r["scheduled_ns"] for r in records)
             lates = [abs((r["wire_ns"] - start) / 1e6 - 20 * r["conversation"]) for r in records]  # 20 ms apart
             print(f"{dataset}: send time vs trace: max {max(lates):.2f} ms, mean {sum(lates) / len(lates):.2f} ms")
-            assert result.points[0]["point"] == "replay" and result.points[0]["completed"] == 100
-            if max(lates) < 5.0:
-                break
+            return lates
+
+        # One pause of a shared VM makes one send late (5.1-9.8 ms seen in runs of the whole tier):
+        # a miss is replayed.
+        lates = measure_within(replay, lambda lates: max(lates) < 5.0)
         assert max(lates) < 5.0
 
 

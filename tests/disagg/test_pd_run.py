@@ -43,7 +43,7 @@ from tests.run.ending import (
     stop_leftovers,
     write_config,
 )
-from tests.sim.test_sim_server import busy_cores
+from tests.timing import busy_cores
 
 PREFILL_MS, TRANSFER_MS, ITL_MS = 30.0, 4.0, 5.0
 # Node clocks (ms ahead of true time): every node off, by different amounts.

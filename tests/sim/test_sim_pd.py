@@ -14,7 +14,8 @@ from pathlib import Path
 import orjson
 
 from magpie_trace.ports import free_port
-from tests.sim.test_sim_server import busy_cores, post, sse_events
+from tests.sim.test_sim_server import post, sse_events
+from tests.timing import busy_cores
 
 TTFT_MS, ITL_MS, TRANSFER_MS = 30.0, 5.0, 8.0
 

@@ -18,6 +18,7 @@ import orjson
 import pytest
 
 from tests.sim.conftest import group_gone, wait_for
+from tests.timing import busy_cores, measure_within
 
 
 def post(url: str, body: dict | None = None, timeout: float = 10) -> tuple[int, bytes]:
@@ -134,23 +135,11 @@ def run_client(url: str, concurrency: int, requests: int, low: int, high: int) -
     return json.loads(result.stdout)
 
 
-def busy_cores(seconds: float) -> float:
-    """How many cores' worth of CPU the whole machine used over the next `seconds`."""
-
-    def sample() -> tuple[int, int]:
-        fields = [int(v) for v in Path("/proc/stat").read_text().split("\n")[0].split()[1:]]
-        return sum(fields), fields[3] + fields[4]  # total, idle + iowait
-
-    total0, idle0 = sample()
-    time.sleep(seconds)
-    total1, idle1 = sample()
-    return (os.cpu_count() or 1) * (1 - (idle1 - idle0) / max(total1 - total0, 1))
-
-
 def test_ttft_and_tpot_are_precise_as_a_client_sees_them(sim) -> None:
     """TPOT p50 within 1 ms and TTFT p50 within 2 ms at concurrency 1 and 64, p99 within 5 ms at
-    256 (ITL 20 ms there, so that a Python client on this 2-core machine can read 256 streams in
-    time). TTFT carries the loop timer's lateness, which a token gap cancels: asyncio's epoll
+    256 (ITL 20 ms there: 12,800 chunks/s is most of what a Python server on this 2-core machine
+    writes). The client stamps arrivals with the kernel's receive time, so its own backlog is not
+    counted. TTFT carries the loop timer's lateness, which a token gap cancels: asyncio's epoll
     timeout rounds up to whole ms (0.76 ms late at the median, measured), and a quiet 2-core CI
     machine saw TTFT 1.04 ms over at concurrency 1."""
     fast = sim(ttft_ms=20, itl_ms=5, profile=False).start()
@@ -167,15 +156,13 @@ def test_ttft_and_tpot_are_precise_as_a_client_sees_them(sim) -> None:
         assert 20 - 0.2 < measured["ttft_p50"] < 20 + 2, (concurrency, measured)
         assert abs(measured["tpot_p50"] - 5) < 1, (concurrency, measured)
     # Lengths spread over 8-40 tokens, so that finished streams (and the requests replacing them)
-    # do not bunch on one engine step; with 8-16 one CI run saw a 5.6 ms p99. One hiccup of a
-    # shared VM delays every one of 256 streams at once, which is the whole p99 (6.5-24.9 ms over
-    # seen on 2026-12-02, 3.1-5.7 in runs beside them): the tail gets a second run if the first
-    # was hit.
-    for _ in range(2):
-        measured = run_client(slow.url("/v1/completions"), 256, 512, 8, 40)
-        assert measured["bad_counts"] == 0
-        if abs(measured["ttft_p99"] - 50) < 5 and abs(measured["tpot_p99"] - 20) < 5:
-            break
+    # do not bunch on one engine step; with 8-16 one CI run saw a 5.6 ms p99. One pause of a
+    # shared VM delays every one of 256 streams at once, which is the whole p99 (6.5-77 ms over
+    # seen, 3.1-5.7 in runs beside them): a miss is measured again.
+    measured = measure_within(
+        lambda: run_client(slow.url("/v1/completions"), 256, 512, 8, 40),
+        lambda m: abs(m["ttft_p99"] - 50) < 5 and abs(m["tpot_p99"] - 20) < 5)
+    assert measured["bad_counts"] == 0
     assert abs(measured["ttft_p99"] - 50) < 5, measured
     assert abs(measured["tpot_p99"] - 20) < 5, measured
 

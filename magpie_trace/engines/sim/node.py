@@ -13,6 +13,7 @@ the head hang, not exit: no more tokens or steps, /health still 200, one log lin
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import os
 import signal
@@ -189,6 +190,11 @@ class _Node:
         runner = web.AppRunner(server.app(), access_log=None, handle_signals=False)
         await runner.setup()
         await web.TCPSite(runner, config.host, config.port, backlog=4096).start()
+        # As vLLM's API server does once it is up: the startup heap leaves the collector's view, so
+        # a full collection under load scans only what requests made (without this, one took 21 ms
+        # at 256 streams: the whole TTFT p99).
+        gc.collect()
+        gc.freeze()
         log.info("%s: ready, serving %s on http://%s:%d", self.name, ", ".join(config.served_names), config.host,
                  config.port)
         await asyncio.gather(*tasks)
