@@ -1,15 +1,16 @@
 """Issue 11 finding 13: a full disk during collect is named as such, and collect can be re-run.
 
 Found over ssh: the short copy on a full disk was reported as a source "changed while collecting".
-The disk here is a real tmpfs, mounted small over the run's traces folder (the tests run as root).
+The disk here is a real tmpfs, mounted small over the run's traces folder (as root, or through
+passwordless sudo).
 """
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
-import pytest
 import yaml
 
 from magpie_trace.backends import make_backend
@@ -17,16 +18,19 @@ from magpie_trace.launch import launch, stop
 from magpie_trace.plan import make_plan
 from magpie_trace.profile import capture
 from magpie_trace.rundir import new_run_dir
+from tests.fixtures.missing import missing
+from tests.fixtures.root import run_as_root
 from tests.launch.simcluster import sim_config
 from tests.profile.test_sim_capture import Load
 
 
 def mount_tmpfs(path, size: str) -> None:
+    """A tmpfs of `size` bytes over path, owned by us (mounted as root, or through sudo)."""
     path.mkdir(parents=True, exist_ok=True)
-    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
-                          capture_output=True, text=True)
+    options = f"size={size},mode=0700,uid={os.geteuid()},gid={os.getegid()}"
+    proc = run_as_root(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(path)])
     if proc.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {proc.stderr.strip()}")
+        missing(f"mounting a small tmpfs needs root or passwordless sudo: {proc.stderr.strip()}")
 
 
 def test_a_full_disk_during_collect_is_named_and_collect_can_run_again_over_ssh(ssh_scheduler, tmp_path):
@@ -50,7 +54,7 @@ def test_a_full_disk_during_collect_is_named_and_collect_can_run_again_over_ssh(
                               capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)
         leftovers = sorted(p.name for p in run_dir.traces.iterdir() if p.name.endswith(".tmp"))
     finally:
-        subprocess.run(["umount", str(run_dir.traces)], check=True)
+        assert run_as_root(["umount", str(run_dir.traces)]).returncode == 0
     assert proc.returncode == 1, proc.stderr
     errors = [line for line in proc.stderr.splitlines() if not line.startswith("magpie-trace: ")]
     assert len(errors) == 1 and errors[0].startswith(f"error: {run_dir.traces}: no space left on device"), errors

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -25,6 +24,7 @@ from magpie_trace.plan import make_plan
 from magpie_trace.run import run
 from magpie_trace.rundir import RunDir
 from tests.fixtures.missing import missing
+from tests.fixtures.root import run_as_root
 from tests.fixtures.ray_cluster import LABEL
 from tests.launch.simcluster import local_scheduler, sim_config
 from tests.procs import leftover_processes, wait_for
@@ -58,8 +58,7 @@ def give_to_nobody(spot: Path) -> None:
     if os.geteuid() == 0:
         os.lchown(spot, NOBODY, NOBODY)
         return
-    if shutil.which("sudo") and subprocess.run(["sudo", "-n", "chown", "-h", f"{NOBODY}:{NOBODY}", str(spot)],
-                                               capture_output=True, check=False).returncode == 0:
+    if run_as_root(["chown", "-h", f"{NOBODY}:{NOBODY}", str(spot)]).returncode == 0:
         return
     missing("planting another user's folder needs root or passwordless sudo (chown to nobody)")
 
