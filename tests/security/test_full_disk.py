@@ -54,7 +54,8 @@ def test_a_full_disk_during_collect_is_named_and_collect_can_run_again_over_ssh(
                               capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)
         leftovers = sorted(p.name for p in run_dir.traces.iterdir() if p.name.endswith(".tmp"))
     finally:
-        assert run_as_root(["umount", str(run_dir.traces)]).returncode == 0
+        unmounted = run_as_root(["umount", str(run_dir.traces)])
+        assert unmounted.returncode == 0, unmounted.stderr
     assert proc.returncode == 1, proc.stderr
     errors = [line for line in proc.stderr.splitlines() if not line.startswith("magpie-trace: ")]
     assert len(errors) == 1 and errors[0].startswith(f"error: {run_dir.traces}: no space left on device"), errors
